@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", meshbench_crds::crds_yaml());
+}

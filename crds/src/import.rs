@@ -1,0 +1,470 @@
+//! Import from the Go/Python prototype: a `Servicegraph` (`dipterv.my.domain/v1beta1`)
+//! becomes a `ServiceMesh`, and its measurement config becomes a `Benchmark`.
+//!
+//! Semantics carried over exactly: `cpuLoad` is milliseconds of busy CPU per request;
+//! `delay` is a *minimum total* response time (the prototype slept only for what was left
+//! after CPU work and calls), so it maps to `delay.mode: minimumTotal`; all callouts of an
+//! endpoint ran in parallel, so each call gets its own group; `resources.cpu` (millicores)
+//! and `resources.memory` (Mi) were both request and limit; the sweep deleted and
+//! re-applied the mesh around every rate and waited 30 s before reading Prometheus.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
+
+use crate::benchmark::{
+    Benchmark, BenchmarkSpec, Collection, LoadKind, LoadModel, Profile, RedeployPolicy, Sweep,
+    Target, Warmup,
+};
+use crate::diag::Diagnostic;
+use crate::mesh::{
+    Autoscaling, CallSpec, Delay, DelayMode, EndpointSpec, Expose, ExposeType, ResourceAmounts,
+    Resources, ServiceMesh, ServiceMeshSpec, ServiceSpec,
+};
+use crate::units::Duration;
+use crate::validate::to_dns_label;
+
+/// The prototype's Servicegraph resource.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Servicegraph {
+    api_version: Option<String>,
+    kind: Option<String>,
+    #[serde(default)]
+    metadata: SgMeta,
+    spec: SgSpec,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct SgMeta {
+    name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SgSpec {
+    nodes: Vec<SgNode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SgNode {
+    name: String,
+    #[serde(default)]
+    replicas: Option<i32>,
+    #[serde(default)]
+    port: Option<i32>,
+    #[serde(default)]
+    node_port: Option<i32>,
+    #[serde(default)]
+    resources: Option<SgResources>,
+    #[serde(default)]
+    hpa: Option<SgHpa>,
+    #[serde(default)]
+    endpoints: Vec<SgEndpoint>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SgResources {
+    /// Millicores.
+    cpu: Option<f64>,
+    /// Mebibytes.
+    memory: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SgHpa {
+    utilization: Option<i32>,
+    min_replicas: Option<i32>,
+    max_replicas: Option<i32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SgEndpoint {
+    path: String,
+    /// Milliseconds of CPU per request.
+    #[serde(default)]
+    cpu_load: Option<f64>,
+    /// Minimum response time in milliseconds.
+    #[serde(default)]
+    delay: Option<f64>,
+    #[serde(default)]
+    callouts: Vec<SgCallout>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SgCallout {
+    url: String,
+}
+
+/// The prototype's measurement config.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Measurement {
+    name: String,
+    #[serde(default)]
+    servicegraphs: Vec<String>,
+    #[serde(default)]
+    result_location: Option<String>,
+    #[serde(rename = "QPS")]
+    qps: Qps,
+    load: Load,
+    #[serde(default)]
+    prometheus: Option<Prometheus>,
+    #[serde(default)]
+    cluster: Option<Cluster>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Qps {
+    from: f64,
+    to: f64,
+    granularity: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Load {
+    /// Warm-up seconds.
+    #[serde(default)]
+    preheat: Option<f64>,
+    /// Most requests in flight.
+    #[serde(default)]
+    users: Option<i32>,
+    /// Seconds per rate.
+    time: f64,
+    /// Request timeout in seconds.
+    #[serde(default)]
+    time_out: Option<f64>,
+    #[serde(default)]
+    service_path: Option<String>,
+    #[serde(default)]
+    service_query: Option<String>,
+    #[serde(default)]
+    service_port: Option<i32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Prometheus {
+    #[serde(rename = "IP")]
+    ip: String,
+    port: serde_yaml::Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Cluster {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default, rename = "IP")]
+    ip: Option<String>,
+}
+
+/// The documents produced by an import, ready to be printed.
+#[derive(Debug)]
+pub struct Imported {
+    /// The mesh.
+    pub mesh: ServiceMesh,
+    /// The benchmark, when a measurement config was given.
+    pub benchmark: Option<Benchmark>,
+    /// Facts of the prototype config that have no field in meshbench (kept as comments).
+    pub notes: Vec<String>,
+}
+
+impl Imported {
+    /// The documents as multi-document YAML, with the notes as a leading comment.
+    pub fn to_yaml(&self) -> String {
+        let mut out = String::from("# Imported from the meshbench prototype by `meshbench import`.\n");
+        for n in &self.notes {
+            out.push_str(&format!("# {n}\n"));
+        }
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&self.mesh).unwrap_or_default());
+        if let Some(b) = &self.benchmark {
+            out.push_str("---\n");
+            out.push_str(&serde_yaml::to_string(b).unwrap_or_default());
+        }
+        out
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(file: &str, text: &str, what: &str) -> Result<T, Vec<Diagnostic>> {
+    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
+        let mut d = Diagnostic::file(file, format!("invalid YAML: {e}"));
+        d.position = e.location().map(|l| crate::locate::Position {
+            line: l.line(),
+            column: l.column(),
+        });
+        vec![d]
+    })?;
+    let locator = crate::locate::index_documents(text).into_iter().next().unwrap_or_default();
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        vec![Diagnostic {
+            file: file.to_string(),
+            document: Some(1),
+            object: Some(what.to_string()),
+            position: locator.find(&path),
+            path,
+            message: e.inner().to_string(),
+            hint: None,
+        }]
+    })
+}
+
+fn ms(v: f64) -> Duration {
+    Duration::from_std(std::time::Duration::from_secs_f64(v.max(0.0) / 1000.0))
+}
+
+fn secs(v: f64) -> Duration {
+    Duration::from_std(std::time::Duration::from_secs_f64(v.max(0.0)))
+}
+
+/// Converts a Servicegraph (and optionally its measurement config). Each problem is a
+/// diagnostic naming the file and field.
+pub fn import(
+    graph_file: &str,
+    graph_text: &str,
+    measurement: Option<(&str, &str)>,
+) -> Result<Imported, Vec<Diagnostic>> {
+    let sg: Servicegraph = parse(graph_file, graph_text, "Servicegraph")?;
+    let mut problems = Vec::new();
+    let at = |path: String, message: String| Diagnostic {
+        file: graph_file.to_string(),
+        document: Some(1),
+        object: Some("Servicegraph".into()),
+        position: crate::locate::index_documents(graph_text)
+            .into_iter()
+            .next()
+            .and_then(|l| l.find(&path)),
+        path,
+        message,
+        hint: None,
+    };
+    if sg.kind.as_deref().is_some_and(|k| k != "Servicegraph") {
+        problems.push(at("kind".into(), format!("{:?} is not a Servicegraph; expected kind: Servicegraph", sg.kind.unwrap_or_default())));
+    }
+    if let Some(v) = &sg.api_version
+        && !v.starts_with("dipterv.my.domain/")
+    {
+        problems.push(at("apiVersion".into(), format!("{v:?} is not the prototype's API; expected dipterv.my.domain/v1beta1")));
+    }
+    let mut notes = Vec::new();
+    let mesh_name = to_dns_label(sg.metadata.name.as_deref().unwrap_or("imported"));
+    let names: BTreeMap<String, String> =
+        sg.spec.nodes.iter().map(|n| (n.name.clone(), to_dns_label(&n.name))).collect();
+    let mut services = Vec::new();
+    for (i, node) in sg.spec.nodes.iter().enumerate() {
+        let name = names[&node.name].clone();
+        if name != node.name {
+            notes.push(format!("node {:?} renamed to {name:?} (DNS-1123)", node.name));
+        }
+        let resources = node.resources.as_ref().map(|r| {
+            let amounts = ResourceAmounts {
+                cpu: r.cpu.map(|c| Quantity(format!("{}m", c.max(0.0).round() as u64))),
+                memory: r.memory.map(|m| Quantity(format!("{}Mi", m.max(0.0).round() as u64))),
+            };
+            Resources {
+                requests: Some(amounts.clone()),
+                limits: Some(amounts),
+            }
+        });
+        let autoscaling = node.hpa.as_ref().map(|h| Autoscaling {
+            enabled: None,
+            min_replicas: h.min_replicas,
+            max_replicas: h.max_replicas,
+            target_cpu_utilization: h.utilization,
+            behavior: None,
+        });
+        let mut endpoints = Vec::new();
+        for (j, ep) in node.endpoints.iter().enumerate() {
+            let mut calls = Vec::new();
+            for (k, c) in ep.callouts.iter().enumerate() {
+                let path = format!("spec.nodes[{i}].endpoints[{j}].callouts[{k}].url");
+                match parse_callout(&c.url) {
+                    Some((svc, cpath)) => {
+                        let target = names.get(svc).cloned().unwrap_or_else(|| to_dns_label(svc));
+                        calls.push(CallSpec {
+                            service: target,
+                            path: Some(cpath),
+                            // The prototype ran all callouts of an endpoint in parallel.
+                            group: Some(format!("callout-{k}")),
+                            probability: None,
+                            repeat: None,
+                            timeout: None,
+                        });
+                    }
+                    None => problems.push(at(path, format!("{:?} is not a callout URL; expected service:port/path (e.g. \"backend:80/work\")", c.url))),
+                }
+            }
+            let delay = ep.delay.filter(|d| *d > 0.0).map(|d| Delay {
+                fixed: Some(ms(d)),
+                mode: Some(DelayMode::MinimumTotal),
+                ..Delay::default()
+            });
+            let path = if ep.path.starts_with('/') { ep.path.clone() } else { format!("/{}", ep.path) };
+            endpoints.push(EndpointSpec {
+                path,
+                method: None,
+                calls,
+                cpu: ep.cpu_load.filter(|c| *c > 0.0).map(ms),
+                memory: None,
+                delay,
+                response_size: None,
+                error_rate: None,
+                max_in_flight: None,
+                call_timeout: None,
+                ignore_call_timeouts: None,
+            });
+        }
+        services.push(ServiceSpec {
+            name,
+            replicas: node.replicas,
+            port: node.port,
+            resources,
+            autoscaling,
+            expose: node.node_port.map(|p| Expose {
+                type_: ExposeType::NodePort,
+                node_port: Some(p),
+            }),
+            startup_delay: None,
+            idle: None,
+            readiness: None,
+            endpoints,
+        });
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let mut mesh = ServiceMesh::new(&mesh_name, ServiceMeshSpec { defaults: None, services });
+    mesh.metadata.namespace = None;
+
+    let benchmark = match measurement {
+        None => None,
+        Some((mfile, mtext)) => {
+            let m: Measurement = parse(mfile, mtext, "measurement config")?;
+            let target_node = m
+                .load
+                .service_port
+                .and_then(|p| sg.spec.nodes.iter().find(|n| n.node_port == Some(p)))
+                .or(sg.spec.nodes.first());
+            let Some(target_node) = target_node else {
+                return Err(vec![Diagnostic::file(graph_file, "spec.nodes is empty; expected at least one node to send load to")]);
+            };
+            let path = format!("/{}", m.load.service_path.as_deref().unwrap_or("").trim_start_matches('/'));
+            if !m.servicegraphs.is_empty() {
+                notes.push(format!("measurement listed servicegraphs: {}", m.servicegraphs.join(", ")));
+            }
+            if let Some(r) = &m.result_location {
+                notes.push(format!("prototype result location: {r} (use `meshbench run --out`)"));
+            }
+            if let Some(c) = &m.cluster {
+                notes.push(format!(
+                    "prototype cluster: {} {}",
+                    c.name.as_deref().unwrap_or("?"),
+                    c.ip.as_deref().unwrap_or("")
+                ));
+            }
+            let prometheus_url = m.prometheus.as_ref().map(|p| {
+                let port = match &p.port {
+                    serde_yaml::Value::Number(n) => n.to_string(),
+                    serde_yaml::Value::String(s) => s.clone(),
+                    _ => "9090".into(),
+                };
+                format!("http://{}:{port}", p.ip)
+            });
+            let spec = BenchmarkSpec {
+                meshes: vec![mesh_name.clone()],
+                target: Target {
+                    service: names[&target_node.name].clone(),
+                    path: Some(path),
+                    method: None,
+                    query: m.load.service_query.clone().filter(|q| !q.is_empty()),
+                    headers: BTreeMap::new(),
+                    body: None,
+                },
+                load: LoadModel {
+                    model: LoadKind::Open,
+                    max_in_flight: m.load.users,
+                    think_time: None,
+                },
+                profile: Profile {
+                    stages: None,
+                    sweep: Some(Sweep {
+                        from: m.qps.from,
+                        to: m.qps.to,
+                        step: m.qps.granularity,
+                        step_duration: secs(m.load.time),
+                    }),
+                },
+                warmup: m.load.preheat.filter(|p| *p > 0.0).map(|p| Warmup {
+                    duration: secs(p),
+                    rate: None,
+                    users: None,
+                }),
+                // The prototype waited 30 s after load before reading Prometheus.
+                settle: Some(Duration::from("30s")),
+                redeploy: Some(RedeployPolicy::PerStep),
+                repetitions: None,
+                request_timeout: m.load.time_out.filter(|t| *t > 0.0).map(secs),
+                on_step_failure: None,
+                loadgen: None,
+                collection: prometheus_url.map(|u| Collection {
+                    prometheus_url: Some(u),
+                    ..Collection::default()
+                }),
+                slos: None,
+                report: None,
+            };
+            let mut b = Benchmark::new(&to_dns_label(&m.name), spec);
+            b.metadata = ObjectMeta {
+                name: b.metadata.name.clone(),
+                ..ObjectMeta::default()
+            };
+            Some(b)
+        }
+    };
+    Ok(Imported {
+        mesh,
+        benchmark,
+        notes,
+    })
+}
+
+/// `service:port/path` (scheme optional) → (service, `/path`).
+fn parse_callout(url: &str) -> Option<(&str, String)> {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (host_port, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].to_string()),
+        None => (rest, "/".to_string()),
+    };
+    let host = host_port.split(':').next()?;
+    if host.is_empty() {
+        return None;
+    }
+    if let Some(port) = host_port.split(':').nth(1)
+        && port.parse::<u16>().is_err()
+    {
+        return None;
+    }
+    Some((host, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callout_urls() {
+        assert_eq!(parse_callout("backend:80/work"), Some(("backend", "/work".into())));
+        assert_eq!(parse_callout("http://b:8080/x/y"), Some(("b", "/x/y".into())));
+        assert_eq!(parse_callout("b"), Some(("b", "/".into())));
+        assert_eq!(parse_callout(":80/x"), None);
+        assert_eq!(parse_callout("b:port/x"), None);
+    }
+}

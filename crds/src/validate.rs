@@ -1,0 +1,987 @@
+//! Semantic validation beyond what a schema can express. Every rule reports every
+//! violation, each at its exact field path, so a user fixes a spec in one pass.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use crate::benchmark::{Benchmark, LoadKind};
+use crate::diag::suggest;
+use crate::mesh::{Delay, EndpointBehavior, Resources, ServiceMesh, limits};
+use crate::resolve::{endpoint_path, resolved_resources};
+use crate::units::{self, Duration, UnitError};
+
+/// A problem at a field path, before it is placed in a file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Issue {
+    /// Field path, e.g. `spec.services[1].name`; empty for the whole document.
+    pub path: String,
+    /// What is wrong: the value and what was expected.
+    pub message: String,
+    /// A suggestion.
+    pub hint: Option<String>,
+}
+
+impl Issue {
+    /// A problem at `path`.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// Adds a hint.
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+/// Whether `s` is a DNS-1123 label (Kubernetes object and Service names).
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn check_name(out: &mut Vec<Issue>, path: &str, name: Option<&str>) {
+    match name {
+        None | Some("") => out.push(Issue::new(path, "missing; expected a DNS-1123 name (e.g. \"my-mesh\")")),
+        Some(n) if !is_dns_label(n) => out.push(
+            Issue::new(
+                path,
+                format!("{n:?} is not a DNS-1123 label; expected at most 63 lower case letters, digits and '-', starting and ending with a letter or digit"),
+            )
+            .hint(format!("use {:?}", to_dns_label(n))),
+        ),
+        Some(_) => {}
+    }
+}
+
+/// Turns an arbitrary name into a valid DNS-1123 label (used by hints and the importer).
+pub fn to_dns_label(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    while out.contains("--") {
+        out = out.replace("--", "-");
+    }
+    let out = out.trim_matches('-');
+    let mut out: String = out.chars().take(63).collect();
+    while out.ends_with('-') {
+        out.pop();
+    }
+    if out.is_empty() { "x".to_string() } else { out }
+}
+
+fn check_duration(
+    out: &mut Vec<Issue>,
+    path: &str,
+    d: &Duration,
+    positive: bool,
+) -> Option<std::time::Duration> {
+    match d.try_get() {
+        Ok(v) if positive && v.is_zero() => {
+            out.push(Issue::new(
+                path,
+                format!("{:?} is zero; expected a positive duration", d.as_str()),
+            ));
+            None
+        }
+        Ok(v) => Some(v),
+        Err(e) => {
+            out.push(Issue::new(path, e.to_string()));
+            None
+        }
+    }
+}
+
+fn unit_issue(path: &str, e: UnitError) -> Issue {
+    Issue::new(path, e.to_string())
+}
+
+fn check_cpu(out: &mut Vec<Issue>, path: &str, q: &Option<Quantity>) -> Option<u64> {
+    let q = q.as_ref()?;
+    units::cpu_millis(q)
+        .map_err(|e| out.push(unit_issue(path, e)))
+        .ok()
+}
+
+fn check_memory(out: &mut Vec<Issue>, path: &str, q: &Option<Quantity>) -> Option<u64> {
+    let q = q.as_ref()?;
+    units::memory_bytes(q)
+        .map_err(|e| out.push(unit_issue(path, e)))
+        .ok()
+}
+
+fn check_probability(out: &mut Vec<Issue>, path: &str, p: Option<f64>) {
+    if let Some(p) = p
+        && !(0.0..=1.0).contains(&p)
+    {
+        out.push(Issue::new(
+            path,
+            format!("{p} is outside [0, 1]; expected a probability"),
+        ));
+    }
+}
+
+fn check_range(out: &mut Vec<Issue>, path: &str, v: Option<i64>, lo: i64, hi: i64, what: &str) {
+    if let Some(v) = v
+        && !(lo..=hi).contains(&v)
+    {
+        out.push(Issue::new(
+            path,
+            format!("{v} is out of range; expected {what} between {lo} and {hi}"),
+        ));
+    }
+}
+
+fn check_resources(out: &mut Vec<Issue>, path: &str, r: &Option<Resources>) {
+    let Some(r) = r else { return };
+    if let Some(req) = &r.requests {
+        check_cpu(out, &format!("{path}.requests.cpu"), &req.cpu);
+        check_memory(out, &format!("{path}.requests.memory"), &req.memory);
+    }
+    if let Some(lim) = &r.limits {
+        check_cpu(out, &format!("{path}.limits.cpu"), &lim.cpu);
+        check_memory(out, &format!("{path}.limits.memory"), &lim.memory);
+    }
+}
+
+fn check_delay(out: &mut Vec<Issue>, path: &str, d: &Delay) {
+    let set = [
+        d.fixed.is_some(),
+        d.uniform.is_some(),
+        d.exponential.is_some(),
+        d.log_normal.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    if set != 1 {
+        out.push(Issue::new(
+            path,
+            format!("sets {set} distributions; expected exactly one of fixed, uniform, exponential, logNormal"),
+        ));
+    }
+    if let Some(f) = &d.fixed {
+        check_duration(out, &format!("{path}.fixed"), f, false);
+    }
+    if let Some(u) = &d.uniform {
+        let lo = check_duration(out, &format!("{path}.uniform.min"), &u.min, false);
+        let hi = check_duration(out, &format!("{path}.uniform.max"), &u.max, false);
+        if let (Some(lo), Some(hi)) = (lo, hi)
+            && lo > hi
+        {
+            out.push(Issue::new(
+                format!("{path}.uniform"),
+                format!("min {} exceeds max {}; expected min <= max", u.min, u.max),
+            ));
+        }
+    }
+    if let Some(e) = &d.exponential {
+        check_duration(out, &format!("{path}.exponential.mean"), &e.mean, true);
+    }
+    if let Some(l) = &d.log_normal {
+        check_duration(out, &format!("{path}.logNormal.median"), &l.median, true);
+        if !(0.0..=5.0).contains(&l.sigma) || !l.sigma.is_finite() {
+            out.push(Issue::new(
+                format!("{path}.logNormal.sigma"),
+                format!(
+                    "{} is out of range; expected a shape between 0 and 5",
+                    l.sigma
+                ),
+            ));
+        }
+    }
+}
+
+fn check_behavior(out: &mut Vec<Issue>, path: &str, b: &EndpointBehavior) {
+    if let Some(c) = &b.cpu {
+        check_duration(out, &format!("{path}.cpu"), c, false);
+    }
+    check_memory(out, &format!("{path}.memory"), &b.memory);
+    if let Some(d) = &b.delay {
+        check_delay(out, &format!("{path}.delay"), d);
+    }
+    check_range(
+        out,
+        &format!("{path}.responseSize"),
+        b.response_size,
+        0,
+        limits::MAX_RESPONSE_BYTES,
+        "a size in bytes",
+    );
+    check_probability(out, &format!("{path}.errorRate"), b.error_rate);
+    check_range(
+        out,
+        &format!("{path}.maxInFlight"),
+        b.max_in_flight.map(i64::from),
+        1,
+        1_000_000,
+        "a request count",
+    );
+    if let Some(t) = &b.call_timeout {
+        check_duration(out, &format!("{path}.callTimeout"), t, true);
+    }
+}
+
+/// Checks one mesh on its own.
+pub fn validate_mesh(mesh: &ServiceMesh) -> Vec<Issue> {
+    let mut out = Vec::new();
+    check_name(&mut out, "metadata.name", mesh.metadata.name.as_deref());
+    let spec = &mesh.spec;
+    if let Some(d) = &spec.defaults {
+        check_range(
+            &mut out,
+            "spec.defaults.replicas",
+            d.replicas.map(i64::from),
+            0,
+            limits::MAX_REPLICAS.into(),
+            "a replica count",
+        );
+        check_range(
+            &mut out,
+            "spec.defaults.port",
+            d.port.map(i64::from),
+            1,
+            65535,
+            "a TCP port",
+        );
+        check_resources(&mut out, "spec.defaults.resources", &d.resources);
+        if let Some(b) = &d.endpoint {
+            check_behavior(&mut out, "spec.defaults.endpoint", b);
+        }
+        if let Some(s) = &d.startup_delay {
+            check_duration(&mut out, "spec.defaults.startupDelay", s, false);
+        }
+    }
+    if spec.services.is_empty() {
+        out.push(Issue::new(
+            "spec.services",
+            "is empty; expected at least one service",
+        ));
+    }
+    if spec.services.len() > limits::MAX_SERVICES {
+        out.push(Issue::new(
+            "spec.services",
+            format!(
+                "has {} services; expected at most {}",
+                spec.services.len(),
+                limits::MAX_SERVICES
+            ),
+        ));
+    }
+
+    // Endpoints by service, for call targets.
+    let mut endpoints: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+    let mut first_seen: HashMap<&str, usize> = HashMap::new();
+    for (i, svc) in spec.services.iter().enumerate() {
+        let p = format!("spec.services[{i}]");
+        check_name(&mut out, &format!("{p}.name"), Some(&svc.name));
+        if let Some(first) = first_seen.get(svc.name.as_str()) {
+            out.push(Issue::new(
+                format!("{p}.name"),
+                format!(
+                    "duplicate service name {:?}; already used by spec.services[{first}]",
+                    svc.name
+                ),
+            ));
+        } else {
+            first_seen.insert(&svc.name, i);
+        }
+        let eps = endpoints.entry(&svc.name).or_default();
+        for ep in &svc.endpoints {
+            eps.insert(ep.path.as_str());
+        }
+    }
+
+    for (i, svc) in spec.services.iter().enumerate() {
+        let p = format!("spec.services[{i}]");
+        check_range(
+            &mut out,
+            &format!("{p}.replicas"),
+            svc.replicas.map(i64::from),
+            0,
+            limits::MAX_REPLICAS.into(),
+            "a replica count",
+        );
+        check_range(
+            &mut out,
+            &format!("{p}.port"),
+            svc.port.map(i64::from),
+            1,
+            65535,
+            "a TCP port",
+        );
+        check_resources(&mut out, &format!("{p}.resources"), &svc.resources);
+        if let Some(s) = &svc.startup_delay {
+            check_duration(&mut out, &format!("{p}.startupDelay"), s, false);
+        }
+        if let Some(idle) = &svc.idle {
+            check_cpu(&mut out, &format!("{p}.idle.cpu"), &idle.cpu);
+            check_memory(&mut out, &format!("{p}.idle.memory"), &idle.memory);
+        }
+        if let Some(r) = &svc.readiness {
+            check_range(
+                &mut out,
+                &format!("{p}.readiness.maxInFlight"),
+                r.max_in_flight.map(i64::from),
+                1,
+                1_000_000,
+                "a request count",
+            );
+            if let Some(period) = &r.period {
+                check_duration(&mut out, &format!("{p}.readiness.period"), period, true);
+            }
+        }
+        if let Some(e) = &svc.expose {
+            check_range(
+                &mut out,
+                &format!("{p}.expose.nodePort"),
+                e.node_port.map(i64::from),
+                30000,
+                32767,
+                "a node port",
+            );
+        }
+
+        // Requests and limits after defaults are applied.
+        let res = resolved_resources(spec, svc);
+        if let (Some(rq), Some(lm)) = (res.cpu_request_millis, res.cpu_limit_millis)
+            && rq > lm
+        {
+            out.push(Issue::new(
+                format!("{p}.resources.requests.cpu"),
+                format!(
+                    "request {} exceeds limit {}; expected requests <= limits",
+                    units::cpu_quantity(rq).0,
+                    units::cpu_quantity(lm).0
+                ),
+            ));
+        }
+        if let (Some(rq), Some(lm)) = (res.memory_request_bytes, res.memory_limit_bytes)
+            && rq > lm
+        {
+            out.push(Issue::new(
+                format!("{p}.resources.requests.memory"),
+                format!(
+                    "request {} exceeds limit {}; expected requests <= limits",
+                    units::memory_quantity(rq).0,
+                    units::memory_quantity(lm).0
+                ),
+            ));
+        }
+
+        // Autoscaling, after defaults.
+        let auto = svc
+            .autoscaling
+            .as_ref()
+            .or(spec.defaults.as_ref().and_then(|d| d.autoscaling.as_ref()));
+        let auto_path = if svc.autoscaling.is_some() {
+            format!("{p}.autoscaling")
+        } else {
+            "spec.defaults.autoscaling".to_string()
+        };
+        if let Some(a) = auto
+            && a.enabled != Some(false)
+        {
+            check_range(
+                &mut out,
+                &format!("{auto_path}.minReplicas"),
+                a.min_replicas.map(i64::from),
+                1,
+                limits::MAX_REPLICAS.into(),
+                "a replica count",
+            );
+            check_range(
+                &mut out,
+                &format!("{auto_path}.maxReplicas"),
+                a.max_replicas.map(i64::from),
+                1,
+                limits::MAX_REPLICAS.into(),
+                "a replica count",
+            );
+            if a.max_replicas.is_none() {
+                out.push(Issue::new(
+                    format!("{auto_path}.maxReplicas"),
+                    "missing; an autoscaled service needs maxReplicas",
+                ));
+            }
+            if let (Some(lo), Some(hi)) = (a.min_replicas, a.max_replicas)
+                && lo > hi
+            {
+                out.push(Issue::new(
+                    format!("{auto_path}.minReplicas"),
+                    format!("minReplicas {lo} exceeds maxReplicas {hi}; expected min <= max"),
+                ));
+            }
+            if let Some(t) = a.target_cpu_utilization
+                && !(1..=100).contains(&t)
+            {
+                out.push(Issue::new(
+                    format!("{auto_path}.targetCPUUtilization"),
+                    format!("{t} is outside 1–100; expected a percentage of the CPU request"),
+                ));
+            }
+            if res.cpu_request_millis.unwrap_or(0) == 0 {
+                out.push(
+                    Issue::new(
+                        format!("{p}.resources.requests.cpu"),
+                        format!("service {:?} is autoscaled on CPU utilization but has no CPU request; expected a request greater than 0", svc.name),
+                    )
+                    .hint("set resources.requests.cpu (utilization is measured against it)"),
+                );
+            }
+        }
+
+        if svc.endpoints.is_empty() {
+            out.push(Issue::new(
+                format!("{p}.endpoints"),
+                "is empty; expected at least one endpoint",
+            ));
+        }
+        if svc.endpoints.len() > limits::MAX_ENDPOINTS {
+            out.push(Issue::new(
+                format!("{p}.endpoints"),
+                format!(
+                    "has {} endpoints; expected at most {}",
+                    svc.endpoints.len(),
+                    limits::MAX_ENDPOINTS
+                ),
+            ));
+        }
+        let mut paths: HashMap<&str, usize> = HashMap::new();
+        for (j, ep) in svc.endpoints.iter().enumerate() {
+            let ep_path = format!("{p}.endpoints[{j}]");
+            if !ep.path.starts_with('/') {
+                out.push(
+                    Issue::new(
+                        format!("{ep_path}.path"),
+                        format!(
+                            "{:?} is not an absolute path; expected it to start with '/'",
+                            ep.path
+                        ),
+                    )
+                    .hint(format!("use \"/{}\"", ep.path)),
+                );
+            }
+            if let Some(first) = paths.get(ep.path.as_str()) {
+                out.push(Issue::new(
+                    format!("{ep_path}.path"),
+                    format!(
+                        "duplicate endpoint path {:?}; already used by {p}.endpoints[{first}]",
+                        ep.path
+                    ),
+                ));
+            } else {
+                paths.insert(&ep.path, j);
+            }
+            check_behavior(&mut out, &ep_path, &ep.behavior());
+            let cpu = ep
+                .cpu
+                .as_ref()
+                .or(spec
+                    .defaults
+                    .as_ref()
+                    .and_then(|d| d.endpoint.as_ref())
+                    .and_then(|b| b.cpu.as_ref()))
+                .and_then(|d| d.try_get().ok())
+                .unwrap_or_default();
+            if !cpu.is_zero() && res.cpu_limit_millis == Some(0) {
+                out.push(Issue::new(
+                    format!("{p}.resources.limits.cpu"),
+                    format!(
+                        "CPU limit is 0 while endpoint {:?} burns {} of CPU per request; expected a positive limit (no request could ever finish)",
+                        ep.path,
+                        units::Duration::from_std(cpu)
+                    ),
+                ));
+            }
+            if ep.calls.len() > limits::MAX_CALLS {
+                out.push(Issue::new(
+                    format!("{ep_path}.calls"),
+                    format!(
+                        "has {} calls; expected at most {}",
+                        ep.calls.len(),
+                        limits::MAX_CALLS
+                    ),
+                ));
+            }
+            for (k, call) in ep.calls.iter().enumerate() {
+                let cp = format!("{ep_path}.calls[{k}]");
+                match endpoints.get(call.service.as_str()) {
+                    None => {
+                        let names: Vec<&str> = first_seen_names(spec);
+                        let mut issue = Issue::new(
+                            format!("{cp}.service"),
+                            format!(
+                                "unknown service {:?}; expected one of: {}",
+                                call.service,
+                                names.join(", ")
+                            ),
+                        );
+                        if let Some(s) = suggest(&call.service, names.iter().copied()) {
+                            issue = issue.hint(format!("did you mean {s:?}?"));
+                        }
+                        out.push(issue);
+                    }
+                    Some(eps) => {
+                        let target = endpoint_path(call.path.as_deref());
+                        if !eps.contains(target) {
+                            let list: Vec<&str> = eps.iter().copied().collect();
+                            let mut issue = Issue::new(
+                                format!("{cp}.path"),
+                                format!(
+                                    "service {:?} has no endpoint {target:?}; expected one of: {}",
+                                    call.service,
+                                    list.join(", ")
+                                ),
+                            );
+                            if let Some(s) = suggest(target, list.iter().copied()) {
+                                issue = issue.hint(format!("did you mean {s:?}?"));
+                            }
+                            out.push(issue);
+                        }
+                    }
+                }
+                check_probability(&mut out, &format!("{cp}.probability"), call.probability);
+                check_range(
+                    &mut out,
+                    &format!("{cp}.repeat"),
+                    call.repeat.map(i64::from),
+                    1,
+                    limits::MAX_REPEAT.into(),
+                    "a repeat count",
+                );
+                if let Some(t) = &call.timeout {
+                    check_duration(&mut out, &format!("{cp}.timeout"), t, true);
+                }
+            }
+        }
+    }
+    check_cycles(&mut out, mesh);
+    out
+}
+
+/// The call graph (endpoint → endpoint) must be acyclic: a cycle would recurse until
+/// every request times out. Reports each cycle once, at the call that closes it.
+fn check_cycles(out: &mut Vec<Issue>, mesh: &ServiceMesh) {
+    type Node<'a> = (&'a str, &'a str);
+    let mut edges: BTreeMap<Node, Vec<(Node, String)>> = BTreeMap::new();
+    let mut known: BTreeSet<Node> = BTreeSet::new();
+    for svc in &mesh.spec.services {
+        for ep in &svc.endpoints {
+            known.insert((svc.name.as_str(), ep.path.as_str()));
+        }
+    }
+    for (i, svc) in mesh.spec.services.iter().enumerate() {
+        for (j, ep) in svc.endpoints.iter().enumerate() {
+            let from = (svc.name.as_str(), ep.path.as_str());
+            for (k, call) in ep.calls.iter().enumerate() {
+                let to = (call.service.as_str(), endpoint_path(call.path.as_deref()));
+                if known.contains(&to) {
+                    edges
+                        .entry(from)
+                        .or_default()
+                        .push((to, format!("spec.services[{i}].endpoints[{j}].calls[{k}]")));
+                }
+            }
+        }
+    }
+    // Iterative DFS with colours; a back edge closes a cycle.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Colour {
+        Grey,
+        Black,
+    }
+    let mut colour: HashMap<Node, Colour> = HashMap::new();
+    let mut reported: BTreeSet<String> = BTreeSet::new();
+    for &start in &known {
+        if colour.contains_key(&start) {
+            continue;
+        }
+        let mut stack: Vec<(Node, usize)> = vec![(start, 0)];
+        colour.insert(start, Colour::Grey);
+        while let Some((node, idx)) = stack.last().copied() {
+            let next = edges.get(&node).and_then(|e| e.get(idx));
+            match next {
+                None => {
+                    colour.insert(node, Colour::Black);
+                    stack.pop();
+                }
+                Some((to, call_path)) => {
+                    if let Some(top) = stack.last_mut() {
+                        top.1 += 1;
+                    }
+                    match colour.get(to) {
+                        None => {
+                            colour.insert(*to, Colour::Grey);
+                            stack.push((*to, 0));
+                        }
+                        Some(Colour::Grey) => {
+                            let pos = stack.iter().position(|(n, _)| n == to).unwrap_or(0);
+                            let mut cycle: Vec<String> = stack[pos..]
+                                .iter()
+                                .map(|((s, p), _)| format!("{s} {p}"))
+                                .collect();
+                            cycle.push(format!("{} {}", to.0, to.1));
+                            if reported.insert(call_path.clone()) {
+                                out.push(
+                                    Issue::new(
+                                        format!("{call_path}.service"),
+                                        format!(
+                                            "call cycle {}; expected an acyclic call graph",
+                                            cycle.join(" -> ")
+                                        ),
+                                    )
+                                    .hint("remove one of the calls in the cycle"),
+                                );
+                            }
+                        }
+                        Some(Colour::Black) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Checks a benchmark, and its references into `meshes` (all meshes of the input set).
+pub fn validate_benchmark(bench: &Benchmark, meshes: &[&ServiceMesh]) -> Vec<Issue> {
+    let mut out = Vec::new();
+    check_name(&mut out, "metadata.name", bench.metadata.name.as_deref());
+    let spec = &bench.spec;
+    if spec.meshes.is_empty() {
+        out.push(Issue::new(
+            "spec.meshes",
+            "is empty; expected the name of at least one ServiceMesh",
+        ));
+    }
+    let names: Vec<&str> = meshes
+        .iter()
+        .filter_map(|m| m.metadata.name.as_deref())
+        .collect();
+    for (i, m) in spec.meshes.iter().enumerate() {
+        let p = format!("spec.meshes[{i}]");
+        let Some(mesh) = meshes
+            .iter()
+            .find(|x| x.metadata.name.as_deref() == Some(m.as_str()))
+        else {
+            let mut issue = Issue::new(
+                &p,
+                if names.is_empty() {
+                    format!(
+                        "ServiceMesh {m:?} is not defined in the given files; expected a ServiceMesh with that name"
+                    )
+                } else {
+                    format!(
+                        "ServiceMesh {m:?} is not defined in the given files; expected one of: {}",
+                        names.join(", ")
+                    )
+                },
+            );
+            issue = match suggest(m, names.iter().copied()) {
+                Some(s) => issue.hint(format!("did you mean {s:?}?")),
+                None => issue.hint("pass the file that defines the mesh too"),
+            };
+            out.push(issue);
+            continue;
+        };
+        // The target must exist in every referenced mesh.
+        let svc = mesh
+            .spec
+            .services
+            .iter()
+            .find(|s| s.name == spec.target.service);
+        match svc {
+            None => {
+                let svcs: Vec<&str> = first_seen_names(&mesh.spec);
+                let mut issue = Issue::new(
+                    "spec.target.service",
+                    format!(
+                        "service {:?} does not exist in ServiceMesh {m:?}; expected one of: {}",
+                        spec.target.service,
+                        svcs.join(", ")
+                    ),
+                );
+                if let Some(s) = suggest(&spec.target.service, svcs.iter().copied()) {
+                    issue = issue.hint(format!("did you mean {s:?}?"));
+                }
+                out.push(issue);
+            }
+            Some(svc) => {
+                let path = endpoint_path(spec.target.path.as_deref());
+                match svc.endpoints.iter().find(|e| e.path == path) {
+                    None => {
+                        let eps: Vec<&str> =
+                            svc.endpoints.iter().map(|e| e.path.as_str()).collect();
+                        out.push(Issue::new(
+                            "spec.target.path",
+                            format!("service {:?} of ServiceMesh {m:?} has no endpoint {path:?}; expected one of: {}", svc.name, eps.join(", ")),
+                        ));
+                    }
+                    Some(ep) => {
+                        if let (Some(want), got) = (
+                            spec.target.method,
+                            ep.method.unwrap_or(crate::mesh::HttpMethod::Get),
+                        ) && want != got
+                        {
+                            out.push(Issue::new(
+                                "spec.target.method",
+                                format!(
+                                    "{} does not match endpoint {path:?}, which serves {}",
+                                    want.as_str(),
+                                    got.as_str()
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    let open = spec.load.model == LoadKind::Open;
+    check_range(
+        &mut out,
+        "spec.load.maxInFlight",
+        spec.load.max_in_flight.map(i64::from),
+        1,
+        100_000,
+        "a request count",
+    );
+    if let Some(t) = &spec.load.think_time {
+        check_duration(&mut out, "spec.load.thinkTime", t, false);
+        if open {
+            out.push(Issue::new(
+                "spec.load.thinkTime",
+                "applies to the closed loop only; expected it unset with model: open",
+            ));
+        }
+    }
+    if !open && spec.load.max_in_flight.is_some() {
+        out.push(Issue::new("spec.load.maxInFlight", "applies to the open loop only; with model: closed the users bound the requests in flight"));
+    }
+
+    let p = &spec.profile;
+    match (&p.stages, &p.sweep) {
+        (Some(_), Some(_)) => out.push(Issue::new(
+            "spec.profile",
+            "sets both stages and sweep; expected exactly one",
+        )),
+        (None, None) => out.push(Issue::new(
+            "spec.profile",
+            "sets neither stages nor sweep; expected exactly one",
+        )),
+        _ => {}
+    }
+    if let Some(stages) = &p.stages {
+        if stages.is_empty() {
+            out.push(Issue::new(
+                "spec.profile.stages",
+                "is empty; expected at least one stage",
+            ));
+        }
+        if stages.len() > 200 {
+            out.push(Issue::new(
+                "spec.profile.stages",
+                format!("has {} stages; expected at most 200", stages.len()),
+            ));
+        }
+        for (i, s) in stages.iter().enumerate() {
+            let sp = format!("spec.profile.stages[{i}]");
+            check_duration(&mut out, &format!("{sp}.duration"), &s.duration, true);
+            check_load_amount(&mut out, &sp, open, s.rate, s.users, true);
+        }
+    }
+    if let Some(s) = &p.sweep {
+        let sp = "spec.profile.sweep";
+        check_duration(
+            &mut out,
+            &format!("{sp}.stepDuration"),
+            &s.step_duration,
+            true,
+        );
+        for (field, v) in [("from", s.from), ("to", s.to)] {
+            if !v.is_finite() || v <= 0.0 {
+                out.push(Issue::new(
+                    format!("{sp}.{field}"),
+                    format!(
+                        "{v} is not positive; expected a {} greater than 0",
+                        if open { "rate" } else { "user count" }
+                    ),
+                ));
+            }
+        }
+        if s.from > s.to {
+            out.push(Issue::new(
+                format!("{sp}.from"),
+                format!(
+                    "from {} exceeds to {}; expected an ascending sweep (from <= to)",
+                    s.from, s.to
+                ),
+            ));
+        }
+        if !s.step.is_finite() || s.step <= 0.0 {
+            out.push(Issue::new(
+                format!("{sp}.step"),
+                format!(
+                    "{} is not positive; expected an increment greater than 0",
+                    s.step
+                ),
+            ));
+        } else if s.from <= s.to {
+            let n = ((s.to - s.from) / s.step).floor() + 1.0;
+            if n > 200.0 {
+                out.push(Issue::new(
+                    format!("{sp}.step"),
+                    format!("gives {n} steps; expected at most 200"),
+                ));
+            }
+        }
+        if !open && (s.from.fract() != 0.0 || s.step.fract() != 0.0) {
+            out.push(Issue::new(
+                sp,
+                "a closed-loop sweep counts users; expected whole numbers for from and step",
+            ));
+        }
+    }
+    if let Some(w) = &spec.warmup {
+        check_duration(&mut out, "spec.warmup.duration", &w.duration, true);
+        check_load_amount(&mut out, "spec.warmup", open, w.rate, w.users, false);
+    }
+    if let Some(s) = &spec.settle {
+        check_duration(&mut out, "spec.settle", s, false);
+    }
+    if let Some(t) = &spec.request_timeout {
+        check_duration(&mut out, "spec.requestTimeout", t, true);
+    }
+    check_range(
+        &mut out,
+        "spec.repetitions",
+        spec.repetitions.map(i64::from),
+        1,
+        100,
+        "a repetition count",
+    );
+    if let Some(l) = &spec.loadgen {
+        check_range(
+            &mut out,
+            "spec.loadgen.parallelism",
+            l.parallelism.map(i64::from),
+            1,
+            64,
+            "an instance count",
+        );
+    }
+    if let Some(c) = &spec.collection {
+        if let Some(url) = &c.prometheus_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            out.push(Issue::new(
+                "spec.collection.prometheusUrl",
+                format!("{url:?} is not an http(s) URL; expected e.g. \"http://prometheus:9090\""),
+            ));
+        }
+        if let Some(i) = &c.interval {
+            check_duration(&mut out, "spec.collection.interval", i, true);
+        }
+    }
+    if let Some(s) = &spec.slos {
+        for (i, l) in s.latency.iter().enumerate() {
+            let lp = format!("spec.slos.latency[{i}]");
+            if !(l.percentile > 0.0 && l.percentile <= 100.0) {
+                out.push(Issue::new(
+                    format!("{lp}.percentile"),
+                    format!(
+                        "{} is outside (0, 100]; expected a percentile such as 99",
+                        l.percentile
+                    ),
+                ));
+            }
+            check_duration(&mut out, &format!("{lp}.max"), &l.max, true);
+        }
+        check_probability(&mut out, "spec.slos.maxErrorRate", s.max_error_rate);
+        check_probability(&mut out, "spec.slos.minAchievedRatio", s.min_achieved_ratio);
+    }
+    out
+}
+
+fn check_load_amount(
+    out: &mut Vec<Issue>,
+    path: &str,
+    open: bool,
+    rate: Option<f64>,
+    users: Option<i32>,
+    required: bool,
+) {
+    if open {
+        if users.is_some() {
+            out.push(Issue::new(
+                format!("{path}.users"),
+                "set with model: open; expected `rate` (requests per second)",
+            ));
+        }
+        match rate {
+            Some(r) if !r.is_finite() || r <= 0.0 => {
+                out.push(Issue::new(
+                    format!("{path}.rate"),
+                    format!("{r} is not positive; expected requests per second greater than 0"),
+                ));
+            }
+            Some(r) if r > 1_000_000.0 => {
+                out.push(Issue::new(
+                    format!("{path}.rate"),
+                    format!("{r} is too high; expected at most 1000000 requests per second"),
+                ));
+            }
+            None if required => out.push(Issue::new(
+                format!("{path}.rate"),
+                "missing; an open-loop stage needs a rate (requests per second)",
+            )),
+            _ => {}
+        }
+    } else {
+        if rate.is_some() {
+            out.push(Issue::new(
+                format!("{path}.rate"),
+                "set with model: closed; expected `users`",
+            ));
+        }
+        match users {
+            Some(u) if u <= 0 => out.push(Issue::new(
+                format!("{path}.users"),
+                format!("{u} is not positive; expected at least 1 user"),
+            )),
+            None if required => out.push(Issue::new(
+                format!("{path}.users"),
+                "missing; a closed-loop stage needs a number of users",
+            )),
+            _ => {}
+        }
+    }
+}
+
+/// Service names in spec order, each once (duplicates are reported separately).
+fn first_seen_names(spec: &crate::mesh::ServiceMeshSpec) -> Vec<&str> {
+    let mut seen = BTreeSet::new();
+    spec.services
+        .iter()
+        .map(|s| s.name.as_str())
+        .filter(|n| seen.insert(*n))
+        .collect()
+}

@@ -1,0 +1,155 @@
+//! The `meshbench` command line: argument definitions and dispatch.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use meshbench_crds::Bundle;
+
+use crate::exit;
+
+/// meshbench: benchmark autoscaling microservice meshes, in a Kubernetes cluster or on one
+/// machine.
+///
+/// Describe a synthetic mesh in a ServiceMesh resource and a load experiment in a
+/// Benchmark resource (YAML, apiVersion meshbench.io/v1alpha1), then check them with
+/// `meshbench validate`, predict their capacity with `meshbench plan`, and run them with
+/// `meshbench run`.
+#[derive(Debug, Parser)]
+#[command(name = "meshbench", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check ServiceMesh and Benchmark files and report every problem at once.
+    ///
+    /// Each problem names the file, line and column, the document, the field path, the
+    /// bad value and what was expected. A Benchmark may reference meshes defined in any
+    /// of the given files. Exit status: 0 when every file is valid, 1 when any problem was
+    /// found, 2 on usage errors.
+    Validate {
+        /// YAML files with one or more documents each (`---` separated).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Print nothing on success.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Print the CustomResourceDefinitions of ServiceMesh and Benchmark as YAML.
+    ///
+    /// The same manifests are committed under deploy/crds/; install them with
+    /// `meshbench crds | kubectl apply -f -`.
+    Crds,
+    /// Convert the prototype's Servicegraph (and measurement config) to meshbench YAML.
+    ///
+    /// The Servicegraph (apiVersion dipterv.my.domain/v1beta1) becomes a ServiceMesh; the
+    /// measurement config (Name, QPS, Load, Prometheus…) becomes a Benchmark sweeping the
+    /// same rates. Endpoint delays keep the prototype's meaning (a minimum total response
+    /// time) and all callouts of an endpoint still run in parallel. The result is written
+    /// to standard output, validated; exit status 1 if the input cannot be converted.
+    Import {
+        /// The prototype's Servicegraph YAML.
+        #[arg(value_name = "SERVICEGRAPH")]
+        servicegraph: PathBuf,
+        /// The prototype's measurement config (YAML or JSON).
+        #[arg(value_name = "MEASUREMENT")]
+        measurement: Option<PathBuf>,
+    },
+}
+
+/// Parses the process arguments and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    run(cli)
+}
+
+/// Runs a parsed command.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Validate { files, quiet } => validate(&files, quiet),
+        Command::Crds => {
+            print!("{}", meshbench_crds::crds_yaml());
+            exit::code(exit::OK)
+        }
+        Command::Import {
+            servicegraph,
+            measurement,
+        } => import(&servicegraph, measurement.as_deref()),
+    }
+}
+
+fn validate(files: &[PathBuf], quiet: bool) -> ExitCode {
+    let bundle = Bundle::load_files(files);
+    let mut err = std::io::stderr().lock();
+    for d in &bundle.diagnostics {
+        let _ = writeln!(err, "{d}");
+    }
+    if bundle.is_valid() {
+        if !quiet {
+            println!(
+                "valid: {} ServiceMesh, {} Benchmark in {} file(s)",
+                bundle.meshes.len(),
+                bundle.benchmarks.len(),
+                files.len()
+            );
+        }
+        exit::code(exit::OK)
+    } else {
+        let _ = writeln!(
+            err,
+            "{} problem(s) found in {} file(s)",
+            bundle.diagnostics.len(),
+            files.len()
+        );
+        exit::code(exit::INVALID)
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: error: cannot read file: {e}", path.display()))?;
+    String::from_utf8(bytes).map_err(|_| format!("{}: error: is not UTF-8 text; expected YAML", path.display()))
+}
+
+fn import(graph: &std::path::Path, measurement: Option<&std::path::Path>) -> ExitCode {
+    let run = || -> Result<String, Vec<String>> {
+        let gtext = read(graph).map_err(|e| vec![e])?;
+        let mtext = match measurement {
+            Some(m) => Some(read(m).map_err(|e| vec![e])?),
+            None => None,
+        };
+        let gname = graph.display().to_string();
+        let mname = measurement.map(|m| m.display().to_string());
+        let imported = meshbench_crds::import::import(
+            &gname,
+            &gtext,
+            mname.as_deref().zip(mtext.as_deref()),
+        )
+        .map_err(|ds| ds.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        let yaml = imported.to_yaml();
+        // The output must itself be valid; a callout to a node that does not exist, for
+        // example, is caught here with the field path in the generated mesh.
+        let check = Bundle::from_str("<imported>", &yaml);
+        if !check.is_valid() {
+            return Err(check.diagnostics.iter().map(ToString::to_string).collect());
+        }
+        Ok(yaml)
+    };
+    match run() {
+        Ok(yaml) => {
+            print!("{yaml}");
+            exit::code(exit::OK)
+        }
+        Err(msgs) => {
+            for m in msgs {
+                eprintln!("{m}");
+            }
+            exit::code(exit::INVALID)
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! Exit codes of `meshbench`, documented in the README so CI pipelines can rely on them.
+
+use std::process::ExitCode;
+
+/// Everything requested succeeded (all specs valid; the run completed and every SLO held).
+pub const OK: u8 = 0;
+/// The input is invalid (`validate`, `import`, `plan`, `run` before anything starts).
+pub const INVALID: u8 = 1;
+/// Usage error: unknown flag, missing argument (clap's own code).
+pub const USAGE: u8 = 2;
+/// The run completed but at least one SLO was violated.
+pub const SLO_FAILED: u8 = 3;
+/// The run itself failed (a platform or I/O error, or interrupted); any partial report
+/// is kept and marked partial.
+pub const RUN_FAILED: u8 = 4;
+
+/// Converts one of the codes above into an [`ExitCode`].
+pub fn code(c: u8) -> ExitCode {
+    ExitCode::from(c)
+}
