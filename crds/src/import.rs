@@ -106,7 +106,7 @@ struct Measurement {
     name: String,
     #[serde(default)]
     servicegraphs: Vec<String>,
-    #[serde(default)]
+    #[serde(default, rename = "Result_location")]
     result_location: Option<String>,
     #[serde(rename = "QPS")]
     qps: Qps,
@@ -178,7 +178,8 @@ pub struct Imported {
 impl Imported {
     /// The documents as multi-document YAML, with the notes as a leading comment.
     pub fn to_yaml(&self) -> String {
-        let mut out = String::from("# Imported from the meshbench prototype by `meshbench import`.\n");
+        let mut out =
+            String::from("# Imported from the meshbench prototype by `meshbench import`.\n");
         for n in &self.notes {
             out.push_str(&format!("# {n}\n"));
         }
@@ -192,7 +193,11 @@ impl Imported {
     }
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(file: &str, text: &str, what: &str) -> Result<T, Vec<Diagnostic>> {
+fn parse<T: for<'de> Deserialize<'de>>(
+    file: &str,
+    text: &str,
+    what: &str,
+) -> Result<T, Vec<Diagnostic>> {
     let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
         let mut d = Diagnostic::file(file, format!("invalid YAML: {e}"));
         d.position = e.location().map(|l| crate::locate::Position {
@@ -201,7 +206,10 @@ fn parse<T: for<'de> Deserialize<'de>>(file: &str, text: &str, what: &str) -> Re
         });
         vec![d]
     })?;
-    let locator = crate::locate::index_documents(text).into_iter().next().unwrap_or_default();
+    let locator = crate::locate::index_documents(text)
+        .into_iter()
+        .next()
+        .unwrap_or_default();
     serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
@@ -218,11 +226,23 @@ fn parse<T: for<'de> Deserialize<'de>>(file: &str, text: &str, what: &str) -> Re
 }
 
 fn ms(v: f64) -> Duration {
-    Duration::from_std(std::time::Duration::from_secs_f64(v.max(0.0) / 1000.0))
+    secs(v / 1000.0)
 }
 
+/// Seconds as a duration; negative becomes zero and anything beyond [`Duration::MAX`]
+/// (reported by [`check_seconds`] first) is capped, because `from_secs_f64` panics on
+/// overflow and on non-finite input.
 fn secs(v: f64) -> Duration {
-    Duration::from_std(std::time::Duration::from_secs_f64(v.max(0.0)))
+    let d = std::time::Duration::try_from_secs_f64(v.max(0.0)).unwrap_or(Duration::MAX);
+    Duration::from_std(d.min(Duration::MAX))
+}
+
+/// Why a prototype time of `v` (in `unit`, `scale` seconds each) cannot be converted.
+fn check_seconds(v: f64, scale: f64, unit: &str) -> Option<String> {
+    let max = Duration::MAX.as_secs_f64() / scale;
+    (!v.is_finite() || v * scale > Duration::MAX.as_secs_f64()).then(|| {
+        format!("{v} is not a time in {unit} meshbench accepts; expected at most {max} (7 days)")
+    })
 }
 
 /// Converts a Servicegraph (and optionally its measurement config). Each problem is a
@@ -247,27 +267,53 @@ pub fn import(
         hint: None,
     };
     if sg.kind.as_deref().is_some_and(|k| k != "Servicegraph") {
-        problems.push(at("kind".into(), format!("{:?} is not a Servicegraph; expected kind: Servicegraph", sg.kind.unwrap_or_default())));
+        problems.push(at(
+            "kind".into(),
+            format!(
+                "{:?} is not a Servicegraph; expected kind: Servicegraph",
+                sg.kind.unwrap_or_default()
+            ),
+        ));
     }
     if let Some(v) = &sg.api_version
         && !v.starts_with("dipterv.my.domain/")
     {
-        problems.push(at("apiVersion".into(), format!("{v:?} is not the prototype's API; expected dipterv.my.domain/v1beta1")));
+        problems.push(at(
+            "apiVersion".into(),
+            format!("{v:?} is not the prototype's API; expected dipterv.my.domain/v1beta1"),
+        ));
+    }
+    if sg.spec.nodes.is_empty() {
+        problems.push(at(
+            "spec.nodes".into(),
+            "is empty; expected at least one node".into(),
+        ));
     }
     let mut notes = Vec::new();
     let mesh_name = to_dns_label(sg.metadata.name.as_deref().unwrap_or("imported"));
-    let names: BTreeMap<String, String> =
-        sg.spec.nodes.iter().map(|n| (n.name.clone(), to_dns_label(&n.name))).collect();
+    let names: BTreeMap<String, String> = sg
+        .spec
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), to_dns_label(&n.name)))
+        .collect();
     let mut services = Vec::new();
     for (i, node) in sg.spec.nodes.iter().enumerate() {
         let name = names[&node.name].clone();
         if name != node.name {
-            notes.push(format!("node {:?} renamed to {name:?} (DNS-1123)", node.name));
+            notes.push(format!(
+                "node {:?} renamed to {name:?} (DNS-1123)",
+                node.name
+            ));
         }
         let resources = node.resources.as_ref().map(|r| {
             let amounts = ResourceAmounts {
-                cpu: r.cpu.map(|c| Quantity(format!("{}m", c.max(0.0).round() as u64))),
-                memory: r.memory.map(|m| Quantity(format!("{}Mi", m.max(0.0).round() as u64))),
+                cpu: r
+                    .cpu
+                    .map(|c| Quantity(format!("{}m", c.max(0.0).round() as u64))),
+                memory: r
+                    .memory
+                    .map(|m| Quantity(format!("{}Mi", m.max(0.0).round() as u64))),
             };
             Resources {
                 requests: Some(amounts.clone()),
@@ -302,12 +348,24 @@ pub fn import(
                     None => problems.push(at(path, format!("{:?} is not a callout URL; expected service:port/path (e.g. \"backend:80/work\")", c.url))),
                 }
             }
+            for (field, v) in [("cpuLoad", ep.cpu_load), ("delay", ep.delay)] {
+                if let Some(message) = v.and_then(|v| check_seconds(v, 1e-3, "milliseconds")) {
+                    problems.push(at(
+                        format!("spec.nodes[{i}].endpoints[{j}].{field}"),
+                        message,
+                    ));
+                }
+            }
             let delay = ep.delay.filter(|d| *d > 0.0).map(|d| Delay {
                 fixed: Some(ms(d)),
                 mode: Some(DelayMode::MinimumTotal),
                 ..Delay::default()
             });
-            let path = if ep.path.starts_with('/') { ep.path.clone() } else { format!("/{}", ep.path) };
+            let path = if ep.path.starts_with('/') {
+                ep.path.clone()
+            } else {
+                format!("/{}", ep.path)
+            };
             endpoints.push(EndpointSpec {
                 path,
                 method: None,
@@ -341,27 +399,75 @@ pub fn import(
     if !problems.is_empty() {
         return Err(problems);
     }
-    let mut mesh = ServiceMesh::new(&mesh_name, ServiceMeshSpec { defaults: None, services });
+    let mut mesh = ServiceMesh::new(
+        &mesh_name,
+        ServiceMeshSpec {
+            defaults: None,
+            services,
+        },
+    );
     mesh.metadata.namespace = None;
 
     let benchmark = match measurement {
         None => None,
         Some((mfile, mtext)) => {
             let m: Measurement = parse(mfile, mtext, "measurement config")?;
+            let locator = crate::locate::index_documents(mtext)
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            let times = [
+                ("Load.Time", Some(m.load.time)),
+                ("Load.Preheat", m.load.preheat),
+                ("Load.TimeOut", m.load.time_out),
+            ];
+            let bad: Vec<Diagnostic> = times
+                .into_iter()
+                .filter_map(|(path, v)| {
+                    let message = check_seconds(v?, 1.0, "seconds")?;
+                    Some(Diagnostic {
+                        file: mfile.to_string(),
+                        document: Some(1),
+                        object: Some("measurement config".into()),
+                        position: locator.find(path),
+                        path: path.to_string(),
+                        message,
+                        hint: None,
+                    })
+                })
+                .collect();
+            if !bad.is_empty() {
+                return Err(bad);
+            }
             let target_node = m
                 .load
                 .service_port
                 .and_then(|p| sg.spec.nodes.iter().find(|n| n.node_port == Some(p)))
                 .or(sg.spec.nodes.first());
             let Some(target_node) = target_node else {
-                return Err(vec![Diagnostic::file(graph_file, "spec.nodes is empty; expected at least one node to send load to")]);
+                return Err(vec![Diagnostic::file(
+                    graph_file,
+                    "spec.nodes is empty; expected at least one node to send load to",
+                )]);
             };
-            let path = format!("/{}", m.load.service_path.as_deref().unwrap_or("").trim_start_matches('/'));
+            let path = format!(
+                "/{}",
+                m.load
+                    .service_path
+                    .as_deref()
+                    .unwrap_or("")
+                    .trim_start_matches('/')
+            );
             if !m.servicegraphs.is_empty() {
-                notes.push(format!("measurement listed servicegraphs: {}", m.servicegraphs.join(", ")));
+                notes.push(format!(
+                    "measurement listed servicegraphs: {}",
+                    m.servicegraphs.join(", ")
+                ));
             }
             if let Some(r) = &m.result_location {
-                notes.push(format!("prototype result location: {r} (use `meshbench run --out`)"));
+                notes.push(format!(
+                    "prototype result location: {r} (use `meshbench run --out`)"
+                ));
             }
             if let Some(c) = &m.cluster {
                 notes.push(format!(
@@ -461,8 +567,14 @@ mod tests {
 
     #[test]
     fn callout_urls() {
-        assert_eq!(parse_callout("backend:80/work"), Some(("backend", "/work".into())));
-        assert_eq!(parse_callout("http://b:8080/x/y"), Some(("b", "/x/y".into())));
+        assert_eq!(
+            parse_callout("backend:80/work"),
+            Some(("backend", "/work".into()))
+        );
+        assert_eq!(
+            parse_callout("http://b:8080/x/y"),
+            Some(("b", "/x/y".into()))
+        );
         assert_eq!(parse_callout("b"), Some(("b", "/".into())));
         assert_eq!(parse_callout(":80/x"), None);
         assert_eq!(parse_callout("b:port/x"), None);

@@ -17,6 +17,9 @@ pub const API_VERSION: &str = "meshbench.io/v1alpha1";
 /// Largest input file accepted; specs are small, so anything larger is a mistake.
 pub const MAX_FILE_BYTES: usize = 8 << 20;
 
+const NO_DOCUMENTS: &str =
+    "contains no YAML documents; expected a ServiceMesh or Benchmark resource";
+
 /// Where a document came from.
 #[derive(Debug, Clone)]
 pub struct Source {
@@ -26,6 +29,17 @@ pub struct Source {
     pub document: usize,
     /// Positions of its fields.
     pub locator: Locator,
+    /// Fields whose invalid or missing value was reported and then replaced by a stand-in,
+    /// so the rest of the document could still be checked; semantic rules stay silent at
+    /// and below these paths (the stand-in is not what the user wrote).
+    pub repaired: Vec<String>,
+}
+
+impl Source {
+    /// True when `path` is at or below a field replaced by a stand-in.
+    pub fn is_repaired(&self, path: &str) -> bool {
+        self.repaired.iter().any(|r| is_within(path, r))
+    }
 }
 
 impl Source {
@@ -140,6 +154,11 @@ impl Bundle {
 
     /// Parses the documents of one file's text.
     pub fn add_text(&mut self, name: &str, text: &str) {
+        // libyaml rejects a tab that starts a line, but a file of blanks is simply empty.
+        if text.trim().is_empty() {
+            self.diagnostics.push(Diagnostic::file(name, NO_DOCUMENTS));
+            return;
+        }
         let locators = index_documents(text);
         let mut seen = 0usize;
         for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
@@ -167,18 +186,16 @@ impl Bundle {
                 file: name.to_string(),
                 document,
                 locator: locators.get(i).cloned().unwrap_or_default(),
+                repaired: Vec::new(),
             };
             self.add_value(source, value);
         }
         if seen == 0 {
-            self.diagnostics.push(Diagnostic::file(
-                name,
-                "contains no YAML documents; expected a ServiceMesh or Benchmark resource",
-            ));
+            self.diagnostics.push(Diagnostic::file(name, NO_DOCUMENTS));
         }
     }
 
-    fn add_value(&mut self, source: Source, value: Value) {
+    fn add_value(&mut self, mut source: Source, value: Value) {
         let Value::Mapping(map) = &value else {
             self.diagnostics.push(source.diagnostic(
                 None,
@@ -260,14 +277,16 @@ impl Bundle {
         // of its problems are reported together; the bundle is invalid either way.
         match kind.as_deref() {
             Some("ServiceMesh") => {
-                let (mesh, issues) = typed::<ServiceMesh>(value);
+                let (mesh, issues, repaired) = typed::<ServiceMesh>(value);
+                source.repaired = repaired;
                 self.push_issues(&source, object, issues);
                 if let Some(mesh) = mesh {
                     self.meshes.push(MeshDoc { source, mesh });
                 }
             }
             _ => {
-                let (benchmark, issues) = typed::<Benchmark>(value);
+                let (benchmark, issues, repaired) = typed::<Benchmark>(value);
+                source.repaired = repaired;
                 self.push_issues(&source, object, issues);
                 if let Some(benchmark) = benchmark {
                     self.benchmarks.push(BenchmarkDoc { source, benchmark });
@@ -292,6 +311,9 @@ impl Bundle {
                 doc.mesh.metadata.name.as_deref().unwrap_or("")
             ));
             for issue in validate_mesh(&doc.mesh) {
+                if doc.source.is_repaired(&issue.path) {
+                    continue;
+                }
                 found.push(doc.source.diagnostic(object.clone(), issue));
             }
         }
@@ -302,6 +324,9 @@ impl Bundle {
                 doc.benchmark.metadata.name.as_deref().unwrap_or("")
             ));
             for issue in validate_benchmark(&doc.benchmark, &meshes) {
+                if doc.source.is_repaired(&issue.path) {
+                    continue;
+                }
                 found.push(doc.source.diagnostic(object.clone(), issue));
             }
         }
@@ -319,41 +344,174 @@ impl Bundle {
 
 /// Deserialises a document into `T`, turning each serde error into an [`Issue`] at the
 /// exact field path. serde stops at the first error, so the offending field is removed and
-/// the document read again, to report every problem at once (up to a bound); the repaired
-/// value is returned too, so semantic rules can still run on the rest of the document.
-fn typed<T: DeserializeOwned>(mut value: Value) -> (Option<T>, Vec<Issue>) {
+/// the document read again, to report every problem at once (up to a bound). A required
+/// field that is missing (or was removed) gets a stand-in value, so the document is still
+/// typed and the semantic rules still run on the rest of it; the paths of the stand-ins are
+/// returned so those rules do not report them a second time.
+fn typed<T: DeserializeOwned>(mut value: Value) -> (Option<T>, Vec<Issue>, Vec<String>) {
+    use serde_path_to_error::Segment;
     let mut issues = Vec::new();
+    // Stand-ins in place, with the index of the next candidate to try.
+    let mut stand_ins: Vec<(String, usize)> = Vec::new();
+    // Entries removed after their problem was reported.
+    let mut removed: Vec<String> = Vec::new();
+    let paths = |s: &[(String, usize)]| s.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
     for _ in 0..64 {
-        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
-            Ok(t) => return (Some(t), issues),
-            Err(e) => {
-                let path = e.path().to_string();
-                let path = if path == "." { String::new() } else { path };
-                let message = e.inner().to_string();
-                let unknown = unknown_field(&message);
-                let mut issue = Issue::new(
-                    match &unknown {
-                        Some(f) if path.is_empty() => f.clone(),
-                        Some(f) => format!("{path}.{f}"),
-                        None => path.clone(),
-                    },
-                    clean_serde_message(&message),
-                );
-                issue.hint = serde_hint(&message);
-                issues.push(issue);
-                let segments: Vec<_> = e.path().iter().cloned().collect();
-                if !remove_at(&mut value, &segments, unknown.as_deref()) {
-                    return (None, issues);
-                }
+        let e = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(t) => return (Some(t), issues, paths(&stand_ins)),
+            Err(e) => e,
+        };
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let message = e.inner().to_string();
+        let mut segments: Vec<Segment> = e.path().iter().cloned().collect();
+
+        if let Some(field) = missing_field(&message) {
+            let full = join_path(&path, &field);
+            let ours =
+                removed.contains(&full) || stand_ins.iter().any(|(p, _)| is_within(&path, p));
+            if !ours {
+                issues.push(Issue::new(path.clone(), clean_serde_message(&message)));
             }
+            segments.push(Segment::Map { key: field });
+            if !set_at(&mut value, &segments, stand_in(0, &message)) {
+                return (None, issues, paths(&stand_ins));
+            }
+            stand_ins.push((full, 1));
+            continue;
         }
+        if let Some(i) = stand_ins.iter().position(|(p, _)| *p == path) {
+            // The stand-in does not fit the field's type: try the next candidate.
+            let next = stand_ins[i].1;
+            stand_ins[i].1 += 1;
+            if next >= STAND_IN_CANDIDATES
+                || !set_at(&mut value, &segments, stand_in(next, &message))
+            {
+                return (None, issues, paths(&stand_ins));
+            }
+            continue;
+        }
+        if stand_ins.iter().any(|(p, _)| is_within(&path, p)) {
+            return (None, issues, paths(&stand_ins));
+        }
+
+        let mut unknown = unknown_field(&message);
+        // serde_path_to_error already ends the path with the unknown key; older versions
+        // stop at the parent.
+        if let (Some(u), Some(Segment::Map { key })) = (&unknown, segments.last())
+            && key == u
+        {
+            unknown = None;
+        }
+        let issue_path = match &unknown {
+            Some(f) => join_path(&path, f),
+            None => path.clone(),
+        };
+        let (text, hint) = split_hint(clean_serde_message(&message));
+        let mut issue = Issue::new(issue_path.clone(), text);
+        issue.hint = serde_hint(&message).or(hint);
+        issues.push(issue);
+        if !remove_at(&mut value, &segments, unknown.as_deref()) {
+            return (None, issues, paths(&stand_ins));
+        }
+        removed.push(issue_path);
     }
-    (None, issues)
+    (None, issues, paths(&stand_ins))
+}
+
+/// Number of generic stand-in values [`stand_in`] tries.
+const STAND_IN_CANDIDATES: usize = 6;
+
+/// The `n`th value tried for a required field: one of each YAML type, together valid for
+/// every field type of the API (names, durations, numbers, objects, lists, flags). The
+/// empty string comes first because semantic rules ignore empty names in their listings.
+/// For an enum, its first variant, named by serde's "unknown variant" message.
+fn stand_in(n: usize, message: &str) -> Value {
+    if let Some(variant) = first_expected_variant(message) {
+        return Value::String(variant);
+    }
+    match n {
+        0 => Value::String(String::new()),
+        1 => Value::String("1s".into()),
+        2 => Value::Number(1.into()),
+        3 => Value::Mapping(serde_yaml::Mapping::new()),
+        4 => Value::Sequence(Vec::new()),
+        _ => Value::Bool(false),
+    }
+}
+
+/// "unknown variant `1s`, expected `open` or `closed`" → `open`.
+fn first_expected_variant(m: &str) -> Option<String> {
+    let rest = m.strip_prefix("unknown variant `")?;
+    let (_, rest) = rest.split_once("expected ")?;
+    let rest = rest.strip_prefix("one of ").unwrap_or(rest);
+    let rest = rest.strip_prefix('`')?;
+    Some(rest.split_once('`')?.0.to_string())
+}
+
+/// Sets the map entry at `segments` to `v`, creating it if needed.
+fn set_at(value: &mut Value, segments: &[serde_path_to_error::Segment], v: Value) -> bool {
+    use serde_path_to_error::Segment;
+    let Some((Segment::Map { key }, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut node = value;
+    for seg in parents {
+        node = match (seg, node) {
+            (Segment::Map { key }, Value::Mapping(m)) => match m.get_mut(key.as_str()) {
+                Some(v) => v,
+                None => return false,
+            },
+            (Segment::Seq { index }, Value::Sequence(s)) => match s.get_mut(*index) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match node {
+        Value::Mapping(m) => {
+            m.insert(Value::String(key.clone()), v);
+            true
+        }
+        _ => false,
+    }
+}
+
+fn missing_field(m: &str) -> Option<String> {
+    let rest = m.strip_prefix("missing field `")?;
+    Some(rest.split_once('`')?.0.to_string())
+}
+
+fn join_path(path: &str, field: &str) -> String {
+    if path.is_empty() {
+        field.to_string()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+/// Whether `path` is `root` or a field or element below it.
+fn is_within(path: &str, root: &str) -> bool {
+    path.strip_prefix(root)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
+}
+
+/// Moves a "did you mean …" suggestion out of a message into the hint.
+fn split_hint(message: String) -> (String, Option<String>) {
+    match message.find(": did you mean ") {
+        Some(i) => (message[..i].to_string(), Some(message[i + 2..].to_string())),
+        None => (message, None),
+    }
 }
 
 /// Removes the map entry at `segments` (or the `unknown` key inside it). Only map entries
 /// are removed: removing a list element would shift the indices of later problems.
-fn remove_at(value: &mut Value, segments: &[serde_path_to_error::Segment], unknown: Option<&str>) -> bool {
+fn remove_at(
+    value: &mut Value,
+    segments: &[serde_path_to_error::Segment],
+    unknown: Option<&str>,
+) -> bool {
     use serde_path_to_error::Segment;
     let (target, parents) = match unknown {
         Some(key) => (Some(key.to_string()), segments),

@@ -343,9 +343,13 @@ pub fn plan_steps(spec: &BenchmarkSpec) -> Vec<PlannedStep> {
         && sw.step > 0.0
         && sw.from <= sw.to
     {
-        let n = (((sw.to - sw.from) / sw.step) + 1e-9).floor() as usize + 1;
+        // Saturating: on an unvalidated spec the quotient can be infinite.
+        let n = ((((sw.to - sw.from) / sw.step) + 1e-9).floor() as usize).saturating_add(1);
         for i in 0..n.min(200) {
-            let v = sw.from + sw.step * i as f64;
+            // Multiplying (not accumulating) keeps the error to one rounding; rounding to
+            // 1e-9 then removes it, so 0.1 + 2 × 0.1 is 0.3 (in the step name too) and the
+            // last value never passes `to`.
+            let v = (((sw.from + sw.step * i as f64) * 1e9).round() / 1e9).min(sw.to);
             steps.push(PlannedStep {
                 index: i,
                 name: if open {

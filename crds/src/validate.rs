@@ -825,6 +825,15 @@ pub fn validate_benchmark(bench: &Benchmark, meshes: &[&ServiceMesh]) -> Vec<Iss
                         if open { "rate" } else { "user count" }
                     ),
                 ));
+            } else if v > if open { 1_000_000.0 } else { 100_000.0 } {
+                out.push(Issue::new(
+                    format!("{sp}.{field}"),
+                    if open {
+                        format!("{v} is too high; expected at most 1000000 requests per second")
+                    } else {
+                        format!("{v} is too high; expected at most 100000 users")
+                    },
+                ));
             }
         }
         if s.from > s.to {
@@ -845,7 +854,8 @@ pub fn validate_benchmark(bench: &Benchmark, meshes: &[&ServiceMesh]) -> Vec<Iss
                 ),
             ));
         } else if s.from <= s.to {
-            let n = ((s.to - s.from) / s.step).floor() + 1.0;
+            // The same count as `resolve::plan_steps`, which allows for rounding.
+            let n = ((s.to - s.from) / s.step + 1e-9).floor() + 1.0;
             if n > 200.0 {
                 out.push(Issue::new(
                     format!("{sp}.step"),
@@ -976,12 +986,13 @@ fn check_load_amount(
     }
 }
 
-/// Service names in spec order, each once (duplicates are reported separately).
+/// Service names in spec order, each once (duplicates and empty names are reported
+/// separately).
 fn first_seen_names(spec: &crate::mesh::ServiceMeshSpec) -> Vec<&str> {
     let mut seen = BTreeSet::new();
     spec.services
         .iter()
         .map(|s| s.name.as_str())
-        .filter(|n| seen.insert(*n))
+        .filter(|n| !n.is_empty() && seen.insert(*n))
         .collect()
 }

@@ -1,0 +1,140 @@
+//! Command-line entry point shared by the `meshbench-worker` binary and the
+//! `meshbench worker` subcommand.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tokio::net::TcpListener;
+
+use crate::config::{ConfigError, WorkerConfig};
+use crate::server::{self, ServerError, WorkerState};
+
+/// Errors of a worker run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config is missing or invalid (exit code 2, nothing was bound).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// The signal handlers could not be installed.
+    #[error("cannot install the SIGTERM handler: {0}")]
+    Signal(std::io::Error),
+}
+
+impl Error {
+    /// Process exit code: 2 for an invalid or missing config, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Result alias for this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Arguments of `meshbench-worker` / `meshbench worker`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// Worker config file (JSON, see the `config` module docs).
+    #[arg(long, env = "MESHBENCH_WORKER_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// The config document itself, inline; used when --config is not given.
+    #[arg(long, env = "MESHBENCH_WORKER_CONFIG_JSON", value_name = "JSON")]
+    pub config_json: Option<String>,
+    /// Listen address, overriding `0.0.0.0:<port>` from the config (e.g. 127.0.0.1:0).
+    #[arg(long, env = "MESHBENCH_WORKER_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Pod (replica) name, overriding the config's `pod`; default: hostname.
+    #[arg(long, env = "POD_NAME", value_name = "NAME")]
+    pub pod: Option<String>,
+    /// Validate the config, print it with defaults filled in, and exit.
+    #[arg(long)]
+    pub check: bool,
+}
+
+impl WorkerArgs {
+    /// Loads and validates the config named by the arguments, applying `--pod`.
+    pub fn load_config(&self) -> Result<WorkerConfig, ConfigError> {
+        let mut config = match (&self.config, &self.config_json) {
+            (Some(path), _) => WorkerConfig::from_file(path)?,
+            (None, Some(json)) => WorkerConfig::from_json(json, "inline JSON")?,
+            (None, None) => return Err(ConfigError::Missing),
+        };
+        if let Some(pod) = &self.pod {
+            config.pod = Some(pod.clone());
+        }
+        Ok(config)
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn terminate_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(Error::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
+}
+
+/// Lets the process hold as many sockets as the hard limit allows, as a Go service does,
+/// so thousands of concurrent requests do not fail on the usual soft limit of 1024.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::debug!(error = %e, "cannot raise RLIMIT_NOFILE");
+    }
+}
+
+/// Runs a worker until SIGTERM/SIGINT, then drains: validates the config (before
+/// binding), binds, prints `meshbench-worker listening on <addr>` on stdout, serves.
+pub async fn run(args: WorkerArgs) -> Result<()> {
+    let config = args.load_config()?;
+    if args.check {
+        // Serializing a validated config cannot fail.
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&config).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    raise_fd_limit();
+    let addr = args.listen.unwrap_or_else(|| config.listen_addr());
+    let state = WorkerState::new(config)?;
+    let shutdown = terminate_signal().await?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| Error::Bind { addr, source })?;
+    state.start_background()?;
+    tracing::info!(
+        service = %state.config().service,
+        pod = %state.pod(),
+        addr = %local,
+        endpoints = state.config().endpoints.len(),
+        "worker listening"
+    );
+    println!("meshbench-worker listening on {local}");
+    server::serve_state(state, listener, shutdown).await?;
+    Ok(())
+}

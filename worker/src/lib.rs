@@ -1,0 +1,22 @@
+//! The generic meshbench worker: one HTTP service whose behaviour per endpoint comes
+//! from a JSON config ([`WorkerConfig`]) rendered from a ServiceMesh.
+//!
+//! Per request an endpoint burns CPU time on the thread's CPU clock, holds memory, waits
+//! a fixed or random delay, calls downstream services in parallel groups of sequential
+//! calls, and may inject errors or shed load; it answers with a JSON envelope of what it
+//! did. `/live`, `/ready` and `/metrics` (Prometheus) serve operations.
+//!
+//! Entry points: [`run`] for the CLI ([`WorkerArgs`]), [`serve`] to serve a config on a
+//! bound listener, [`app`] for the bare router (tests can `oneshot` it).
+
+pub mod cli;
+pub mod config;
+pub mod downstream;
+pub mod metrics;
+pub mod server;
+pub mod trace;
+pub mod work;
+
+pub use cli::{Error, WorkerArgs, run};
+pub use config::WorkerConfig;
+pub use server::{WorkerState, app, serve, serve_state};
