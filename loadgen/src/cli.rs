@@ -1,0 +1,295 @@
+//! Command-line arguments (`meshbench-loadgen`, `meshbench loadgen`) and [`run`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::plan::{self, InstanceSpec, LoadModel, LoadPlan, PlanError, Stage, WarmUp};
+use crate::result::LoadResult;
+use crate::runner::{Error, Result, RunOptions, error_chain, run_plan};
+
+/// Arguments of a load run: a plan file, or flags for a quick single-stage run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadgenArgs {
+    /// Load plan file (JSON or YAML, see `meshbench_loadgen::plan::LoadPlan`).
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["url", "rate", "users"])]
+    pub plan: Option<PathBuf>,
+    /// Quick run: the URL to load (scheme, host, port, path and query).
+    #[arg(long, value_name = "URL", required_unless_present = "plan")]
+    pub url: Option<String>,
+    /// Quick run: open loop at this many requests per second (over all instances).
+    #[arg(long, value_name = "RPS", conflicts_with = "users")]
+    pub rate: Option<f64>,
+    /// Quick run: closed loop with this many users (over all instances).
+    #[arg(long, value_name = "N")]
+    pub users: Option<u32>,
+    /// Quick run: stage duration (e.g. 30s).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Quick run: warm-up before the stage, measured apart.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub warm_up: Option<Duration>,
+    /// Quick run: HTTP method.
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// Quick run: open-loop in-flight bound.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub max_in_flight: u32,
+    /// Quick run: open-loop drop limit (requests later than this are not sent).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub max_lateness: Option<Duration>,
+    /// Quick run: closed-loop think time.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub think_time: Option<Duration>,
+    /// Request timeout (overrides the plan's).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Skip the preflight request.
+    #[arg(long)]
+    pub no_preflight: bool,
+    /// Where to write the result JSON; `-` is stdout.
+    #[arg(long, value_name = "PATH", default_value = "-")]
+    pub out: PathBuf,
+    /// Indent the result JSON.
+    #[arg(long)]
+    pub pretty: bool,
+    /// Index of this instance in a distributed run.
+    #[arg(long, value_name = "I", env = "JOB_COMPLETION_INDEX")]
+    pub index: Option<u32>,
+    /// Number of instances in a distributed run.
+    #[arg(long, value_name = "N", env = "MESHBENCH_LOADGEN_INSTANCES")]
+    pub instances: Option<u32>,
+    /// Start at this wall-clock time: RFC 3339 (`2026-01-01T12:00:00Z`) or unix milliseconds.
+    #[arg(long, value_name = "TIME")]
+    pub start_at: Option<String>,
+    /// POST the result JSON here when done (how a cluster Job reports to the operator).
+    #[arg(long, value_name = "URL", env = "MESHBENCH_RESULTS_URL")]
+    pub results_url: Option<String>,
+    /// Bearer token for the results URL.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "MESHBENCH_RESULTS_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Serve live Prometheus metrics at http://ADDR/metrics during the run.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Write every request's record as JSON lines to this file.
+    #[arg(long, value_name = "PATH")]
+    pub record_requests: Option<PathBuf>,
+    /// Never print the per-second progress line (it is printed only on a terminal anyway).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn usage(msg: impl Into<String>) -> Error {
+    Error::Usage(msg.into())
+}
+
+/// Parses `--start-at`: RFC 3339 or unix milliseconds.
+pub fn parse_start_at(text: &str) -> Result<u64> {
+    if let Ok(ms) = text.trim().parse::<u64>() {
+        return Ok(ms);
+    }
+    let t = humantime::parse_rfc3339_weak(text.trim()).map_err(|e| {
+        usage(format!(
+            "--start-at {text:?}: {e}; expected RFC 3339 (2026-01-01T12:00:00Z) or unix milliseconds"
+        ))
+    })?;
+    Ok(t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0))
+}
+
+fn read_plan(path: &Path) -> Result<LoadPlan> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    plan::from_yaml(&text)
+        .map_err(|e| match e {
+            PlanError::Parse(m) => PlanError::Parse(format!("{}: {m}", path.display())),
+            other => other,
+        })
+        .map_err(Error::from)
+}
+
+/// Builds the plan the arguments describe (file plus overrides, or a quick run).
+pub fn plan_from_args(args: &LoadgenArgs) -> Result<LoadPlan> {
+    let mut plan = match (&args.plan, &args.url) {
+        (Some(path), _) => read_plan(path)?,
+        (None, Some(url)) => quick_plan(args, url)?,
+        (None, None) => return Err(usage("give --plan PATH, or --url with --rate or --users")),
+    };
+    if let Some(t) = args.timeout {
+        plan.timeout = t;
+    }
+    if args.no_preflight {
+        plan.preflight = false;
+    }
+    if args.index.is_some() || args.instances.is_some() {
+        plan.instance = InstanceSpec {
+            index: args.index.unwrap_or(plan.instance.index),
+            count: args.instances.unwrap_or(plan.instance.count),
+        };
+    }
+    if let Some(s) = &args.start_at {
+        plan.start_at_unix_ms = Some(parse_start_at(s)?);
+    }
+    plan.validate()?;
+    Ok(plan)
+}
+
+fn quick_plan(args: &LoadgenArgs, url: &str) -> Result<LoadPlan> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| usage(format!("--url {url:?}: {e}")))?;
+    let target = parsed.origin().ascii_serialization();
+    let (model, rate, users) = match (args.rate, args.users) {
+        (Some(r), None) => (
+            LoadModel::Open {
+                max_in_flight: args.max_in_flight,
+                max_lateness: args.max_lateness,
+            },
+            Some(r),
+            None,
+        ),
+        (None, Some(u)) => (
+            LoadModel::Closed {
+                think_time: args.think_time.unwrap_or_default(),
+            },
+            None,
+            Some(u),
+        ),
+        _ => {
+            return Err(usage(
+                "a quick run needs exactly one of --rate (open loop) or --users (closed loop)",
+            ));
+        }
+    };
+    let mut plan = LoadPlan::single_stage(
+        target,
+        model,
+        Stage {
+            name: None,
+            duration: args.duration,
+            rate,
+            users,
+        },
+    );
+    plan.request.method = args.method.clone();
+    plan.request.path = parsed.path().to_owned();
+    plan.request.query = parsed
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    plan.warm_up = args.warm_up.map(|duration| WarmUp {
+        duration,
+        rate: None,
+        users: None,
+    });
+    Ok(plan)
+}
+
+/// Stops `token` on SIGINT or SIGTERM.
+pub fn cancel_on_signals(token: CancellationToken) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let io = |source| Error::Io {
+        path: PathBuf::from("<signal handler>"),
+        source,
+    };
+    // Installed before Goose starts, so Goose's own Ctrl-C handler (which exits the process
+    // on a second Ctrl-C) is refused and ours decides.
+    let mut int = signal(SignalKind::interrupt()).map_err(io)?;
+    let mut term = signal(SignalKind::terminate()).map_err(io)?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::warn!("SIGINT: stopping, the result will be partial"),
+            _ = term.recv() => tracing::warn!("SIGTERM: stopping, the result will be partial"),
+        }
+        token.cancel();
+    });
+    Ok(())
+}
+
+/// Writes `text` to `path` atomically (temporary name, then rename), or to stdout for `-`.
+fn write_out(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let io = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if path == Path::new("-") {
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes()).map_err(io)?;
+        out.write_all(b"\n").map_err(io)?;
+        return out.flush().map_err(io);
+    }
+    let tmp = path.with_extension(format!(
+        "tmp.{}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    std::fs::write(&tmp, format!("{text}\n")).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// POSTs the result JSON to `url` with an optional bearer token.
+pub async fn post_result(url: &str, token: Option<&str>, body: String) -> Result<()> {
+    let fail = |reason: String| Error::Upload {
+        url: url.to_owned(),
+        reason,
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| fail(error_chain(&e)))?;
+    let mut rb = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(t) = token {
+        rb = rb.bearer_auth(t);
+    }
+    let resp = rb.send().await.map_err(|e| fail(error_chain(&e)))?;
+    if !resp.status().is_success() {
+        return Err(fail(format!("the server answered {}", resp.status())));
+    }
+    Ok(())
+}
+
+/// Runs the load the arguments describe: builds and validates the plan, stops on
+/// SIGINT/SIGTERM with a partial result, writes the result to `--out`, and POSTs it to
+/// `--results-url` when given.
+pub async fn run(args: LoadgenArgs) -> Result<LoadResult> {
+    let plan = plan_from_args(&args)?;
+    let cancel = CancellationToken::new();
+    cancel_on_signals(cancel.clone())?;
+    let mut opts = RunOptions {
+        cancel: cancel.clone(),
+        record_requests: args.record_requests.clone(),
+        metrics_listen: args.metrics_listen,
+        ..RunOptions::default()
+    };
+    if args.quiet {
+        opts.progress = false;
+    }
+    let result = run_plan(&plan, opts).await;
+    cancel.cancel();
+    let result = result?;
+    let text = if args.pretty {
+        serde_json::to_string_pretty(&result)
+    } else {
+        serde_json::to_string(&result)
+    }
+    .map_err(|e| Error::Goose(format!("cannot serialise the result: {e}")))?;
+    write_out(&args.out, &text)?;
+    if let Some(url) = &args.results_url {
+        post_result(url, args.token.as_deref(), text).await?;
+    }
+    Ok(result)
+}

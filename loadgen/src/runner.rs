@@ -1,0 +1,965 @@
+//! Runs a [`LoadPlan`] with Goose and returns a [`LoadResult`].
+//!
+//! Goose provides the users, their HTTP clients, the transaction loop and the run's
+//! lifecycle. meshbench adds what Goose lacks, inside its model:
+//! - **Open loop** (Goose has no arrival-rate mode): the Goose users are the in-flight
+//!   slots. Each transaction claims the next planned send time from a shared
+//!   [`OpenSchedule`], sleeps until it, sends one request and measures latency from the
+//!   planned time. A claim made after its planned time (every slot was busy) is counted
+//!   late, or dropped past `maxLateness`.
+//! - **Closed loop**: Goose users looping one request, with think time; a user is active in
+//!   a stage when its index is below the stage's user count, so stages change concurrency
+//!   without restarting Goose.
+//! - **Stages, timing, results**: one timeline from `t0` (all users started, or the plan's
+//!   start time); every request's outcome is recorded into our own HDR histograms
+//!   ([`Collector`]); Goose's own metrics are switched off (`--no-metrics`) because they
+//!   time from the send, not from the planned time, and cost CPU.
+//! - **Ending**: Goose checks its stop command only between transactions, so the run ends
+//!   by Goose's killswitch plus a token every waiting transaction watches.
+//!
+//! Goose's killswitch is process-global: run one plan at a time per process (sequential
+//! calls are fine).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use goose::GooseAttack;
+use goose::config::GooseConfiguration;
+use goose::goose::{GooseRequest, GooseUser, Scenario, Transaction, TransactionResult};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::collector::{Collector, Outcome, RequestRecord, SecondData, bucket};
+use crate::live::{LiveMetrics, Progress};
+use crate::plan::{LoadModel, LoadPlan, ModelKind, PlanError, ResolvedStage};
+use crate::result::{
+    InstanceReport, LoadResult, RESULT_VERSION, ResultError, StageResult, StageSummary,
+};
+use crate::schedule::{OpenSchedule, StageClock, clocks};
+
+/// Errors of a run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The plan is invalid; nothing was sent.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The preflight request failed; nothing else was sent.
+    #[error("preflight failed: {method} {url}: {reason}")]
+    Preflight {
+        /// Method of the preflight request.
+        method: String,
+        /// URL of the preflight request.
+        url: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// Goose refused the configuration or failed during the run.
+    #[error("goose: {0}")]
+    Goose(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The live metrics endpoint could not listen.
+    #[error("cannot listen for /metrics on {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Posting the result to the results URL failed (the result was still written).
+    #[error("posting the result to {url} failed: {reason}")]
+    Upload {
+        /// The results URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// Command-line usage error.
+    #[error("{0}")]
+    Usage(String),
+    /// A result could not be built.
+    #[error(transparent)]
+    Result(#[from] ResultError),
+}
+
+impl Error {
+    /// Process exit code for this error (see the binary's documentation).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Plan(_) | Error::Usage(_) => 2,
+            Error::Preflight { .. } => 3,
+            Error::Upload { .. } => 5,
+            _ => 1,
+        }
+    }
+}
+
+/// Result alias of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Options of one run besides the plan.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Cancelling stops the run; the result then holds what was measured, marked partial.
+    pub cancel: CancellationToken,
+    /// Write every request's record as JSON lines to this file.
+    pub record_requests: Option<PathBuf>,
+    /// Serve live Prometheus metrics at `http://<addr>/metrics` during the run.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Print a progress line per second to stderr.
+    pub progress: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        use std::io::IsTerminal as _;
+        Self {
+            cancel: CancellationToken::new(),
+            record_requests: None,
+            metrics_listen: None,
+            progress: std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+/// A claim later than this after its planned time counts as late: below it, the delay is
+/// timer granularity, not a busy slot.
+pub const LATE_TOLERANCE: Duration = Duration::from_millis(1);
+/// Pause of a user with nothing left to do, between Goose's checks for its stop command.
+const IDLE: Duration = Duration::from_millis(20);
+/// Time between all users started and `t0`, so the first requests are not late.
+const LEAD: Duration = Duration::from_millis(50);
+/// Longest wait for Goose to start all users.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) struct PreparedRequest {
+    pub method: reqwest::Method,
+    pub url: reqwest::Url,
+    pub headers: HeaderMap,
+    pub body: Option<String>,
+}
+
+pub(crate) fn prepare(plan: &LoadPlan) -> Result<PreparedRequest> {
+    let r = &plan.request;
+    let invalid = |field: &str, message: String| PlanError::Invalid {
+        field: field.to_owned(),
+        message,
+    };
+    let method = reqwest::Method::from_bytes(r.method.as_bytes())
+        .map_err(|e| invalid("request.method", format!("{:?}: {e}", r.method)))?;
+    let base = plan.target.trim_end_matches('/');
+    let mut url = reqwest::Url::parse(&format!("{base}{}", r.path)).map_err(|e| {
+        invalid(
+            "target",
+            format!("{:?} with path {:?}: {e}", plan.target, r.path),
+        )
+    })?;
+    if !r.query.is_empty() {
+        let mut q = url.query_pairs_mut();
+        for (k, v) in &r.query {
+            q.append_pair(k, v);
+        }
+    }
+    let mut headers = HeaderMap::new();
+    for (k, v) in &r.headers {
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|e| invalid(&format!("request.headers.{k}"), format!("bad name: {e}")))?;
+        let value = HeaderValue::from_str(v)
+            .map_err(|e| invalid(&format!("request.headers.{k}"), format!("bad value: {e}")))?;
+        headers.append(name, value);
+    }
+    Ok(PreparedRequest {
+        method,
+        url,
+        headers,
+        body: r.body.clone(),
+    })
+}
+
+fn build_request(
+    client: &reqwest::Client,
+    req: &PreparedRequest,
+    timeout: Duration,
+) -> reqwest::RequestBuilder {
+    let rb = client
+        .request(req.method.clone(), req.url.clone())
+        .headers(req.headers.clone())
+        .timeout(timeout);
+    match &req.body {
+        Some(b) => rb.body(b.clone()),
+        None => rb,
+    }
+}
+
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s
+}
+
+fn classify(e: &reqwest::Error) -> Outcome {
+    if e.is_timeout() {
+        Outcome::Timeout
+    } else if e.is_connect() || e.is_request() || e.is_body() {
+        Outcome::Connection
+    } else {
+        Outcome::Other
+    }
+}
+
+/// Sends the plan's request once; an error when the target does not answer, a warning
+/// when it answers with a non-2xx status.
+async fn preflight(plan: &LoadPlan, req: &PreparedRequest) -> Result<Option<String>> {
+    let fail = |reason: String| Error::Preflight {
+        method: req.method.to_string(),
+        url: req.url.to_string(),
+        reason,
+    };
+    let client = reqwest::Client::builder()
+        .timeout(plan.timeout.min(Duration::from_secs(10)))
+        .build()
+        .map_err(|e| fail(error_chain(&e)))?;
+    let resp = build_request(&client, req, plan.timeout.min(Duration::from_secs(10)))
+        .send()
+        .await
+        .map_err(|e| fail(error_chain(&e)))?;
+    let status = resp.status();
+    resp.bytes().await.map_err(|e| fail(error_chain(&e)))?;
+    Ok((!status.is_success()).then(|| {
+        format!(
+            "preflight {} {} answered {status}; the run went ahead",
+            req.method, req.url
+        )
+    }))
+}
+
+struct Shared {
+    model: ModelKind,
+    clocks: Vec<StageClock>,
+    total: Duration,
+    schedule: Option<OpenSchedule>,
+    max_lateness: Option<Duration>,
+    think_time: Duration,
+    timeout: Duration,
+    request: PreparedRequest,
+    collector: Collector,
+    t0: watch::Receiver<Option<Instant>>,
+    /// Stop now: abort waits and in-flight requests.
+    stop: CancellationToken,
+    /// The run is over: users go idle until Goose stops them.
+    finish: CancellationToken,
+    users: u32,
+    next_user: AtomicU32,
+    ready: AtomicU32,
+    done_users: AtomicU32,
+    all_done: Notify,
+    in_flight: AtomicU64,
+    killswitch_ours: AtomicBool,
+}
+
+#[derive(Clone, Copy)]
+struct UserState {
+    index: u32,
+    done: bool,
+}
+
+impl Shared {
+    async fn wait_t0(&self) -> Option<Instant> {
+        let mut rx = self.t0.clone();
+        tokio::select! {
+            r = rx.wait_for(|t| t.is_some()) => r.ok().and_then(|t| *t),
+            _ = self.finish.cancelled() => None,
+            _ = self.stop.cancelled() => None,
+        }
+    }
+
+    fn stage_at(&self, offset: Duration) -> Option<usize> {
+        if offset >= self.total {
+            return None;
+        }
+        Some(
+            self.clocks
+                .partition_point(|c| c.offset <= offset)
+                .saturating_sub(1),
+        )
+    }
+}
+
+async fn user_step(user: &mut GooseUser, sh: &Shared) -> TransactionResult {
+    let state = match user.get_session_data::<UserState>() {
+        Some(s) => *s,
+        None => {
+            let s = UserState {
+                index: sh.next_user.fetch_add(1, Ordering::Relaxed),
+                done: false,
+            };
+            user.set_session_data(s);
+            sh.ready.fetch_add(1, Ordering::Release);
+            s
+        }
+    };
+    if state.done || sh.finish.is_cancelled() || sh.stop.is_cancelled() {
+        // Goose looks for its stop command between transactions; pausing keeps a user
+        // with nothing to do from spinning until then.
+        tokio::time::sleep(IDLE).await;
+        return Ok(());
+    }
+    let Some(t0) = sh.wait_t0().await else {
+        return Ok(());
+    };
+    let finished = match sh.model {
+        ModelKind::Open => open_step(user, sh, t0).await,
+        ModelKind::Closed => closed_step(user, sh, t0, state.index).await,
+    };
+    if finished {
+        if let Some(s) = user.get_session_data_mut::<UserState>() {
+            s.done = true;
+        }
+        if sh.done_users.fetch_add(1, Ordering::AcqRel) + 1 >= sh.users {
+            sh.all_done.notify_one();
+        }
+    }
+    Ok(())
+}
+
+/// One open-loop slot turn: claim, wait, send. Returns true when the schedule is exhausted.
+async fn open_step(user: &mut GooseUser, sh: &Shared, t0: Instant) -> bool {
+    let Some(schedule) = &sh.schedule else {
+        return true;
+    };
+    loop {
+        let Some(p) = schedule.claim() else {
+            return true;
+        };
+        let planned = t0 + p.at;
+        let now = Instant::now();
+        let lateness = now.saturating_duration_since(planned);
+        let late = (lateness > LATE_TOLERANCE).then_some(lateness);
+        if let (Some(l), Some(max)) = (late, sh.max_lateness)
+            && l > max
+        {
+            sh.collector
+                .dropped(p.stage, p.second, p.at.as_micros() as u64, l);
+            continue;
+        }
+        if planned > now {
+            tokio::select! {
+                _ = tokio::time::sleep_until(planned.into()) => {}
+                _ = sh.stop.cancelled() => return true,
+            }
+        }
+        let send_delay = Instant::now().saturating_duration_since(planned);
+        send(
+            user,
+            sh,
+            p.stage,
+            p.second,
+            planned,
+            p.at,
+            Some(send_delay),
+            late,
+        )
+        .await;
+        return false;
+    }
+}
+
+/// One closed-loop user turn. Returns true when the run's timeline is over.
+async fn closed_step(user: &mut GooseUser, sh: &Shared, t0: Instant, index: u32) -> bool {
+    let now = Instant::now();
+    let offset = now.saturating_duration_since(t0);
+    if now < t0 {
+        tokio::select! {
+            _ = tokio::time::sleep_until(t0.into()) => {}
+            _ = sh.stop.cancelled() => return true,
+        }
+        return false;
+    }
+    let Some(stage) = sh.stage_at(offset) else {
+        return true;
+    };
+    let c = &sh.clocks[stage];
+    if index >= c.users {
+        let end = t0 + c.offset + c.duration;
+        tokio::select! {
+            _ = tokio::time::sleep_until(end.into()) => {}
+            _ = sh.stop.cancelled() => return true,
+        }
+        return false;
+    }
+    let second = (offset - c.offset).as_secs().min(u64::from(u32::MAX)) as u32;
+    send(user, sh, stage, second, now, offset, None, None).await;
+    if !sh.think_time.is_zero() {
+        tokio::select! {
+            _ = tokio::time::sleep(sh.think_time) => {}
+            _ = sh.stop.cancelled() => return true,
+        }
+    }
+    false
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    user: &mut GooseUser,
+    sh: &Shared,
+    stage: usize,
+    second: u32,
+    start: Instant,
+    at: Duration,
+    send_delay: Option<Duration>,
+    late: Option<Duration>,
+) {
+    let rb = build_request(&user.client, &sh.request, sh.timeout);
+    sh.collector.sent(stage, second, send_delay, late);
+    sh.in_flight.fetch_add(1, Ordering::Relaxed);
+    let exchange = async {
+        let request = GooseRequest::builder().set_request_builder(rb).build();
+        match user.request(request).await {
+            Err(_) => Outcome::Other,
+            Ok(goose) => match goose.response {
+                Err(e) => classify(&e),
+                Ok(mut resp) => {
+                    let status = resp.status().as_u16();
+                    // The response counts once its body is in, within the timeout.
+                    loop {
+                        match resp.chunk().await {
+                            Ok(Some(_)) => {}
+                            Ok(None) => break Outcome::Status(status),
+                            Err(e) => break classify(&e),
+                        }
+                    }
+                }
+            },
+        }
+    };
+    let outcome = tokio::select! {
+        o = exchange => o,
+        _ = sh.stop.cancelled() => Outcome::Aborted,
+    };
+    let latency = start.elapsed();
+    sh.in_flight.fetch_sub(1, Ordering::Relaxed);
+    sh.collector.finished(
+        stage,
+        second,
+        outcome,
+        latency,
+        at.as_micros() as u64,
+        late.unwrap_or_default(),
+    );
+}
+
+struct Timing {
+    t0: Instant,
+    t0_wall: SystemTime,
+    /// Offset from `t0` at which the run was stopped early.
+    stopped_at: Option<Duration>,
+    deadline_hit: bool,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn supervise(
+    sh: Arc<Shared>,
+    t0_tx: watch::Sender<Option<Instant>>,
+    start_at_unix_ms: Option<u64>,
+    stages: Vec<ResolvedStage>,
+    mut progress: Option<Progress>,
+    live: Option<Arc<LiveMetrics>>,
+) -> Timing {
+    let ready_by = Instant::now() + READY_TIMEOUT;
+    while sh.ready.load(Ordering::Acquire) < sh.users && Instant::now() < ready_by {
+        if sh.stop.is_cancelled() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (now_i, now_w) = (Instant::now(), SystemTime::now());
+    let (t0, t0_wall) = match start_at_unix_ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)) {
+        Some(at) if at > now_w + LEAD => (now_i + at.duration_since(now_w).unwrap_or_default(), at),
+        _ => (now_i + LEAD, now_w + LEAD),
+    };
+    let _ = t0_tx.send(Some(t0));
+    tracing::debug!(users = sh.users, "all users started; t0 set");
+    let drain = sh.timeout + sh.total.max(Duration::from_secs(5));
+    let hard_deadline = t0 + sh.total + drain;
+    let mut timing = Timing {
+        t0,
+        t0_wall,
+        stopped_at: None,
+        deadline_hit: false,
+    };
+    let mut tick: u64 = 1;
+    let mut prev = sh.collector.totals();
+    loop {
+        let next = t0 + Duration::from_secs(tick);
+        tokio::select! {
+            _ = sh.stop.cancelled() => {
+                timing.stopped_at = Some(Instant::now().saturating_duration_since(t0));
+                break;
+            }
+            _ = sh.all_done.notified() => break,
+            _ = tokio::time::sleep_until(next.into()) => {}
+        }
+        if goose::is_killswitch_triggered() && !sh.killswitch_ours.load(Ordering::Acquire) {
+            // Goose's own Ctrl-C handler fired (the embedding program installed none).
+            timing.stopped_at = Some(Instant::now().saturating_duration_since(t0));
+            sh.stop.cancel();
+            break;
+        }
+        if Instant::now() >= hard_deadline {
+            timing.stopped_at = Some(Instant::now().saturating_duration_since(t0));
+            timing.deadline_hit = true;
+            sh.stop.cancel();
+            break;
+        }
+        let elapsed = Instant::now().saturating_duration_since(t0);
+        let stage = sh.stage_at(elapsed).unwrap_or(sh.clocks.len() - 1);
+        let c = &sh.clocks[stage];
+        let in_stage = elapsed.saturating_sub(c.offset).as_secs() as u32;
+        let totals = sh.collector.totals();
+        let (_, last) = sh.collector.snapshot(stage, in_stage.saturating_sub(1));
+        let in_flight = sh.in_flight.load(Ordering::Relaxed);
+        if let Some(p) = progress.as_mut() {
+            p.line(
+                elapsed,
+                &stages[stage],
+                stages.len(),
+                &prev,
+                &totals,
+                &last,
+                in_flight,
+            );
+        }
+        if let Some(l) = &live {
+            l.update(&stages[stage], &totals, &last, in_flight);
+        }
+        prev = totals;
+        // Seconds older than a timeout can only change through very late requests.
+        let settle = sh.timeout + Duration::from_secs(2);
+        for (i, c) in sh.clocks.iter().enumerate() {
+            let sealable = elapsed
+                .saturating_sub(c.offset)
+                .saturating_sub(settle)
+                .as_secs();
+            if sealable > 0 {
+                sh.collector.seal_before(i, sealable as usize);
+            }
+        }
+        tick += 1;
+    }
+    timing
+}
+
+/// Runs `plan` to the end (or until `opts.cancel` fires) and returns its result.
+///
+/// Validates the plan and sends a preflight request first: an invalid plan or an
+/// unreachable target is an error before any load. Can be called repeatedly in one process,
+/// one run at a time.
+pub async fn run_plan(plan: &LoadPlan, opts: RunOptions) -> Result<LoadResult> {
+    quiet_goose_log();
+    plan.validate()?;
+    let stages = plan.stages()?;
+    let request = prepare(plan)?;
+    let mut warnings = Vec::new();
+    if plan.preflight {
+        tokio::select! {
+            r = preflight(plan, &request) => warnings.extend(r?),
+            _ = opts.cancel.cancelled() => {
+                tracing::warn!("stopped before the run started");
+            }
+        }
+    }
+    let cpu_start = cpu_time();
+    let started_wall = SystemTime::now();
+
+    let clocks = clocks(&stages, &plan.instance);
+    let (users, schedule, max_lateness, think_time) = match &plan.model {
+        LoadModel::Open {
+            max_in_flight,
+            max_lateness,
+        } => (
+            *max_in_flight,
+            Some(OpenSchedule::new(clocks.clone(), plan.instance)),
+            *max_lateness,
+            Duration::ZERO,
+        ),
+        LoadModel::Closed { think_time } => (
+            clocks.iter().map(|c| c.users).max().unwrap_or(0).max(1),
+            None,
+            None,
+            *think_time,
+        ),
+    };
+
+    let (record_tx, record_thread) = match &opts.record_requests {
+        Some(path) => {
+            let (tx, thread) = spawn_record_writer(path.clone())?;
+            (Some(tx), Some(thread))
+        }
+        None => (None, None),
+    };
+
+    let live = match opts.metrics_listen {
+        Some(addr) => {
+            Some(crate::live::serve(addr, plan.instance.index, opts.cancel.clone()).await?)
+        }
+        None => None,
+    };
+
+    let (t0_tx, t0_rx) = watch::channel(None);
+    let stop = opts.cancel.child_token();
+    let shared = Arc::new(Shared {
+        model: plan.model.kind(),
+        total: plan.total_duration(),
+        clocks: clocks.clone(),
+        schedule,
+        max_lateness,
+        think_time,
+        timeout: plan.timeout,
+        request,
+        collector: Collector::new(stages.len(), record_tx),
+        t0: t0_rx,
+        stop: stop.clone(),
+        finish: CancellationToken::new(),
+        users,
+        next_user: AtomicU32::new(0),
+        ready: AtomicU32::new(0),
+        done_users: AtomicU32::new(0),
+        all_done: Notify::new(),
+        in_flight: AtomicU64::new(0),
+        killswitch_ours: AtomicBool::new(false),
+    });
+
+    let mut timing = None;
+    if !opts.cancel.is_cancelled() {
+        let attack = build_attack(plan, users, shared.clone())?;
+        let progress = opts.progress.then(Progress::new);
+        let supervisor = tokio::spawn(supervise(
+            shared.clone(),
+            t0_tx,
+            plan.start_at_unix_ms,
+            stages.clone(),
+            progress,
+            live.clone(),
+        ));
+        let stopper = {
+            let sh = shared.clone();
+            let supervisor_done = CancellationToken::new();
+            let done = supervisor_done.clone();
+            (
+                tokio::spawn(async move {
+                    done.cancelled().await;
+                    sh.finish.cancel();
+                    // Goose resets its killswitch when a run starts: keep it set until Goose
+                    // has returned, in case the run ended before Goose was fully up.
+                    loop {
+                        sh.killswitch_ours.store(true, Ordering::Release);
+                        goose::trigger_killswitch("meshbench: load plan finished");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }),
+                supervisor_done,
+            )
+        };
+        let sup = async {
+            let t = supervisor.await;
+            stopper.1.cancel();
+            t
+        };
+        let (goose_result, t) = tokio::join!(attack.execute(), sup);
+        stopper.0.abort();
+        goose::reset_killswitch();
+        let t = t.map_err(|e| Error::Goose(format!("supervisor failed: {e}")))?;
+        if let Err(e) = goose_result {
+            shared.stop.cancel();
+            return Err(Error::Goose(e.to_string()));
+        }
+        timing = Some(t);
+    }
+    shared.collector.close_records();
+    if let Some(thread) = record_thread {
+        match thread.join() {
+            Ok(r) => r?,
+            Err(_) => return Err(Error::Goose("request record writer panicked".into())),
+        }
+    }
+
+    let finished_wall = SystemTime::now();
+    let cpu_time_ms = match (cpu_start, cpu_time()) {
+        (Some(a), Some(b)) => Some((b - a).as_secs_f64() * 1000.0),
+        _ => None,
+    };
+    let timing = timing.unwrap_or(Timing {
+        t0: Instant::now(),
+        t0_wall: started_wall,
+        stopped_at: Some(Duration::ZERO),
+        deadline_hit: false,
+    });
+    let _ = timing.t0;
+    if timing.deadline_hit {
+        warnings.push(format!(
+            "the run did not drain within {:?} after the plan ended and was stopped",
+            plan.timeout + plan.total_duration().max(Duration::from_secs(5))
+        ));
+    }
+    let result = assemble(
+        plan,
+        &stages,
+        &shared,
+        &timing,
+        started_wall,
+        finished_wall,
+        cpu_time_ms,
+        warnings,
+    )?;
+    if let Some(l) = &live {
+        l.finish(&result);
+    }
+    Ok(result)
+}
+
+/// Goose logs through the `log` crate and, when no logger is installed, installs one that
+/// prints to stdout (where our result may go) and warns once per failed request (costly
+/// under overload). Install a logger first that forwards only errors to `tracing`; when the
+/// embedding program already installed one (e.g. `tracing-log`), that one stays.
+fn quiet_goose_log() {
+    struct ErrorsToTracing;
+    impl log::Log for ErrorsToTracing {
+        fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+            m.level() <= log::Level::Error
+        }
+        fn log(&self, r: &log::Record<'_>) {
+            if self.enabled(r.metadata()) {
+                tracing::error!(target: "goose", "{}", r.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    static LOGGER: ErrorsToTracing = ErrorsToTracing;
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Error);
+    }
+}
+
+fn build_attack(plan: &LoadPlan, users: u32, shared: Arc<Shared>) -> Result<GooseAttack> {
+    let goose_err = |e: goose::GooseError| Error::Goose(e.to_string());
+    // Goose's run time is only a backstop: the supervisor ends the run through the
+    // killswitch once the plan is done and drained.
+    let backstop =
+        plan.total_duration() * 2 + plan.timeout + READY_TIMEOUT + Duration::from_secs(60);
+    let host = plan.target.trim_end_matches('/').to_owned();
+    let args = [
+        "--host".to_owned(),
+        host,
+        "--users".to_owned(),
+        users.to_string(),
+        "--increase-rate".to_owned(),
+        // Start every slot at once: the schedule, not Goose's ramp, shapes the load.
+        (u64::from(users) * 100).max(1000).to_string(),
+        "--run-time".to_owned(),
+        format!("{}s", backstop.as_secs() + 1),
+        "--no-metrics".to_owned(),
+        "--no-telnet".to_owned(),
+        "--quiet".to_owned(),
+    ];
+    let config = GooseConfiguration::parse_args_default(&args).map_err(goose_err)?;
+    let sh = shared;
+    let transaction = Transaction::new(Arc::new(move |user: &mut GooseUser| {
+        let sh = sh.clone();
+        Box::pin(async move { user_step(user, &sh).await })
+    }))
+    .set_name("request");
+    let attack = GooseAttack::initialize_with_config(config)
+        .map_err(goose_err)?
+        .set_client_builder_without_cookies(
+            goose::client::GooseClientBuilder::new()
+                .without_cookies()
+                .timeout(plan.timeout)
+                .user_agent(concat!("meshbench-loadgen/", env!("CARGO_PKG_VERSION"))),
+        )
+        .map_err(goose_err)?
+        .register_scenario(Scenario::new("meshbench").register_transaction(transaction));
+    Ok(attack)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn assemble(
+    plan: &LoadPlan,
+    stages: &[ResolvedStage],
+    sh: &Shared,
+    timing: &Timing,
+    started_wall: SystemTime,
+    finished_wall: SystemTime,
+    cpu_time_ms: Option<f64>,
+    mut warnings: Vec<String>,
+) -> Result<LoadResult> {
+    let mut out = Vec::with_capacity(stages.len());
+    for (i, s) in stages.iter().enumerate() {
+        let c = &sh.clocks[i];
+        let end = c.offset + c.duration;
+        let (ran_until, partial) = match timing.stopped_at {
+            Some(stop) if stop < end => (stop.max(c.offset), true),
+            _ => (end, false),
+        };
+        let ran = ran_until - c.offset;
+        let data = sh.collector.stage_data(i);
+        let mut counts = data.counts;
+        let due = |t: f64| match &sh.schedule {
+            Some(sched) => sched.due_before(i, t),
+            None => 0,
+        };
+        let open = sh.schedule.is_some();
+        if open {
+            counts.planned = due(ran.as_secs_f64());
+        } else {
+            counts.planned = counts.sent;
+        }
+        let n_seconds = (ran.as_secs_f64().ceil() as usize).max(data.seconds.len());
+        let mut by_second = data.seconds;
+        by_second.resize(n_seconds, SecondData::default());
+        let start_ms = unix_ms(timing.t0_wall + c.offset);
+        let buckets = by_second
+            .into_iter()
+            .enumerate()
+            .map(
+                |(
+                    sec,
+                    SecondData {
+                        mut counts,
+                        ok,
+                        failed,
+                    },
+                )| {
+                    let sec = sec as u32;
+                    counts.planned = if open {
+                        let t = ran.as_secs_f64();
+                        due(f64::from(sec + 1).min(t)) - due(f64::from(sec).min(t))
+                    } else {
+                        counts.sent
+                    };
+                    bucket(sec, start_ms + u64::from(sec) * 1000, counts, ok, failed)
+                },
+            )
+            .collect();
+        let mut stage = StageResult {
+            index: s.index,
+            name: s.name.clone(),
+            warm_up: s.warm_up,
+            target_rate: s.rate,
+            users: s.users,
+            planned_duration_ms: s.duration.as_millis() as u64,
+            started_unix_ms: start_ms,
+            ended_unix_ms: unix_ms(timing.t0_wall + ran_until),
+            partial,
+            counts,
+            latency_ok: data.ok,
+            latency_failed: data.failed,
+            lateness: data.lateness,
+            send_delay: data.send_delay,
+            seconds: buckets,
+            summary: StageSummary::default(),
+        };
+        stage.recompute_summary()?;
+        if stage.counts.late > 0 {
+            warnings.push(format!(
+                "stage {} ({}): {} of {} requests were sent late (every in-flight slot busy), p99 {} µs late",
+                s.index, s.name, stage.counts.late, stage.counts.sent, stage.summary.lateness.p99_us
+            ));
+        }
+        if stage.counts.dropped > 0 {
+            warnings.push(format!(
+                "stage {} ({}): {} planned requests were dropped (later than maxLateness)",
+                s.index, s.name, stage.counts.dropped
+            ));
+        }
+        out.push(stage);
+    }
+    let partial = timing.stopped_at.is_some();
+    let instance = InstanceReport {
+        index: plan.instance.index,
+        count: plan.instance.count,
+        hostname: nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok()),
+        started_unix_ms: unix_ms(timing.t0_wall),
+        finished_unix_ms: unix_ms(finished_wall),
+        partial,
+        cpu_time_ms,
+    };
+    let _ = started_wall;
+    Ok(LoadResult {
+        version: RESULT_VERSION,
+        plan: plan.clone(),
+        model: plan.model.kind(),
+        instances: vec![instance],
+        started_unix_ms: unix_ms(timing.t0_wall),
+        finished_unix_ms: unix_ms(finished_wall),
+        partial,
+        stages: out,
+        warnings,
+    })
+}
+
+/// CPU time (user + system) of this process so far.
+pub fn cpu_time() -> Option<Duration> {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let u = getrusage(UsageWho::RUSAGE_SELF).ok()?;
+    let tv = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(t.tv_sec().max(0) as u64)
+            + Duration::from_micros(t.tv_usec().max(0) as u64)
+    };
+    Some(tv(u.user_time()) + tv(u.system_time()))
+}
+
+type RecordThread = std::thread::JoinHandle<Result<()>>;
+
+fn spawn_record_writer(
+    path: PathBuf,
+) -> Result<(std::sync::mpsc::Sender<RequestRecord>, RecordThread)> {
+    use std::io::Write as _;
+    let io = |source| Error::Io {
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::File::create(&path).map_err(io)?;
+    let (tx, rx) = std::sync::mpsc::channel::<RequestRecord>();
+    let thread_path = path.clone();
+    let thread = std::thread::Builder::new()
+        .name("request-records".into())
+        .spawn(move || {
+            let mut w = std::io::BufWriter::new(file);
+            let io = |source| Error::Io {
+                path: thread_path.clone(),
+                source,
+            };
+            for r in rx {
+                serde_json::to_writer(&mut w, &r).map_err(|e| io(e.into()))?;
+                w.write_all(b"\n").map_err(io)?;
+            }
+            w.flush().map_err(io)
+        })
+        .map_err(io)?;
+    Ok((tx, thread))
+}

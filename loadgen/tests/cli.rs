@@ -1,0 +1,222 @@
+//! The `meshbench-loadgen` binary as a process: exit codes, SIGTERM, distributed merge.
+
+#![cfg(feature = "runner")]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use meshbench_loadgen::LoadResult;
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshbench-loadgen");
+
+fn loadgen() -> Command {
+    let mut c = Command::new(BIN);
+    c.env_remove("JOB_COMPLETION_INDEX")
+        .env_remove("MESHBENCH_LOADGEN_INSTANCES")
+        .env_remove("MESHBENCH_RESULTS_URL")
+        .env("RUST_LOG", "warn");
+    c
+}
+
+fn read_result(path: &Path) -> LoadResult {
+    let text = std::fs::read_to_string(path).unwrap();
+    LoadResult::from_json(&text).unwrap()
+}
+
+#[test]
+fn quick_run_writes_the_result_to_stdout() {
+    let _g = common::serial();
+    let addr = common::start_target();
+    let out = loadgen()
+        .args([
+            "--url",
+            &format!("http://{addr}/?x=1"),
+            "--rate",
+            "50",
+            "--duration",
+            "1s",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = LoadResult::from_json(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    assert_eq!(r.stages[0].counts.sent, 50);
+    assert_eq!(r.stages[0].counts.ok, 50);
+    assert_eq!(r.plan.request.query.get("x").map(String::as_str), Some("1"));
+}
+
+#[test]
+fn sigterm_writes_a_partial_result() {
+    let _g = common::serial();
+    let addr = common::start_target();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("result.json");
+    let mut child = loadgen()
+        .args([
+            "--url",
+            &format!("http://{addr}/"),
+            "--rate",
+            "100",
+            "--duration",
+            "60s",
+            "--out",
+        ])
+        .arg(&out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2000));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "loadgen did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(4));
+    let r = read_result(&out);
+    assert!(r.partial && r.instances[0].partial && r.stages[0].partial);
+    let c = &r.stages[0].counts;
+    assert!(c.sent >= 50 && c.sent <= 1000, "sent {}", c.sent);
+    assert!(r.stages[0].summary.elapsed_s < 30.0);
+}
+
+#[test]
+fn two_instances_at_half_rate_merge_to_the_plan() {
+    let _g = common::serial();
+    let addr = common::start_target();
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.yaml");
+    std::fs::write(
+        &plan,
+        format!(
+            "target: http://{addr}\nmodel: {{ type: open, maxInFlight: 50 }}\n\
+             profile:\n  stages:\n    - {{ rate: 300, duration: 1s }}\n    - {{ rate: 101, duration: 1s }}\n"
+        ),
+    )
+    .unwrap();
+    let start_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 2500;
+    let children: Vec<_> = (0..2)
+        .map(|i| {
+            let out = dir.path().join(format!("r{i}.json"));
+            let child = loadgen()
+                .arg("--plan")
+                .arg(&plan)
+                .args([
+                    "--instances",
+                    "2",
+                    "--start-at",
+                    &start_at.to_string(),
+                    "--out",
+                ])
+                .arg(&out)
+                .env("JOB_COMPLETION_INDEX", i.to_string())
+                .spawn()
+                .unwrap();
+            (child, out)
+        })
+        .collect();
+    let mut results = Vec::new();
+    for (mut child, out) in children {
+        assert_eq!(child.wait().unwrap().code(), Some(0));
+        results.push(read_result(&out));
+    }
+    assert_eq!(results[0].stages[0].counts.sent, 150);
+    assert_eq!(results[1].stages[1].counts.sent, 50);
+    // Both started at the agreed wall-clock time.
+    let gap = results[0]
+        .started_unix_ms
+        .abs_diff(results[1].started_unix_ms);
+    assert!(gap <= 5, "start times differ by {gap} ms");
+    assert!(results[0].started_unix_ms.abs_diff(start_at) <= 5);
+
+    let merged = LoadResult::merge(&results).unwrap();
+    assert_eq!(merged.instances.len(), 2);
+    for (s, expected) in merged.stages.iter().zip([300u64, 101]) {
+        assert_eq!(s.counts.planned, expected);
+        assert_eq!(s.counts.sent, expected);
+        let sum: u64 = results
+            .iter()
+            .map(|r| {
+                r.stages[s.index as usize]
+                    .latency_histogram()
+                    .unwrap()
+                    .len()
+            })
+            .sum();
+        assert_eq!(s.latency_histogram().unwrap().len(), sum);
+        assert_eq!(sum, s.counts.ok);
+        assert_eq!(
+            s.seconds.iter().map(|b| b.counts.sent).sum::<u64>(),
+            expected
+        );
+    }
+}
+
+#[test]
+fn unreachable_target_fails_preflight_with_exit_3() {
+    let _g = common::serial();
+    let out = loadgen()
+        .args([
+            "--url",
+            &format!("http://{}/", common::closed_port()),
+            "--rate",
+            "10",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("preflight failed"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn invalid_plan_is_exit_2_with_the_field_named() {
+    let _g = common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.yaml");
+    std::fs::write(
+        &plan,
+        "target: http://127.0.0.1:9\nmodel: { type: open }\nprofile: { stages: [ { rate: -5, duration: 1s } ] }\n",
+    )
+    .unwrap();
+    let out = loadgen().arg("--plan").arg(&plan).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("profile.stages[0].rate"), "{err}");
+
+    std::fs::write(
+        &plan,
+        "target: http://127.0.0.1:9\nmodel: { type: open, bogus: 1 }\n",
+    )
+    .unwrap();
+    let out = loadgen().arg("--plan").arg(&plan).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bogus") && err.contains("plan.yaml"), "{err}");
+
+    let out = loadgen()
+        .args(["--url", "http://127.0.0.1:9/"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
