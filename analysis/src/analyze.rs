@@ -1,0 +1,790 @@
+//! From collected data to report rows: step attribution, per-service summaries, scaling
+//! figures, latency from merged histograms, predictions, SLO verdicts and repetition
+//! statistics.
+//!
+//! Aggregation is plain Rust over time-sorted series rather than polars expressions: the
+//! figures (time-weighted step functions, carried-in values, scaling events) are sequential
+//! by nature, and this keeps the crate's polars features to IO only.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use hdrhistogram::Histogram;
+use meshbench_loadgen::result::{Counts, SecondBucket, StageResult};
+use serde::{Deserialize, Serialize};
+
+use crate::capacity::{CapacityPlan, Model, StepPrediction};
+use crate::meta::{AnalysisOptions, RunData, RunMeta, StepMeta};
+use crate::samples::{Sample, metric};
+use crate::scaling;
+use crate::slo::{self, RunVerdict, Slo, StepOutcome, StepVerdict};
+use crate::stats;
+use crate::tables::{LatencyRow, RepetitionRow, ServiceRow, StepRow, Timestamp};
+
+/// Version of the report layout and table schemas.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The content of `run.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunJson {
+    pub schema_version: u32,
+    /// Version of the analysis crate that wrote the directory.
+    pub analysis_version: String,
+    /// The runner's metadata; its `partial` is true when the run is incomplete for any reason.
+    #[serde(flatten)]
+    pub meta: RunMeta,
+    pub steps_completed: u32,
+    /// Why the run is partial, when it is.
+    pub partial_reason: Option<String>,
+    pub slos: Vec<Slo>,
+    pub slo: RunVerdict,
+    /// Capacity plan per mesh at the run's target rates (a model, not a measurement).
+    pub predictions: BTreeMap<String, CapacityPlan>,
+    pub options: AnalysisOptions,
+    /// Files of the directory, relative names.
+    pub tables: Vec<String>,
+}
+
+/// A borrowed sample, so one aggregation serves in-memory samples and a read-back table.
+#[derive(Debug, Clone, Copy)]
+pub struct SampleRef<'a> {
+    pub ts_ms: i64,
+    pub mesh: &'a str,
+    pub service: &'a str,
+    pub pod: Option<&'a str>,
+    pub metric: &'a str,
+    pub value: f64,
+}
+
+impl<'a> From<&'a Sample> for SampleRef<'a> {
+    fn from(s: &'a Sample) -> Self {
+        SampleRef {
+            ts_ms: s.ts_ms,
+            mesh: &s.mesh,
+            service: &s.service,
+            pod: s.pod.as_deref(),
+            metric: &s.metric,
+            value: s.value,
+        }
+    }
+}
+
+/// Per-pod values aggregated per instant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PodAggregate {
+    pub ts_ms: i64,
+    /// Σ over pods.
+    pub sum: f64,
+    /// Pods with a value at this instant.
+    pub pods: u32,
+    /// Largest pod value.
+    pub max: f64,
+}
+
+/// All series of one service, sorted by time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServiceSeries {
+    pub replicas: Vec<(i64, f64)>,
+    pub replicas_ready: Vec<(i64, f64)>,
+    pub replicas_desired: Vec<(i64, f64)>,
+    pub cpu_request: Vec<(i64, f64)>,
+    pub cpu_limit: Vec<(i64, f64)>,
+    pub hpa_target: Vec<(i64, f64)>,
+    pub cpu: Vec<PodAggregate>,
+    pub memory: Vec<PodAggregate>,
+    pub worker_requests: Vec<(i64, f64)>,
+    pub worker_errors: Vec<(i64, f64)>,
+    pub worker_latency_mean: Vec<(i64, f64)>,
+    pub worker_latency_p99: Vec<(i64, f64)>,
+}
+
+/// Series per (mesh, service).
+pub type SeriesMap = BTreeMap<(String, String), ServiceSeries>;
+
+fn aggregate_pods(mut v: Vec<(i64, f64)>) -> Vec<PodAggregate> {
+    v.sort_by_key(|p| p.0);
+    let mut out: Vec<PodAggregate> = Vec::new();
+    for (t, x) in v {
+        match out.last_mut() {
+            Some(a) if a.ts_ms == t => {
+                a.sum += x;
+                a.pods += 1;
+                a.max = a.max.max(x);
+            }
+            _ => out.push(PodAggregate {
+                ts_ms: t,
+                sum: x,
+                pods: 1,
+                max: x,
+            }),
+        }
+    }
+    out
+}
+
+/// Groups samples into per-service series; non-finite values are dropped.
+pub fn group_samples<'a>(samples: impl Iterator<Item = SampleRef<'a>>) -> SeriesMap {
+    #[derive(Default)]
+    struct Raw {
+        s: ServiceSeries,
+        cpu: Vec<(i64, f64)>,
+        memory: Vec<(i64, f64)>,
+    }
+    let mut raw: HashMap<(&str, &str), Raw> = HashMap::new();
+    for x in samples {
+        if !x.value.is_finite() {
+            continue;
+        }
+        let r = raw.entry((x.mesh, x.service)).or_default();
+        let p = (x.ts_ms, x.value);
+        let per_pod = x.pod.is_some();
+        match (x.metric, per_pod) {
+            (metric::CPU_CORES, true) => r.cpu.push(p),
+            (metric::MEMORY_BYTES, true) => r.memory.push(p),
+            (metric::REPLICAS, false) => r.s.replicas.push(p),
+            (metric::REPLICAS_READY, false) => r.s.replicas_ready.push(p),
+            (metric::REPLICAS_DESIRED, false) => r.s.replicas_desired.push(p),
+            (metric::CPU_REQUEST_CORES, false) => r.s.cpu_request.push(p),
+            (metric::CPU_LIMIT_CORES, false) => r.s.cpu_limit.push(p),
+            (metric::HPA_TARGET_UTILIZATION, false) => r.s.hpa_target.push(p),
+            (metric::WORKER_REQUESTS_PER_S, false) => r.s.worker_requests.push(p),
+            (metric::WORKER_ERRORS_PER_S, false) => r.s.worker_errors.push(p),
+            (metric::WORKER_LATENCY_MEAN_MS, false) => r.s.worker_latency_mean.push(p),
+            (metric::WORKER_LATENCY_P99_MS, false) => r.s.worker_latency_p99.push(p),
+            _ => {}
+        }
+    }
+    raw.into_iter()
+        .map(|((mesh, service), mut r)| {
+            let s = &mut r.s;
+            for v in [
+                &mut s.replicas,
+                &mut s.replicas_ready,
+                &mut s.replicas_desired,
+                &mut s.cpu_request,
+                &mut s.cpu_limit,
+                &mut s.hpa_target,
+                &mut s.worker_requests,
+                &mut s.worker_errors,
+                &mut s.worker_latency_mean,
+                &mut s.worker_latency_p99,
+            ] {
+                v.sort_by_key(|p| p.0);
+            }
+            s.cpu = aggregate_pods(std::mem::take(&mut r.cpu));
+            s.memory = aggregate_pods(std::mem::take(&mut r.memory));
+            if s.replicas.is_empty() {
+                s.replicas = s.cpu.iter().map(|a| (a.ts_ms, f64::from(a.pods))).collect();
+            }
+            ((mesh.to_owned(), service.to_owned()), r.s)
+        })
+        .collect()
+}
+
+fn window<T>(v: &[T], ts: impl Fn(&T) -> i64, start: i64, end: i64) -> &[T] {
+    let a = v.partition_point(|x| ts(x) < start);
+    let b = v.partition_point(|x| ts(x) < end);
+    &v[a..b.max(a)]
+}
+
+/// Value in force at `ts`: the last at or before it, else the first after it.
+fn value_at(v: &[(i64, f64)], ts: i64) -> Option<f64> {
+    let i = v.partition_point(|p| p.0 <= ts);
+    if i > 0 {
+        Some(v[i - 1].1)
+    } else {
+        v.first().map(|p| p.1)
+    }
+}
+
+fn mean(it: impl Iterator<Item = f64>) -> Option<f64> {
+    let (s, n) = it.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    (n > 0).then(|| s / n as f64)
+}
+
+fn max(it: impl Iterator<Item = f64>) -> Option<f64> {
+    it.fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+}
+
+/// Maps samples to steps by time: the step of the same mesh whose window contains the
+/// sample; a sample in no window keeps its own `step` (repetition from the latest such step
+/// that started before it).
+pub struct StepIndex<'a> {
+    by_mesh: HashMap<&'a str, Vec<&'a StepMeta>>,
+}
+
+impl<'a> StepIndex<'a> {
+    pub fn new(steps: &'a [StepMeta]) -> Self {
+        let mut by_mesh: HashMap<&str, Vec<&StepMeta>> = HashMap::new();
+        for s in steps {
+            by_mesh.entry(&s.mesh).or_default().push(s);
+        }
+        for v in by_mesh.values_mut() {
+            v.sort_by_key(|s| s.start_ms);
+        }
+        StepIndex { by_mesh }
+    }
+
+    /// (repetition, step) of a sample, if any.
+    pub fn locate(&self, mesh: &str, ts_ms: i64, hint: Option<u32>) -> Option<(u32, u32)> {
+        let steps = self.by_mesh.get(mesh)?;
+        let i = steps.partition_point(|s| s.start_ms <= ts_ms);
+        if i > 0 {
+            let s = steps[i - 1];
+            if ts_ms < s.end_ms {
+                return Some((s.repetition, s.index));
+            }
+        }
+        let want = hint?;
+        steps[..i]
+            .iter()
+            .rev()
+            .find(|s| s.index == want)
+            .map(|s| (s.repetition, s.index))
+    }
+}
+
+/// The analysis of a run: everything the tables and the report are made of.
+#[derive(Debug, Clone)]
+pub struct Analysis {
+    pub run: RunJson,
+    pub steps: Vec<StepRow>,
+    pub services: Vec<ServiceRow>,
+    pub latency: Vec<LatencyRow>,
+    pub repetitions: Vec<RepetitionRow>,
+    /// Series per service, for the plots.
+    pub series: SeriesMap,
+}
+
+fn us_to_ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+struct LatencyFigures {
+    mean: f64,
+    p50: f64,
+    p90: f64,
+    p95: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+fn latency_figures(h: &Histogram<u64>) -> Option<LatencyFigures> {
+    if h.is_empty() {
+        return None;
+    }
+    Some(LatencyFigures {
+        mean: h.mean() / 1000.0,
+        p50: us_to_ms(h.value_at_quantile(0.50)),
+        p90: us_to_ms(h.value_at_quantile(0.90)),
+        p95: us_to_ms(h.value_at_quantile(0.95)),
+        p99: us_to_ms(h.value_at_quantile(0.99)),
+        p999: us_to_ms(h.value_at_quantile(0.999)),
+        max: us_to_ms(h.max()),
+    })
+}
+
+/// Latency of one second's successes: the loadgen's own summary when it is consistent with
+/// the counts (it is derived from the same histogram), else the decoded histogram.
+fn second_figures(b: &SecondBucket) -> Option<LatencyFigures> {
+    let s = &b.ok_summary;
+    if b.counts.ok == 0 {
+        return None;
+    }
+    if s.count == b.counts.ok {
+        return Some(LatencyFigures {
+            mean: s.mean_us / 1000.0,
+            p50: us_to_ms(s.p50_us),
+            p90: us_to_ms(s.p90_us),
+            p95: us_to_ms(s.p95_us),
+            p99: us_to_ms(s.p99_us),
+            p999: us_to_ms(s.p999_us),
+            max: us_to_ms(s.max_us),
+        });
+    }
+    b.latency_ok
+        .decode()
+        .ok()
+        .as_ref()
+        .and_then(latency_figures)
+}
+
+fn errors_of(c: &Counts) -> u64 {
+    c.sent.saturating_sub(c.ok).saturating_sub(c.timeouts)
+}
+
+/// Runs the whole analysis of `data`. Problems with parts of the input (an undecodable
+/// histogram, an invalid capacity model) become warnings in `run.json`, so one bad part
+/// never hides the rest.
+pub fn analyze(data: &RunData) -> Analysis {
+    let mut warnings = data.meta.warnings.clone();
+    let mut steps_meta: Vec<&StepMeta> = data.steps.iter().collect();
+    steps_meta.sort_by(|a, b| {
+        (&a.mesh, a.repetition, a.index, a.start_ms).cmp(&(
+            &b.mesh,
+            b.repetition,
+            b.index,
+            b.start_ms,
+        ))
+    });
+
+    // Models and predictions per mesh.
+    let mut models: BTreeMap<String, Model> = BTreeMap::new();
+    for (mesh, input) in &data.models {
+        match Model::new(input) {
+            Ok(m) => {
+                models.insert(mesh.clone(), m);
+            }
+            Err(e) => warnings.push(format!("capacity model of mesh {mesh} not computed: {e}")),
+        }
+    }
+    let mut predictions = BTreeMap::new();
+    for (mesh, model) in &models {
+        let mut rates: Vec<f64> = data
+            .steps
+            .iter()
+            .filter(|s| &s.mesh == mesh)
+            .filter_map(|s| s.target_rate)
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        rates.dedup();
+        predictions.insert(mesh.clone(), model.plan(&rates));
+    }
+    let step_prediction = |s: &StepMeta| -> Option<StepPrediction> {
+        models.get(&s.mesh).map(|m| m.predict_step(s.target_rate))
+    };
+
+    // Load results by step.
+    let mut loads: HashMap<(&str, u32, u32), &StageResult> = HashMap::new();
+    for l in &data.load {
+        loads.insert((&l.mesh, l.repetition, l.step), &l.stage);
+    }
+
+    let mut steps = Vec::with_capacity(steps_meta.len());
+    let mut latency = Vec::new();
+    let mut verdicts = Vec::new();
+    for s in &steps_meta {
+        let load = loads
+            .get(&(s.mesh.as_str(), s.repetition, s.index))
+            .copied();
+        let hist = match load.map(StageResult::latency_histogram) {
+            Some(Ok(h)) => Some(h),
+            Some(Err(e)) => {
+                warnings.push(format!(
+                    "mesh {} repetition {} step {}: latency histogram unreadable ({e}); latency left null",
+                    s.mesh, s.repetition, s.index
+                ));
+                None
+            }
+            None => None,
+        };
+        let window_s = (s.end_ms - s.start_ms).max(0) as f64 / 1000.0;
+        let duration_s = load
+            .map(|l| l.summary.elapsed_s)
+            .filter(|d| *d > 0.0)
+            .unwrap_or(window_s);
+        let per_s = |n: u64| (duration_s > 0.0).then(|| n as f64 / duration_s);
+        let counts = load.map(|l| l.counts);
+        let requests = counts.map(|c| c.sent + c.dropped);
+        let lat = hist.as_ref().and_then(latency_figures);
+        let pred = step_prediction(s);
+        let outcome = StepOutcome {
+            requests,
+            failed: counts.map(|c| (c.sent + c.dropped).saturating_sub(c.ok)),
+            achieved_rate: counts.and_then(|c| per_s(c.sent)),
+            target_rate: s.target_rate,
+            latency_us: hist.as_ref(),
+        };
+        let violations = slo::evaluate(&data.slos, &outcome);
+        let pass = violations.is_empty();
+        let violations_text = (!violations.is_empty()).then(|| {
+            violations
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        verdicts.push(StepVerdict {
+            mesh: s.mesh.clone(),
+            repetition: s.repetition,
+            step: s.index,
+            step_name: s.name.clone(),
+            warmup: s.warmup,
+            pass,
+            violations,
+        });
+        steps.push(StepRow {
+            mesh: s.mesh.clone(),
+            repetition: s.repetition,
+            step: s.index,
+            step_name: s.name.clone(),
+            warmup: s.warmup,
+            start: Timestamp(s.start_ms),
+            end: Timestamp(s.end_ms),
+            duration_s,
+            target_rate_rps: s.target_rate,
+            users: s.users,
+            requests,
+            sent: counts.map(|c| c.sent),
+            successes: counts.map(|c| c.ok),
+            errors: counts.map(|c| errors_of(&c)),
+            timeouts: counts.map(|c| c.timeouts),
+            dropped: counts.map(|c| c.dropped),
+            achieved_rate_rps: counts.and_then(|c| per_s(c.sent)),
+            successful_rate_rps: counts.and_then(|c| per_s(c.ok)),
+            error_ratio: requests
+                .filter(|r| *r > 0)
+                .zip(counts)
+                .map(|(r, c)| r.saturating_sub(c.ok) as f64 / r as f64),
+            latency_mean_ms: lat.as_ref().map(|l| l.mean),
+            latency_p50_ms: lat.as_ref().map(|l| l.p50),
+            latency_p90_ms: lat.as_ref().map(|l| l.p90),
+            latency_p95_ms: lat.as_ref().map(|l| l.p95),
+            latency_p99_ms: lat.as_ref().map(|l| l.p99),
+            latency_p999_ms: lat.as_ref().map(|l| l.p999),
+            latency_max_ms: lat.as_ref().map(|l| l.max),
+            predicted_max_throughput_rps: pred.as_ref().and_then(|p| p.max_throughput_rps),
+            predicted_bottleneck: pred.as_ref().and_then(|p| p.bottleneck.clone()),
+            predicted_achieved_rps: pred.as_ref().and_then(|p| p.achieved_rps),
+            predicted_latency_mean_ms: pred.as_ref().and_then(|p| p.latency_mean_ms),
+            slo_pass: (!data.slos.is_empty()).then_some(pass),
+            slo_violations: violations_text,
+            partial: load.is_none_or(|l| l.partial),
+        });
+        if let Some(l) = load {
+            // Figures first, rows after: decoding a histogram allocates a large buffer, and
+            // interleaving those with the rows' small strings fragments the heap (hundreds of
+            // MiB for an hour of seconds).
+            let figures: Vec<Option<LatencyFigures>> =
+                l.seconds.iter().map(second_figures).collect();
+            for (b, f) in l.seconds.iter().zip(figures) {
+                latency.push(LatencyRow {
+                    ts: Timestamp(i64::try_from(b.start_unix_ms).unwrap_or(i64::MAX)),
+                    mesh: s.mesh.clone(),
+                    repetition: s.repetition,
+                    step: s.index,
+                    second: b.second,
+                    requests: b.counts.sent + b.counts.dropped,
+                    successes: b.counts.ok,
+                    errors: errors_of(&b.counts),
+                    timeouts: b.counts.timeouts,
+                    latency_mean_ms: f.as_ref().map(|l| l.mean),
+                    latency_p50_ms: f.as_ref().map(|l| l.p50),
+                    latency_p90_ms: f.as_ref().map(|l| l.p90),
+                    latency_p99_ms: f.as_ref().map(|l| l.p99),
+                    latency_max_ms: f.as_ref().map(|l| l.max),
+                });
+            }
+        }
+    }
+
+    // Samples: attribution counts and series.
+    let index = StepIndex::new(&data.steps);
+    let mut counts: HashMap<(&str, u32, u32, &str), u64> = HashMap::new();
+    for x in &data.samples {
+        if let Some((r, st)) = index.locate(&x.mesh, x.ts_ms, x.step) {
+            *counts.entry((&x.mesh, r, st, &x.service)).or_default() += 1;
+        }
+    }
+    let series = group_samples(data.samples.iter().map(SampleRef::from));
+    let mut service_names: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (mesh, service) in series.keys() {
+        service_names.entry(mesh).or_default().insert(service);
+    }
+    for (mesh, input) in &data.models {
+        for s in &input.services {
+            service_names.entry(mesh).or_default().insert(&s.name);
+        }
+    }
+    let empty = ServiceSeries::default();
+    let mut services = Vec::new();
+    for s in &steps_meta {
+        let pred = step_prediction(s);
+        let Some(names) = service_names.get(s.mesh.as_str()) else {
+            continue;
+        };
+        for name in names {
+            let ser = series
+                .get(&(s.mesh.clone(), (*name).to_owned()))
+                .unwrap_or(&empty);
+            let samples = counts
+                .get(&(s.mesh.as_str(), s.repetition, s.index, *name))
+                .copied()
+                .unwrap_or(0);
+            let mut row = service_row(s, name, ser, samples, data.options.settle_window_ms);
+            if let Some((r, u)) = pred.as_ref().and_then(|p| p.services.get(*name)) {
+                row.predicted_replicas = Some(*r);
+                row.predicted_cpu_utilization = Some(*u);
+            }
+            services.push(row);
+        }
+    }
+
+    let repetitions = repetition_rows(&steps, &services);
+    let steps_completed = steps_meta.len() as u32;
+    let mut meta = data.meta.clone();
+    meta.warnings = warnings;
+    let partial_reason = partial_reason(&meta, steps_completed, &steps);
+    meta.partial = partial_reason.is_some();
+    let run = RunJson {
+        schema_version: SCHEMA_VERSION,
+        analysis_version: env!("CARGO_PKG_VERSION").to_owned(),
+        meta,
+        steps_completed,
+        partial_reason,
+        slos: data.slos.clone(),
+        slo: RunVerdict::of(&data.slos, verdicts),
+        predictions,
+        options: data.options.clone(),
+        tables: Vec::new(),
+    };
+    Analysis {
+        run,
+        steps,
+        services,
+        latency,
+        repetitions,
+        series,
+    }
+}
+
+fn partial_reason(meta: &RunMeta, completed: u32, steps: &[StepRow]) -> Option<String> {
+    if meta.partial {
+        return Some("the runner stopped before the plan ended".into());
+    }
+    if let Some(planned) = meta.steps_planned
+        && completed < planned
+    {
+        return Some(format!("{completed} of {planned} steps completed"));
+    }
+    if meta.finished_at.is_none() {
+        return Some("the run has not finished".into());
+    }
+    let cut: Vec<String> = steps
+        .iter()
+        .filter(|s| s.partial)
+        .map(|s| format!("{}/{}/{}", s.mesh, s.repetition, s.step))
+        .collect();
+    (!cut.is_empty()).then(|| format!("steps cut short or without load result: {}", cut.join(", ")))
+}
+
+fn service_row(
+    s: &StepMeta,
+    name: &str,
+    ser: &ServiceSeries,
+    samples: u64,
+    settle_window_ms: i64,
+) -> ServiceRow {
+    let (start, end) = (s.start_ms, s.end_ms);
+    let fig = scaling::figures(&ser.replicas, start, end, settle_window_ms);
+    let ready = scaling::figures(&ser.replicas_ready, start, end, settle_window_ms);
+    let carried_desired = ser
+        .replicas_desired
+        .partition_point(|p| p.0 <= start)
+        .checked_sub(1)
+        .map(|i| ser.replicas_desired[i].1);
+    let desired_max = max(window(&ser.replicas_desired, |p| p.0, start, end)
+        .iter()
+        .map(|p| p.1)
+        .chain(carried_desired));
+    let cpu = window(&ser.cpu, |a| a.ts_ms, start, end);
+    let mem = window(&ser.memory, |a| a.ts_ms, start, end);
+    let last = end.saturating_sub(1);
+    let request = value_at(&ser.cpu_request, last).filter(|r| *r > 0.0);
+    let limit = value_at(&ser.cpu_limit, last);
+    let target = value_at(&ser.hpa_target, last);
+    let utilization: Vec<f64> = cpu
+        .iter()
+        .filter_map(|a| {
+            let req = value_at(&ser.cpu_request, a.ts_ms).filter(|r| *r > 0.0)?;
+            Some(a.sum / (f64::from(a.pods) * req))
+        })
+        .collect();
+    let cpu_utilization_avg = mean(utilization.iter().copied());
+    let w_req = window(&ser.worker_requests, |p| p.0, start, end);
+    let w_lat = window(&ser.worker_latency_mean, |p| p.0, start, end);
+    let worker_latency_mean_ms = if ser.worker_requests.is_empty() {
+        mean(w_lat.iter().map(|p| p.1))
+    } else {
+        let (num, den) = w_lat.iter().fold((0.0, 0.0), |(n, d), p| {
+            let w = value_at(&ser.worker_requests, p.0).unwrap_or(0.0);
+            (n + w * p.1, d + w)
+        });
+        if den > 0.0 {
+            Some(num / den)
+        } else {
+            mean(w_lat.iter().map(|p| p.1))
+        }
+    };
+    ServiceRow {
+        mesh: s.mesh.clone(),
+        repetition: s.repetition,
+        step: s.index,
+        step_name: s.name.clone(),
+        service: name.to_owned(),
+        samples,
+        replicas_avg: fig.map(|f| f.avg),
+        replicas_min: fig.map(|f| f.min),
+        replicas_max: fig.map(|f| f.max),
+        replicas_final: fig.map(|f| f.last),
+        replicas_ready_avg: ready.map(|f| f.avg),
+        replicas_desired_max: desired_max,
+        cpu_cores_avg: mean(cpu.iter().map(|a| a.sum)),
+        cpu_cores_max: max(cpu.iter().map(|a| a.sum)),
+        cpu_request_cores: request,
+        cpu_limit_cores: limit,
+        cpu_utilization_avg,
+        cpu_utilization_max: max(utilization.iter().copied()),
+        hpa_target_utilization: target,
+        cpu_utilization_vs_target: cpu_utilization_avg
+            .zip(target.filter(|t| *t > 0.0))
+            .map(|(u, t)| u / t),
+        memory_bytes_avg: mean(mem.iter().map(|a| a.sum / f64::from(a.pods))),
+        memory_bytes_max: max(mem.iter().map(|a| a.max)),
+        memory_bytes_total_max: max(mem.iter().map(|a| a.sum)),
+        worker_requests_per_s: mean(w_req.iter().map(|p| p.1)),
+        worker_errors_per_s: mean(
+            window(&ser.worker_errors, |p| p.0, start, end)
+                .iter()
+                .map(|p| p.1),
+        ),
+        worker_latency_mean_ms,
+        worker_latency_p99_ms_max: max(window(&ser.worker_latency_p99, |p| p.0, start, end)
+            .iter()
+            .map(|p| p.1)),
+        scale_up_reaction_s: fig.and_then(|f| f.scale_up_reaction_s),
+        settle_time_s: fig.and_then(|f| f.settle_time_s),
+        overshoot_replicas: fig.map(|f| f.overshoot),
+        scale_events: fig.map(|f| f.scale_events),
+        direction_changes: fig.map(|f| f.direction_changes),
+        replica_seconds: fig.map(|f| f.replica_seconds),
+        predicted_replicas: None,
+        predicted_cpu_utilization: None,
+    }
+}
+
+/// Step figures summarised over repetitions.
+pub const STEP_FIGURES: &[&str] = &[
+    "achieved_rate_rps",
+    "successful_rate_rps",
+    "error_ratio",
+    "latency_mean_ms",
+    "latency_p50_ms",
+    "latency_p99_ms",
+];
+
+/// Service figures summarised over repetitions.
+pub const SERVICE_FIGURES: &[&str] = &[
+    "replicas_avg",
+    "replicas_max",
+    "cpu_cores_avg",
+    "cpu_utilization_avg",
+    "scale_up_reaction_s",
+    "settle_time_s",
+    "overshoot_replicas",
+    "direction_changes",
+    "replica_seconds",
+];
+
+/// A step figure by its column name.
+pub fn step_figure(r: &StepRow, name: &str) -> Option<f64> {
+    match name {
+        "achieved_rate_rps" => r.achieved_rate_rps,
+        "successful_rate_rps" => r.successful_rate_rps,
+        "error_ratio" => r.error_ratio,
+        "latency_mean_ms" => r.latency_mean_ms,
+        "latency_p50_ms" => r.latency_p50_ms,
+        "latency_p99_ms" => r.latency_p99_ms,
+        _ => None,
+    }
+}
+
+/// A service figure by its column name.
+pub fn service_figure(r: &ServiceRow, name: &str) -> Option<f64> {
+    match name {
+        "replicas_avg" => r.replicas_avg,
+        "replicas_max" => r.replicas_max,
+        "cpu_cores_avg" => r.cpu_cores_avg,
+        "cpu_utilization_avg" => r.cpu_utilization_avg,
+        "scale_up_reaction_s" => r.scale_up_reaction_s,
+        "settle_time_s" => r.settle_time_s,
+        "overshoot_replicas" => r.overshoot_replicas,
+        "direction_changes" => r.direction_changes.map(f64::from),
+        "replica_seconds" => r.replica_seconds,
+        _ => None,
+    }
+}
+
+/// Mean and 95 % CI over repetitions of every figure, per (mesh, step[, service]).
+pub fn repetition_rows(steps: &[StepRow], services: &[ServiceRow]) -> Vec<RepetitionRow> {
+    let mut out = Vec::new();
+    let mut by_step: BTreeMap<(&str, u32), (&str, Vec<&StepRow>)> = BTreeMap::new();
+    for r in steps.iter().filter(|r| !r.warmup) {
+        by_step
+            .entry((&r.mesh, r.step))
+            .or_insert_with(|| (&r.step_name, Vec::new()))
+            .1
+            .push(r);
+    }
+    for ((mesh, step), (name, rows)) in &by_step {
+        for fig in STEP_FIGURES {
+            let v: Vec<f64> = rows.iter().filter_map(|r| step_figure(r, fig)).collect();
+            if let Some(e) = stats::estimate(&v) {
+                out.push(rep_row(mesh, *step, name, None, fig, e));
+            }
+        }
+    }
+    let warm: BTreeSet<(&str, u32)> = steps
+        .iter()
+        .filter(|r| r.warmup)
+        .map(|r| (r.mesh.as_str(), r.step))
+        .collect();
+    let mut by_service: BTreeMap<(&str, u32, &str), (&str, Vec<&ServiceRow>)> = BTreeMap::new();
+    for r in services
+        .iter()
+        .filter(|r| !warm.contains(&(r.mesh.as_str(), r.step)))
+    {
+        by_service
+            .entry((&r.mesh, r.step, &r.service))
+            .or_insert_with(|| (&r.step_name, Vec::new()))
+            .1
+            .push(r);
+    }
+    for ((mesh, step, service), (name, rows)) in &by_service {
+        for fig in SERVICE_FIGURES {
+            let v: Vec<f64> = rows.iter().filter_map(|r| service_figure(r, fig)).collect();
+            if let Some(e) = stats::estimate(&v) {
+                out.push(rep_row(mesh, *step, name, Some(service), fig, e));
+            }
+        }
+    }
+    out
+}
+
+fn rep_row(
+    mesh: &str,
+    step: u32,
+    name: &str,
+    service: Option<&str>,
+    figure: &str,
+    e: stats::Estimate,
+) -> RepetitionRow {
+    RepetitionRow {
+        mesh: mesh.to_owned(),
+        step,
+        step_name: name.to_owned(),
+        service: service.map(str::to_owned),
+        figure: figure.to_owned(),
+        n: e.n,
+        mean: e.mean,
+        std: e.std,
+        ci95_low: e.ci95_low,
+        ci95_high: e.ci95_high,
+    }
+}
+
+/// Formats a UTC instant for file names: `20240131T120000Z`.
+pub fn compact_timestamp(t: DateTime<Utc>) -> String {
+    t.format("%Y%m%dT%H%M%SZ").to_string()
+}

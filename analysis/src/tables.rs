@@ -1,0 +1,582 @@
+//! The report tables: row types, their documented schemas, and conversion to and from polars
+//! DataFrames.
+//!
+//! Each table is declared once with [`table!`]; the declaration gives the Rust row type, the
+//! column order, the polars types, nullability and the documentation that
+//! `docs/report-schema.md` is generated from (a test fails when that file drifts).
+
+use polars::prelude::*;
+use serde::Serialize;
+
+/// Errors converting between rows and DataFrames.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    /// A column the schema requires is missing.
+    #[error("column `{column}` is missing")]
+    MissingColumn { column: String },
+    /// A column has values that cannot be read as the schema's type.
+    #[error("column `{column}`: {problem}")]
+    BadColumn { column: String, problem: String },
+    /// polars refused to build the frame.
+    #[error("cannot build the table: {0}")]
+    Polars(#[from] PolarsError),
+}
+
+/// Result alias of this module.
+pub type Result<T, E = TableError> = std::result::Result<T, E>;
+
+/// One documented column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ColumnSpec {
+    pub name: &'static str,
+    /// Type as a reader sees it, e.g. `f64`, `string`, `datetime[ms, UTC]`.
+    pub dtype: &'static str,
+    pub nullable: bool,
+    pub doc: &'static str,
+}
+
+/// A UTC instant in unix milliseconds, stored as `Datetime(ms, "UTC")`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Timestamp(pub i64);
+
+/// A Rust type that maps to one polars column type.
+pub trait ColumnValue: Sized {
+    const NULLABLE: bool;
+    /// Type name for the docs.
+    const TYPE_NAME: &'static str;
+    fn dtype() -> DataType;
+    fn column(name: &str, values: Vec<Self>) -> Column;
+    fn read(col: &Column) -> std::result::Result<Vec<Self>, String>;
+}
+
+fn cast_to(col: &Column, dtype: &DataType) -> std::result::Result<Column, String> {
+    if col.dtype() == dtype {
+        return Ok(col.clone());
+    }
+    col.strict_cast(dtype)
+        .map_err(|e| format!("has type {}, expected {dtype}: {e}", col.dtype()))
+}
+
+fn null_error(i: usize) -> String {
+    format!("row {i} is null, but the column is never null")
+}
+
+macro_rules! primitive_column {
+    ($t:ty, $dtype:expr, $acc:ident, $name:literal) => {
+        impl ColumnValue for $t {
+            const NULLABLE: bool = false;
+            const TYPE_NAME: &'static str = $name;
+            fn dtype() -> DataType {
+                $dtype
+            }
+            fn column(name: &str, values: Vec<Self>) -> Column {
+                Column::new(name.into(), values)
+            }
+            fn read(col: &Column) -> std::result::Result<Vec<Self>, String> {
+                let c = cast_to(col, &Self::dtype())?;
+                let ca = c.$acc().map_err(|e| e.to_string())?;
+                ca.iter()
+                    .enumerate()
+                    .map(|(i, v)| v.ok_or_else(|| null_error(i)))
+                    .collect()
+            }
+        }
+        impl ColumnValue for Option<$t> {
+            const NULLABLE: bool = true;
+            const TYPE_NAME: &'static str = $name;
+            fn dtype() -> DataType {
+                $dtype
+            }
+            fn column(name: &str, values: Vec<Self>) -> Column {
+                Column::new(name.into(), values)
+            }
+            fn read(col: &Column) -> std::result::Result<Vec<Self>, String> {
+                let c = cast_to(col, &Self::dtype())?;
+                let ca = c.$acc().map_err(|e| e.to_string())?;
+                Ok(ca.iter().collect())
+            }
+        }
+    };
+}
+
+primitive_column!(f64, DataType::Float64, f64, "f64");
+primitive_column!(u32, DataType::UInt32, u32, "u32");
+primitive_column!(u64, DataType::UInt64, u64, "u64");
+primitive_column!(bool, DataType::Boolean, bool, "bool");
+
+impl ColumnValue for String {
+    const NULLABLE: bool = false;
+    const TYPE_NAME: &'static str = "string";
+    fn dtype() -> DataType {
+        DataType::String
+    }
+    fn column(name: &str, values: Vec<Self>) -> Column {
+        Column::new(name.into(), values)
+    }
+    fn read(col: &Column) -> std::result::Result<Vec<Self>, String> {
+        let c = cast_to(col, &Self::dtype())?;
+        let ca = c.str().map_err(|e| e.to_string())?;
+        ca.iter()
+            .enumerate()
+            .map(|(i, v)| v.map(str::to_owned).ok_or_else(|| null_error(i)))
+            .collect()
+    }
+}
+
+impl ColumnValue for Option<String> {
+    const NULLABLE: bool = true;
+    const TYPE_NAME: &'static str = "string";
+    fn dtype() -> DataType {
+        DataType::String
+    }
+    fn column(name: &str, values: Vec<Self>) -> Column {
+        Column::new(name.into(), values)
+    }
+    fn read(col: &Column) -> std::result::Result<Vec<Self>, String> {
+        let c = cast_to(col, &Self::dtype())?;
+        let ca = c.str().map_err(|e| e.to_string())?;
+        Ok(ca.iter().map(|v| v.map(str::to_owned)).collect())
+    }
+}
+
+/// The one datetime type of every table.
+pub fn datetime_dtype() -> DataType {
+    DataType::Datetime(TimeUnit::Milliseconds, Some(TimeZone::UTC))
+}
+
+/// A datetime column from optional unix milliseconds.
+pub fn datetime_column(name: &str, values: &[Option<i64>]) -> Column {
+    Series::new(name.into(), values)
+        .into_datetime(TimeUnit::Milliseconds, Some(TimeZone::UTC))
+        .into_column()
+}
+
+fn read_datetime(col: &Column) -> std::result::Result<Vec<Option<i64>>, String> {
+    let c = cast_to(col, &datetime_dtype())?;
+    let ca = c.datetime().map_err(|e| e.to_string())?;
+    Ok(ca.physical().iter().collect())
+}
+
+impl ColumnValue for Timestamp {
+    const NULLABLE: bool = false;
+    const TYPE_NAME: &'static str = "datetime[ms, UTC]";
+    fn dtype() -> DataType {
+        datetime_dtype()
+    }
+    fn column(name: &str, values: Vec<Self>) -> Column {
+        let v: Vec<Option<i64>> = values.into_iter().map(|t| Some(t.0)).collect();
+        datetime_column(name, &v)
+    }
+    fn read(col: &Column) -> std::result::Result<Vec<Self>, String> {
+        read_datetime(col)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| v.map(Timestamp).ok_or_else(|| null_error(i)))
+            .collect()
+    }
+}
+
+impl ColumnValue for Option<Timestamp> {
+    const NULLABLE: bool = true;
+    const TYPE_NAME: &'static str = "datetime[ms, UTC]";
+    fn dtype() -> DataType {
+        datetime_dtype()
+    }
+    fn column(name: &str, values: Vec<Self>) -> Column {
+        let v: Vec<Option<i64>> = values.into_iter().map(|t| t.map(|t| t.0)).collect();
+        datetime_column(name, &v)
+    }
+    fn read(col: &Column) -> std::result::Result<Vec<Self>, String> {
+        Ok(read_datetime(col)?
+            .into_iter()
+            .map(|v| v.map(Timestamp))
+            .collect())
+    }
+}
+
+/// Reads one column of `df` as `T`, naming the column on error.
+pub fn read_column<T: ColumnValue>(df: &DataFrame, name: &str) -> Result<Vec<T>> {
+    let col = df.column(name).map_err(|_| TableError::MissingColumn {
+        column: name.to_owned(),
+    })?;
+    T::read(col).map_err(|problem| TableError::BadColumn {
+        column: name.to_owned(),
+        problem,
+    })
+}
+
+/// A documented table: its name, description and columns.
+pub trait Table: Sized {
+    /// File stem, e.g. `steps`.
+    const NAME: &'static str;
+    /// What one row is.
+    const DESCRIPTION: &'static str;
+    fn schema() -> Vec<ColumnSpec>;
+    fn to_frame(rows: &[Self]) -> Result<DataFrame>;
+    fn from_frame(df: &DataFrame) -> Result<Vec<Self>>;
+}
+
+macro_rules! table {
+    (
+        $(#[doc = $tdoc:literal])*
+        pub struct $name:ident = $table:literal {
+            $( $(#[doc = $doc:literal])+ pub $field:ident : $ty:ty, )*
+        }
+    ) => {
+        $(#[doc = $tdoc])*
+        #[derive(Debug, Clone, PartialEq, Serialize)]
+        pub struct $name {
+            $( $(#[doc = $doc])+ pub $field: $ty, )*
+        }
+
+        impl Table for $name {
+            const NAME: &'static str = $table;
+            const DESCRIPTION: &'static str = concat!($($tdoc),*);
+            fn schema() -> Vec<ColumnSpec> {
+                vec![$(ColumnSpec {
+                    name: stringify!($field),
+                    dtype: <$ty as ColumnValue>::TYPE_NAME,
+                    nullable: <$ty as ColumnValue>::NULLABLE,
+                    doc: concat!($($doc),+),
+                }),*]
+            }
+            fn to_frame(rows: &[Self]) -> Result<DataFrame> {
+                let columns = vec![$(
+                    <$ty as ColumnValue>::column(
+                        stringify!($field),
+                        rows.iter().map(|r| r.$field.clone()).collect(),
+                    )
+                ),*];
+                Ok(DataFrame::new(rows.len(), columns)?)
+            }
+            fn from_frame(df: &DataFrame) -> Result<Vec<Self>> {
+                $( let mut $field = read_column::<$ty>(df, stringify!($field))?.into_iter(); )*
+                let mut rows = Vec::with_capacity(df.height());
+                for _ in 0..df.height() {
+                    rows.push($name {
+                        $( $field: $field.next().ok_or_else(|| TableError::BadColumn {
+                            column: stringify!($field).to_owned(),
+                            problem: "shorter than the table".to_owned(),
+                        })?, )*
+                    });
+                }
+                Ok(rows)
+            }
+        }
+    };
+}
+
+table! {
+    /// One row per (mesh, repetition, step): offered and achieved load, outcomes, latency
+    /// of successes from the step's merged HDR histogram, the model's predictions and the
+    /// SLO verdict.
+    pub struct StepRow = "steps" {
+        /// Mesh name.
+        pub mesh: String,
+        /// Repetition, 0-based.
+        pub repetition: u32,
+        /// Position of the step in the profile, 0-based (a warm-up step is 0).
+        pub step: u32,
+        /// Step name from the profile.
+        pub step_name: String,
+        /// Warm-up step: excluded from SLO verdicts, repetition statistics and sweep plots.
+        pub warmup: bool,
+        /// Start of the step's load (UTC).
+        pub start: Timestamp,
+        /// End of the step's load (UTC, exclusive).
+        pub end: Timestamp,
+        /// Length of the step in seconds (the load generator's elapsed time when known).
+        pub duration_s: f64,
+        /// Offered rate (open loop), requests per second; null for closed-loop steps.
+        pub target_rate_rps: Option<f64>,
+        /// Users (closed loop); null for open-loop steps.
+        pub users: Option<u32>,
+        /// Requests due: sent plus dropped (dropped = too late to send). Null without a load result.
+        pub requests: Option<u64>,
+        /// Requests sent.
+        pub sent: Option<u64>,
+        /// Successes: a 2xx response within the timeout.
+        pub successes: Option<u64>,
+        /// Sent requests that got a non-2xx response or a connection/other error (timeouts excluded).
+        pub errors: Option<u64>,
+        /// Requests without a response within the timeout.
+        pub timeouts: Option<u64>,
+        /// Planned requests never sent because they were too late (open loop).
+        pub dropped: Option<u64>,
+        /// Sent requests per second over the step.
+        pub achieved_rate_rps: Option<f64>,
+        /// Successes per second over the step.
+        pub successful_rate_rps: Option<f64>,
+        /// (requests − successes) ÷ requests; null when no request was due.
+        pub error_ratio: Option<f64>,
+        /// Mean latency of successes, ms; null when there were none.
+        pub latency_mean_ms: Option<f64>,
+        /// Median latency of successes, ms (merged histogram, not an average of percentiles).
+        pub latency_p50_ms: Option<f64>,
+        /// 90th percentile latency of successes, ms.
+        pub latency_p90_ms: Option<f64>,
+        /// 95th percentile latency of successes, ms.
+        pub latency_p95_ms: Option<f64>,
+        /// 99th percentile latency of successes, ms.
+        pub latency_p99_ms: Option<f64>,
+        /// 99.9th percentile latency of successes, ms.
+        pub latency_p999_ms: Option<f64>,
+        /// Largest latency of a success, ms.
+        pub latency_max_ms: Option<f64>,
+        /// Model: the most the mesh can carry (bottleneck capacity at its largest replica count), rps.
+        pub predicted_max_throughput_rps: Option<f64>,
+        /// Model: the bottleneck service.
+        pub predicted_bottleneck: Option<String>,
+        /// Model: min(target rate, predicted maximum throughput), rps.
+        pub predicted_achieved_rps: Option<f64>,
+        /// Model (M/M/c, Erlang C): mean latency at the target rate with the HPAs' steady-state replicas, ms; null when saturated.
+        pub predicted_latency_mean_ms: Option<f64>,
+        /// SLO verdict of the step; null when the benchmark has no SLOs.
+        pub slo_pass: Option<bool>,
+        /// Violated SLOs with the measured values, `; `-separated; null when none.
+        pub slo_violations: Option<String>,
+        /// The step was cut short or its load result is missing.
+        pub partial: bool,
+    }
+}
+
+table! {
+    /// One row per (mesh, repetition, step, service): replicas (time-weighted), CPU in cores
+    /// and as utilization of the request, memory, worker-side figures and the scaling figures.
+    pub struct ServiceRow = "services" {
+        /// Mesh name.
+        pub mesh: String,
+        /// Repetition, 0-based.
+        pub repetition: u32,
+        /// Position of the step in the profile.
+        pub step: u32,
+        /// Step name.
+        pub step_name: String,
+        /// Service name.
+        pub service: String,
+        /// Samples of this service attributed to the step.
+        pub samples: u64,
+        /// Time-weighted mean of `replicas` over the step (the count carried in from before the step counts from the step's start).
+        pub replicas_avg: Option<f64>,
+        /// Smallest replica count during the step.
+        pub replicas_min: Option<f64>,
+        /// Largest replica count during the step.
+        pub replicas_max: Option<f64>,
+        /// Replica count at the end of the step.
+        pub replicas_final: Option<f64>,
+        /// Time-weighted mean of ready replicas.
+        pub replicas_ready_avg: Option<f64>,
+        /// Largest replica count the HPA asked for.
+        pub replicas_desired_max: Option<f64>,
+        /// CPU of all pods, in cores, averaged over the step's sampling instants.
+        pub cpu_cores_avg: Option<f64>,
+        /// Largest CPU of all pods at one instant, cores.
+        pub cpu_cores_max: Option<f64>,
+        /// CPU request of one pod, cores.
+        pub cpu_request_cores: Option<f64>,
+        /// CPU limit of one pod, cores; null when unlimited or unknown.
+        pub cpu_limit_cores: Option<f64>,
+        /// Mean over instants of (mean over pods of CPU ÷ request): the utilization the HPA sees, as a fraction (0.7 = 70 %).
+        pub cpu_utilization_avg: Option<f64>,
+        /// Largest such utilization at one instant.
+        pub cpu_utilization_max: Option<f64>,
+        /// HPA target utilization, fraction of the request; null without an HPA.
+        pub hpa_target_utilization: Option<f64>,
+        /// cpu_utilization_avg ÷ hpa_target_utilization (1 = on target).
+        pub cpu_utilization_vs_target: Option<f64>,
+        /// Mean memory working set per pod, bytes.
+        pub memory_bytes_avg: Option<f64>,
+        /// Largest memory working set of one pod, bytes.
+        pub memory_bytes_max: Option<f64>,
+        /// Largest memory of all pods at one instant, bytes.
+        pub memory_bytes_total_max: Option<f64>,
+        /// Worker-side requests per second, mean over the step.
+        pub worker_requests_per_s: Option<f64>,
+        /// Worker-side errors per second, mean over the step.
+        pub worker_errors_per_s: Option<f64>,
+        /// Worker-side mean latency, weighted by request rate, ms.
+        pub worker_latency_mean_ms: Option<f64>,
+        /// Largest worker-side p99 latency of a sampling interval, ms (percentiles are not averaged).
+        pub worker_latency_p99_ms_max: Option<f64>,
+        /// Seconds from the step's start to the first scale-up; null without one.
+        pub scale_up_reaction_s: Option<f64>,
+        /// Seconds from the step's start to the last replica change, when the count then stayed unchanged for the settle window (run.json `options.settle_window_ms`); 0 without a change; null when still changing at the end.
+        pub settle_time_s: Option<f64>,
+        /// Highest replica count at or after the first scale-up minus the final count (≥ 0).
+        pub overshoot_replicas: Option<f64>,
+        /// Replica count changes during the step.
+        pub scale_events: Option<u32>,
+        /// Changes whose direction reverses the previous one (thrashing).
+        pub direction_changes: Option<u32>,
+        /// ∫ replicas dt over the step, replica-seconds (cost).
+        pub replica_seconds: Option<f64>,
+        /// Model: replicas the HPA settles on at the step's target rate.
+        pub predicted_replicas: Option<u32>,
+        /// Model: CPU utilization of the request at those replicas (fraction).
+        pub predicted_cpu_utilization: Option<f64>,
+    }
+}
+
+table! {
+    /// One row per second of each step: outcomes of the requests planned (open loop) or
+    /// sent (closed loop) in that second and the latency of their successes.
+    pub struct LatencyRow = "latency" {
+        /// Start of the second (UTC).
+        pub ts: Timestamp,
+        /// Mesh name.
+        pub mesh: String,
+        /// Repetition, 0-based.
+        pub repetition: u32,
+        /// Position of the step in the profile.
+        pub step: u32,
+        /// Offset of the second in the step, 0-based.
+        pub second: u32,
+        /// Requests due in this second (sent plus dropped).
+        pub requests: u64,
+        /// Successes.
+        pub successes: u64,
+        /// Non-2xx responses and connection/other errors.
+        pub errors: u64,
+        /// Timeouts.
+        pub timeouts: u64,
+        /// Mean latency of this second's successes, ms; null when there were none.
+        pub latency_mean_ms: Option<f64>,
+        /// Median latency, ms.
+        pub latency_p50_ms: Option<f64>,
+        /// 90th percentile latency, ms.
+        pub latency_p90_ms: Option<f64>,
+        /// 99th percentile latency, ms.
+        pub latency_p99_ms: Option<f64>,
+        /// Largest latency, ms.
+        pub latency_max_ms: Option<f64>,
+    }
+}
+
+table! {
+    /// Long format: one row per sample as collected, with the step it falls in.
+    pub struct TimeseriesRow = "timeseries" {
+        /// Instant of the sample (UTC).
+        pub ts: Timestamp,
+        /// Mesh name.
+        pub mesh: String,
+        /// Repetition of the step the sample falls in; null between steps.
+        pub repetition: Option<u32>,
+        /// Step the sample falls in (by time); null between steps.
+        pub step: Option<u32>,
+        /// Service name.
+        pub service: String,
+        /// Pod name for per-pod metrics; null for per-service metrics.
+        pub pod: Option<String>,
+        /// Metric name (see the metric vocabulary); the unit is part of the name.
+        pub metric: String,
+        /// Value.
+        pub value: f64,
+    }
+}
+
+table! {
+    /// Repetition statistics: one row per (mesh, step, service, figure) with the mean and
+    /// 95 % confidence interval (Student t) over repetitions. Warm-up steps are excluded.
+    pub struct RepetitionRow = "repetitions" {
+        /// Mesh name.
+        pub mesh: String,
+        /// Position of the step in the profile.
+        pub step: u32,
+        /// Step name.
+        pub step_name: String,
+        /// Service for per-service figures (from `services`); null for step figures (from `steps`).
+        pub service: Option<String>,
+        /// Column name of the figure in `steps` or `services`.
+        pub figure: String,
+        /// Repetitions with a value.
+        pub n: u32,
+        /// Mean over repetitions.
+        pub mean: f64,
+        /// Sample standard deviation; null for n < 2.
+        pub std: Option<f64>,
+        /// Lower bound of the 95 % confidence interval of the mean; null for n < 2.
+        pub ci95_low: Option<f64>,
+        /// Upper bound of the 95 % confidence interval of the mean; null for n < 2.
+        pub ci95_high: Option<f64>,
+    }
+}
+
+fn markdown_for<T: Table>(out: &mut String) {
+    out.push_str(&format!(
+        "## `{}`\n\n{}\n\n",
+        T::NAME,
+        T::DESCRIPTION.trim()
+    ));
+    out.push_str("| column | type | nullable | meaning |\n|---|---|---|---|\n");
+    for c in T::schema() {
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            c.name,
+            c.dtype,
+            if c.nullable { "yes" } else { "no" },
+            c.doc.trim().replace('|', "\\|")
+        ));
+    }
+    out.push('\n');
+}
+
+/// The text of `docs/report-schema.md`, generated from the table declarations.
+pub fn schema_markdown() -> String {
+    let mut out = String::from(
+        "# meshbench report schema\n\n\
+         <!-- Generated from analysis/src/tables.rs by `schema_markdown()`; a test fails when \
+         this file drifts. Regenerate with `UPDATE_SCHEMA_DOC=1 cargo test -p \
+         meshbench-analysis --test run_dir`. -->\n\n\
+         A run directory `<out>/<benchmark>-<UTC timestamp>/` holds:\n\n\
+         | file | content |\n|---|---|\n\
+         | `run.json` | spec, versions, platform, limits enforcement, warnings, phases, partial flag, SLO verdicts, capacity plans, options |\n\
+         | `steps.parquet`, `steps.csv` | one row per (mesh, repetition, step) |\n\
+         | `services.parquet`, `services.csv` | one row per (mesh, repetition, step, service) |\n\
+         | `latency.parquet`, `latency.csv` | one row per second of every step |\n\
+         | `timeseries.parquet`, `timeseries.csv` | every sample, long format |\n\
+         | `repetitions.parquet`, `repetitions.csv` | mean and 95 % CI over repetitions |\n\
+         | `report.html` | self-contained report (inline SVG plots, no network); rewritten after every step |\n\
+         | `plots/*.svg`, `plots/*.png` | the report's plots as files, written at the end of the run and by `meshbench report DIR` |\n\n\
+         Conventions: Parquet files are zstd-compressed; timestamps are `datetime[ms, UTC]` \
+         (CSV: ISO 8601 with offset); units are part of column names (`_ms`, `_s`, `_rps`, \
+         `_cores`, `_bytes`; utilizations are fractions, 0.7 = 70 %); a figure that cannot be \
+         computed (e.g. latency of a step without successes) is null, never NaN. Every file is \
+         written to a temporary name and renamed, after every completed step.\n\n\
+         Reading: `pl.read_parquet(\"steps.parquet\")`; DuckDB `SELECT * FROM \
+         'steps.parquet'` (timestamps arrive as `TIMESTAMP WITH TIME ZONE`); pandas \
+         `pd.read_parquet(\"steps.parquet\", dtype_backend=\"pyarrow\")` keeps nullable integer \
+         columns as integers (with the default backend pandas turns an integer column with \
+         nulls into floats with NaN; timestamps arrive as `datetime64[ms, UTC]` either way).\n\n",
+    );
+    markdown_for::<StepRow>(&mut out);
+    markdown_for::<ServiceRow>(&mut out);
+    markdown_for::<LatencyRow>(&mut out);
+    markdown_for::<TimeseriesRow>(&mut out);
+    markdown_for::<RepetitionRow>(&mut out);
+    out.push_str("## Metric vocabulary (`timeseries.metric`)\n\n");
+    out.push_str("| metric | per | meaning |\n|---|---|---|\n");
+    for (name, per_pod, doc) in crate::samples::metric::ALL {
+        out.push_str(&format!(
+            "| `{name}` | {} | {doc} |\n",
+            if *per_pod { "pod" } else { "service" }
+        ));
+    }
+    out.push_str(
+        "\nOther metric names, and known metrics reported at the other level (per pod instead of \
+         per service or the reverse), are kept in `timeseries` but not summarised. When a service has \
+         no `replicas` samples, its replica count at an instant is the number of its pods with \
+         a `cpu_cores` sample at that instant.\n\n\
+         ## `run.json`\n\n\
+         The runner's metadata (`benchmark`, `spec`, `meshbench_version`, `platform` = \
+         `local`|`kubernetes`, `limits` = {`mode`: `enforced`|`partial`|`not_enforced`, \
+         `reason`}, `warnings`, `phases` [{`name`, `started_at`, `finished_at`}], \
+         `started_at`, `finished_at`, `steps_planned`, `partial`) plus: `schema_version`, \
+         `analysis_version`, `steps_completed`, `partial` (also true when fewer steps \
+         completed than planned or the run has not finished), `partial_reason`, `slos`, \
+         `slo` {`pass` (null without SLOs), `steps` [per-step verdicts with violations], \
+         `summary` [one line per failing step]}, `predictions` {mesh: capacity plan at the \
+         run's target rates}, `options`, `tables` (files written).\n",
+    );
+    out
+}
