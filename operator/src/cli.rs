@@ -17,7 +17,12 @@ use crate::exit;
 /// `meshbench validate`, predict their capacity with `meshbench plan`, and run them with
 /// `meshbench run`.
 #[derive(Debug, Parser)]
-#[command(name = "meshbench", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "meshbench",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -41,6 +46,12 @@ pub enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Run one worker (the generic microservice), as a pod's container does.
+    ///
+    /// The worker's behaviour comes from a JSON config (`--config FILE` or
+    /// `--config-json`), rendered from a ServiceMesh. Exit status: 0 after a SIGTERM drain,
+    /// 2 on an invalid config (before binding), 1 on other failures.
+    Worker(meshbench_worker::WorkerArgs),
     /// Print the CustomResourceDefinitions of ServiceMesh and Benchmark as YAML.
     ///
     /// The same manifests are committed under deploy/crds/; install them with
@@ -69,9 +80,41 @@ pub fn main() -> ExitCode {
     run(cli)
 }
 
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Worker(args) => {
+            init_tracing("info");
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("meshbench worker: cannot start the async runtime: {e}");
+                    return exit::code(1);
+                }
+            };
+            let result = rt.block_on(meshbench_worker::run(args));
+            // Burns of requests abandoned after the drain grace run on blocking threads.
+            rt.shutdown_timeout(std::time::Duration::from_millis(100));
+            match result {
+                Ok(()) => exit::code(exit::OK),
+                Err(e) => {
+                    eprintln!("meshbench worker: {e}");
+                    exit::code(e.exit_code())
+                }
+            }
+        }
         Command::Validate { files, quiet } => validate(&files, quiet),
         Command::Crds => {
             print!("{}", meshbench_crds::crds_yaml());
@@ -112,8 +155,14 @@ fn validate(files: &[PathBuf], quiet: bool) -> ExitCode {
 }
 
 fn read(path: &std::path::Path) -> Result<String, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: error: cannot read file: {e}", path.display()))?;
-    String::from_utf8(bytes).map_err(|_| format!("{}: error: is not UTF-8 text; expected YAML", path.display()))
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("{}: error: cannot read file: {e}", path.display()))?;
+    String::from_utf8(bytes).map_err(|_| {
+        format!(
+            "{}: error: is not UTF-8 text; expected YAML",
+            path.display()
+        )
+    })
 }
 
 fn import(graph: &std::path::Path, measurement: Option<&std::path::Path>) -> ExitCode {
@@ -125,12 +174,9 @@ fn import(graph: &std::path::Path, measurement: Option<&std::path::Path>) -> Exi
         };
         let gname = graph.display().to_string();
         let mname = measurement.map(|m| m.display().to_string());
-        let imported = meshbench_crds::import::import(
-            &gname,
-            &gtext,
-            mname.as_deref().zip(mtext.as_deref()),
-        )
-        .map_err(|ds| ds.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        let imported =
+            meshbench_crds::import::import(&gname, &gtext, mname.as_deref().zip(mtext.as_deref()))
+                .map_err(|ds| ds.iter().map(ToString::to_string).collect::<Vec<_>>())?;
         let yaml = imported.to_yaml();
         // The output must itself be valid; a callout to a node that does not exist, for
         // example, is caught here with the field path in the generated mesh.

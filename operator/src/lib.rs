@@ -1,5 +1,7 @@
-//! meshbench orchestration: the `meshbench` CLI, experiment planning, and (in later
-//! modules) the local runtime and the Kubernetes controllers.
+//! meshbench orchestration: the `meshbench` CLI, the experiment state machine shared by
+//! both platforms, and the rendering of worker configs from a ServiceMesh.
 
 pub mod cli;
 pub mod exit;
+pub mod experiment;
+pub mod worker_config;

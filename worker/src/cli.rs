@@ -88,8 +88,32 @@ async fn terminate_signal() -> Result<impl std::future::Future<Output = ()>> {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = int.recv() => tracing::info!("SIGINT received"),
+            _ = parent_gone() => tracing::warn!("parent process gone; shutting down"),
         }
     })
+}
+
+/// Environment variable naming the pid of a supervising process (the local runtime sets
+/// it). The worker drains and exits when that process is gone, so no replica outlives a
+/// runner that was SIGKILLed; a pod's container never has it set.
+pub const PARENT_PID_ENV: &str = "MESHBENCH_PARENT_PID";
+
+/// Resolves when the process named by [`PARENT_PID_ENV`] is no longer our parent (it died
+/// and we were re-parented); never resolves when the variable is unset.
+async fn parent_gone() {
+    let parent = std::env::var(PARENT_PID_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok());
+    let Some(parent) = parent else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        if nix::unistd::getppid().as_raw() != parent {
+            return;
+        }
+    }
 }
 
 /// Lets the process hold as many sockets as the hard limit allows, as a Go service does,

@@ -1,0 +1,109 @@
+//! The `meshbench` binary's documented exit codes and outputs, run as a real process.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn meshbench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_meshbench"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run meshbench: {e}"))
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn validate_accepts_the_experiments() {
+    let o = meshbench(&["validate", "experiments/quickstart.yaml"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("valid: 1 ServiceMesh, 1 Benchmark"));
+}
+
+#[test]
+fn validate_reports_every_problem_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: meshbench.io/v1alpha1\nkind: ServiceMesh\nmetadata: {name: m}\nspec:\n  services:\n  - name: a\n    endpoints:\n    - path: /\n      cpu: \"25\"\n      calls: [{service: bakend}]\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let o = meshbench(&["validate", bad.to_str().unwrap_or_default()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("bad.yaml:9:"), "{err}");
+    assert!(
+        err.contains("error: ServiceMesh/m (document 1) spec.services[0].endpoints[0].cpu"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean"), "{err}");
+    assert!(
+        err.contains("spec.services[0].endpoints[0].calls[0].service"),
+        "{err}"
+    );
+    assert!(err.contains("2 problem(s)"), "{err}");
+}
+
+#[test]
+fn missing_file_is_invalid_not_a_panic() {
+    let o = meshbench(&["validate", "does/not/exist.yaml"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("cannot read file"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(meshbench(&["validate"]).status.code(), Some(2));
+    assert_eq!(meshbench(&["no-such-command"]).status.code(), Some(2));
+    assert_eq!(
+        meshbench(&["validate", "--bogus", "x"]).status.code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn crds_prints_both_definitions() {
+    let o = meshbench(&["crds"]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("name: servicemeshes.meshbench.io"));
+    assert!(out.contains("name: benchmarks.meshbench.io"));
+}
+
+#[test]
+fn import_converts_a_prototype_servicegraph() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let sg = dir.path().join("sg.yaml");
+    std::fs::write(
+        &sg,
+        "apiVersion: dipterv.my.domain/v1beta1\nkind: Servicegraph\nmetadata: {name: demo}\nspec:\n  nodes:\n  - name: front\n    replicas: 1\n    port: 80\n    resources: {cpu: 500, memory: 256}\n    endpoints:\n    - path: /\n      cpuLoad: 25\n      delay: 40\n      callouts: [{url: \"back:80/work\"}]\n  - name: back\n    resources: {cpu: 1000, memory: 128}\n    endpoints: [{path: /work, cpuLoad: 100}]\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let o = meshbench(&["import", sg.to_str().unwrap_or_default()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let yaml = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(yaml.contains("kind: ServiceMesh"));
+    assert!(yaml.contains("cpu: 25ms"));
+    assert!(yaml.contains("mode: minimumTotal"));
+    // The output is itself valid input.
+    let out = dir.path().join("out.yaml");
+    std::fs::write(&out, &yaml).unwrap_or_else(|e| panic!("{e}"));
+    let v = meshbench(&["validate", out.to_str().unwrap_or_default()]);
+    assert_eq!(v.status.code(), Some(0), "{}", stderr(&v));
+}
+
+#[test]
+fn worker_subcommand_rejects_a_bad_config_with_exit_2() {
+    let o = meshbench(&["worker", "--config-json", "{\"version\": 9}"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
