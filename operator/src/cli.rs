@@ -46,12 +46,52 @@ pub enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
-    /// Run one worker (the generic microservice), as a pod's container does.
+    /// Run a Benchmark on this machine: processes stand in for pods, the kernel's CFS
+    /// quota enforces CPU limits, a local HPA implements the upstream algorithm.
     ///
-    /// The worker's behaviour comes from a JSON config (`--config FILE` or
-    /// `--config-json`), rendered from a ServiceMesh. Exit status: 0 after a SIGTERM drain,
-    /// 2 on an invalid config (before binding), 1 on other failures.
-    Worker(meshbench_worker::WorkerArgs),
+    /// Writes `<out>/<benchmark>-<UTC timestamp>/` with run.json, steps/services/latency/
+    /// timeseries tables (Parquet and CSV), plots and report.html, updated after every
+    /// step. Exit status: 0 completed and every SLO held, 1 invalid spec (nothing
+    /// started), 2 usage error, 3 an SLO failed, 4 the run failed or was interrupted (the
+    /// partial report is kept).
+    Run(Box<crate::run::RunArgs>),
+    /// Predict capacity from the spec alone: visit ratios, CPU demand, the bottleneck,
+    /// maximum throughput, HPA replicas per step and modelled latency.
+    Plan {
+        /// YAML files with the Benchmark and its ServiceMesh(es).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Print JSON for pipelines instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Which Benchmark, when the files hold several.
+        #[arg(long, value_name = "NAME")]
+        benchmark: Option<String>,
+        /// Also find the replica allocation that maximises throughput within this many
+        /// pods.
+        #[arg(long, value_name = "PODS")]
+        pod_budget: Option<u32>,
+    },
+    /// Rebuild report.html and the plots of a run directory from its tables.
+    Report {
+        /// A run directory written by `meshbench run`.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Compare two run directories step by step and say which differences are outside
+    /// the noise.
+    Compare {
+        /// The baseline run directory.
+        #[arg(value_name = "DIR1")]
+        baseline: PathBuf,
+        /// The run directory compared with it.
+        #[arg(value_name = "DIR2")]
+        candidate: PathBuf,
+    },
+    /// Run one worker (the generic microservice), as a pod's container does.
+    Worker(Box<meshbench_worker::WorkerArgs>),
+    /// Run the load generator (the load Job's entrypoint in a cluster).
+    Loadgen(Box<meshbench_loadgen::LoadgenArgs>),
     /// Print the CustomResourceDefinitions of ServiceMesh and Benchmark as YAML.
     ///
     /// The same manifests are committed under deploy/crds/; install them with
@@ -89,29 +129,89 @@ fn init_tracing(default: &str) {
         .try_init();
 }
 
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Run(args) => {
+            init_tracing("warn,goose=error");
+            let Some(rt) = runtime() else {
+                return exit::code(exit::RUN_FAILED);
+            };
+            let code = rt.block_on(crate::run::run(*args));
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            exit::code(code)
+        }
+        Command::Plan {
+            files,
+            json,
+            benchmark,
+            pod_budget,
+        } => crate::plan::plan(&files, json, benchmark.as_deref(), pod_budget),
+        Command::Report { dir } => match meshbench_analysis::rebuild_report(&dir) {
+            Ok(files) => {
+                println!("{}", files.html.display());
+                exit::code(exit::OK)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::code(exit::INVALID)
+            }
+        },
+        Command::Compare {
+            baseline,
+            candidate,
+        } => match meshbench_analysis::compare(&baseline, &candidate) {
+            Ok(c) => {
+                print!("{c}");
+                exit::code(exit::OK)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::code(exit::INVALID)
+            }
+        },
         Command::Worker(args) => {
             init_tracing("info");
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("meshbench worker: cannot start the async runtime: {e}");
-                    return exit::code(1);
-                }
+            let Some(rt) = runtime() else {
+                return exit::code(1);
             };
-            let result = rt.block_on(meshbench_worker::run(args));
-            // Burns of requests abandoned after the drain grace run on blocking threads.
+            let result = rt.block_on(meshbench_worker::run(*args));
             rt.shutdown_timeout(std::time::Duration::from_millis(100));
             match result {
                 Ok(()) => exit::code(exit::OK),
                 Err(e) => {
                     eprintln!("meshbench worker: {e}");
                     exit::code(e.exit_code())
+                }
+            }
+        }
+        Command::Loadgen(args) => {
+            init_tracing("info,goose=error");
+            let Some(rt) = runtime() else {
+                return exit::code(1);
+            };
+            match rt.block_on(meshbench_loadgen::run(*args)) {
+                Ok(result) if result.partial => {
+                    eprintln!("stopped early: the partial result was written");
+                    exit::code(4)
+                }
+                Ok(_) => exit::code(exit::OK),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    exit::code(e.exit_code() as u8)
                 }
             }
         }

@@ -1,0 +1,180 @@
+//! Conversions from the API types (crds) into the plain inputs of the analysis crate and
+//! the load generator, which link no kube.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use meshbench_analysis::Slo;
+use meshbench_analysis::capacity::{
+    CallModel, CapacityInput, EndpointModel, EntryPoint, HpaModel, ServiceModel,
+};
+use meshbench_crds::benchmark::{BenchmarkSpec, LoadKind};
+use meshbench_crds::resolve::{PlannedStep, endpoint_path, resolve_mesh};
+use meshbench_crds::{ServiceMesh, mesh::Delay};
+use meshbench_loadgen::plan::{LoadModel, LoadPlan, RequestSpec, Stage};
+
+fn delay_mean_s(d: &Delay) -> f64 {
+    if let Some(f) = &d.fixed {
+        f.get().as_secs_f64()
+    } else if let Some(u) = &d.uniform {
+        (u.min.get().as_secs_f64() + u.max.get().as_secs_f64()) / 2.0
+    } else if let Some(e) = &d.exponential {
+        e.mean.get().as_secs_f64()
+    } else if let Some(l) = &d.log_normal {
+        // Mean of a log-normal: median · e^(σ²/2).
+        l.median.get().as_secs_f64() * (l.sigma * l.sigma / 2.0).exp()
+    } else {
+        0.0
+    }
+}
+
+/// The capacity model's view of a mesh with the benchmark's entry point.
+pub fn capacity_input(mesh: &ServiceMesh, bench: &BenchmarkSpec) -> CapacityInput {
+    let services = resolve_mesh(&mesh.spec)
+        .into_iter()
+        .map(|s| ServiceModel {
+            name: s.name.clone(),
+            replicas: s.replicas.max(0) as u32,
+            cpu_request_cores: s.resources.cpu_request_millis.unwrap_or(0) as f64 / 1000.0,
+            cpu_limit_cores: s.resources.cpu_limit_millis.map(|m| m as f64 / 1000.0),
+            hpa: s.autoscaling.as_ref().map(|a| HpaModel {
+                min: a.min_replicas.max(1) as u32,
+                max: a.max_replicas.max(1) as u32,
+                target_utilization_percent: f64::from(a.target_cpu_utilization),
+            }),
+            endpoints: s
+                .endpoints
+                .iter()
+                .map(|e| EndpointModel {
+                    path: e.path.clone(),
+                    cpu_seconds: e.cpu.as_secs_f64(),
+                    delay_seconds_mean: e
+                        .delay
+                        .as_ref()
+                        .map(|d| delay_mean_s(&d.delay))
+                        .unwrap_or(0.0),
+                    call_groups: e
+                        .call_groups
+                        .iter()
+                        .map(|g| {
+                            g.iter()
+                                .map(|c| CallModel {
+                                    service: c.service.clone(),
+                                    path: c.path.clone(),
+                                    probability: c.probability,
+                                    repeat: c.repeat,
+                                })
+                                .collect()
+                        })
+                        .collect(),
+                })
+                .collect(),
+        })
+        .collect();
+    CapacityInput {
+        entry: EntryPoint {
+            service: bench.target.service.clone(),
+            path: endpoint_path(bench.target.path.as_deref()).to_string(),
+        },
+        services,
+    }
+}
+
+/// The SLOs of a benchmark.
+pub fn slos(bench: &BenchmarkSpec) -> Vec<Slo> {
+    let Some(s) = &bench.slos else {
+        return Vec::new();
+    };
+    let mut out: Vec<Slo> = s
+        .latency
+        .iter()
+        .map(|l| Slo::Latency {
+            percentile: l.percentile,
+            max_ms: l.max.get().as_secs_f64() * 1000.0,
+        })
+        .collect();
+    if let Some(e) = s.max_error_rate {
+        out.push(Slo::ErrorRate { max_ratio: e });
+    }
+    if let Some(a) = s.min_achieved_ratio {
+        out.push(Slo::Achieved { min_ratio: a });
+    }
+    out
+}
+
+/// The load plan of one step (or the warm-up) against `target_url`.
+pub fn step_plan(
+    bench: &BenchmarkSpec,
+    step: &PlannedStep,
+    target_url: &str,
+    warmup: bool,
+) -> LoadPlan {
+    let t = &bench.target;
+    let query: BTreeMap<String, String> = t
+        .query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (kv.to_string(), String::new()),
+        })
+        .collect();
+    let model = match bench.load.model {
+        LoadKind::Open => LoadModel::Open {
+            max_in_flight: bench
+                .load
+                .max_in_flight
+                .map(|m| m.max(1) as u32)
+                .unwrap_or(meshbench_crds::resolve::DEFAULT_MAX_IN_FLIGHT),
+            max_lateness: None,
+        },
+        LoadKind::Closed => LoadModel::Closed {
+            think_time: bench
+                .load
+                .think_time
+                .as_ref()
+                .map(|d| d.get())
+                .unwrap_or(Duration::ZERO),
+        },
+    };
+    let mut plan = LoadPlan::single_stage(
+        target_url,
+        model,
+        Stage {
+            name: Some(if warmup {
+                "warmup".into()
+            } else {
+                step.name.clone()
+            }),
+            duration: step.duration,
+            rate: step.rate,
+            users: step.users,
+        },
+    );
+    plan.request = RequestSpec {
+        method: t
+            .method
+            .map(|m| m.as_str().to_string())
+            .unwrap_or_else(|| "GET".into()),
+        path: endpoint_path(t.path.as_deref()).to_string(),
+        query,
+        headers: t.headers.clone(),
+        body: t.body.clone(),
+    };
+    plan.timeout = bench
+        .request_timeout
+        .as_ref()
+        .map(|d| d.get())
+        .unwrap_or(meshbench_crds::resolve::DEFAULT_REQUEST_TIMEOUT);
+    plan
+}
+
+/// The rates of a benchmark's measured steps (open loop), for `plan`.
+pub fn rates(bench: &BenchmarkSpec) -> Vec<f64> {
+    meshbench_crds::resolve::plan_steps(bench)
+        .iter()
+        .filter_map(|s| s.rate)
+        .collect()
+}

@@ -1,0 +1,198 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease. kube-runtime has none built in,
+//! so this is the client-go algorithm in small: a candidate takes the Lease when it is
+//! free or when its record has not changed for `lease_duration` (judged by this process's
+//! own clock, so clock skew between nodes does not matter), renews it every
+//! `renew_every`, and every write is a compare-and-swap on `resourceVersion`.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, PostParams};
+
+/// Errors of leader election.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed a Lease request.
+    #[error("lease {name}: {source}")]
+    Api {
+        /// Lease name.
+        name: String,
+        /// The client error.
+        source: kube::Error,
+    },
+}
+
+/// Result alias of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Settings of the election.
+#[derive(Debug, Clone)]
+pub struct LeaseSettings {
+    /// Lease name.
+    pub name: String,
+    /// This candidate's identity (its pod name).
+    pub identity: String,
+    /// How long a record may stay unchanged before another candidate takes over.
+    pub lease_duration: Duration,
+    /// How often the holder renews.
+    pub renew_every: Duration,
+}
+
+/// One candidate's view of the Lease.
+#[derive(Debug)]
+pub struct LeaderElector {
+    api: Api<Lease>,
+    settings: LeaseSettings,
+    /// The last record seen (holder, renew time) and when it was first seen.
+    observed: Option<(String, Instant)>,
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+fn now() -> MicroTime {
+    MicroTime(k8s_openapi::jiff::Timestamp::now())
+}
+
+impl LeaderElector {
+    /// A candidate for the Lease in `api`'s namespace.
+    pub fn new(api: Api<Lease>, settings: LeaseSettings) -> Self {
+        Self {
+            api,
+            settings,
+            observed: None,
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &LeaseSettings {
+        &self.settings
+    }
+
+    fn err(&self, source: kube::Error) -> Error {
+        Error::Api {
+            name: self.settings.name.clone(),
+            source,
+        }
+    }
+
+    /// Takes or renews the Lease if possible; true when this candidate holds it now.
+    pub async fn try_acquire_or_renew(&mut self) -> Result<bool> {
+        let me = self.settings.identity.clone();
+        let secs = i32::try_from(self.settings.lease_duration.as_secs()).unwrap_or(i32::MAX);
+        let existing = self
+            .api
+            .get_opt(&self.settings.name)
+            .await
+            .map_err(|e| self.err(e))?;
+        let Some(mut lease) = existing else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.settings.name.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(me),
+                    lease_duration_seconds: Some(secs),
+                    acquire_time: Some(now()),
+                    renew_time: Some(now()),
+                    lease_transitions: Some(0),
+                    ..LeaseSpec::default()
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(e) if is_conflict(&e) => Ok(false),
+                Err(e) => Err(self.err(e)),
+            };
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        let record = format!(
+            "{holder}@{}",
+            spec.renew_time
+                .as_ref()
+                .map(|t| t.0.to_string())
+                .unwrap_or_default()
+        );
+        let seen_at = match &self.observed {
+            Some((r, at)) if *r == record => *at,
+            _ => {
+                let at = Instant::now();
+                self.observed = Some((record, at));
+                at
+            }
+        };
+        let held_by_me = holder == me;
+        let expired = holder.is_empty() || seen_at.elapsed() >= self.settings.lease_duration;
+        if !held_by_me && !expired {
+            return Ok(false);
+        }
+        let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!held_by_me);
+        lease.spec = Some(LeaseSpec {
+            holder_identity: Some(me),
+            lease_duration_seconds: Some(secs),
+            acquire_time: if held_by_me {
+                spec.acquire_time
+            } else {
+                Some(now())
+            },
+            renew_time: Some(now()),
+            lease_transitions: Some(transitions),
+            ..spec
+        });
+        // `replace` sends the resourceVersion we read: a concurrent writer makes it a 409.
+        match self
+            .api
+            .replace(&self.settings.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_conflict(&e) => Ok(false),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Waits until this candidate holds the Lease.
+    pub async fn acquire(&mut self) -> Result<()> {
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "leader election attempt failed"),
+            }
+            tokio::time::sleep(self.settings.renew_every).await;
+        }
+    }
+
+    /// Renews the Lease until a renewal fails for longer than the lease duration (then
+    /// another replica may already lead) and returns the reason.
+    pub async fn hold(&mut self) -> Error {
+        let mut last_ok = Instant::now();
+        loop {
+            tokio::time::sleep(self.settings.renew_every).await;
+            match self.try_acquire_or_renew().await {
+                Ok(true) => last_ok = Instant::now(),
+                Ok(false) => {
+                    return Error::Api {
+                        name: self.settings.name.clone(),
+                        source: kube::Error::Api(
+                            kube::core::Status::failure(
+                                "another replica took the lease",
+                                "Conflict",
+                            )
+                            .with_code(409)
+                            .boxed(),
+                        ),
+                    };
+                }
+                Err(e) if last_ok.elapsed() < self.settings.lease_duration => {
+                    tracing::warn!(error = %e, "lease renewal failed; retrying");
+                }
+                Err(e) => return e,
+            }
+        }
+    }
+}

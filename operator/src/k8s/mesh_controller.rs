@@ -1,0 +1,561 @@
+//! The ServiceMesh controller. A reconcile is fetch (the runtime hands over the mesh) →
+//! validate (pure) → build (pure, [`render`](super::render)) → apply (server-side apply,
+//! one field manager, forced) → prune → status.
+//!
+//! No finalizer: every object has the mesh as controlling owner, so the garbage collector
+//! deletes them with the mesh; objects of services removed from the spec are found by
+//! label and deleted here.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use meshbench_crds::ServiceMesh;
+use meshbench_crds::mesh::{ServiceMeshStatus, ServiceStatus};
+use meshbench_crds::validate::{Issue, validate_mesh};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::FIELD_MANAGER;
+use super::keys;
+use super::metrics::Metrics;
+use super::render::{self, RenderOptions, ServiceObjects};
+
+/// Name of this controller in metrics and logs.
+pub const CONTROLLER: &str = "servicemesh";
+
+/// Errors of a reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request to the API server failed.
+    #[error("{action}: {source}")]
+    Kube {
+        /// What was being done.
+        action: String,
+        /// The client error.
+        source: kube::Error,
+    },
+    /// The objects could not be rendered.
+    #[error(transparent)]
+    Render(#[from] render::Error),
+    /// The mesh is not namespaced (the CRD is; this means a broken object).
+    #[error("ServiceMesh {0} has no namespace")]
+    NoNamespace(String),
+}
+
+impl Error {
+    /// A bounded label for the failure metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "kube",
+            Error::Render(_) => "render",
+            Error::NoNamespace(_) => "no_namespace",
+        }
+    }
+}
+
+/// Result alias of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let action = action.into();
+    move |source| Error::Kube { action, source }
+}
+
+/// What a reconcile needs.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Publishes Events on meshes.
+    pub recorder: Recorder,
+    /// Images and commands of the rendered objects.
+    pub render: RenderOptions,
+    /// The operator's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Consecutive failures per mesh, for the error policy's backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("render", &self.render)
+            .finish()
+    }
+}
+
+impl Context {
+    /// A context; Events are reported as `meshbench-operator` from `instance`.
+    pub fn new(
+        client: Client,
+        render: RenderOptions,
+        metrics: Arc<Metrics>,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = kube::runtime::events::Reporter {
+            controller: "meshbench-operator".into(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            render,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        // A poisoned map only holds backoff counters; keep using it.
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The message of a `Valid=False` condition: every problem, as `meshbench validate`
+/// prints it after the file position (field path, message, hint).
+pub fn invalid_message(issues: &[Issue]) -> String {
+    let lines: Vec<String> = issues
+        .iter()
+        .map(|i| {
+            let mut s = if i.path.is_empty() {
+                i.message.clone()
+            } else {
+                format!("{}: {}", i.path, i.message)
+            };
+            if let Some(h) = &i.hint {
+                s.push_str(&format!(" (hint: {h})"));
+            }
+            s
+        })
+        .collect();
+    lines.join("; ")
+}
+
+/// Sets condition `type_` in `conditions`, keeping its transition time when its status
+/// does not change. Returns true when the status changed (or the condition is new).
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> bool {
+    let status_text = if status { "True" } else { "False" };
+    let previous = conditions.iter().position(|c| c.type_ == type_);
+    let changed = previous
+        .map(|i| conditions[i].status != status_text)
+        .unwrap_or(true);
+    let last_transition_time = match previous {
+        Some(i) if !changed => conditions[i].last_transition_time.clone(),
+        _ => now.clone(),
+    };
+    let condition = Condition {
+        type_: type_.to_string(),
+        status: status_text.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    };
+    match previous {
+        Some(i) => conditions[i] = condition,
+        None => conditions.push(condition),
+    }
+    changed
+}
+
+/// The status of a mesh whose spec is invalid: `Valid=False` with every problem, `Ready`
+/// left as it was.
+pub fn invalid_status(
+    old: &ServiceMeshStatus,
+    generation: Option<i64>,
+    issues: &[Issue],
+    now: &Time,
+) -> (ServiceMeshStatus, bool) {
+    let mut status = old.clone();
+    status.observed_generation = generation;
+    let changed = set_condition(
+        &mut status.conditions,
+        "Valid",
+        false,
+        "InvalidSpec",
+        invalid_message(issues),
+        generation,
+        now,
+    );
+    (status, changed)
+}
+
+/// Replica counts of one applied service, read from the Deployment the API returned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// Service name.
+    pub service: String,
+    /// The Deployment's `spec.replicas` (the HPA's choice when autoscaled).
+    pub desired: i32,
+    /// Ready replicas.
+    pub ready: i32,
+    /// The Deployment controller has seen the latest spec.
+    pub up_to_date: bool,
+}
+
+/// Reads the replica counts of an applied Deployment.
+pub fn observe(service: &str, d: &Deployment) -> Observed {
+    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let status = d.status.clone().unwrap_or_default();
+    Observed {
+        service: service.to_string(),
+        desired,
+        ready: status.ready_replicas.unwrap_or(0),
+        up_to_date: status.observed_generation.is_some()
+            && status.observed_generation >= d.metadata.generation
+            && status.updated_replicas.unwrap_or(0) >= desired,
+    }
+}
+
+/// The status of a valid, applied mesh. Returns it and whether `Ready` changed.
+pub fn ready_status(
+    old: &ServiceMeshStatus,
+    generation: Option<i64>,
+    observed: &[Observed],
+    now: &Time,
+) -> (ServiceMeshStatus, bool) {
+    let mut status = old.clone();
+    status.observed_generation = generation;
+    status.services = observed
+        .iter()
+        .map(|o| ServiceStatus {
+            name: o.service.clone(),
+            desired_replicas: o.desired,
+            ready_replicas: o.ready,
+        })
+        .collect();
+    let ready: Vec<&Observed> = observed
+        .iter()
+        .filter(|o| o.up_to_date && o.ready >= o.desired)
+        .collect();
+    status.ready_services = ready.len() as i32;
+    status.total_services = observed.len() as i32;
+    status.ready_text = Some(format!("{}/{}", ready.len(), observed.len()));
+    set_condition(
+        &mut status.conditions,
+        "Valid",
+        true,
+        "SpecValid",
+        "the spec passed validation".into(),
+        generation,
+        now,
+    );
+    let waiting: Vec<String> = observed
+        .iter()
+        .filter(|o| !(o.up_to_date && o.ready >= o.desired))
+        .map(|o| format!("{} ({}/{} ready)", o.service, o.ready, o.desired))
+        .collect();
+    let all_ready = waiting.is_empty();
+    let changed = set_condition(
+        &mut status.conditions,
+        "Ready",
+        all_ready,
+        if all_ready {
+            "AllReplicasReady"
+        } else {
+            "ReplicasNotReady"
+        },
+        if all_ready {
+            format!("all {} services have their replicas ready", observed.len())
+        } else {
+            format!("waiting for {}", waiting.join(", "))
+        },
+        generation,
+        now,
+    );
+    (status, changed)
+}
+
+async fn apply<K>(api: &Api<K>, name: &str, obj: &K) -> Result<K>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(name, &pp, &Patch::Apply(obj))
+        .await
+        .map_err(kube_err(format!(
+            "applying {} {name}",
+            K::kind(&K::DynamicType::default())
+        )))
+}
+
+fn object_name<K: Resource>(o: &K) -> String {
+    o.meta().name.clone().unwrap_or_default()
+}
+
+/// Deletes the objects of kind `K` of `mesh` whose service is not in `keep`.
+async fn prune<K>(api: &Api<K>, mesh: &str, keep: &BTreeSet<String>) -> Result<Vec<String>>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let kind = K::kind(&K::DynamicType::default()).to_string();
+    let mut selector = format!("{}={mesh},{}=worker", keys::MESH, keys::APP_COMPONENT);
+    if !keep.is_empty() {
+        let names: Vec<&str> = keep.iter().map(String::as_str).collect();
+        selector.push_str(&format!(",{} notin ({})", keys::SERVICE, names.join(",")));
+    }
+    let list = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(kube_err(format!("listing {kind}s of mesh {mesh}")))?;
+    let mut deleted = Vec::new();
+    for o in list.items {
+        let name = object_name(&o);
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => deleted.push(format!("{kind}/{name}")),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(kube_err(format!("deleting {kind} {name}"))(e)),
+        }
+    }
+    Ok(deleted)
+}
+
+async fn patch_status(
+    api: &Api<ServiceMesh>,
+    name: &str,
+    status: &ServiceMeshStatus,
+) -> Result<()> {
+    let patch = serde_json::json!({
+        "apiVersion": "meshbench.io/v1alpha1",
+        "kind": "ServiceMesh",
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(kube_err(format!(
+        "writing the status of ServiceMesh {name}"
+    )))?;
+    Ok(())
+}
+
+async fn publish(
+    ctx: &Context,
+    mesh: &ServiceMesh,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    // An Event is informational: failing to publish one must not fail the reconcile.
+    if let Err(e) = ctx.recorder.publish(&event, &mesh.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "cannot publish event");
+    }
+}
+
+/// Applies one service's objects in dependency order and returns its Deployment as the
+/// API server has it now.
+async fn apply_service(client: &Client, ns: &str, s: &ServiceObjects) -> Result<Deployment> {
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
+    apply(&cms, &object_name(&s.config_map), &s.config_map).await?;
+    apply(&svcs, &object_name(&s.service_object), &s.service_object).await?;
+    let dep = apply(&deps, &object_name(&s.deployment), &s.deployment).await?;
+    if let Some(h) = &s.hpa {
+        apply(&hpas, &object_name(h), h).await?;
+    }
+    Ok(dep)
+}
+
+/// Reconciles one mesh.
+#[tracing::instrument(skip_all, fields(mesh = %mesh.name_any(), namespace = ?mesh.namespace()))]
+pub async fn reconcile(mesh: Arc<ServiceMesh>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile(CONTROLLER);
+    let result = reconcile_inner(&mesh, &ctx).await;
+    let key = format!(
+        "{}/{}",
+        mesh.namespace().unwrap_or_default(),
+        mesh.name_any()
+    );
+    match &result {
+        Ok(_) => {
+            ctx.failures().remove(&key);
+        }
+        Err(e) => ctx.metrics.failure(CONTROLLER, e.metric_label()),
+    }
+    result
+}
+
+async fn reconcile_inner(mesh: &ServiceMesh, ctx: &Context) -> Result<Action> {
+    let name = mesh.name_any();
+    let ns = mesh
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    if mesh.metadata.deletion_timestamp.is_some() {
+        // The garbage collector removes the owned objects.
+        return Ok(Action::await_change());
+    }
+    let meshes: Api<ServiceMesh> = Api::namespaced(ctx.client.clone(), &ns);
+    let old = mesh.status.clone().unwrap_or_default();
+    let generation = mesh.metadata.generation;
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+
+    // Validate: an invalid spec touches nothing but the status.
+    let issues = validate_mesh(mesh);
+    if !issues.is_empty() {
+        let (status, changed) = invalid_status(&old, generation, &issues, &now);
+        if status != old {
+            patch_status(&meshes, &name, &status).await?;
+        }
+        if changed {
+            publish(
+                ctx,
+                mesh,
+                EventType::Warning,
+                "InvalidSpec",
+                "Validate",
+                invalid_message(&issues),
+            )
+            .await;
+        }
+        return Ok(Action::await_change());
+    }
+
+    // Build.
+    let objects = render::render_mesh(mesh, &ctx.render)?;
+
+    // Apply.
+    let mut observed = Vec::with_capacity(objects.services.len());
+    for s in &objects.services {
+        let dep = apply_service(&ctx.client, &ns, s).await?;
+        observed.push(observe(&s.service, &dep));
+    }
+
+    // Prune objects of removed services, and HPAs of services no longer autoscaled.
+    let keep: BTreeSet<String> = objects.services.iter().map(|s| s.service.clone()).collect();
+    let keep_hpa: BTreeSet<String> = objects
+        .services
+        .iter()
+        .filter(|s| s.autoscaled)
+        .map(|s| s.service.clone())
+        .collect();
+    let mut pruned = Vec::new();
+    let client = &ctx.client;
+    pruned.extend(
+        prune(
+            &Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns),
+            &name,
+            &keep_hpa,
+        )
+        .await?,
+    );
+    pruned.extend(
+        prune(
+            &Api::<Deployment>::namespaced(client.clone(), &ns),
+            &name,
+            &keep,
+        )
+        .await?,
+    );
+    pruned.extend(
+        prune(
+            &Api::<Service>::namespaced(client.clone(), &ns),
+            &name,
+            &keep,
+        )
+        .await?,
+    );
+    pruned.extend(
+        prune(
+            &Api::<ConfigMap>::namespaced(client.clone(), &ns),
+            &name,
+            &keep,
+        )
+        .await?,
+    );
+
+    // Status.
+    let (status, ready_changed) = ready_status(&old, generation, &observed, &now);
+    if status != old {
+        patch_status(&meshes, &name, &status).await?;
+    }
+    if !pruned.is_empty() {
+        publish(
+            ctx,
+            mesh,
+            EventType::Normal,
+            "Pruned",
+            "Prune",
+            format!("deleted {}", pruned.join(", ")),
+        )
+        .await;
+    }
+    let all_ready = status.ready_services == status.total_services;
+    if ready_changed {
+        publish(
+            ctx,
+            mesh,
+            EventType::Normal,
+            if all_ready { "Ready" } else { "NotReady" },
+            "Reconcile",
+            status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| c.message.clone())
+                .unwrap_or_default(),
+        )
+        .await;
+    }
+    // Owned Deployments trigger a reconcile when their status changes; the requeue is a
+    // safety net against missed watch events.
+    Ok(Action::requeue(if all_ready {
+        Duration::from_secs(300)
+    } else {
+        Duration::from_secs(15)
+    }))
+}
+
+/// Backoff after a failed reconcile: 5 s doubling per consecutive failure, at most 5 min.
+pub fn error_policy(mesh: Arc<ServiceMesh>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!(
+        "{}/{}",
+        mesh.namespace().unwrap_or_default(),
+        mesh.name_any()
+    );
+    let n = {
+        let mut f = ctx.failures();
+        let n = f.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = backoff(n);
+    tracing::warn!(mesh = %mesh.name_any(), error = %error, failures = n, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The delay before retry number `failures` (1-based).
+pub fn backoff(failures: u32) -> Duration {
+    let secs = 5u64.saturating_mul(1u64 << failures.saturating_sub(1).min(16));
+    Duration::from_secs(secs.min(300))
+}

@@ -1,0 +1,262 @@
+//! The operator process (`meshbench operator`): leader election, the controllers, and
+//! an HTTP server with health endpoints and the operator's metrics.
+//!
+//! Every replica serves `/healthz`, `/readyz` and `/metrics`; only the Lease holder runs
+//! the controllers. A replica that loses the Lease exits so its restart starts clean
+//! (controller caches and in-flight reconciles cannot be handed over safely).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::Client;
+use kube::api::{Api, ListParams};
+use kube::runtime::{Controller, watcher};
+use meshbench_crds::ServiceMesh;
+use prometheus_client::registry::Registry;
+
+use super::leader::{LeaderElector, LeaseSettings};
+use super::mesh_controller::{self, Context};
+use super::metrics::Metrics;
+use super::render::{RenderOptions, default_image};
+
+/// Errors of the operator process.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No Kubernetes client configuration (in-cluster or kubeconfig).
+    #[error("cannot configure the Kubernetes client: {0}")]
+    Client(kube::Error),
+    /// The CRDs are not installed.
+    #[error(
+        "the ServiceMesh CRD is not installed ({0}); install it with `meshbench crds | kubectl apply -f -` or `kubectl apply -k deploy/base`"
+    )]
+    MissingCrd(kube::Error),
+    /// The health/metrics address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// Serving HTTP failed.
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+    /// Leader election failed or the Lease was lost.
+    #[error("leader election: {0}")]
+    Leader(#[from] super::leader::Error),
+}
+
+/// Result alias of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Arguments of `meshbench operator`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OperatorArgs {
+    /// Address of the health (`/healthz`, `/readyz`) and metrics (`/metrics`) server.
+    #[arg(long, env = "MESHBENCH_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Image of workers and load generators.
+    #[arg(long, env = "MESHBENCH_IMAGE", default_value_t = default_image())]
+    pub image: String,
+    /// Command that starts a worker in the image.
+    #[arg(
+        long,
+        env = "MESHBENCH_WORKER_COMMAND",
+        default_value = "meshbench worker",
+        value_delimiter = ' '
+    )]
+    pub worker_command: Vec<String>,
+    /// Only watch this namespace (default: all namespaces).
+    #[arg(long, env = "MESHBENCH_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Namespace of the leader-election Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "meshbench")]
+    pub lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "MESHBENCH_LEASE_NAME",
+        default_value = "meshbench-operator"
+    )]
+    pub lease_name: String,
+    /// This replica's identity in the Lease (its pod name).
+    #[arg(long, env = "POD_NAME", default_value = "meshbench-operator")]
+    pub identity: String,
+    /// Run the controllers without leader election (a single replica, or development).
+    #[arg(long)]
+    pub no_leader_election: bool,
+    /// Log as JSON lines (the default in a cluster).
+    #[arg(long, env = "MESHBENCH_LOG_JSON", default_value_t = true, action = clap::ArgAction::Set)]
+    pub log_json: bool,
+}
+
+/// Shared state of the HTTP server.
+#[derive(Debug)]
+pub struct AppState {
+    /// The metrics registry.
+    pub registry: Registry,
+    /// True once the controllers run (leader) or stand by (follower) with a working client.
+    pub ready: AtomicBool,
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// The operator's HTTP routes.
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // A subscriber set by the embedding binary wins.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+async fn run_controllers(client: Client, args: &OperatorArgs, metrics: Arc<Metrics>) {
+    let render = RenderOptions {
+        image: args.image.clone(),
+        worker_command: args.worker_command.clone(),
+        ..RenderOptions::default()
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        render,
+        metrics,
+        Some(args.identity.clone()),
+    ));
+    fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let ns = &args.watch_namespace;
+    let owned =
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=meshbench-operator");
+    Controller::new(api::<ServiceMesh>(&client, ns), watcher::Config::default())
+        .owns(api::<ConfigMap>(&client, ns), owned.clone())
+        .owns(api::<Service>(&client, ns), owned.clone())
+        .owns(api::<Deployment>(&client, ns), owned.clone())
+        .owns(api::<HorizontalPodAutoscaler>(&client, ns), owned)
+        .shutdown_on_signal()
+        .run(
+            mesh_controller::reconcile,
+            mesh_controller::error_policy,
+            ctx,
+        )
+        .for_each(|r| async move {
+            match r {
+                Ok((o, _)) => tracing::debug!(object = %o, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
+}
+
+/// Runs the operator until SIGTERM/Ctrl-C or until the Lease is lost.
+pub async fn run(args: OperatorArgs) -> Result<()> {
+    init_tracing(args.log_json);
+    let client = Client::try_default().await.map_err(Error::Client)?;
+    // Refuse to start without the CRDs, with an install hint.
+    Api::<ServiceMesh>::all(client.clone())
+        .list(&ListParams::default().limit(1))
+        .await
+        .map_err(Error::MissingCrd)?;
+
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let state = Arc::new(AppState {
+        registry,
+        ready: AtomicBool::new(false),
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: args.listen,
+            source,
+        })?;
+    tracing::info!(listen = %args.listen, "serving health and metrics");
+    let router = app(state.clone());
+    let server =
+        tokio::spawn(async move { axum::serve(listener, router.into_make_service()).await });
+    // The client works and the CRDs exist: a follower is ready to take over.
+    state.ready.store(true, Ordering::Relaxed);
+
+    let result = if args.no_leader_election {
+        run_controllers(client, &args, metrics).await;
+        Ok(())
+    } else {
+        let mut elector = LeaderElector::new(
+            Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
+            LeaseSettings {
+                name: args.lease_name.clone(),
+                identity: args.identity.clone(),
+                lease_duration: Duration::from_secs(15),
+                renew_every: Duration::from_secs(5),
+            },
+        );
+        tracing::info!(lease = %args.lease_name, identity = %args.identity, "waiting for leadership");
+        elector.acquire().await?;
+        metrics.leader.set(1);
+        tracing::info!("leading; starting controllers");
+        tokio::select! {
+            () = run_controllers(client, &args, metrics.clone()) => Ok(()),
+            lost = elector.hold() => Err(Error::Leader(lost)),
+        }
+    };
+    server.abort();
+    result
+}

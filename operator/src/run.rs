@@ -1,0 +1,453 @@
+//! `meshbench run`: a whole benchmark on this machine, driven by the shared experiment
+//! state machine on the local platform, written step by step into a report directory.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::Utc;
+use meshbench_analysis::{
+    Enforcement as ReportEnforcement, LimitsEnforcement, Phase as ReportPhase, Platform, RunData,
+    RunDir, RunMeta, StepLoad, StepMeta,
+};
+use meshbench_crds::{Benchmark, Bundle, ServiceMesh};
+use meshbench_loadgen::{CancellationToken, RunOptions, run_plan};
+
+use crate::convert;
+use crate::exit;
+use crate::experiment::{Action, ExperimentPlan, Machine, Outcome};
+use crate::local::cgroup::Enforcement;
+use crate::local::platform::{LocalOptions, LocalPlatform};
+
+/// Arguments of `meshbench run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// YAML files holding the Benchmark and the ServiceMesh(es) it references.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Directory under which the run directory `<benchmark>-<UTC timestamp>/` is made.
+    #[arg(long, short, default_value = "results", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Which Benchmark to run when the files hold several.
+    #[arg(long, value_name = "NAME")]
+    pub benchmark: Option<String>,
+    /// HPA sync period (the upstream controller's default is 15s).
+    #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
+    pub hpa_sync: Duration,
+    /// Resolution of the collected time series.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub sample_interval: Duration,
+    /// How long to wait for replicas to become ready after a deployment.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub ready_timeout: Duration,
+    /// No per-second progress lines.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    meshbench_crds::units::Duration::parse(s).map_err(|e| e.to_string())
+}
+
+fn phase_name(action: &Action, plan: &ExperimentPlan) -> String {
+    let mesh = |m: usize| plan.meshes.get(m).cloned().unwrap_or_default();
+    match action {
+        Action::Deploy { mesh: m } => format!("deploy {}", mesh(*m)),
+        Action::WaitReady { mesh: m } => format!("wait-ready {}", mesh(*m)),
+        Action::WarmUp { cursor } => format!("warmup {}", mesh(cursor.mesh)),
+        Action::RunStep { cursor } => format!(
+            "step {} rep {} {}",
+            mesh(cursor.mesh),
+            cursor.repetition,
+            plan.steps
+                .get(cursor.step)
+                .map(|s| s.name.as_str())
+                .unwrap_or("")
+        ),
+        Action::Settle { .. } => "settle".into(),
+        Action::Collect { .. } => "collect".into(),
+        Action::Teardown { mesh: m } => format!("teardown {}", mesh(*m)),
+        Action::Analyse => "analyse".into(),
+        Action::Finished => "finished".into(),
+    }
+}
+
+/// Runs `meshbench run` and returns the process exit code.
+pub async fn run(args: RunArgs) -> u8 {
+    let bundle = Bundle::load_files(&args.files);
+    if !bundle.is_valid() {
+        for d in &bundle.diagnostics {
+            eprintln!("{d}");
+        }
+        eprintln!("nothing was started: fix the problems above (see `meshbench validate`)");
+        return exit::INVALID;
+    }
+    let benchmarks: Vec<&Benchmark> = bundle.benchmarks.iter().map(|d| &d.benchmark).collect();
+    let bench = match (&args.benchmark, benchmarks.as_slice()) {
+        (Some(name), all) => match all
+            .iter()
+            .find(|b| b.metadata.name.as_deref() == Some(name))
+        {
+            Some(b) => *b,
+            None => {
+                eprintln!("error: no Benchmark named {name:?} in the given files");
+                return exit::INVALID;
+            }
+        },
+        (None, [one]) => *one,
+        (None, []) => {
+            eprintln!(
+                "error: the given files hold no Benchmark; expected one (see experiments/quickstart.yaml)"
+            );
+            return exit::INVALID;
+        }
+        (None, many) => {
+            let names: Vec<&str> = many
+                .iter()
+                .filter_map(|b| b.metadata.name.as_deref())
+                .collect();
+            eprintln!(
+                "error: the files hold several Benchmarks ({}); choose one with --benchmark NAME",
+                names.join(", ")
+            );
+            return exit::USAGE;
+        }
+    };
+    let name = bench.metadata.name.clone().unwrap_or_default();
+    let spec = &bench.spec;
+    let meshes: Vec<ServiceMesh> = spec
+        .meshes
+        .iter()
+        .filter_map(|m| bundle.mesh(m).cloned())
+        .collect();
+    let plan = ExperimentPlan::new(&name, spec);
+    let started = Utc::now();
+    let run_dir = match RunDir::create(&args.out, &name, started) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!(
+                "error: cannot create the run directory under {}: {e}",
+                args.out.display()
+            );
+            return exit::RUN_FAILED;
+        }
+    };
+    let program = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: cannot find the meshbench executable to start workers: {e}");
+            return exit::RUN_FAILED;
+        }
+    };
+    let run_id = run_dir
+        .path()
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| name.clone());
+    let mut platform = LocalPlatform::new(
+        LocalOptions {
+            program,
+            log_dir: run_dir.path().join("logs"),
+            sample_interval: args.sample_interval,
+            hpa_sync: args.hpa_sync,
+            ready_timeout: args.ready_timeout,
+        },
+        &run_id,
+    );
+    let (mode, reason) = match platform.enforcement() {
+        Enforcement::CgroupV2 => (
+            ReportEnforcement::Enforced,
+            "cgroup v2 cpu.max and memory.max".to_string(),
+        ),
+        Enforcement::CgroupV1 => (
+            ReportEnforcement::Enforced,
+            "cgroup v1 CFS quota and memory limit".to_string(),
+        ),
+        Enforcement::None { reason } => (ReportEnforcement::NotEnforced, reason.clone()),
+    };
+    let mut warnings = Vec::new();
+    if mode == ReportEnforcement::NotEnforced {
+        let w = format!(
+            "CPU and memory limits are NOT enforced ({reason}); capacity figures are not comparable with the model"
+        );
+        eprintln!("warning: {w}");
+        warnings.push(w);
+    }
+    let spec_json = serde_json::json!({
+        "benchmark": bench,
+        "meshes": meshes,
+    });
+    let mut data = RunData::new(RunMeta {
+        benchmark: name.clone(),
+        spec: spec_json,
+        meshbench_version: env!("CARGO_PKG_VERSION").to_string(),
+        platform: Platform::Local,
+        limits: LimitsEnforcement { mode, reason },
+        warnings,
+        phases: Vec::new(),
+        started_at: started,
+        finished_at: None,
+        steps_planned: Some(plan.total_steps() as u32),
+        partial: false,
+    });
+    for m in &meshes {
+        data.models.insert(
+            m.metadata.name.clone().unwrap_or_default(),
+            convert::capacity_input(m, spec),
+        );
+    }
+    data.slos = convert::slos(spec);
+    // A short HPA settle window keeps the scaling figures meaningful for short steps.
+    data.options.settle_window_ms = 10_000;
+
+    let cancel = CancellationToken::new();
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            eprintln!("\ninterrupted: stopping load and replicas, writing a partial report…");
+            cancel.cancel();
+        });
+    }
+    eprintln!(
+        "meshbench: running {name} ({} step(s) × {} mesh(es) × {} repetition(s)) → {}",
+        plan.steps.len(),
+        plan.meshes.len(),
+        plan.repetitions,
+        run_dir.path().display()
+    );
+
+    let mut machine = Machine::new();
+    let mut report_ok = true;
+    loop {
+        let action = machine.action(&plan);
+        if action == Action::Finished {
+            break;
+        }
+        let phase_start = Utc::now();
+        let label = phase_name(&action, &plan);
+        let outcome = if cancel.is_cancelled()
+            && !matches!(action, Action::Teardown { .. } | Action::Analyse)
+        {
+            Outcome::Cancelled
+        } else {
+            match &action {
+                Action::Deploy { mesh } => match meshes.get(*mesh) {
+                    Some(m) => match platform.deploy(m).await {
+                        Ok(()) => Outcome::Ok,
+                        Err(e) => Outcome::Failed(e.to_string()),
+                    },
+                    None => Outcome::Failed("mesh not loaded".into()),
+                },
+                Action::WaitReady { .. } => {
+                    tokio::select! {
+                        r = platform.wait_ready() => match r {
+                            Ok(()) => Outcome::Ok,
+                            Err(e) => Outcome::Failed(e.to_string()),
+                        },
+                        _ = cancel.cancelled() => Outcome::Cancelled,
+                    }
+                }
+                Action::WarmUp { cursor } | Action::RunStep { cursor } => {
+                    let warm = matches!(action, Action::WarmUp { .. });
+                    let step = if warm {
+                        plan.warmup.clone()
+                    } else {
+                        plan.steps.get(cursor.step).cloned()
+                    };
+                    let mesh_name = plan.meshes.get(cursor.mesh).cloned().unwrap_or_default();
+                    match (step, platform.service_url(&spec.target.service)) {
+                        (Some(step), Some(url)) => {
+                            let lp = convert::step_plan(spec, &step, &url, warm);
+                            let opts = RunOptions {
+                                cancel: cancel.child_token(),
+                                record_requests: None,
+                                metrics_listen: None,
+                                progress: !args.quiet,
+                            };
+                            if !args.quiet {
+                                eprintln!(
+                                    "── {label}: {} for {}",
+                                    target_text(&step),
+                                    meshbench_crds::units::Duration::from_std(step.duration)
+                                );
+                            }
+                            match run_plan(&lp, opts).await {
+                                Ok(result) => {
+                                    let partial = result.partial;
+                                    if !warm && let Some(stage) = result.stages.first() {
+                                        let mut stage = stage.clone();
+                                        stage.index = cursor.step as u32;
+                                        data.steps.push(StepMeta {
+                                            mesh: mesh_name.clone(),
+                                            repetition: cursor.repetition,
+                                            index: cursor.step as u32,
+                                            name: step.name.clone(),
+                                            start_ms: stage.started_unix_ms as i64,
+                                            end_ms: stage.ended_unix_ms as i64,
+                                            target_rate: step.rate,
+                                            users: step.users,
+                                            warmup: false,
+                                        });
+                                        data.load.push(StepLoad {
+                                            mesh: mesh_name,
+                                            repetition: cursor.repetition,
+                                            step: cursor.step as u32,
+                                            stage,
+                                        });
+                                    }
+                                    if partial {
+                                        Outcome::Cancelled
+                                    } else {
+                                        Outcome::Ok
+                                    }
+                                }
+                                Err(e) => Outcome::Failed(e.to_string()),
+                            }
+                        }
+                        _ => Outcome::Failed("target service is not deployed".into()),
+                    }
+                }
+                Action::Settle { duration } => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(*duration) => Outcome::Ok,
+                        _ = cancel.cancelled() => Outcome::Cancelled,
+                    }
+                }
+                Action::Collect { .. } => {
+                    collect(&platform, &mut data);
+                    match run_dir.update(&data) {
+                        Ok(analysis) => {
+                            if let Some(row) = analysis.steps.last() {
+                                eprintln!(
+                                    "   step done: achieved {} rps, errors {}, p99 {} ms; replicas {}",
+                                    fmt_opt(row.successful_rate_rps),
+                                    row.errors
+                                        .map(|e| e.to_string())
+                                        .unwrap_or_else(|| "-".into()),
+                                    fmt_opt(row.latency_p99_ms),
+                                    platform
+                                        .replica_counts()
+                                        .iter()
+                                        .map(|(s, n)| format!("{s}={n}"))
+                                        .collect::<Vec<_>>()
+                                        .join(" ")
+                                );
+                            }
+                            Outcome::Ok
+                        }
+                        Err(e) => Outcome::Failed(format!("writing the report: {e}")),
+                    }
+                }
+                Action::Teardown { .. } => {
+                    collect(&platform, &mut data);
+                    platform.teardown().await;
+                    Outcome::Ok
+                }
+                Action::Analyse => {
+                    data.meta.finished_at = Some(Utc::now());
+                    data.meta.partial = machine.stopped_early;
+                    data.meta.warnings.extend(machine.failures.iter().cloned());
+                    match run_dir.finish(&data) {
+                        Ok(files) => {
+                            eprintln!("report: {}", files.html.display());
+                            Outcome::Ok
+                        }
+                        Err(e) => {
+                            eprintln!("error: writing the report: {e}");
+                            report_ok = false;
+                            Outcome::Failed(e.to_string())
+                        }
+                    }
+                }
+                Action::Finished => Outcome::Ok,
+            }
+        };
+        if let Outcome::Failed(msg) = &outcome {
+            eprintln!("error: {label}: {msg}");
+        }
+        data.meta.phases.push(ReportPhase {
+            name: label,
+            started_at: phase_start,
+            finished_at: Some(Utc::now()),
+        });
+        machine.advance(&plan, outcome);
+    }
+    platform.shutdown().await;
+
+    let verdict = meshbench_analysis::rundir::read_run_json(run_dir.path())
+        .ok()
+        .and_then(|r| r.slo.pass);
+    print_summary(run_dir.path());
+    if !report_ok || machine.stopped_early || machine.cancelled || !machine.failures.is_empty() {
+        exit::RUN_FAILED
+    } else if verdict == Some(false) {
+        eprintln!("SLO: FAIL");
+        exit::SLO_FAILED
+    } else {
+        if verdict == Some(true) {
+            eprintln!("SLO: PASS");
+        }
+        exit::OK
+    }
+}
+
+fn collect(platform: &LocalPlatform, data: &mut RunData) {
+    data.samples.extend(platform.drain_samples());
+    data.meta.warnings.extend(platform.drain_events());
+}
+
+fn target_text(step: &meshbench_crds::resolve::PlannedStep) -> String {
+    match (step.rate, step.users) {
+        (Some(r), _) => format!("{r} rps"),
+        (None, Some(u)) => format!("{u} users"),
+        _ => String::new(),
+    }
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into())
+}
+
+fn print_summary(dir: &std::path::Path) {
+    let Ok(analysis) = meshbench_analysis::load(dir) else {
+        return;
+    };
+    println!(
+        "{:<14} {:>3} {:<14} {:>9} {:>10} {:>8} {:>9} {:>9}",
+        "mesh", "rep", "step", "target", "achieved", "errors", "p50 ms", "p99 ms"
+    );
+    for r in &analysis.steps {
+        println!(
+            "{:<14} {:>3} {:<14} {:>9} {:>10} {:>8} {:>9} {:>9}",
+            r.mesh,
+            r.repetition,
+            r.step_name,
+            r.target_rate_rps
+                .map(|v| format!("{v:.1}"))
+                .or(r.users.map(|u| format!("{u}u")))
+                .unwrap_or_default(),
+            fmt_opt(r.successful_rate_rps),
+            r.errors
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "-".into()),
+            fmt_opt(r.latency_p50_ms),
+            fmt_opt(r.latency_p99_ms),
+        );
+    }
+    println!("run directory: {}", dir.display());
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
