@@ -433,6 +433,9 @@ pub fn analyze(data: &RunData) -> Analysis {
             dropped: counts.map(|c| c.dropped),
             achieved_rate_rps: counts.and_then(|c| per_s(c.sent)),
             successful_rate_rps: counts.and_then(|c| per_s(c.ok)),
+            throughput_rps: load
+                .map(|l| l.summary.throughput)
+                .filter(|t| *t > 0.0 || counts.is_some_and(|c| c.ok == 0)),
             error_ratio: requests
                 .filter(|r| *r > 0)
                 .zip(counts)
@@ -668,6 +671,7 @@ fn service_row(
 pub const STEP_FIGURES: &[&str] = &[
     "achieved_rate_rps",
     "successful_rate_rps",
+    "throughput_rps",
     "error_ratio",
     "latency_mean_ms",
     "latency_p50_ms",
@@ -692,6 +696,7 @@ pub fn step_figure(r: &StepRow, name: &str) -> Option<f64> {
     match name {
         "achieved_rate_rps" => r.achieved_rate_rps,
         "successful_rate_rps" => r.successful_rate_rps,
+        "throughput_rps" => r.throughput_rps,
         "error_ratio" => r.error_ratio,
         "latency_mean_ms" => r.latency_mean_ms,
         "latency_p50_ms" => r.latency_p50_ms,

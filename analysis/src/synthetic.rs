@@ -89,6 +89,7 @@ pub fn stage(
         latency_failed: EncodedHistogram::default(),
         lateness: EncodedHistogram::default(),
         send_delay: EncodedHistogram::default(),
+        last_ok_unix_ms: None,
         seconds: buckets,
         summary: StageSummary::default(),
     };

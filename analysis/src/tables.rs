@@ -308,6 +308,10 @@ table! {
         pub achieved_rate_rps: Option<f64>,
         /// Successes per second over the step.
         pub successful_rate_rps: Option<f64>,
+        /// Successes per second of the time they took to arrive, from the step's start to
+        /// its last success (at least the step's length): vegeta's throughput. Past
+        /// capacity it does not count the backlog answered after the step as the step's.
+        pub throughput_rps: Option<f64>,
         /// (requests − successes) ÷ requests; null when no request was due.
         pub error_ratio: Option<f64>,
         /// Mean latency of successes, ms; null when there were none.

@@ -132,6 +132,8 @@ struct StageAcc {
     seconds: Vec<SecondAcc>,
     /// Seconds below this index are sealed.
     sealed_below: usize,
+    /// Wall-clock time (UTC unix ms) the latest success arrived.
+    last_ok_unix_ms: Option<u64>,
 }
 
 impl StageAcc {
@@ -179,6 +181,7 @@ impl Collector {
                 send_delay: new_histogram(),
                 seconds: Vec::new(),
                 sealed_below: 0,
+                last_ok_unix_ms: None,
             })
             .collect();
         Self {
@@ -279,6 +282,12 @@ impl Collector {
         };
         delta.ok = u64::from(ok);
         st.counts.add(&delta);
+        if ok {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            st.last_ok_unix_ms = st.last_ok_unix_ms.max(Some(now));
+        }
         let measured = outcome != Outcome::Aborted;
         if measured {
             if ok {
@@ -361,6 +370,7 @@ impl Collector {
             failed: EncodedHistogram::encode(&st.failed),
             lateness: EncodedHistogram::encode(&st.lateness),
             send_delay: EncodedHistogram::encode(&st.send_delay),
+            last_ok_unix_ms: st.last_ok_unix_ms,
             seconds: st
                 .seconds
                 .iter()
@@ -381,6 +391,7 @@ pub(crate) struct StageData {
     pub failed: EncodedHistogram,
     pub lateness: EncodedHistogram,
     pub send_delay: EncodedHistogram,
+    pub last_ok_unix_ms: Option<u64>,
     /// Indexed by second of the stage.
     pub seconds: Vec<SecondData>,
 }

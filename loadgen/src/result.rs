@@ -271,8 +271,14 @@ pub struct StageSummary {
     pub sent_rate: f64,
     /// Completed requests (any status) per second.
     pub completed_rate: f64,
-    /// Successes per second.
+    /// Successes per second of the stage.
     pub ok_rate: f64,
+    /// Successes per second of the time they took to arrive: from the stage's start
+    /// until its last success (at least the stage's length). Vegeta's "throughput":
+    /// unlike `ok_rate` it does not credit an overloaded stage with the backlog that
+    /// was answered after the stage ended.
+    #[serde(default)]
+    pub throughput: f64,
     /// Successes / (sent + dropped); 0 when nothing was due.
     pub success_ratio: f64,
     /// Late / sent.
@@ -322,6 +328,11 @@ pub struct StageResult {
     pub lateness: EncodedHistogram,
     /// Send delay of every sent open-loop request (µs between planned and actual send).
     pub send_delay: EncodedHistogram,
+    /// Wall-clock time (UTC unix ms) the stage's last success arrived, which may be
+    /// after [`StageResult::ended_unix_ms`] when requests were still queued; after a
+    /// merge, the latest. Absent when nothing succeeded (or in results of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ok_unix_ms: Option<u64>,
     /// Per second of the stage, in order of `second`.
     pub seconds: Vec<SecondBucket>,
     /// Derived figures.
@@ -373,6 +384,18 @@ impl StageResult {
             sent_rate: per_s(c.sent),
             completed_rate: per_s(c.completed),
             ok_rate: per_s(c.ok),
+            throughput: {
+                let span_s = self
+                    .last_ok_unix_ms
+                    .map(|t| t.saturating_sub(self.started_unix_ms) as f64 / 1000.0)
+                    .unwrap_or(0.0)
+                    .max(elapsed_s);
+                if span_s > 0.0 {
+                    c.ok as f64 / span_s
+                } else {
+                    0.0
+                }
+            },
             success_ratio: if due > 0 {
                 c.ok as f64 / due as f64
             } else {
@@ -559,6 +582,7 @@ impl LoadResult {
 fn merge_stage(a: &mut StageResult, b: &StageResult) -> Result<()> {
     a.started_unix_ms = a.started_unix_ms.min(b.started_unix_ms);
     a.ended_unix_ms = a.ended_unix_ms.max(b.ended_unix_ms);
+    a.last_ok_unix_ms = a.last_ok_unix_ms.max(b.last_ok_unix_ms);
     a.partial |= b.partial;
     a.counts.add(&b.counts);
     a.latency_ok = add_encoded(&a.latency_ok, &b.latency_ok)?;
@@ -619,6 +643,7 @@ mod tests {
             latency_failed: EncodedHistogram::default(),
             lateness: EncodedHistogram::default(),
             send_delay: EncodedHistogram::default(),
+            last_ok_unix_ms: None,
             seconds: vec![SecondBucket {
                 second: 0,
                 start_unix_ms: second_start,
@@ -629,6 +654,25 @@ mod tests {
             }],
             summary: StageSummary::default(),
         }
+    }
+
+    #[test]
+    fn throughput_spans_until_the_last_success() {
+        // 10 successes sent in a 1 s stage; the backlog's last answer came 4 s later.
+        let mut s = stage_with(&[1000; 10], 1_000_000);
+        s.last_ok_unix_ms = Some(1_005_000);
+        s.recompute_summary().unwrap();
+        assert_eq!(s.summary.ok_rate, 10.0);
+        assert_eq!(s.summary.throughput, 2.0);
+        // Answers within the stage: throughput is the success rate.
+        s.last_ok_unix_ms = Some(1_000_900);
+        s.recompute_summary().unwrap();
+        assert_eq!(s.summary.throughput, 10.0);
+        // Merging keeps the latest last success.
+        let mut other = stage_with(&[1000; 10], 1_000_000);
+        other.last_ok_unix_ms = Some(1_003_000);
+        merge_stage(&mut s, &other).unwrap();
+        assert_eq!(s.last_ok_unix_ms, Some(1_003_000));
     }
 
     fn result(index: u32, values: &[u64]) -> LoadResult {

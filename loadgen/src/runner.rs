@@ -878,6 +878,7 @@ fn assemble(
             latency_failed: data.failed,
             lateness: data.lateness,
             send_delay: data.send_delay,
+            last_ok_unix_ms: data.last_ok_unix_ms,
             seconds: buckets,
             summary: StageSummary::default(),
         };
