@@ -1,8 +1,10 @@
 //! The local platform.
 
 pub mod cgroup;
+pub mod exporter;
 pub mod hpa;
 pub mod platform;
 pub mod pods;
+pub mod prometheus;
 pub mod proxy;
 pub mod sampler;

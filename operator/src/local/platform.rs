@@ -18,8 +18,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::cgroup::{CgroupRoot, Enforcement};
+use super::exporter::{Exporter, NAMESPACE, ServiceState, pod_name};
 use super::hpa::{Hpa, HpaConfig, PodSample};
 use super::pods::{PORT_PLACEHOLDER, PodEvent, PodPhase, Pods, PodsConfig, ReplicaSpec};
+use super::prometheus::{Target, write_targets};
 use super::proxy::{ProbeConfig, ProxyConfig, ServiceProxy};
 use super::sampler::{WorkerCounters, parse_worker_metrics, proc_usage, scrape};
 use crate::worker_config::worker_config;
@@ -89,6 +91,8 @@ struct Service {
     cpu_window: BTreeMap<String, (Duration, Instant)>,
     counters_prev: WorkerCounters,
     ready_since: BTreeMap<String, f64>,
+    /// The HPA's last desired count.
+    last_desired: Option<u32>,
 }
 
 struct Deployed {
@@ -96,8 +100,35 @@ struct Deployed {
     services: Vec<Service>,
 }
 
+/// What a watching Prometheus needs: the runner's exporter and the discovery file.
+struct PromHooks {
+    exporter: Arc<Exporter>,
+    exporter_addr: SocketAddr,
+    targets_file: PathBuf,
+    written: Option<Vec<Target>>,
+}
+
+impl PromHooks {
+    /// Publishes the replicas and the runner's state; rewrites the discovery file only
+    /// when the set of targets changed.
+    fn publish(&mut self, states: &[ServiceState], mut targets: Vec<Target>) {
+        self.exporter.update(states);
+        targets.push(Target {
+            addr: self.exporter_addr,
+            labels: BTreeMap::from([("component".to_string(), "runner".to_string())]),
+        });
+        if self.written.as_ref() != Some(&targets) {
+            match write_targets(&self.targets_file, &targets) {
+                Ok(()) => self.written = Some(targets),
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+    }
+}
+
 struct Shared {
     deployed: Option<Deployed>,
+    prom: Option<PromHooks>,
     samples: Vec<Sample>,
     events: Vec<String>,
     last_hpa: Instant,
@@ -110,6 +141,8 @@ pub struct LocalPlatform {
     enforcement: Enforcement,
     shared: Arc<Mutex<Shared>>,
     stop: CancellationToken,
+    /// Stops what lives as long as the platform (the exporter).
+    stop_all: CancellationToken,
     control: Option<JoinHandle<()>>,
     events_task: Option<JoinHandle<()>>,
     epoch: Instant,
@@ -141,6 +174,7 @@ impl LocalPlatform {
         let (pods, mut events) = Pods::new(cfg, cgroups);
         let shared = Arc::new(Mutex::new(Shared {
             deployed: None,
+            prom: None,
             samples: Vec::new(),
             events: Vec::new(),
             last_hpa: Instant::now(),
@@ -157,10 +191,29 @@ impl LocalPlatform {
             enforcement,
             shared,
             stop: CancellationToken::new(),
+            stop_all: CancellationToken::new(),
             control: None,
             events_task: Some(events_task),
             epoch: Instant::now(),
         }
+    }
+
+    /// Starts the runner's exporter and keeps `targets_file` (file-based discovery)
+    /// listing it and every replica's worker, for a Prometheus to scrape.
+    pub async fn enable_prometheus(&self, targets_file: PathBuf) -> std::io::Result<()> {
+        let exporter = Arc::new(Exporter::new());
+        let exporter_addr = exporter.clone().serve(self.stop_all.clone()).await?;
+        let mut hooks = PromHooks {
+            exporter,
+            exporter_addr,
+            targets_file,
+            written: None,
+        };
+        hooks.publish(&[], Vec::new());
+        if let Ok(mut s) = self.shared.lock() {
+            s.prom = Some(hooks);
+        }
+        Ok(())
     }
 
     /// How limits are enforced on this host.
@@ -273,6 +326,7 @@ impl LocalPlatform {
                 cpu_window: BTreeMap::new(),
                 counters_prev: WorkerCounters::default(),
                 ready_since: BTreeMap::new(),
+                last_desired: None,
             });
         }
         for s in &mut services {
@@ -368,7 +422,16 @@ impl LocalPlatform {
         if let Some(c) = self.control.take() {
             let _ = c.await;
         }
-        let deployed = self.shared.lock().ok().and_then(|mut s| s.deployed.take());
+        let deployed = self.shared.lock().ok().and_then(|mut s| {
+            let d = s.deployed.take();
+            if let (Some(p), Some(d)) = (s.prom.as_mut(), d.as_ref()) {
+                let services: Vec<String> =
+                    d.services.iter().map(|s| s.resolved.name.clone()).collect();
+                p.exporter.forget_mesh(&d.mesh, &services);
+                p.publish(&[], Vec::new());
+            }
+            d
+        });
         self.pods.stop_all().await;
         if let Some(d) = deployed {
             for s in d.services {
@@ -387,6 +450,7 @@ impl LocalPlatform {
         if let Some(t) = self.events_task.take() {
             t.abort();
         }
+        self.stop_all.cancel();
     }
 
     /// Seconds since the platform started (the HPA's clock).
@@ -470,6 +534,8 @@ fn control_tick(
     }
     let mesh = d.mesh.clone();
     let mut out = Vec::new();
+    let mut states = Vec::new();
+    let mut targets = Vec::new();
     for s in &mut d.services {
         let name = s.resolved.name.clone();
         let statuses: Vec<_> = pods
@@ -495,7 +561,45 @@ fn control_tick(
         }
         let mut total = WorkerCounters::default();
         let mut pod_samples = Vec::new();
+        let mut state = ServiceState {
+            mesh: mesh.clone(),
+            service: name.clone(),
+            replicas: s.replicas.len() as u32,
+            ready: ready as u32,
+            desired: s.last_desired,
+            target_utilization: s
+                .resolved
+                .autoscaling
+                .as_ref()
+                .map(|a| a.target_cpu_utilization),
+            cpu_request_cores: s
+                .resolved
+                .resources
+                .cpu_request_millis
+                .map(|m| m as f64 / 1000.0),
+            cpu_limit_cores: s
+                .resolved
+                .resources
+                .cpu_limit_millis
+                .map(|m| m as f64 / 1000.0),
+            pods: Vec::new(),
+        };
         for st in &statuses {
+            let index = st
+                .pod
+                .rsplit_once('-')
+                .and_then(|(_, i)| i.parse::<u32>().ok())
+                .unwrap_or(0);
+            if st.phase == PodPhase::Running {
+                targets.push(Target {
+                    addr: st.addr,
+                    labels: BTreeMap::from([
+                        ("namespace".to_string(), NAMESPACE.to_string()),
+                        ("mesh".to_string(), mesh.clone()),
+                        ("pod".to_string(), pod_name(&mesh, &name, index)),
+                    ]),
+                });
+            }
             let usage = match pods.stats(&st.pod) {
                 Ok(Some(stats)) if stats.cpu_usage.is_some() => {
                     stats.cpu_usage.map(|c| (c, stats.memory_working_set_bytes))
@@ -503,6 +607,7 @@ fn control_tick(
                 _ => st.pid.and_then(proc_usage),
             };
             if let Some((cpu, mem)) = usage {
+                state.pods.push((index, cpu.as_secs_f64(), mem as f64));
                 out.push(Sample::pod(
                     ts,
                     &mesh,
@@ -640,6 +745,8 @@ fn control_tick(
         if run_hpa && let Some(hpa) = s.hpa.as_mut() {
             let decision = hpa.sync(clock, replicas as u32, &pod_samples);
             s.cpu_window.clear();
+            s.last_desired = Some(decision.desired);
+            state.desired = s.last_desired;
             tracing::info!(service = %name, current = decision.current, desired = decision.desired, reason = ?decision.reason, "HPA: {}", decision.message);
             out.push(Sample::service(
                 ts,
@@ -687,6 +794,10 @@ fn control_tick(
                 }
             }
         }
+        states.push(state);
     }
     sh.samples.extend(out);
+    if let Some(p) = sh.prom.as_mut() {
+        p.publish(&states, targets);
+    }
 }
