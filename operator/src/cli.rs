@@ -162,7 +162,7 @@ pub fn run(cli: Cli) -> ExitCode {
         } => crate::plan::plan(&files, json, benchmark.as_deref(), pod_budget),
         Command::Report { dir } => match meshbench_analysis::rebuild_report(&dir) {
             Ok(files) => {
-                println!("{}", files.html.display());
+                exit::out(format!("{}\n", files.html.display()));
                 exit::code(exit::OK)
             }
             Err(e) => {
@@ -175,7 +175,7 @@ pub fn run(cli: Cli) -> ExitCode {
             candidate,
         } => match meshbench_analysis::compare(&baseline, &candidate) {
             Ok(c) => {
-                print!("{c}");
+                exit::out(c.to_string());
                 exit::code(exit::OK)
             }
             Err(e) => {
@@ -217,7 +217,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Validate { files, quiet } => validate(&files, quiet),
         Command::Crds => {
-            print!("{}", meshbench_crds::crds_yaml());
+            exit::out(meshbench_crds::crds_yaml());
             exit::code(exit::OK)
         }
         Command::Import {
@@ -235,12 +235,12 @@ fn validate(files: &[PathBuf], quiet: bool) -> ExitCode {
     }
     if bundle.is_valid() {
         if !quiet {
-            println!(
-                "valid: {} ServiceMesh, {} Benchmark in {} file(s)",
+            exit::out(format!(
+                "valid: {} ServiceMesh, {} Benchmark in {} file(s)\n",
                 bundle.meshes.len(),
                 bundle.benchmarks.len(),
                 files.len()
-            );
+            ));
         }
         exit::code(exit::OK)
     } else {
@@ -288,7 +288,7 @@ fn import(graph: &std::path::Path, measurement: Option<&std::path::Path>) -> Exi
     };
     match run() {
         Ok(yaml) => {
-            print!("{yaml}");
+            exit::out(yaml);
             exit::code(exit::OK)
         }
         Err(msgs) => {

@@ -18,3 +18,13 @@ pub const RUN_FAILED: u8 = 4;
 pub fn code(c: u8) -> ExitCode {
     ExitCode::from(c)
 }
+
+/// Writes `text` to standard output. A closed pipe (`meshbench plan … | head`) ends the
+/// output quietly instead of panicking, as `println!` would.
+pub fn out(text: impl AsRef<str>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_ref().as_bytes())
+        .and_then(|()| stdout.flush());
+}

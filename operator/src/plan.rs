@@ -68,7 +68,7 @@ pub fn plan(
             .map(|(b, m, p)| serde_json::json!({"benchmark": b, "mesh": m, "plan": p}))
             .collect();
         match serde_json::to_string_pretty(&v) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => exit::out(format!("{s}\n")),
             Err(e) => {
                 eprintln!("error: {e}");
                 return exit::code(exit::RUN_FAILED);
@@ -76,7 +76,7 @@ pub fn plan(
         }
     } else {
         for (b, m, p) in &out {
-            println!("# benchmark {b}, mesh {m}\n{p}");
+            exit::out(format!("# benchmark {b}, mesh {m}\n{p}\n"));
         }
     }
     exit::code(exit::OK)

@@ -17,6 +17,7 @@ use crate::exit;
 use crate::experiment::{Action, ExperimentPlan, Machine, Outcome};
 use crate::local::cgroup::Enforcement;
 use crate::local::platform::{LocalOptions, LocalPlatform};
+use crate::local::prometheus::LocalPrometheus;
 
 /// Arguments of `meshbench run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -42,6 +43,13 @@ pub struct RunArgs {
     /// No per-second progress lines.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Collect through a real Prometheus: `auto` starts the `prometheus` on PATH with a
+    /// generated scrape config (file-based discovery of every replica and of the
+    /// runner's exporter), a URL uses a running one that reads
+    /// `<run dir>/prometheus/targets.json`. Replica counts, CPU, memory and the workers'
+    /// series then come from PromQL, the same queries as in a cluster.
+    #[arg(long, value_name = "auto|URL")]
+    pub prometheus: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -199,6 +207,50 @@ pub async fn run(args: RunArgs) -> u8 {
     // A short HPA settle window keeps the scaling figures meaningful for short steps.
     data.options.settle_window_ms = 10_000;
 
+    let mut prom = match &args.prometheus {
+        None => None,
+        Some(p) => {
+            let dir = run_dir.path().join("prometheus");
+            let started = if p == "auto" {
+                LocalPrometheus::start(&dir, args.sample_interval).await
+            } else {
+                LocalPrometheus::external(p, &dir).await
+            };
+            let prom = match started {
+                Ok(prom) => prom,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    platform.shutdown().await;
+                    return exit::RUN_FAILED;
+                }
+            };
+            if let Err(e) = platform
+                .enable_prometheus(prom.targets_file().to_path_buf())
+                .await
+            {
+                eprintln!("error: cannot serve the runner's metrics for Prometheus: {e}");
+                platform.shutdown().await;
+                return exit::RUN_FAILED;
+            }
+            if prom.is_ours() {
+                eprintln!("prometheus: started at {}", prom.url());
+            } else {
+                eprintln!(
+                    "prometheus: using {}; it must scrape the targets in {} (file_sd_configs)",
+                    prom.url(),
+                    prom.targets_file().display()
+                );
+            }
+            Some(prom)
+        }
+    };
+    let overrides = spec
+        .collection
+        .as_ref()
+        .map(|c| c.queries.clone())
+        .unwrap_or_default();
+    let mut collected_until: Option<i64> = None;
+
     let cancel = CancellationToken::new();
     {
         let cancel = cancel.clone();
@@ -218,6 +270,7 @@ pub async fn run(args: RunArgs) -> u8 {
 
     let mut machine = Machine::new();
     let mut report_ok = true;
+    let mut deployed_at = Utc::now().timestamp();
     loop {
         let action = machine.action(&plan);
         if action == Action::Finished {
@@ -232,10 +285,14 @@ pub async fn run(args: RunArgs) -> u8 {
         } else {
             match &action {
                 Action::Deploy { mesh } => match meshes.get(*mesh) {
-                    Some(m) => match platform.deploy(m).await {
-                        Ok(()) => Outcome::Ok,
-                        Err(e) => Outcome::Failed(e.to_string()),
-                    },
+                    Some(m) => {
+                        deployed_at = Utc::now().timestamp();
+                        collected_until = None;
+                        match platform.deploy(m).await {
+                            Ok(()) => Outcome::Ok,
+                            Err(e) => Outcome::Failed(e.to_string()),
+                        }
+                    }
                     None => Outcome::Failed("mesh not loaded".into()),
                 },
                 Action::WaitReady { .. } => {
@@ -313,16 +370,52 @@ pub async fn run(args: RunArgs) -> u8 {
                         _ = cancel.cancelled() => Outcome::Cancelled,
                     }
                 }
-                Action::Collect { .. } => {
-                    collect(&platform, &mut data);
+                Action::Collect { cursor } => {
+                    let mesh_name = plan.meshes.get(cursor.mesh).cloned().unwrap_or_default();
+                    let services: Vec<String> = meshes
+                        .get(cursor.mesh)
+                        .map(|m| m.spec.services.iter().map(|s| s.name.clone()).collect())
+                        .unwrap_or_default();
+                    match &prom {
+                        Some(p) => {
+                            let from = collected_until.unwrap_or(deployed_at);
+                            match collect_prometheus(
+                                p,
+                                &mesh_name,
+                                &services,
+                                &overrides,
+                                from,
+                                args.sample_interval,
+                            )
+                            .await
+                            {
+                                Ok((samples, until)) => {
+                                    collected_until = Some(until);
+                                    data.samples.extend(samples);
+                                    collect_runner_only(&platform, &mut data);
+                                }
+                                Err(e) => {
+                                    let w = format!(
+                                        "Prometheus collection failed, using the runner's own samples: {e}"
+                                    );
+                                    eprintln!("warning: {w}");
+                                    data.meta.warnings.push(w);
+                                    collect(&platform, &mut data);
+                                }
+                            }
+                        }
+                        None => collect(&platform, &mut data),
+                    }
                     match run_dir.update(&data) {
                         Ok(analysis) => {
                             if let Some(row) = analysis.steps.last() {
                                 eprintln!(
-                                    "   step done: achieved {} rps, errors {}, p99 {} ms; replicas {}",
+                                    "   step done: {} ok/s (throughput {} rps), failed {}, p99 {} ms; replicas {}",
                                     fmt_opt(row.successful_rate_rps),
-                                    row.errors
-                                        .map(|e| e.to_string())
+                                    fmt_opt(row.throughput_rps),
+                                    row.requests
+                                        .zip(row.successes)
+                                        .map(|(n, ok)| n.saturating_sub(ok).to_string())
                                         .unwrap_or_else(|| "-".into()),
                                     fmt_opt(row.latency_p99_ms),
                                     platform
@@ -373,6 +466,9 @@ pub async fn run(args: RunArgs) -> u8 {
         machine.advance(&plan, outcome);
     }
     platform.shutdown().await;
+    if let Some(p) = prom.as_mut() {
+        p.stop().await;
+    }
 
     let verdict = meshbench_analysis::rundir::read_run_json(run_dir.path())
         .ok()
@@ -389,6 +485,57 @@ pub async fn run(args: RunArgs) -> u8 {
         }
         exit::OK
     }
+}
+
+/// Takes the runner's samples except those Prometheus provides.
+fn collect_runner_only(platform: &LocalPlatform, data: &mut RunData) {
+    use crate::k8s::promql::TEMPLATES;
+    data.samples.extend(
+        platform
+            .drain_samples()
+            .into_iter()
+            .filter(|s| !TEMPLATES.iter().any(|t| t.name == s.metric)),
+    );
+    data.meta.warnings.extend(platform.drain_events());
+}
+
+/// Queries Prometheus for one mesh from `from` (UTC unix s) until now, with the
+/// cluster path's templates; returns the samples and the end of the window.
+async fn collect_prometheus(
+    prom: &LocalPrometheus,
+    mesh: &str,
+    services: &[String],
+    overrides: &std::collections::BTreeMap<String, String>,
+    from: i64,
+    interval: Duration,
+) -> Result<(Vec<meshbench_analysis::Sample>, i64), String> {
+    use crate::k8s::collect::{Collector, Window};
+    use crate::k8s::promql::Vars;
+    use crate::local::exporter::{NAMESPACE, deployment_name};
+    // Let the last scrapes of the step land before asking for them.
+    tokio::time::sleep(interval * 2).await;
+    let until = Utc::now().timestamp();
+    let collector = Collector::new(prom.url()).map_err(|e| e.to_string())?;
+    let vars = Vars {
+        namespace: NAMESPACE.to_string(),
+        mesh: mesh.to_string(),
+        objects: services
+            .iter()
+            .map(|s| (deployment_name(mesh, s), s.clone()))
+            .collect(),
+        // Three scrapes at least, so a rate always has two points.
+        window: format!("{}s", (interval.as_secs_f64() * 3.0).ceil().max(3.0) as u64),
+    };
+    let window = Window {
+        start: from,
+        end: until,
+        step: interval.as_secs_f64().max(1.0),
+    };
+    let samples = collector
+        .collect(&vars, overrides, window, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((samples, until + 1))
 }
 
 fn collect(platform: &LocalPlatform, data: &mut RunData) {
@@ -412,13 +559,14 @@ fn print_summary(dir: &std::path::Path) {
     let Ok(analysis) = meshbench_analysis::load(dir) else {
         return;
     };
-    println!(
-        "{:<14} {:>3} {:<14} {:>9} {:>10} {:>8} {:>9} {:>9}",
-        "mesh", "rep", "step", "target", "achieved", "errors", "p50 ms", "p99 ms"
+    let mut text = format!(
+        "{:<14} {:>3} {:<14} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9}",
+        "mesh", "rep", "step", "target", "ok/s", "thru rps", "failed", "p50 ms", "p99 ms"
     );
+    text.push('\n');
     for r in &analysis.steps {
-        println!(
-            "{:<14} {:>3} {:<14} {:>9} {:>10} {:>8} {:>9} {:>9}",
+        text.push_str(&format!(
+            "{:<14} {:>3} {:<14} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9}",
             r.mesh,
             r.repetition,
             r.step_name,
@@ -427,14 +575,18 @@ fn print_summary(dir: &std::path::Path) {
                 .or(r.users.map(|u| format!("{u}u")))
                 .unwrap_or_default(),
             fmt_opt(r.successful_rate_rps),
-            r.errors
-                .map(|e| e.to_string())
+            fmt_opt(r.throughput_rps),
+            r.requests
+                .zip(r.successes)
+                .map(|(n, ok)| n.saturating_sub(ok).to_string())
                 .unwrap_or_else(|| "-".into()),
             fmt_opt(r.latency_p50_ms),
             fmt_opt(r.latency_p99_ms),
-        );
+        ));
+        text.push('\n');
     }
-    println!("run directory: {}", dir.display());
+    text.push_str(&format!("run directory: {}\n", dir.display()));
+    exit::out(text);
 }
 
 async fn wait_for_signal() {

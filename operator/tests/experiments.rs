@@ -1,0 +1,527 @@
+//! End-to-end: `meshbench run` as a process on the experiments under `experiments/`,
+//! each checked against the expected outcome written beside it, plus the failure paths
+//! (a replica SIGKILLed mid-step, Ctrl-C). Real workers, real sockets, real cgroups where
+//! the host allows them.
+//!
+//! The runs measure capacity, so they never overlap: every test takes [`serial`].
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use meshbench_analysis::Analysis;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn experiment(name: &str) -> PathBuf {
+    root().join("experiments").join(format!("{name}.yaml"))
+}
+
+fn out_dir(test: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("meshbench-e2e-{test}-"))
+        .tempdir()
+        .expect("temp dir")
+}
+
+fn meshbench(args: &[&str], out: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshbench"));
+    cmd.arg("run")
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .arg("--quiet")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs to completion; returns the output and the run directory.
+fn run(args: &[&str], out: &Path) -> (Output, PathBuf) {
+    let output = meshbench(args, out).output().expect("start meshbench");
+    (output, run_dir(out))
+}
+
+fn run_dir(out: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(out)
+        .expect("read --out")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(dirs.len(), 1, "one run directory in {}", out.display());
+    dirs.into_iter().next().expect("run dir")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn load(dir: &Path) -> Analysis {
+    meshbench_analysis::load(dir).unwrap_or_else(|e| panic!("load {}: {e}", dir.display()))
+}
+
+/// The step row of `mesh` at target `rate`.
+fn step<'a>(a: &'a Analysis, mesh: &str, name: &str) -> &'a meshbench_analysis::tables::StepRow {
+    a.steps
+        .iter()
+        .find(|s| s.mesh == mesh && s.step_name == name)
+        .unwrap_or_else(|| panic!("no step {mesh}/{name} in {:?}", a.steps))
+}
+
+fn service<'a>(
+    a: &'a Analysis,
+    mesh: &str,
+    step_name: &str,
+    service: &str,
+) -> &'a meshbench_analysis::tables::ServiceRow {
+    a.services
+        .iter()
+        .find(|s| s.mesh == mesh && s.step_name == step_name && s.service == service)
+        .unwrap_or_else(|| panic!("no services row {mesh}/{step_name}/{service}"))
+}
+
+fn ok_rate(a: &Analysis, mesh: &str, name: &str) -> f64 {
+    step(a, mesh, name).successful_rate_rps.unwrap_or(0.0)
+}
+
+fn throughput(a: &Analysis, mesh: &str, name: &str) -> f64 {
+    step(a, mesh, name).throughput_rps.unwrap_or(0.0)
+}
+
+fn p99(a: &Analysis, mesh: &str, name: &str) -> f64 {
+    step(a, mesh, name).latency_p99_ms.unwrap_or(f64::NAN)
+}
+
+fn within(value: f64, expected: f64, tolerance: f64) -> bool {
+    (value - expected).abs() <= expected * tolerance
+}
+
+/// The predicted capacity of a sweep run, from the `steps` table's model columns.
+fn predicted_max(a: &Analysis) -> f64 {
+    a.steps
+        .iter()
+        .find_map(|s| s.predicted_max_throughput_rps)
+        .expect("predicted_max_throughput_rps in steps")
+}
+
+/// Checks the knee shared by the chain and fan-in sweeps.
+fn assert_knee(a: &Analysis, mesh: &str, all: &str) {
+    let capacity = predicted_max(a);
+    assert!(within(capacity, 25.0, 0.001), "plan: {capacity} rps\n{all}");
+    for (name, rate) in [("rate-10", 10.0), ("rate-20", 20.0)] {
+        let ok = ok_rate(a, mesh, name);
+        assert!(within(ok, rate, 0.05), "{name}: {ok} rps\n{all}");
+        assert_eq!(step(a, mesh, name).errors, Some(0), "{name}\n{all}");
+    }
+    for name in ["rate-30", "rate-40"] {
+        let t = throughput(a, mesh, name);
+        assert!(
+            within(t, capacity, 0.15),
+            "{name}: throughput {t} rps is not within 15 % of the predicted {capacity}\n{all}"
+        );
+    }
+    let (low, high) = (p99(a, mesh, "rate-10"), p99(a, mesh, "rate-40"));
+    assert!(high > 4.0 * low, "p99 {low} ms → {high} ms\n{all}");
+}
+
+fn assert_report_files(dir: &Path) {
+    for f in [
+        "run.json",
+        "report.html",
+        "steps.parquet",
+        "steps.csv",
+        "services.parquet",
+        "services.csv",
+        "timeseries.parquet",
+        "timeseries.csv",
+        "latency.parquet",
+        "latency.csv",
+    ] {
+        assert!(dir.join(f).is_file(), "{} missing", dir.join(f).display());
+    }
+    let html = std::fs::read_to_string(dir.join("report.html")).expect("report.html");
+    assert!(html.contains("<svg"), "report.html has inline plots");
+    assert!(!html.contains("http://") || !html.contains("<script src="));
+}
+
+#[test]
+fn quickstart_scales_the_backend_and_holds_its_slos() {
+    let _g = serial();
+    let out = out_dir("quickstart");
+    let (o, dir) = run(&[experiment("quickstart").to_str().unwrap()], out.path());
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{all}");
+    assert_report_files(&dir);
+    let a = load(&dir);
+    assert_eq!(a.steps.len(), 3, "{all}");
+    assert_eq!(a.run.slo.pass, Some(true), "{all}");
+    assert!(!a.run.meta.partial, "{all}");
+    for (name, rate) in [("step-0", 10.0), ("step-1", 25.0), ("step-2", 40.0)] {
+        let ok = ok_rate(&a, "quickstart", name);
+        assert!(within(ok, rate, 0.05), "{name}: {ok}\n{all}");
+    }
+    // 40 rps is ~80 % of one 500m back end, above its 50 % target: the HPA adds a replica.
+    let backend = service(&a, "quickstart", "step-2", "backend");
+    assert!(
+        backend.replicas_max.unwrap_or(0.0) >= 2.0,
+        "backend replicas {:?}\n{all}",
+        backend.replicas_max
+    );
+    let frontend = service(&a, "quickstart", "step-2", "frontend");
+    assert_eq!(frontend.replicas_max, Some(1.0), "{all}");
+    assert!(frontend.cpu_cores_avg.unwrap_or(0.0) > 0.0, "{all}");
+}
+
+#[test]
+fn chain_flattens_at_the_back_ends_predicted_capacity() {
+    let _g = serial();
+    let out = out_dir("chain");
+    let (o, dir) = run(&[experiment("chain").to_str().unwrap()], out.path());
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{all}");
+    let a = load(&dir);
+    assert_knee(&a, "chain", &all);
+    // The light front ends stay far below their limit; the back end sits at its limit.
+    let backend = service(&a, "chain", "rate-40", "backend");
+    let front = service(&a, "chain", "rate-40", "front-b");
+    let limited = a.run.meta.limits.mode == meshbench_analysis::Enforcement::Enforced;
+    if limited {
+        assert!(
+            backend.cpu_cores_avg.unwrap_or(0.0) > 0.4,
+            "backend cpu {:?}\n{all}",
+            backend.cpu_cores_avg
+        );
+    }
+    assert!(front.cpu_cores_avg.unwrap_or(1.0) < 0.2, "{all}");
+}
+
+#[test]
+fn fan_in_flattens_at_the_same_capacity() {
+    let _g = serial();
+    let out = out_dir("fan-in");
+    let (o, dir) = run(&[experiment("fan-in").to_str().unwrap()], out.path());
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{all}");
+    let a = load(&dir);
+    assert_knee(&a, "fan-in", &all);
+    assert_eq!(
+        service(&a, "fan-in", "rate-40", "frontend").replicas_max,
+        Some(3.0)
+    );
+}
+
+#[test]
+fn readiness_gating_trades_errors_for_latency_past_the_knee() {
+    let _g = serial();
+    let out = out_dir("readiness");
+    let (o, dir) = run(&[experiment("readiness").to_str().unwrap()], out.path());
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{all}");
+    let a = load(&dir);
+    for (name, rate) in [("rate-10", 10.0), ("rate-20", 20.0)] {
+        let ok = ok_rate(&a, "readiness", name);
+        assert!(within(ok, rate, 0.05), "{name}: {ok}\n{all}");
+    }
+    let top = step(&a, "readiness", "rate-40");
+    let errors = top.error_ratio.unwrap_or(0.0);
+    assert!(errors > 0.05, "error ratio {errors} at 40 rps\n{all}");
+    let ok = ok_rate(&a, "readiness", "rate-40");
+    assert!(within(ok, 25.0, 0.15), "successful {ok} rps at 40\n{all}");
+    let p99 = top.latency_p99_ms.unwrap_or(f64::NAN);
+    assert!(p99 < 1000.0, "p99 of successes {p99} ms\n{all}");
+}
+
+#[test]
+fn hpa_scales_the_bottleneck_up_under_load_and_down_after() {
+    let _g = serial();
+    let out = out_dir("hpa");
+    let (o, dir) = run(
+        &[experiment("hpa").to_str().unwrap(), "--hpa-sync", "5s"],
+        out.path(),
+    );
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{all}");
+    let a = load(&dir);
+    let cold = service(&a, "hpa-cold", "load", "backend");
+    assert!(
+        cold.replicas_final.unwrap_or(0.0) >= 2.0,
+        "hpa-cold backend did not scale up: {cold:?}\n{all}"
+    );
+    assert!(cold.scale_up_reaction_s.is_some(), "{cold:?}");
+    let warm = service(&a, "hpa-warm", "load", "backend");
+    assert_eq!(warm.replicas_max, Some(5.0), "{warm:?}");
+    assert!(
+        warm.replicas_final.unwrap_or(5.0) < 5.0,
+        "hpa-warm backend did not scale down under load: {warm:?}\n{all}"
+    );
+    for mesh in ["hpa-cold", "hpa-warm"] {
+        let idle = service(&a, mesh, "idle", "backend");
+        assert_eq!(
+            idle.replicas_final,
+            Some(1.0),
+            "{mesh} backend did not return to 1 after the load: {idle:?}\n{all}"
+        );
+    }
+    // The front end (1 ms per request) never needs a second replica.
+    assert_eq!(
+        service(&a, "hpa-cold", "load", "frontend").replicas_max,
+        Some(1.0)
+    );
+}
+
+/// A small mesh with steps long enough to interfere with.
+const SHORT: &str = r#"
+apiVersion: meshbench.io/v1alpha1
+kind: ServiceMesh
+metadata: { name: short }
+spec:
+  defaults:
+    resources:
+      requests: { cpu: 100m, memory: 32Mi }
+      limits: { cpu: 500m, memory: 128Mi }
+  services:
+    - name: front
+      endpoints:
+        - { path: /, cpu: 1ms, calls: [{ service: back, path: / }] }
+    - name: back
+      endpoints:
+        - { path: /, cpu: 2ms }
+---
+apiVersion: meshbench.io/v1alpha1
+kind: Benchmark
+metadata: { name: short }
+spec:
+  meshes: [short]
+  target: { service: front }
+  load: { model: open }
+  profile:
+    stages:
+      - { rate: 20, duration: 8s }
+      - { rate: 20, duration: 4s }
+  requestTimeout: 1s
+"#;
+
+fn short_spec(dir: &Path) -> PathBuf {
+    let p = dir.join("short.yaml");
+    std::fs::write(&p, SHORT).expect("write spec");
+    p
+}
+
+/// Pids whose parent is `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+fn pod_name(pid: u32) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|b| *b == 0).find_map(|kv| {
+        kv.strip_prefix(b"POD_NAME=")
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    })
+}
+
+/// Waits until the run has its replicas up and load flowing (a step started).
+fn wait_for_replicas(child: &Child, want: usize) -> Vec<(u32, String)> {
+    let start = Instant::now();
+    loop {
+        let pods: Vec<(u32, String)> = children(child.id())
+            .into_iter()
+            .filter_map(|p| pod_name(p).map(|n| (p, n)))
+            .collect();
+        if pods.len() >= want {
+            return pods;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "replicas never started: {pods:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn leftover_cgroups(run_id: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for base in [
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/cpu",
+        "/sys/fs/cgroup/memory",
+    ] {
+        if let Ok(rd) = std::fs::read_dir(base) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().contains(run_id) {
+                    found.push(e.path());
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_replica_killed_mid_step_is_restarted_and_the_run_completes() {
+    let _g = serial();
+    let out = out_dir("sigkill");
+    let spec = short_spec(out.path());
+    let child = meshbench(&[spec.to_str().unwrap()], out.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pods = wait_for_replicas(&child, 2);
+    // Let the first step get going, then kill the back end as the OOM killer would.
+    std::thread::sleep(Duration::from_secs(4));
+    let (victim, _) = pods
+        .iter()
+        .find(|(_, n)| n.contains("back"))
+        .cloned()
+        .expect("back end replica");
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).expect("kill replica");
+    let o = child.wait_with_output().expect("wait");
+    let all = text(&o);
+    // The run completes (0: all SLOs held, none were set) and says what happened.
+    assert_eq!(o.status.code(), Some(0), "{all}");
+    let dir = run_dir(out.path());
+    let a = load(&dir);
+    assert!(!a.run.meta.partial, "{all}");
+    assert_eq!(a.steps.len(), 2, "{all}");
+    assert!(
+        a.run.meta.warnings.iter().any(|w| w.contains("restarted")),
+        "no restart recorded in run.json warnings: {:?}\n{all}",
+        a.run.meta.warnings
+    );
+    // The restarted replica serves the second step.
+    let second = &a.steps[1];
+    assert!(
+        within(second.successful_rate_rps.unwrap_or(0.0), 20.0, 0.1),
+        "{second:?}\n{all}"
+    );
+    assert!(!alive(victim));
+}
+
+#[test]
+fn ctrl_c_writes_a_partial_report_and_leaves_nothing_behind() {
+    let _g = serial();
+    let out = out_dir("sigint");
+    let spec = short_spec(out.path());
+    let child = meshbench(&[spec.to_str().unwrap()], out.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pods = wait_for_replicas(&child, 2);
+    std::thread::sleep(Duration::from_secs(4));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).expect("SIGINT");
+    let o = child.wait_with_output().expect("wait");
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(4), "{all}");
+    let dir = run_dir(out.path());
+    let a = load(&dir);
+    assert!(a.run.meta.partial, "run.json not marked partial\n{all}");
+    assert_report_files(&dir);
+    for (pid, name) in &pods {
+        assert!(!alive(*pid), "replica {name} ({pid}) outlived the run");
+    }
+    let run_id = dir.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(leftover_cgroups(&run_id), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn collects_through_a_real_prometheus() {
+    let _g = serial();
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("prometheus").is_file()));
+    if !on_path {
+        // CI installs Debian's prometheus (scripts/install-test-deps.sh); elsewhere the
+        // test may be skipped explicitly, never silently.
+        assert!(
+            std::env::var_os("MESHBENCH_SKIP_PROMETHEUS").is_some(),
+            "no `prometheus` on PATH: run scripts/install-test-deps.sh, or set MESHBENCH_SKIP_PROMETHEUS=1"
+        );
+        return;
+    }
+    let out = out_dir("prometheus");
+    let spec = short_spec(out.path());
+    let (o, dir) = run(
+        &[spec.to_str().unwrap(), "--prometheus", "auto"],
+        out.path(),
+    );
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains("prometheus: started at http://127.0.0.1:"),
+        "{all}"
+    );
+    assert!(dir.join("prometheus/prometheus.yml").is_file());
+    let a = load(&dir);
+    // The pods are named as in a cluster (the series came from PromQL, not the runner).
+    let back_pod = "short-back-local-0";
+    let csv = std::fs::read_to_string(dir.join("timeseries.csv")).expect("timeseries.csv");
+    // ts,mesh,repetition,step,service,pod,metric,value
+    let cpu: Vec<f64> = csv
+        .lines()
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|f| f.len() == 8 && f[5] == back_pod && f[6] == "cpu_cores")
+        .filter_map(|f| f[7].parse().ok())
+        .collect();
+    assert!(
+        cpu.iter().any(|c| *c > 0.0),
+        "no CPU series of {back_pod} from Prometheus\n{all}"
+    );
+    let back = service(&a, "short", "step-0", "back");
+    assert_eq!(back.replicas_avg, Some(1.0), "{back:?}");
+    // ~20 rps reached the back end (rate over a 3 s window: edges blur it a little).
+    let rps = back.worker_requests_per_s.unwrap_or(0.0);
+    assert!(within(rps, 20.0, 0.2), "worker rps {rps}\n{all}");
+    assert!(back.cpu_cores_avg.unwrap_or(0.0) > 0.0, "{back:?}");
+    // Prometheus is stopped with the run.
+    assert!(
+        !std::process::Command::new("pgrep")
+            .args(["-f", &dir.join("prometheus").display().to_string()])
+            .status()
+            .is_ok_and(|s| s.success()),
+        "Prometheus outlived the run"
+    );
+}
