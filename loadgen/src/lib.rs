@@ -28,7 +28,7 @@ pub use cli::{LoadgenArgs, cancel_on_signals, parse_start_at, plan_from_args, po
 #[cfg(feature = "runner")]
 pub use collector::RequestRecord;
 #[cfg(feature = "runner")]
-pub use runner::{Error, RunOptions, run_plan};
+pub use runner::{Error, RunOptions, Tick, run_plan};
 #[cfg(feature = "runner")]
 pub use tokio_util::sync::CancellationToken;
 

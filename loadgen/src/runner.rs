@@ -118,6 +118,40 @@ pub struct RunOptions {
     pub metrics_listen: Option<SocketAddr>,
     /// Print a progress line per second to stderr.
     pub progress: bool,
+    /// Receives one [`Tick`] per second of the run (for an embedding program's own
+    /// progress display).
+    pub ticks: Option<tokio::sync::mpsc::UnboundedSender<Tick>>,
+}
+
+/// What happened in the last second of a run, sent to [`RunOptions::ticks`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tick {
+    /// Time since the run's start.
+    pub elapsed: Duration,
+    /// Position of the current stage, 0-based.
+    pub stage: usize,
+    /// Number of stages.
+    pub stages: usize,
+    /// The stage's name.
+    pub stage_name: String,
+    /// Seconds into the current stage.
+    pub stage_elapsed: Duration,
+    /// The stage's length.
+    pub stage_duration: Duration,
+    /// Target rate (open loop).
+    pub target_rate: Option<f64>,
+    /// Users (closed loop).
+    pub users: Option<u32>,
+    /// Requests sent in the last second.
+    pub sent: u64,
+    /// Successes in the last second.
+    pub ok: u64,
+    /// Failures (timeouts, connection errors, 4xx, 5xx) since the start.
+    pub errors_total: u64,
+    /// p99 latency of the last complete second's successes.
+    pub p99: Duration,
+    /// Requests in flight now.
+    pub in_flight: u64,
 }
 
 impl Default for RunOptions {
@@ -128,6 +162,7 @@ impl Default for RunOptions {
             record_requests: None,
             metrics_listen: None,
             progress: std::io::stderr().is_terminal(),
+            ticks: None,
         }
     }
 }
@@ -487,6 +522,7 @@ async fn supervise(
     stages: Vec<ResolvedStage>,
     mut progress: Option<Progress>,
     live: Option<Arc<LiveMetrics>>,
+    ticks: Option<tokio::sync::mpsc::UnboundedSender<Tick>>,
 ) -> Timing {
     let ready_by = Instant::now() + READY_TIMEOUT;
     while sh.ready.load(Ordering::Acquire) < sh.users && Instant::now() < ready_by {
@@ -554,6 +590,26 @@ async fn supervise(
         }
         if let Some(l) = &live {
             l.update(&stages[stage], &totals, &last, in_flight);
+        }
+        if let Some(tx) = &ticks {
+            let failed = |c: &crate::result::Counts| {
+                c.timeouts + c.connection_errors + c.other_errors + c.status_4xx + c.status_5xx
+            };
+            let _ = tx.send(Tick {
+                elapsed,
+                stage,
+                stages: stages.len(),
+                stage_name: stages[stage].name.clone(),
+                stage_elapsed: elapsed.saturating_sub(c.offset),
+                stage_duration: c.duration,
+                target_rate: stages[stage].rate,
+                users: stages[stage].users,
+                sent: totals.sent.saturating_sub(prev.sent),
+                ok: totals.ok.saturating_sub(prev.ok),
+                errors_total: failed(&totals),
+                p99: Duration::from_micros(last.p99_us),
+                in_flight,
+            });
         }
         prev = totals;
         // Seconds older than a timeout can only change through very late requests.
@@ -663,6 +719,7 @@ pub async fn run_plan(plan: &LoadPlan, opts: RunOptions) -> Result<LoadResult> {
             stages.clone(),
             progress,
             live.clone(),
+            opts.ticks.clone(),
         ));
         let stopper = {
             let sh = shared.clone();

@@ -315,20 +315,33 @@ pub async fn run(args: RunArgs) -> u8 {
                     match (step, platform.service_url(&spec.target.service)) {
                         (Some(step), Some(url)) => {
                             let lp = convert::step_plan(spec, &step, &url, warm);
+                            let (tick_tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();
                             let opts = RunOptions {
                                 cancel: cancel.child_token(),
                                 record_requests: None,
                                 metrics_listen: None,
-                                progress: !args.quiet,
+                                progress: false,
+                                ticks: Some(tick_tx),
                             };
-                            if !args.quiet {
-                                eprintln!(
-                                    "── {label}: {} for {}",
-                                    target_text(&step),
-                                    meshbench_crds::units::Duration::from_std(step.duration)
-                                );
+                            let bar = (!args.quiet).then(|| {
+                                step_bar(&format!("{label}: {}", target_text(&step)), step.duration)
+                            });
+                            let run = run_plan(&lp, opts);
+                            tokio::pin!(run);
+                            let result = loop {
+                                tokio::select! {
+                                    r = &mut run => break r,
+                                    Some(t) = ticks.recv() => {
+                                        if let Some(b) = &bar {
+                                            show_tick(b, &t, &platform.replica_counts());
+                                        }
+                                    }
+                                }
+                            };
+                            if let Some(b) = &bar {
+                                b.finish();
                             }
-                            match run_plan(&lp, opts).await {
+                            match result {
                                 Ok(result) => {
                                     let partial = result.partial;
                                     if !warm && let Some(stage) = result.stages.first() {
@@ -549,6 +562,41 @@ fn target_text(step: &meshbench_crds::resolve::PlannedStep) -> String {
         (None, Some(u)) => format!("{u} users"),
         _ => String::new(),
     }
+}
+
+/// A progress bar over one step's duration (hidden when stderr is not a terminal).
+fn step_bar(prefix: &str, duration: Duration) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(duration.as_secs().max(1));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:24}] {elapsed:>4}/{len}s {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(prefix.to_string());
+    bar
+}
+
+fn show_tick(
+    bar: &indicatif::ProgressBar,
+    t: &meshbench_loadgen::Tick,
+    replicas: &[(String, usize)],
+) {
+    bar.set_position(t.stage_elapsed.as_secs());
+    let target = match (t.target_rate, t.users) {
+        (Some(r), _) => format!("{r:.0}/s"),
+        (None, Some(u)) => format!("{u} users"),
+        _ => "-".into(),
+    };
+    let pods: Vec<String> = replicas.iter().map(|(s, n)| format!("{s}={n}")).collect();
+    bar.set_message(format!(
+        "target {target} sent {}/s ok {}/s p99 {:.1}ms errors {} in-flight {} | {}",
+        t.sent,
+        t.ok,
+        t.p99.as_secs_f64() * 1000.0,
+        t.errors_total,
+        t.in_flight,
+        pods.join(" ")
+    ));
 }
 
 fn fmt_opt(v: Option<f64>) -> String {
