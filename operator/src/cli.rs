@@ -90,6 +90,10 @@ pub enum Command {
     },
     /// Run one worker (the generic microservice), as a pod's container does.
     Worker(Box<meshbench_worker::WorkerArgs>),
+    /// Run the Kubernetes operator: reconciles ServiceMesh resources into Deployments,
+    /// Services and HPAs (see deploy/). Needs a kubeconfig or in-cluster credentials and
+    /// the CRDs installed (`meshbench crds | kubectl apply -f -`).
+    Operator(Box<crate::k8s::operator::OperatorArgs>),
     /// Run the load generator (the load Job's entrypoint in a cluster).
     Loadgen(Box<meshbench_loadgen::LoadgenArgs>),
     /// Print the CustomResourceDefinitions of ServiceMesh and Benchmark as YAML.
@@ -212,6 +216,18 @@ pub fn run(cli: Cli) -> ExitCode {
                 Err(e) => {
                     eprintln!("error: {e}");
                     exit::code(e.exit_code() as u8)
+                }
+            }
+        }
+        Command::Operator(args) => {
+            let Some(rt) = runtime() else {
+                return exit::code(exit::RUN_FAILED);
+            };
+            match rt.block_on(crate::k8s::operator::run(*args)) {
+                Ok(()) => exit::code(exit::OK),
+                Err(e) => {
+                    eprintln!("meshbench operator: {e}");
+                    exit::code(exit::RUN_FAILED)
                 }
             }
         }

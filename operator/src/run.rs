@@ -40,7 +40,7 @@ pub struct RunArgs {
     /// How long to wait for replicas to become ready after a deployment.
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub ready_timeout: Duration,
-    /// No per-second progress lines.
+    /// No progress bars (they are also hidden when stderr is not a terminal).
     #[arg(long, short)]
     pub quiet: bool,
     /// Collect through a real Prometheus: `auto` starts the `prometheus` on PATH with a

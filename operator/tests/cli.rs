@@ -107,3 +107,54 @@ fn worker_subcommand_rejects_a_bad_config_with_exit_2() {
     let o = meshbench(&["worker", "--config-json", "{\"version\": 9}"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
+
+#[test]
+fn operator_without_a_cluster_fails_with_a_clear_message() {
+    let o = Command::new(env!("CARGO_BIN_EXE_meshbench"))
+        .args(["operator", "--listen", "127.0.0.1:0"])
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(stderr(&o).contains("Kubernetes client"), "{}", stderr(&o));
+}
+
+#[test]
+fn run_of_an_invalid_spec_starts_nothing_and_exits_1() {
+    let dir = tempfile::tempdir().expect("dir");
+    let spec = dir.path().join("bad.yaml");
+    std::fs::write(
+        &spec,
+        "apiVersion: meshbench.io/v1alpha1\nkind: Benchmark\nmetadata: { name: b }\nspec:\n  meshes: [missing]\n  target: { service: x }\n  load: { model: open }\n  profile: { stages: [{ rate: 5, duration: 1s }] }\n",
+    )
+    .expect("write");
+    let out = dir.path().join("results");
+    let o = meshbench(&[
+        "run",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("missing"), "{}", stderr(&o));
+    assert!(
+        !out.exists(),
+        "a run directory was created for an invalid spec"
+    );
+}
+
+#[test]
+fn plan_into_a_closed_pipe_does_not_panic() {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meshbench"))
+        .args(["plan", "experiments/chain.yaml"])
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let o = child.wait_with_output().expect("wait");
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+}
