@@ -568,7 +568,7 @@ fn target_text(step: &meshbench_crds::resolve::PlannedStep) -> String {
 fn step_bar(prefix: &str, duration: Duration) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(duration.as_secs().max(1));
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:24}] {elapsed:>4}/{len}s {msg}")
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:24}] {pos:>3}/{len}s {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
