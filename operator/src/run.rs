@@ -50,6 +50,10 @@ pub struct RunArgs {
     /// series then come from PromQL, the same queries as in a cluster.
     #[arg(long, value_name = "auto|URL")]
     pub prometheus: Option<String>,
+    /// Run replicas without cgroup CPU and memory limits, as on a host without writable
+    /// cgroups; run.json then records that limits were not enforced.
+    #[arg(long)]
+    pub no_limits: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -158,6 +162,7 @@ pub async fn run(args: RunArgs) -> u8 {
             sample_interval: args.sample_interval,
             hpa_sync: args.hpa_sync,
             ready_timeout: args.ready_timeout,
+            enforce_limits: !args.no_limits,
         },
         &run_id,
     );

@@ -525,3 +525,39 @@ fn collects_through_a_real_prometheus() {
         "Prometheus outlived the run"
     );
 }
+
+#[test]
+fn without_limits_the_run_works_and_says_so() {
+    let _g = serial();
+    let out = out_dir("no-limits");
+    let spec = short_spec(out.path());
+    let (o, dir) = run(&[spec.to_str().unwrap(), "--no-limits"], out.path());
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains("limits are NOT enforced"),
+        "no warning on the terminal\n{all}"
+    );
+    let a = load(&dir);
+    assert_eq!(
+        a.run.meta.limits.mode,
+        meshbench_analysis::Enforcement::NotEnforced,
+        "{all}"
+    );
+    assert!(
+        a.run
+            .meta
+            .warnings
+            .iter()
+            .any(|w| w.contains("NOT enforced")),
+        "{:?}",
+        a.run.meta.warnings
+    );
+    // CPU still comes from /proc when there is no cgroup accounting.
+    let back = service(&a, "short", "step-0", "back");
+    assert!(back.cpu_cores_avg.unwrap_or(0.0) > 0.0, "{back:?}");
+    assert_eq!(
+        leftover_cgroups(dir.file_name().unwrap().to_str().unwrap()),
+        Vec::<PathBuf>::new()
+    );
+}

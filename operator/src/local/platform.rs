@@ -74,6 +74,8 @@ pub struct LocalOptions {
     pub hpa_sync: Duration,
     /// Time to wait for replicas to become ready.
     pub ready_timeout: Duration,
+    /// Put replicas in cgroups with their limits (when the host allows it).
+    pub enforce_limits: bool,
 }
 
 struct Service {
@@ -162,9 +164,13 @@ impl LocalPlatform {
                 "removed cgroups left by an earlier run"
             );
         }
-        let cgroups = match CgroupRoot::create(run_id) {
-            Ok(root) => root,
-            Err(e) => CgroupRoot::disabled(e.to_string()),
+        let cgroups = if !opts.enforce_limits {
+            CgroupRoot::disabled("turned off with --no-limits")
+        } else {
+            match CgroupRoot::create(run_id) {
+                Ok(root) => root,
+                Err(e) => CgroupRoot::disabled(e.to_string()),
+            }
         };
         let enforcement = cgroups.enforcement().clone();
         let mut cfg = PodsConfig::new(opts.log_dir.clone());
