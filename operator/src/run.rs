@@ -300,14 +300,30 @@ pub async fn run(args: RunArgs) -> u8 {
                     }
                     None => Outcome::Failed("mesh not loaded".into()),
                 },
-                Action::WaitReady { .. } => {
-                    tokio::select! {
+                Action::WaitReady { mesh } => {
+                    let outcome = tokio::select! {
                         r = platform.wait_ready() => match r {
                             Ok(()) => Outcome::Ok,
                             Err(e) => Outcome::Failed(e.to_string()),
                         },
                         _ = cancel.cancelled() => Outcome::Cancelled,
+                    };
+                    if let (Outcome::Ok, Some(p)) = (&outcome, &prom) {
+                        let mesh_name = plan.meshes.get(*mesh).cloned().unwrap_or_default();
+                        let want: usize = platform.replica_counts().iter().map(|(_, n)| n).sum();
+                        let scraped = tokio::select! {
+                            ok = p.wait_for_targets(&mesh_name, want, Duration::from_secs(30)) => ok,
+                            _ = cancel.cancelled() => true,
+                        };
+                        if !scraped {
+                            let w = format!(
+                                "Prometheus did not scrape all {want} replicas of {mesh_name} within 30 s; the first samples may be missing"
+                            );
+                            eprintln!("warning: {w}");
+                            data.meta.warnings.push(w);
+                        }
                     }
+                    outcome
                 }
                 Action::WarmUp { cursor } | Action::RunStep { cursor } => {
                     let warm = matches!(action, Action::WarmUp { .. });

@@ -234,6 +234,34 @@ impl LocalPrometheus {
         }
     }
 
+    /// Waits until Prometheus scrapes `want` targets of `mesh` successfully. Its service
+    /// discovery applies new targets only every few seconds (as in a cluster), so the
+    /// first seconds after a deployment would otherwise be missing from the report.
+    pub async fn wait_for_targets(&self, mesh: &str, want: usize, patience: Duration) -> bool {
+        use prometheus_http_query::response::Data;
+        let Ok(client) = prometheus_http_query::Client::try_from(self.url.as_str()) else {
+            return false;
+        };
+        let query = format!(r#"count(up{{namespace="local", mesh="{mesh}"}} == 1)"#);
+        let start = Instant::now();
+        loop {
+            let up = match client.query(query.as_str()).get().await {
+                Ok(r) => match r.data() {
+                    Data::Vector(v) => v.first().map_or(0.0, |s| s.sample().value()),
+                    _ => 0.0,
+                },
+                Err(_) => 0.0,
+            };
+            if up as usize >= want {
+                return true;
+            }
+            if start.elapsed() > patience {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Its base URL.
     pub fn url(&self) -> &str {
         &self.url
