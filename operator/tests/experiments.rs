@@ -400,19 +400,26 @@ fn leftover_cgroups(run_id: &str) -> Vec<PathBuf> {
     found
 }
 
-#[test]
-fn a_replica_killed_mid_step_is_restarted_and_the_run_completes() {
-    let _g = serial();
-    let out = out_dir("sigkill");
-    let spec = short_spec(out.path());
-    let child = meshbench(&[spec.to_str().unwrap()], out.path())
+/// Starts `meshbench run` on the short spec and returns once its first step is under way,
+/// with the replicas' (pid, pod name).
+fn start_short_run(out: &Path) -> (Child, Vec<(u32, String)>) {
+    let spec = short_spec(out);
+    let child = meshbench(&[spec.to_str().unwrap()], out)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
     let pods = wait_for_replicas(&child, 2);
-    // Let the first step get going, then kill the back end as the OOM killer would.
     std::thread::sleep(Duration::from_secs(4));
+    (child, pods)
+}
+
+#[test]
+fn a_replica_killed_mid_step_is_restarted_and_the_run_completes() {
+    let _g = serial();
+    let out = out_dir("sigkill");
+    let (child, pods) = start_short_run(out.path());
+    // Kill the back end as the OOM killer would.
     let (victim, _) = pods
         .iter()
         .find(|(_, n)| n.contains("back"))
@@ -445,14 +452,7 @@ fn a_replica_killed_mid_step_is_restarted_and_the_run_completes() {
 fn ctrl_c_writes_a_partial_report_and_leaves_nothing_behind() {
     let _g = serial();
     let out = out_dir("sigint");
-    let spec = short_spec(out.path());
-    let child = meshbench(&[spec.to_str().unwrap()], out.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let pods = wait_for_replicas(&child, 2);
-    std::thread::sleep(Duration::from_secs(4));
+    let (child, pods) = start_short_run(out.path());
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).expect("SIGINT");
     let o = child.wait_with_output().expect("wait");
     let all = text(&o);
