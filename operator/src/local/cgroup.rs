@@ -168,6 +168,18 @@ enum Layout {
     },
 }
 
+/// The v1 hierarchies a group lives in: cpu, cpuacct when mounted apart, memory.
+fn v1_dirs(cpu: &Path, cpuacct: Option<&PathBuf>, memory: &Path) -> Vec<PathBuf> {
+    let mut v = vec![cpu.to_path_buf()];
+    if let Some(a) = cpuacct
+        && a != cpu
+    {
+        v.push(a.clone());
+    }
+    v.push(memory.to_path_buf());
+    v
+}
+
 impl Layout {
     /// Directories (one per hierarchy) in which groups are created.
     fn bases(&self) -> Vec<PathBuf> {
@@ -177,16 +189,7 @@ impl Layout {
                 cpu,
                 cpuacct,
                 memory,
-            } => {
-                let mut v = vec![cpu.clone()];
-                if let Some(a) = cpuacct
-                    && a != cpu
-                {
-                    v.push(a.clone());
-                }
-                v.push(memory.clone());
-                v
-            }
+            } => v1_dirs(cpu, cpuacct.as_ref(), memory),
         }
     }
 }
@@ -759,16 +762,7 @@ impl Paths {
                 cpu,
                 cpuacct,
                 memory,
-            } => {
-                let mut v = vec![cpu.clone()];
-                if let Some(a) = cpuacct
-                    && a != cpu
-                {
-                    v.push(a.clone());
-                }
-                v.push(memory.clone());
-                v
-            }
+            } => v1_dirs(cpu, cpuacct.as_ref(), memory),
         }
     }
 }
