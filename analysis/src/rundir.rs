@@ -51,11 +51,25 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RunDirError + '_ {
 
 /// Writes `path` atomically: the bytes go to a hidden temporary file in the same
 /// directory, are synced, and the file is renamed over `path`. A crash leaves either the
-/// old file or the new one, never a truncated one.
+/// old file or the new one, never a truncated one. A path that exists and is not a regular
+/// file (`/dev/null`, a FIFO) is written in place, since a rename would replace the device
+/// node itself.
 pub fn write_atomic(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<File>) -> std::result::Result<(), String>,
 ) -> Result<()> {
+    if fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        let mut w = BufWriter::new(file);
+        write(&mut w).map_err(|problem| RunDirError::Write {
+            path: path.to_owned(),
+            problem,
+        })?;
+        return w.flush().map_err(io_err(path));
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()

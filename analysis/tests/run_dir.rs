@@ -696,3 +696,34 @@ fn compare_separates_real_differences_from_noise() {
     let n: Vec<Option<u32>> = reps.column("n").unwrap().u32().unwrap().iter().collect();
     assert!(n.iter().all(|n| *n == Some(3)));
 }
+
+/// A path that is a device or a FIFO is written through, never renamed over: a rename
+/// once turned the machine's /dev/null into a plain file.
+#[test]
+fn write_atomic_writes_through_a_fifo() {
+    use std::io::Write as _;
+    use std::os::unix::fs::FileTypeExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("out.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || fs::read_to_string(fifo).unwrap())
+    };
+    meshbench_analysis::rundir::write_atomic(&fifo, |w| {
+        w.write_all(b"through").map_err(|e| e.to_string())
+    })
+    .unwrap();
+    // Checked before joining: had the FIFO been replaced, its reader would never finish.
+    assert!(fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    assert_eq!(reader.join().unwrap(), "through");
+    assert_eq!(
+        fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no temporary left"
+    );
+}

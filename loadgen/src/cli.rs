@@ -215,6 +215,8 @@ pub fn cancel_on_signals(token: CancellationToken) -> Result<()> {
 }
 
 /// Writes `text` to `path` atomically (temporary name, then rename), or to stdout for `-`.
+/// A path that names something other than a regular file (`/dev/null`, a FIFO) is written
+/// in place: renaming over it would replace a device node with a plain file.
 fn write_out(path: &Path, text: &str) -> Result<()> {
     use std::io::Write as _;
     let io = |source| Error::Io {
@@ -226,6 +228,9 @@ fn write_out(path: &Path, text: &str) -> Result<()> {
         out.write_all(text.as_bytes()).map_err(io)?;
         out.write_all(b"\n").map_err(io)?;
         return out.flush().map_err(io);
+    }
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return std::fs::write(path, format!("{text}\n")).map_err(io);
     }
     let tmp = path.with_extension(format!(
         "tmp.{}",

@@ -220,3 +220,45 @@ fn invalid_plan_is_exit_2_with_the_field_named() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `--out /dev/null` once replaced the machine's /dev/null with a plain file (the result was
+/// renamed over it). A FIFO stands in for the device: it must still be a FIFO afterwards
+/// and its reader must get the result.
+#[test]
+fn out_to_a_fifo_writes_through_it_instead_of_replacing_it() {
+    use std::os::unix::fs::FileTypeExt as _;
+    let _g = common::serial();
+    let addr = common::start_target();
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("result.fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+    };
+    let out = loadgen()
+        .args(["--url", &format!("http://{addr}/"), "--rate", "20"])
+        .args(["--duration", "1s", "--out"])
+        .arg(&fifo)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Checked before joining: had the FIFO been replaced, its reader would never finish.
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    let text = reader.join().unwrap();
+    assert_eq!(
+        LoadResult::from_json(&text).unwrap().stages[0].counts.sent,
+        20
+    );
+}

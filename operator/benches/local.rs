@@ -161,7 +161,8 @@ async fn runner_cpu_at(rate: u64, secs: u64, dir: &std::path::Path) -> (f64, f64
     let cpu0 = cpu_seconds_of_self();
     let t0 = Instant::now();
     let out = tokio::process::Command::new(program())
-        .args(["loadgen", "--url", &url, "--quiet", "--out", "/dev/null"])
+        .args(["loadgen", "--url", &url, "--quiet", "--out"])
+        .arg(dir.join("bench-result.json"))
         .args([
             "--rate",
             &rate.to_string(),
