@@ -436,6 +436,19 @@ pub struct BenchmarkStatus {
     /// Standard conditions (`Valid`, `Ready`, `Complete`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The controller's resume point (the experiment state machine, the current load Job,
+    /// timers). Kept in the status so an operator restart continues the run where it was;
+    /// its shape belongs to the operator version that wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "opaque_object")]
+    pub state: Option<serde_json::Value>,
+}
+
+fn opaque_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
 }
 
 /// Summary of one completed step, kept in the status.

@@ -94,6 +94,31 @@ pub enum Command {
     /// Services and HPAs (see deploy/). Needs a kubeconfig or in-cluster credentials and
     /// the CRDs installed (`meshbench crds | kubectl apply -f -`).
     Operator(Box<crate::k8s::operator::OperatorArgs>),
+    /// Download a Benchmark's report from the operator in the cluster.
+    ///
+    /// Reads the run from the Benchmark's status and the results token from its Secret
+    /// with your kubeconfig's credentials, then fetches every report file through the API
+    /// server's service proxy (or `--url`) into `<out>/<run id>/`. Exit status: 0 done,
+    /// 1 no such Benchmark or its run has not finished, 2 usage error, 4 the download
+    /// failed (nothing is left under the run's name).
+    Results(Box<crate::k8s::fetch::ResultsArgs>),
+    /// Print, as YAML, every object the operator would apply for the given files: the
+    /// ConfigMap, Deployment, Service and HPA of each ServiceMesh service, and for each
+    /// Benchmark the plan ConfigMap and Indexed Job of its first step.
+    ///
+    /// Rendered by the operator's own code, for review, GitOps, or clusters where the
+    /// operator cannot be installed. Exit status: 0 rendered, 1 invalid input, 2 usage.
+    Render {
+        /// YAML files with ServiceMesh and Benchmark documents.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Image of workers and load generators.
+        #[arg(long, default_value_t = crate::k8s::render::default_image())]
+        image: String,
+        /// Namespace for objects whose document has none.
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
     /// Run the load generator (the load Job's entrypoint in a cluster).
     Loadgen(Box<meshbench_loadgen::LoadgenArgs>),
     /// Print the CustomResourceDefinitions of ServiceMesh and Benchmark as YAML.
@@ -232,6 +257,51 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Validate { files, quiet } => validate(&files, quiet),
+        Command::Results(args) => {
+            init_tracing("warn");
+            let Some(rt) = runtime() else {
+                return exit::code(exit::RUN_FAILED);
+            };
+            let result = rt.block_on(async {
+                let client = kube::Client::try_default().await.map_err(|e| {
+                    eprintln!("error: cannot configure the Kubernetes client: {e}");
+                    exit::RUN_FAILED
+                })?;
+                crate::k8s::fetch::fetch(&client, &args).await.map_err(|e| {
+                    eprintln!("error: {e}");
+                    e.exit_code()
+                })
+            });
+            match result {
+                Ok(dir) => {
+                    eprintln!("report: {}", dir.join("report.html").display());
+                    exit::code(exit::OK)
+                }
+                Err(code) => exit::code(code),
+            }
+        }
+        Command::Render {
+            files,
+            image,
+            namespace,
+        } => {
+            let bundle = Bundle::load_files(&files);
+            let opts = crate::k8s::render::RenderOptions {
+                image,
+                namespace,
+                ..crate::k8s::render::RenderOptions::default()
+            };
+            match crate::k8s::render::render_bundle_yaml_with(&bundle, &opts) {
+                Ok(yaml) => {
+                    exit::out(yaml);
+                    exit::code(exit::OK)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    exit::code(exit::INVALID)
+                }
+            }
+        }
         Command::Crds => {
             exit::out(meshbench_crds::crds_yaml());
             exit::code(exit::OK)

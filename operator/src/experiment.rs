@@ -348,6 +348,30 @@ impl Machine {
     }
 }
 
+/// A short label of an action, for phase records and logs.
+pub fn phase_label(action: &Action, plan: &ExperimentPlan) -> String {
+    let mesh = |m: usize| plan.meshes.get(m).cloned().unwrap_or_default();
+    match action {
+        Action::Deploy { mesh: m } => format!("deploy {}", mesh(*m)),
+        Action::WaitReady { mesh: m } => format!("wait-ready {}", mesh(*m)),
+        Action::WarmUp { cursor } => format!("warmup {}", mesh(cursor.mesh)),
+        Action::RunStep { cursor } => format!(
+            "step {} rep {} {}",
+            mesh(cursor.mesh),
+            cursor.repetition,
+            plan.steps
+                .get(cursor.step)
+                .map(|s| s.name.as_str())
+                .unwrap_or("")
+        ),
+        Action::Settle { .. } => "settle".into(),
+        Action::Collect { .. } => "collect".into(),
+        Action::Teardown { mesh: m } => format!("teardown {}", mesh(*m)),
+        Action::Analyse => "analyse".into(),
+        Action::Finished => "finished".into(),
+    }
+}
+
 fn describe(action: &Action, plan: &ExperimentPlan) -> String {
     let mesh = |m: usize| plan.meshes.get(m).cloned().unwrap_or_else(|| "?".into());
     match action {

@@ -60,29 +60,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     meshbench_crds::units::Duration::parse(s).map_err(|e| e.to_string())
 }
 
-fn phase_name(action: &Action, plan: &ExperimentPlan) -> String {
-    let mesh = |m: usize| plan.meshes.get(m).cloned().unwrap_or_default();
-    match action {
-        Action::Deploy { mesh: m } => format!("deploy {}", mesh(*m)),
-        Action::WaitReady { mesh: m } => format!("wait-ready {}", mesh(*m)),
-        Action::WarmUp { cursor } => format!("warmup {}", mesh(cursor.mesh)),
-        Action::RunStep { cursor } => format!(
-            "step {} rep {} {}",
-            mesh(cursor.mesh),
-            cursor.repetition,
-            plan.steps
-                .get(cursor.step)
-                .map(|s| s.name.as_str())
-                .unwrap_or("")
-        ),
-        Action::Settle { .. } => "settle".into(),
-        Action::Collect { .. } => "collect".into(),
-        Action::Teardown { mesh: m } => format!("teardown {}", mesh(*m)),
-        Action::Analyse => "analyse".into(),
-        Action::Finished => "finished".into(),
-    }
-}
-
 /// Runs `meshbench run` and returns the process exit code.
 pub async fn run(args: RunArgs) -> u8 {
     let bundle = Bundle::load_files(&args.files);
@@ -282,7 +259,7 @@ pub async fn run(args: RunArgs) -> u8 {
             break;
         }
         let phase_start = Utc::now();
-        let label = phase_name(&action, &plan);
+        let label = crate::experiment::phase_label(&action, &plan);
         let outcome = if cancel.is_cancelled()
             && !matches!(action, Action::Teardown { .. } | Action::Analyse)
         {

@@ -158,3 +158,44 @@ fn plan_into_a_closed_pipe_does_not_panic() {
     let o = child.wait_with_output().expect("wait");
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
 }
+
+#[test]
+fn render_prints_the_objects_the_operator_applies() {
+    let o = meshbench(&[
+        "render",
+        "experiments/quickstart.yaml",
+        "--namespace",
+        "lab",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let yaml = String::from_utf8_lossy(&o.stdout);
+    for kind in [
+        "kind: ConfigMap",
+        "kind: Deployment",
+        "kind: Service",
+        "kind: HorizontalPodAutoscaler",
+        "kind: Job",
+    ] {
+        assert!(yaml.contains(kind), "{kind} missing:\n{yaml}");
+    }
+    assert!(yaml.contains("namespace: lab"), "{yaml}");
+    let o = meshbench(&["render", "no/such/file.yaml"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no/such/file.yaml"), "{}", stderr(&o));
+}
+
+#[test]
+fn results_without_a_cluster_fails_with_a_clear_message() {
+    let o = Command::new(env!("CARGO_BIN_EXE_meshbench"))
+        .args(["results", "quickstart"])
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot configure the Kubernetes client"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -101,7 +101,8 @@ fn request_attributes_follow_the_authorizer() {
         a("DELETE", "/apis/apps/v1/namespaces/x/deployments/d", ""),
         ("apps".into(), "deployments".into(), "delete".into())
     );
-    assert!(!rbac::allows("", "secrets", "get"));
+    assert!(!rbac::allows("", "secrets", "list"));
+    assert!(!rbac::allows("", "pods", "get"));
 }
 
 #[test]

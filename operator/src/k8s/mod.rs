@@ -7,7 +7,9 @@
 //! The module is called `k8s` rather than `kube` so it does not shadow the `kube` crate
 //! inside this crate.
 
+pub mod bench_controller;
 pub mod collect;
+pub mod fetch;
 pub mod leader;
 pub mod mesh_controller;
 pub mod metrics;
@@ -16,6 +18,8 @@ pub mod promql;
 pub mod pss;
 pub mod rbac;
 pub mod render;
+pub mod results;
+pub mod store;
 
 /// The one server-side-apply field manager every object and status is written with.
 pub const FIELD_MANAGER: &str = "meshbench";

@@ -18,18 +18,22 @@ use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::Client;
 use kube::api::{Api, ListParams};
 use kube::runtime::{Controller, watcher};
-use meshbench_crds::ServiceMesh;
+use meshbench_crds::{Benchmark, ServiceMesh};
 use prometheus_client::registry::Registry;
 
+use super::bench_controller;
 use super::leader::{LeaderElector, LeaseSettings};
 use super::mesh_controller::{self, Context};
 use super::metrics::Metrics;
 use super::render::{RenderOptions, default_image};
+use super::results::{self, ResultsState};
+use super::store::Store;
 
 /// Errors of the operator process.
 #[derive(Debug, thiserror::Error)]
@@ -97,9 +101,35 @@ pub struct OperatorArgs {
     /// Run the controllers without leader election (a single replica, or development).
     #[arg(long)]
     pub no_leader_election: bool,
+    /// The report volume: one directory per run (`<namespace>/<run>/`).
+    #[arg(
+        long,
+        env = "MESHBENCH_DATA_DIR",
+        default_value = "/var/lib/meshbench/reports"
+    )]
+    pub data_dir: std::path::PathBuf,
+    /// This operator's URL as load Jobs reach it, for their results
+    /// (default `http://meshbench-operator.<lease namespace>.svc:<listen port>`).
+    #[arg(long, env = "MESHBENCH_RESULTS_URL")]
+    pub results_url: Option<String>,
+    /// Prometheus to collect replicas, CPU, memory and latency from (e.g.
+    /// `http://prometheus-operated.monitoring:9090`). Without it reports hold the load
+    /// generators' figures only.
+    #[arg(long, env = "MESHBENCH_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
+    /// Prometheus's scrape interval (collection waits two after each step).
+    #[arg(long, env = "MESHBENCH_SCRAPE_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub scrape_interval: Duration,
+    /// How long a mesh may take to become ready before its run fails.
+    #[arg(long, env = "MESHBENCH_READY_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
     /// Log as JSON lines (the default in a cluster).
     #[arg(long, env = "MESHBENCH_LOG_JSON", default_value_t = true, action = clap::ArgAction::Set)]
     pub log_json: bool,
+}
+
+fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    meshbench_crds::units::Duration::parse(s).map_err(|e| e.to_string())
 }
 
 /// Shared state of the HTTP server.
@@ -160,15 +190,40 @@ fn init_tracing(json: bool) {
     };
 }
 
-async fn run_controllers(client: Client, args: &OperatorArgs, metrics: Arc<Metrics>) {
-    let render = RenderOptions {
+/// The render options of both controllers.
+pub fn render_options(args: &OperatorArgs) -> RenderOptions {
+    RenderOptions {
         image: args.image.clone(),
         worker_command: args.worker_command.clone(),
+        results_base_url: args.results_url.clone().unwrap_or_else(|| {
+            format!(
+                "http://meshbench-operator.{}.svc:{}",
+                args.lease_namespace,
+                args.listen.port()
+            )
+        }),
         ..RenderOptions::default()
-    };
+    }
+}
+
+async fn run_controllers(client: Client, args: &OperatorArgs, metrics: Arc<Metrics>) {
+    let render = render_options(args);
     let ctx = Arc::new(Context::new(
         client.clone(),
+        render.clone(),
+        metrics.clone(),
+        Some(args.identity.clone()),
+    ));
+    let bench_ctx = Arc::new(bench_controller::Context::new(
+        client.clone(),
         render,
+        Store::new(&args.data_dir),
+        bench_controller::Settings {
+            prometheus_url: args.prometheus_url.clone(),
+            scrape_interval: args.scrape_interval,
+            ready_timeout: args.ready_timeout,
+            ..bench_controller::Settings::default()
+        },
         metrics,
         Some(args.identity.clone()),
     ));
@@ -185,7 +240,21 @@ async fn run_controllers(client: Client, args: &OperatorArgs, metrics: Arc<Metri
     let ns = &args.watch_namespace;
     let owned =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=meshbench-operator");
-    Controller::new(api::<ServiceMesh>(&client, ns), watcher::Config::default())
+    let benchmarks = Controller::new(api::<Benchmark>(&client, ns), watcher::Config::default())
+        .owns(api::<Job>(&client, ns), owned.clone())
+        .shutdown_on_signal()
+        .run(
+            bench_controller::reconcile,
+            bench_controller::error_policy,
+            bench_ctx,
+        )
+        .for_each(|r| async move {
+            match r {
+                Ok((o, _)) => tracing::debug!(object = %o, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        });
+    let meshes = Controller::new(api::<ServiceMesh>(&client, ns), watcher::Config::default())
         .owns(api::<ConfigMap>(&client, ns), owned.clone())
         .owns(api::<Service>(&client, ns), owned.clone())
         .owns(api::<Deployment>(&client, ns), owned.clone())
@@ -201,8 +270,8 @@ async fn run_controllers(client: Client, args: &OperatorArgs, metrics: Arc<Metri
                 Ok((o, _)) => tracing::debug!(object = %o, "reconciled"),
                 Err(e) => tracing::debug!(error = %e, "reconcile error"),
             }
-        })
-        .await;
+        });
+    futures::join!(meshes, benchmarks);
 }
 
 /// Runs the operator until SIGTERM/Ctrl-C or until the Lease is lost.
@@ -229,7 +298,11 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
             source,
         })?;
     tracing::info!(listen = %args.listen, "serving health and metrics");
-    let router = app(state.clone());
+    let results = Arc::new(ResultsState {
+        client: client.clone(),
+        store: Store::new(&args.data_dir),
+    });
+    let router = app(state.clone()).merge(results::routes(results));
     let server =
         tokio::spawn(async move { axum::serve(listener, router.into_make_service()).await });
     // The client works and the CRDs exist: a follower is ready to take over.

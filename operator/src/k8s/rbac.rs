@@ -33,16 +33,44 @@ const OWNED: &[&str] = &["list", "watch", "create", "patch", "delete"];
 pub const PERMISSIONS: &[Permission] = &[
     // The ServiceMesh controller watches meshes and writes their status (server-side
     // apply is a PATCH).
+    // The Benchmark controller reads the meshes a benchmark names.
     Permission {
         group: "meshbench.io",
         resource: "servicemeshes",
-        verbs: &["list", "watch"],
+        verbs: &["get", "list", "watch"],
         scope: Scope::Cluster,
     },
     Permission {
         group: "meshbench.io",
         resource: "servicemeshes/status",
         verbs: &["patch"],
+        scope: Scope::Cluster,
+    },
+    // The Benchmark controller watches benchmarks and keeps its run state in their status.
+    Permission {
+        group: "meshbench.io",
+        resource: "benchmarks",
+        verbs: &["list", "watch"],
+        scope: Scope::Cluster,
+    },
+    Permission {
+        group: "meshbench.io",
+        resource: "benchmarks/status",
+        verbs: &["patch"],
+        scope: Scope::Cluster,
+    },
+    // Load Jobs: applied per step, read for their outcome, deleted once the results are in.
+    Permission {
+        group: "batch",
+        resource: "jobs",
+        verbs: &["get", "list", "watch", "create", "patch", "delete"],
+        scope: Scope::Cluster,
+    },
+    // The per-benchmark results token: created once, read to check uploads and downloads.
+    Permission {
+        group: "",
+        resource: "secrets",
+        verbs: &["get", "create"],
         scope: Scope::Cluster,
     },
     // Objects of a mesh: applied (PATCH; create is checked when the apply creates),

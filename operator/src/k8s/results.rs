@@ -1,0 +1,248 @@
+//! The operator's results endpoint: load Jobs POST their results here, and
+//! `meshbench results` downloads finished reports from here.
+//!
+//! Routes (all under `/v1`, all requiring the benchmark's token from its Secret
+//! `<benchmark>-results-token`, as `Authorization: Bearer` or `X-Meshbench-Token` — the
+//! latter because the API server's service proxy consumes `Authorization` itself):
+//! - `POST /v1/results/{namespace}/{benchmark}/{run}/{ordinal}`: one loadgen instance's
+//!   result JSON, at most 16 MiB; stored on the report volume by instance index.
+//! - `GET /v1/reports/{namespace}/{benchmark}/{run}`: the report's file list (JSON).
+//! - `GET /v1/reports/{namespace}/{benchmark}/{run}/{*file}`: one file of it.
+//!
+//! Why a token and not the pods' service-account identity: the Job pods run without a
+//! service-account token (Pod Security "restricted" and least privilege), and a token per
+//! benchmark limits what a leaked one can reach to that benchmark's results.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::Api;
+use meshbench_loadgen::LoadResult;
+
+use super::render::{TOKEN_KEY, token_secret_name};
+use super::store::{Store, valid_component};
+
+/// Largest accepted result body.
+pub const MAX_RESULT_BYTES: usize = 16 * 1024 * 1024;
+
+/// Header carrying the token through the API server's service proxy.
+pub const TOKEN_HEADER: &str = "x-meshbench-token";
+
+/// Shared state of the results routes.
+#[derive(Clone)]
+pub struct ResultsState {
+    /// Reads the token Secrets.
+    pub client: Client,
+    /// The report volume.
+    pub store: Store,
+}
+
+impl std::fmt::Debug for ResultsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResultsState")
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+/// The results routes.
+pub fn routes(state: Arc<ResultsState>) -> Router {
+    Router::new()
+        .route(
+            "/v1/results/{namespace}/{benchmark}/{run}/{ordinal}",
+            post(post_result),
+        )
+        .route(
+            "/v1/reports/{namespace}/{benchmark}/{run}",
+            get(list_report),
+        )
+        .route(
+            "/v1/reports/{namespace}/{benchmark}/{run}/{*file}",
+            get(get_report_file),
+        )
+        .layer(DefaultBodyLimit::max(MAX_RESULT_BYTES))
+        .with_state(state)
+}
+
+fn reject(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, message.into()).into_response()
+}
+
+fn presented_token(headers: &HeaderMap) -> Option<&str> {
+    if let Some(t) = headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()) {
+        return Some(t.trim());
+    }
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// Compares without an early exit, so response times say nothing about the token.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks the names in the path and the token; `Err` is the response to send.
+async fn authorize(
+    state: &ResultsState,
+    headers: &HeaderMap,
+    namespace: &str,
+    benchmark: &str,
+    run: &str,
+) -> Result<(), Response> {
+    for n in [namespace, benchmark, run] {
+        if !valid_component(n) {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                format!("invalid name {n:?}"),
+            ));
+        }
+    }
+    let Some(presented) = presented_token(headers) else {
+        return Err(reject(
+            StatusCode::UNAUTHORIZED,
+            "missing token (Authorization: Bearer or X-Meshbench-Token)",
+        ));
+    };
+    let secrets: Api<Secret> = Api::namespaced(state.client.clone(), namespace);
+    let secret = match secrets.get_opt(&token_secret_name(benchmark)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, namespace, benchmark, "cannot read the token Secret");
+            return Err(reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot read the benchmark's token",
+            ));
+        }
+    };
+    let expected = secret
+        .and_then(|s| s.data)
+        .and_then(|mut d| d.remove(TOKEN_KEY))
+        .map(|b| b.0);
+    match expected {
+        Some(e) if same(&e, presented.as_bytes()) => Ok(()),
+        // Unknown benchmark and wrong token answer alike.
+        _ => Err(reject(
+            StatusCode::FORBIDDEN,
+            "token not valid for this benchmark",
+        )),
+    }
+}
+
+async fn post_result(
+    State(state): State<Arc<ResultsState>>,
+    Path((namespace, benchmark, run, ordinal)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, &namespace, &benchmark, &run).await {
+        return r;
+    }
+    let Ok(ordinal) = ordinal.parse::<usize>() else {
+        return reject(StatusCode::BAD_REQUEST, "the step ordinal is not a number");
+    };
+    if !state.store.has_run(&namespace, &run) {
+        return reject(
+            StatusCode::NOT_FOUND,
+            format!("no run {run} in {namespace}"),
+        );
+    }
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return reject(StatusCode::BAD_REQUEST, "the body is not UTF-8");
+    };
+    let result = match LoadResult::from_json(text) {
+        Ok(r) => r,
+        Err(e) => {
+            return reject(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("not a load result: {e}"),
+            );
+        }
+    };
+    if result.plan.labels.get("run").is_some_and(|r| r != &run) {
+        return reject(
+            StatusCode::CONFLICT,
+            "the result belongs to another run (labels.run)",
+        );
+    }
+    let index = result.plan.instance.index;
+    match state
+        .store
+        .save_instance_result(&namespace, &run, ordinal, index, &result)
+    {
+        Ok(()) => {
+            tracing::info!(
+                namespace,
+                benchmark,
+                run,
+                ordinal,
+                index,
+                "load result stored"
+            );
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot store a load result");
+            reject(StatusCode::INTERNAL_SERVER_ERROR, "cannot store the result")
+        }
+    }
+}
+
+async fn list_report(
+    State(state): State<Arc<ResultsState>>,
+    Path((namespace, benchmark, run)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, &namespace, &benchmark, &run).await {
+        return r;
+    }
+    if !state.store.has_run(&namespace, &run) {
+        return reject(
+            StatusCode::NOT_FOUND,
+            format!("no run {run} in {namespace}"),
+        );
+    }
+    match state.store.report_files(&namespace, &run) {
+        Ok(files) => axum::Json(serde_json::json!({ "run": run, "files": files })).into_response(),
+        Err(e) => reject(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn get_report_file(
+    State(state): State<Arc<ResultsState>>,
+    Path((namespace, benchmark, run, file)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, &namespace, &benchmark, &run).await {
+        return r;
+    }
+    // Only files the listing names are served: no path escapes the run directory.
+    let path = match state.store.report_file(&namespace, &run, &file) {
+        Ok(Some(p)) => p,
+        Ok(None) => return reject(StatusCode::NOT_FOUND, format!("no file {file:?}")),
+        Err(e) => return reject(StatusCode::NOT_FOUND, e.to_string()),
+    };
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => {
+            let kind = match path.extension().and_then(|e| e.to_str()) {
+                Some("html") => "text/html; charset=utf-8",
+                Some("json") => "application/json",
+                Some("csv") => "text/csv",
+                Some("svg") => "image/svg+xml",
+                Some("png") => "image/png",
+                _ => "application/octet-stream",
+            };
+            ([(header::CONTENT_TYPE, kind)], bytes).into_response()
+        }
+        Err(e) => reject(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

@@ -1,0 +1,264 @@
+//! The operator's report volume: one directory per run, `<root>/<namespace>/<run id>/`.
+//!
+//! A run directory holds the report (the analysis crate's layout: run.json, tables,
+//! plots, report.html) and, under `inputs/`, what the report is built from: the spec as
+//! it was when the run started, each step's merged load result and its collected samples.
+//! Everything the Benchmark controller needs beyond its status lives here, so the
+//! controller can rebuild the report at any reconcile, after a restart too. Every file is
+//! written atomically.
+
+use std::path::{Path, PathBuf};
+
+use meshbench_analysis::Sample;
+use meshbench_analysis::rundir::write_atomic;
+use meshbench_crds::{Benchmark, ServiceMesh};
+use meshbench_loadgen::LoadResult;
+use serde::{Deserialize, Serialize};
+use std::io::Write as _;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A name that cannot be a path component (empty, `.`/`..`, or with a `/`).
+    #[error("{0:?} is not a valid name for a directory of the report volume")]
+    BadName(String),
+}
+
+/// Result alias of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The spec a run started with: the plan never changes under a running experiment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpecSnapshot {
+    /// The Benchmark.
+    pub benchmark: Benchmark,
+    /// Its meshes, in the order of `spec.meshes`.
+    pub meshes: Vec<ServiceMesh>,
+}
+
+/// The report volume.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// Whether `name` is safe as one path component (Kubernetes names always are).
+pub fn valid_component(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+}
+
+fn component(name: &str) -> Result<&str> {
+    if valid_component(name) {
+        Ok(name)
+    } else {
+        Err(Error::BadName(name.to_string()))
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::Io {
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+impl Store {
+    /// A store rooted at `root` (created on first write).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory of run `run` of namespace `ns`.
+    pub fn run_dir(&self, ns: &str, run: &str) -> Result<PathBuf> {
+        Ok(self.root.join(component(ns)?).join(component(run)?))
+    }
+
+    fn inputs(&self, ns: &str, run: &str) -> Result<PathBuf> {
+        Ok(self.run_dir(ns, run)?.join("inputs"))
+    }
+
+    /// Creates the run directory and records the spec the run starts with.
+    pub fn start_run(&self, ns: &str, run: &str, spec: &SpecSnapshot) -> Result<PathBuf> {
+        let inputs = self.inputs(ns, run)?;
+        std::fs::create_dir_all(inputs.join("results")).map_err(io(&inputs))?;
+        write_json(&inputs.join("spec.json"), spec)?;
+        self.run_dir(ns, run)
+    }
+
+    /// Whether run `run` exists.
+    pub fn has_run(&self, ns: &str, run: &str) -> bool {
+        self.inputs(ns, run).is_ok_and(|p| p.is_dir())
+    }
+
+    /// The spec run `run` started with.
+    pub fn spec(&self, ns: &str, run: &str) -> Result<SpecSnapshot> {
+        read_json(&self.inputs(ns, run)?.join("spec.json"))
+    }
+
+    /// Stores the result of loadgen instance `index` of step `ordinal`.
+    pub fn save_instance_result(
+        &self,
+        ns: &str,
+        run: &str,
+        ordinal: usize,
+        index: u32,
+        result: &LoadResult,
+    ) -> Result<()> {
+        let dir = self.inputs(ns, run)?.join("results");
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        write_json(&dir.join(format!("{ordinal}-{index}.json")), result)
+    }
+
+    /// The instance results of step `ordinal` received so far, by instance index.
+    pub fn instance_results(&self, ns: &str, run: &str, ordinal: usize) -> Result<Vec<LoadResult>> {
+        let dir = self.inputs(ns, run)?.join("results");
+        let prefix = format!("{ordinal}-");
+        let mut found: Vec<(u32, LoadResult)> = Vec::new();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&dir)(e)),
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(index) = name
+                .strip_prefix(&prefix)
+                .and_then(|r| r.strip_suffix(".json"))
+                .and_then(|i| i.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            found.push((index, read_json::<LoadResult>(&entry.path())?));
+        }
+        found.sort_by_key(|(i, _)| *i);
+        Ok(found.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// Stores the merged load result of step `ordinal`.
+    pub fn save_step_result(
+        &self,
+        ns: &str,
+        run: &str,
+        ordinal: usize,
+        result: &LoadResult,
+    ) -> Result<()> {
+        write_json(
+            &self.inputs(ns, run)?.join(format!("step-{ordinal}.json")),
+            result,
+        )
+    }
+
+    /// The merged load result of step `ordinal`, if the step finished.
+    pub fn step_result(&self, ns: &str, run: &str, ordinal: usize) -> Result<Option<LoadResult>> {
+        let path = self.inputs(ns, run)?.join(format!("step-{ordinal}.json"));
+        if !path.exists() {
+            return Ok(None);
+        }
+        read_json(&path).map(Some)
+    }
+
+    /// Stores the samples collected after step `ordinal`.
+    pub fn save_samples(
+        &self,
+        ns: &str,
+        run: &str,
+        ordinal: usize,
+        samples: &[Sample],
+    ) -> Result<()> {
+        write_json(
+            &self
+                .inputs(ns, run)?
+                .join(format!("samples-{ordinal}.json")),
+            &samples,
+        )
+    }
+
+    /// Every sample collected in the run, in step order.
+    pub fn samples(&self, ns: &str, run: &str, steps: usize) -> Result<Vec<Sample>> {
+        let inputs = self.inputs(ns, run)?;
+        let mut out = Vec::new();
+        for ordinal in 0..steps {
+            let path = inputs.join(format!("samples-{ordinal}.json"));
+            if path.exists() {
+                out.extend(read_json::<Vec<Sample>>(&path)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The report's files of a run, relative to its directory, sorted; `inputs/` is not
+    /// part of the report.
+    pub fn report_files(&self, ns: &str, run: &str) -> Result<Vec<String>> {
+        let dir = self.run_dir(ns, run)?;
+        let mut out = Vec::new();
+        let mut stack = vec![dir.clone()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).map_err(io(&d))?.flatten() {
+                let path = entry.path();
+                let rel = path
+                    .strip_prefix(&dir)
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let hidden = entry.file_name().to_string_lossy().starts_with('.');
+                if hidden || rel == "inputs" {
+                    continue;
+                }
+                match entry.file_type() {
+                    Ok(t) if t.is_dir() => stack.push(path),
+                    Ok(t) if t.is_file() => out.push(rel),
+                    _ => {}
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The path of report file `rel` of a run, when `rel` is one of its report files.
+    pub fn report_file(&self, ns: &str, run: &str, rel: &str) -> Result<Option<PathBuf>> {
+        let files = self.report_files(ns, run)?;
+        files
+            .iter()
+            .any(|f| f == rel)
+            .then(|| self.run_dir(ns, run).map(|d| d.join(rel)))
+            .transpose()
+    }
+}
+
+fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
+    write_atomic(path, |w| {
+        serde_json::to_writer(&mut *w, value).map_err(|e| e.to_string())?;
+        w.write_all(b"\n").map_err(|e| e.to_string())
+    })
+    .map_err(|e| Error::Io {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    serde_json::from_str(&text).map_err(|e| Error::Io {
+        path: path.to_owned(),
+        message: format!("not the expected JSON: {e}"),
+    })
+}
