@@ -18,6 +18,7 @@ use fake_api::FakeApi;
 use k8s_openapi::api::core::v1::Secret;
 use meshbench_crds::{Benchmark, ServiceMesh};
 use meshbench_operator::k8s::bench_controller::{self, Settings, cursor_of, ordinal};
+use meshbench_operator::k8s::export::Exporter;
 use meshbench_operator::k8s::fetch::{self, ResultsArgs};
 use meshbench_operator::k8s::mesh_controller;
 use meshbench_operator::k8s::metrics::Metrics;
@@ -84,6 +85,8 @@ struct Operator {
 impl Operator {
     /// Starts on `port` (0: any free port); the report volume is `data`.
     async fn start(api: &Arc<FakeApi>, data: &Path, port: u16) -> Operator {
+        // Reports are also exported, to a file:// store beside the volume.
+        let export_url = format!("file://{}/exported", data.parent().unwrap().display());
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind the results endpoint");
@@ -115,6 +118,7 @@ impl Operator {
                 store,
                 Settings {
                     start_delay: Duration::from_millis(1500),
+                    export: Some(Arc::new(Exporter::new(&export_url).expect("export URL"))),
                     ..Settings::default()
                 },
                 metrics,
@@ -309,9 +313,10 @@ async fn a_benchmark_runs_from_apply_to_downloaded_report_across_an_operator_res
     let (mesh, bench) = documents();
     api.create(MB, "servicemeshes", mesh);
     api.create(MB, "benchmarks", bench);
-    let data = tempfile::tempdir().unwrap();
+    let volumes = tempfile::tempdir().unwrap();
+    let data = volumes.path().join("reports");
     let scratch = tempfile::tempdir().unwrap();
-    let mut op = Operator::start(&api, data.path(), 0).await;
+    let mut op = Operator::start(&api, &data, 0).await;
     let mut cluster = Cluster::default();
     let mut restarted_with_a_job_pending = false;
     let mut phases = Vec::new();
@@ -331,7 +336,7 @@ async fn a_benchmark_runs_from_apply_to_downloaded_report_across_an_operator_res
             // over on the same port (the Job's results URL) and the same volume.
             let port = op.stop();
             tokio::time::sleep(Duration::from_millis(100)).await;
-            op = Operator::start(&api, data.path(), port).await;
+            op = Operator::start(&api, &data, port).await;
             restarted_with_a_job_pending = true;
             continue;
         }
@@ -390,9 +395,11 @@ async fn a_benchmark_runs_from_apply_to_downloaded_report_across_an_operator_res
     }
     assert_eq!(status.slo_verdict.as_deref(), Some("Pass"), "{dump}");
     let run = status.run_id.clone().unwrap();
+    // Exported: the status points at the copy, which holds every report file.
+    let exported = volumes.path().join("exported").join(NS).join(&run);
     assert_eq!(
-        status.report_location.as_deref(),
-        Some(format!("pvc://meshbench-reports/{NS}/{run}").as_str())
+        status.report_location,
+        Some(format!("file://{}", exported.display()))
     );
     let complete = status
         .conditions
@@ -405,7 +412,7 @@ async fn a_benchmark_runs_from_apply_to_downloaded_report_across_an_operator_res
     );
 
     // The report on the volume, from both instances of both steps.
-    let dir = data.path().join(NS).join(&run);
+    let dir = data.join(NS).join(&run);
     for f in ["report.html", "run.json", "steps.parquet", "steps.csv"] {
         assert!(dir.join(f).is_file(), "{f} missing in {}", dir.display());
     }
@@ -493,6 +500,12 @@ async fn a_benchmark_runs_from_apply_to_downloaded_report_across_an_operator_res
         std::fs::read(dir.join("report.html")).unwrap()
     );
     assert!(got.join("plots").is_dir());
+    assert_eq!(
+        std::fs::read(exported.join("report.html")).unwrap(),
+        std::fs::read(dir.join("report.html")).unwrap()
+    );
+    assert!(exported.join("plots").is_dir());
+    assert!(!exported.join("inputs").exists());
     assert!(!got.join("inputs").exists());
     // A second download never overwrites the first.
     let again = fetch::fetch(&api.client(NS), &args).await;
@@ -522,8 +535,9 @@ async fn a_benchmark_naming_a_missing_mesh_is_invalid_and_starts_nothing() {
     let api = FakeApi::new();
     let (_, bench) = documents();
     api.create(MB, "benchmarks", bench);
-    let data = tempfile::tempdir().unwrap();
-    let op = Operator::start(&api, data.path(), 0).await;
+    let volumes = tempfile::tempdir().unwrap();
+    let data = volumes.path().join("reports");
+    let op = Operator::start(&api, &data, 0).await;
     bench_controller::reconcile(Arc::new(bench_of(&api)), op.bench.clone())
         .await
         .unwrap();
@@ -542,7 +556,7 @@ async fn a_benchmark_naming_a_missing_mesh_is_invalid_and_starts_nothing() {
     assert!(status.run_id.is_none());
     assert!(api.all("", "secrets").is_empty());
     assert!(api.all("batch", "jobs").is_empty());
-    assert_eq!(std::fs::read_dir(data.path()).unwrap().count(), 0);
+    assert!(!data.exists(), "nothing written to the report volume");
     op.stop();
 }
 

@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use super::FIELD_MANAGER;
 use super::collect::{Collector, Window};
+use super::export::Exporter;
 use super::keys;
 use super::mesh_controller::{invalid_message, observe, set_condition};
 use super::metrics::Metrics;
@@ -117,6 +118,9 @@ pub struct Settings {
     pub start_delay: Duration,
     /// How a report location is shown in the status (e.g. `pvc://meshbench-reports`).
     pub location_prefix: String,
+    /// Where finished reports are copied to as well (S3 or a file system); the status
+    /// then points there.
+    pub export: Option<Arc<Exporter>>,
 }
 
 impl Default for Settings {
@@ -127,6 +131,7 @@ impl Default for Settings {
             ready_timeout: Duration::from_secs(600),
             start_delay: Duration::from_secs(20),
             location_prefix: "pvc://meshbench-reports".into(),
+            export: None,
         }
     }
 }
@@ -734,7 +739,7 @@ impl Run<'_> {
             exp::Action::Collect { cursor } => self.collect(*cursor, state, status).await?,
             // The mesh is the user's object: a run never deletes it.
             exp::Action::Teardown { .. } => Progress::Done(Outcome::Ok),
-            exp::Action::Analyse => self.analyse(state, status)?,
+            exp::Action::Analyse => self.analyse(state, status).await?,
             exp::Action::Finished => Progress::Done(Outcome::Ok),
         })
     }
@@ -1102,7 +1107,7 @@ impl Run<'_> {
         }
     }
 
-    fn analyse(&self, state: &RunState, status: &mut BenchmarkStatus) -> Result<Progress> {
+    async fn analyse(&self, state: &RunState, status: &mut BenchmarkStatus) -> Result<Progress> {
         let data = self.run_data(state, Some(Utc::now()))?;
         let dir = self.ctx.store.run_dir(&self.ns, &self.run_id)?;
         match RunDir::open(&dir).finish(&data) {
@@ -1121,6 +1126,27 @@ impl Run<'_> {
                     self.ns,
                     self.run_id
                 ));
+                if let Some(export) = &self.ctx.settings.export {
+                    match export
+                        .upload_run(&self.ctx.store, &self.ns, &self.run_id)
+                        .await
+                    {
+                        Ok(location) => status.report_location = Some(location),
+                        // The report is safe on the volume; the export is retried by
+                        // nobody, so say so loudly.
+                        Err(e) => {
+                            publish(
+                                self.ctx,
+                                self.bench,
+                                EventType::Warning,
+                                "ExportFailed",
+                                "Export",
+                                format!("the report stays on the volume only: {e}"),
+                            )
+                            .await;
+                        }
+                    }
+                }
                 Ok(Progress::Done(Outcome::Ok))
             }
             Err(e) => Ok(Progress::Done(Outcome::Failed(format!(

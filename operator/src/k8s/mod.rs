@@ -9,6 +9,7 @@
 
 pub mod bench_controller;
 pub mod collect;
+pub mod export;
 pub mod fetch;
 pub mod leader;
 pub mod mesh_controller;

@@ -28,6 +28,7 @@ use meshbench_crds::{Benchmark, ServiceMesh};
 use prometheus_client::registry::Registry;
 
 use super::bench_controller;
+use super::export::Exporter;
 use super::leader::{LeaderElector, LeaseSettings};
 use super::mesh_controller::{self, Context};
 use super::metrics::Metrics;
@@ -57,6 +58,9 @@ pub enum Error {
     /// Serving HTTP failed.
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
+    /// `--export-url` is not usable.
+    #[error("--export-url {0}")]
+    Export(String),
     /// Leader election failed or the Lease was lost.
     #[error("leader election: {0}")]
     Leader(#[from] super::leader::Error),
@@ -117,6 +121,10 @@ pub struct OperatorArgs {
     /// generators' figures only.
     #[arg(long, env = "MESHBENCH_PROMETHEUS_URL")]
     pub prometheus_url: Option<String>,
+    /// Also copy finished reports here: `s3://bucket/prefix` (credentials and endpoint from
+    /// the `AWS_*` variables) or `file:///path`.
+    #[arg(long, env = "MESHBENCH_EXPORT_URL")]
+    pub export_url: Option<String>,
     /// Prometheus's scrape interval (collection waits two after each step).
     #[arg(long, env = "MESHBENCH_SCRAPE_INTERVAL", default_value = "15s", value_parser = parse_duration)]
     pub scrape_interval: Duration,
@@ -206,7 +214,12 @@ pub fn render_options(args: &OperatorArgs) -> RenderOptions {
     }
 }
 
-async fn run_controllers(client: Client, args: &OperatorArgs, metrics: Arc<Metrics>) {
+async fn run_controllers(
+    client: Client,
+    args: &OperatorArgs,
+    metrics: Arc<Metrics>,
+    export: Option<Arc<Exporter>>,
+) {
     let render = render_options(args);
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -222,6 +235,7 @@ async fn run_controllers(client: Client, args: &OperatorArgs, metrics: Arc<Metri
             prometheus_url: args.prometheus_url.clone(),
             scrape_interval: args.scrape_interval,
             ready_timeout: args.ready_timeout,
+            export,
             ..bench_controller::Settings::default()
         },
         metrics,
@@ -277,6 +291,11 @@ async fn run_controllers(client: Client, args: &OperatorArgs, metrics: Arc<Metri
 /// Runs the operator until SIGTERM/Ctrl-C or until the Lease is lost.
 pub async fn run(args: OperatorArgs) -> Result<()> {
     init_tracing(args.log_json);
+    // A bad export URL is a configuration error: refuse to start rather than lose reports.
+    let export = match &args.export_url {
+        Some(url) => Some(Arc::new(Exporter::new(url).map_err(Error::Export)?)),
+        None => None,
+    };
     let client = Client::try_default().await.map_err(Error::Client)?;
     // Refuse to start without the CRDs, with an install hint.
     Api::<ServiceMesh>::all(client.clone())
@@ -309,7 +328,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     state.ready.store(true, Ordering::Relaxed);
 
     let result = if args.no_leader_election {
-        run_controllers(client, &args, metrics).await;
+        run_controllers(client, &args, metrics, export).await;
         Ok(())
     } else {
         let mut elector = LeaderElector::new(
@@ -326,7 +345,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         metrics.leader.set(1);
         tracing::info!("leading; starting controllers");
         tokio::select! {
-            () = run_controllers(client, &args, metrics.clone()) => Ok(()),
+            () = run_controllers(client, &args, metrics.clone(), export) => Ok(()),
             lost = elector.hold() => Err(Error::Leader(lost)),
         }
     };
