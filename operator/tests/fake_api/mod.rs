@@ -4,9 +4,12 @@
 //! It keeps objects by (group, resource, namespace, name) and answers what the controllers
 //! send: get, list with equality label selectors, create, delete, server-side apply (as a
 //! deep merge, which is what apply does for objects with one field manager), JSON merge
-//! patch, and the `/status` subresource. It stamps uid, resourceVersion, generation (on
+//! patch, replace with resourceVersion checks, and the `/status` subresource. It stamps uid, resourceVersion, generation (on
 //! spec changes) and creationTimestamp. Every request is checked against the operator's
 //! RBAC table; requests it does not grant are collected in [`FakeApi::forbidden`].
+
+// Each test file that includes this module uses a different part of it.
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -418,6 +421,28 @@ impl FakeApi {
                     new["metadata"]["name"] = json!(name);
                 }
                 let stored = self.stamp(existing.as_ref(), new);
+                objects.insert(key(name), stored.clone());
+                (StatusCode::OK, stored)
+            }
+            ("PUT", Some(name)) => {
+                // Replace with optimistic concurrency: the resourceVersion read must still
+                // be current.
+                let obj: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+                let Some(existing) = objects.get(&key(name)).cloned() else {
+                    return not_found(name);
+                };
+                let sent = obj["metadata"]["resourceVersion"].as_str().unwrap_or("");
+                if sent
+                    != existing["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap_or("")
+                {
+                    return (
+                        StatusCode::CONFLICT,
+                        status_body(409, "Conflict", format!("{name} was modified")),
+                    );
+                }
+                let stored = self.stamp(Some(&existing), obj);
                 objects.insert(key(name), stored.clone());
                 (StatusCode::OK, stored)
             }
