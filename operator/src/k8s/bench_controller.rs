@@ -1052,7 +1052,7 @@ impl Run<'_> {
         // The report is rebuilt after every step, so a partial one is always there.
         let data = self.run_data(state, None)?;
         let dir = self.ctx.store.run_dir(&self.ns, &self.run_id)?;
-        match RunDir::open(&dir).update(&data) {
+        match off_runtime(move || RunDir::open(&dir).update(&data)).await {
             Ok(analysis) => {
                 status.steps = analysis
                     .steps
@@ -1110,7 +1110,11 @@ impl Run<'_> {
     async fn analyse(&self, state: &RunState, status: &mut BenchmarkStatus) -> Result<Progress> {
         let data = self.run_data(state, Some(Utc::now()))?;
         let dir = self.ctx.store.run_dir(&self.ns, &self.run_id)?;
-        match RunDir::open(&dir).finish(&data) {
+        let written = {
+            let dir = dir.clone();
+            off_runtime(move || RunDir::open(&dir).finish(&data)).await
+        };
+        match written {
             Ok(_) => {
                 let run = meshbench_analysis::rundir::read_run_json(&dir).ok();
                 status.slo_verdict = run.and_then(|r| r.slo.pass).map(|p| {
@@ -1226,6 +1230,19 @@ impl Run<'_> {
         }
         data.samples = self.ctx.store.samples(&self.ns, &self.run_id, total)?;
         Ok(data)
+    }
+}
+
+/// Runs report building on the blocking pool: polars and the plots take CPU seconds that
+/// would otherwise stall the runtime's workers (and the health endpoint with them).
+async fn off_runtime<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, String>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("the report task failed: {e}")),
     }
 }
 
