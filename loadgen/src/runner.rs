@@ -3,17 +3,20 @@
 //! Goose provides the users, their HTTP clients, the transaction loop and the run's
 //! lifecycle. meshbench adds what Goose lacks, inside its model:
 //! - **Open loop** (Goose has no arrival-rate mode): the Goose users are the in-flight
-//!   slots. Each transaction claims the next planned send time from a shared
-//!   [`OpenSchedule`], sleeps until it, sends one request and measures latency from the
-//!   planned time. A claim made after its planned time (every slot was busy) is counted
-//!   late, or dropped past `maxLateness`.
+//!   slots. A slot claims the next planned send time from a shared [`OpenSchedule`],
+//!   sleeps until it, sends one request, measures latency from the planned time, and
+//!   claims again — all inside one Goose transaction, since returning to Goose after each
+//!   request costs its per-transaction bookkeeping. A claim made after its planned time
+//!   (every slot was busy) is counted late, or dropped past `maxLateness`.
 //! - **Closed loop**: Goose users looping one request, with think time; a user is active in
 //!   a stage when its index is below the stage's user count, so stages change concurrency
 //!   without restarting Goose.
 //! - **Stages, timing, results**: one timeline from `t0` (all users started, or the plan's
 //!   start time); every request's outcome is recorded into our own HDR histograms
 //!   ([`Collector`]); Goose's own metrics are switched off (`--no-metrics`) because they
-//!   time from the send, not from the planned time, and cost CPU.
+//!   time from the send, not from the planned time, and cost CPU. For the same reason
+//!   requests go straight through the users' client, one pool shared by all users as
+//!   Goose's shared client is, rather than through Goose's request path.
 //! - **Ending**: Goose checks its stop command only between transactions, so the run ends
 //!   by Goose's killswitch plus a token every waiting transaction watches.
 //!
@@ -28,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use goose::GooseAttack;
 use goose::config::GooseConfiguration;
-use goose::goose::{GooseRequest, GooseUser, Scenario, Transaction, TransactionResult};
+use goose::goose::{GooseUser, Scenario, Transaction, TransactionResult};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -221,6 +224,33 @@ pub(crate) fn prepare(plan: &LoadPlan) -> Result<PreparedRequest> {
     })
 }
 
+/// The client of every Goose user: one connection pool for all slots, as Goose's shared
+/// client, but tuned for load — redirects are not followed (a redirect is the target's
+/// answer, and following one parses the URL again on every request), no proxy lookup, and
+/// TCP_NODELAY so small requests leave at once.
+fn load_client(timeout: Duration) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .tcp_nodelay(true)
+        .timeout(timeout)
+        .user_agent(concat!("meshbench-loadgen/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| Error::Goose(format!("cannot build the HTTP client: {e}")))
+}
+
+/// The request every load request is a copy of: built once, so a send costs a clone of
+/// the URL, headers and body instead of a request builder's parsing and checks.
+fn request_template(req: &PreparedRequest, timeout: Duration) -> reqwest::Request {
+    let mut r = reqwest::Request::new(req.method.clone(), req.url.clone());
+    *r.headers_mut() = req.headers.clone();
+    *r.timeout_mut() = Some(timeout);
+    if let Some(b) = &req.body {
+        *r.body_mut() = Some(b.clone().into());
+    }
+    r
+}
+
 fn build_request(
     client: &reqwest::Client,
     req: &PreparedRequest,
@@ -294,7 +324,10 @@ struct Shared {
     max_lateness: Option<Duration>,
     think_time: Duration,
     timeout: Duration,
-    request: PreparedRequest,
+    /// The plan's request, as [`request_template`] builds it.
+    template: reqwest::Request,
+    /// The HTTP client every Goose user sends through (see [`load_client`]).
+    client: reqwest::Client,
     collector: Collector,
     t0: watch::Receiver<Option<Instant>>,
     /// Stop now: abort waits and in-flight requests.
@@ -347,13 +380,19 @@ async fn user_step(user: &mut GooseUser, sh: &Shared) -> TransactionResult {
                 done: false,
             };
             user.set_session_data(s);
+            user.client = sh.client.clone();
             sh.ready.fetch_add(1, Ordering::Release);
             s
         }
     };
     if state.done || sh.finish.is_cancelled() || sh.stop.is_cancelled() {
-        // Goose looks for its stop command between transactions; pausing keeps a user
-        // with nothing to do from spinning until then.
+        // A slot with nothing left to send waits for the run's end without waking up;
+        // after it, Goose looks for its stop command between transactions, and a short
+        // pause keeps the user from spinning until then.
+        tokio::select! {
+            _ = sh.finish.cancelled() => {}
+            _ = sh.stop.cancelled() => {}
+        }
         tokio::time::sleep(IDLE).await;
         return Ok(());
     }
@@ -375,8 +414,22 @@ async fn user_step(user: &mut GooseUser, sh: &Shared) -> TransactionResult {
     Ok(())
 }
 
-/// One open-loop slot turn: claim, wait, send. Returns true when the schedule is exhausted.
+/// An open-loop slot: claims, waits and sends until the schedule is exhausted or the run
+/// stops. The slot stays inside one Goose transaction for the whole run: returning to
+/// Goose after every request would cost its per-transaction bookkeeping each time.
 async fn open_step(user: &mut GooseUser, sh: &Shared, t0: Instant) -> bool {
+    loop {
+        if sh.stop.is_cancelled() || sh.finish.is_cancelled() {
+            return true;
+        }
+        if open_turn(user, sh, t0).await {
+            return true;
+        }
+    }
+}
+
+/// One open-loop slot turn: claim, wait, send. Returns true when the schedule is exhausted.
+async fn open_turn(user: &mut GooseUser, sh: &Shared, t0: Instant) -> bool {
     let Some(schedule) = &sh.schedule else {
         return true;
     };
@@ -417,8 +470,21 @@ async fn open_step(user: &mut GooseUser, sh: &Shared, t0: Instant) -> bool {
     }
 }
 
-/// One closed-loop user turn. Returns true when the run's timeline is over.
+/// A closed-loop user: sends, thinks and repeats until the timeline is over or the run
+/// stops, inside one Goose transaction (as [`open_step`]).
 async fn closed_step(user: &mut GooseUser, sh: &Shared, t0: Instant, index: u32) -> bool {
+    loop {
+        if sh.stop.is_cancelled() || sh.finish.is_cancelled() {
+            return true;
+        }
+        if closed_turn(user, sh, t0, index).await {
+            return true;
+        }
+    }
+}
+
+/// One closed-loop user turn. Returns true when the run's timeline is over.
+async fn closed_turn(user: &mut GooseUser, sh: &Shared, t0: Instant, index: u32) -> bool {
     let now = Instant::now();
     let offset = now.saturating_duration_since(t0);
     if now < t0 {
@@ -462,27 +528,29 @@ async fn send(
     send_delay: Option<Duration>,
     late: Option<Duration>,
 ) {
-    let rb = build_request(&user.client, &sh.request, sh.timeout);
+    // Straight through the user's client (Goose built it, with its settings): Goose's
+    // request path would build a request metric with the raw request's text for every
+    // request, which costs more CPU than the request itself and is switched off anyway.
+    let request = sh.template.try_clone();
     sh.collector.sent(stage, second, send_delay, late);
     sh.in_flight.fetch_add(1, Ordering::Relaxed);
     let exchange = async {
-        let request = GooseRequest::builder().set_request_builder(rb).build();
-        match user.request(request).await {
-            Err(_) => Outcome::Other,
-            Ok(goose) => match goose.response {
-                Err(e) => classify(&e),
-                Ok(mut resp) => {
-                    let status = resp.status().as_u16();
-                    // The response counts once its body is in, within the timeout.
-                    loop {
-                        match resp.chunk().await {
-                            Ok(Some(_)) => {}
-                            Ok(None) => break Outcome::Status(status),
-                            Err(e) => break classify(&e),
-                        }
+        let Some(request) = request else {
+            return Outcome::Other;
+        };
+        match user.client.execute(request).await {
+            Err(e) => classify(&e),
+            Ok(mut resp) => {
+                let status = resp.status().as_u16();
+                // The response counts once its body is in, within the timeout.
+                loop {
+                    match resp.chunk().await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => break Outcome::Status(status),
+                        Err(e) => break classify(&e),
                     }
                 }
-            },
+            }
         }
     };
     let outcome = tokio::select! {
@@ -694,7 +762,8 @@ pub async fn run_plan(plan: &LoadPlan, opts: RunOptions) -> Result<LoadResult> {
         max_lateness,
         think_time,
         timeout: plan.timeout,
-        request,
+        template: request_template(&request, plan.timeout),
+        client: load_client(plan.timeout)?,
         collector: Collector::new(stages.len(), record_tx),
         t0: t0_rx,
         stop: stop.clone(),
