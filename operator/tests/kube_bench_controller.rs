@@ -574,3 +574,64 @@ fn step_ordinals_round_trip() {
     }
     assert_eq!(cursor_of(&plan, 7).mesh, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_change_mid_run_cancels_it_keeps_its_report_and_starts_anew() {
+    let api = FakeApi::new();
+    let (mesh, bench) = documents();
+    api.create(MB, "servicemeshes", mesh);
+    api.create(MB, "benchmarks", bench);
+    let volumes = tempfile::tempdir().unwrap();
+    let data = volumes.path().join("reports");
+    let op = Operator::start(&api, &data, 0).await;
+    let mut cluster = Cluster::default();
+    // Up to the first load Job.
+    for _ in 0..100 {
+        reconcile_all(&api, &op).await;
+        cluster.deployments(&api).await;
+        if !api.all("batch", "jobs").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(api.all("batch", "jobs").len(), 1, "no load Job started");
+    let first = bench_of(&api).status.unwrap().run_id.unwrap();
+
+    let mut spec = bench_of(&api).spec;
+    spec.profile.stages.as_mut().unwrap().truncate(1);
+    api.update_spec(
+        MB,
+        "benchmarks",
+        NS,
+        "ramp",
+        serde_json::to_value(&spec).unwrap(),
+    );
+    reconcile_all(&api, &op).await;
+    let status = bench_of(&api).status.unwrap();
+    assert_eq!(status.run_id.as_deref(), Some(first.as_str()));
+    assert_eq!(status.phase, meshbench_crds::benchmark::Phase::Failed);
+    let complete = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Complete")
+        .unwrap();
+    assert_eq!(complete.reason, "Cancelled", "{complete:?}");
+    assert!(
+        api.all("batch", "jobs").is_empty(),
+        "the cancelled run's Job remains"
+    );
+    // Its report is there, marked partial.
+    let run_json: Value = serde_json::from_str(
+        &std::fs::read_to_string(data.join(NS).join(&first).join("run.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(run_json["partial"], true, "{run_json}");
+
+    // The next reconcile starts the new spec's run (a second later: run ids are per second).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    reconcile_all(&api, &op).await;
+    let status = bench_of(&api).status.unwrap();
+    assert_ne!(status.run_id.as_deref(), Some(first.as_str()));
+    assert!(!status.phase.is_terminal());
+    op.stop();
+}

@@ -394,6 +394,10 @@ async fn reconcile_inner(bench: &Benchmark, ctx: &Context) -> Result<Action> {
     };
     // A new spec mid-run: stop this run (keeping what it measured), then start anew.
     let cancel = !current;
+    if cancel && let Some(job) = state.job.take() {
+        // Its load would overlap the next run's.
+        run.remove_job(&job).await?;
+    }
     for _ in 0..MAX_TRANSITIONS {
         let action = state.machine.action(&run.plan);
         if action == exp::Action::Finished {
