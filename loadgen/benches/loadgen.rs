@@ -2,8 +2,8 @@
 //!
 //! `cargo bench -p meshbench-loadgen --bench loadgen` prints:
 //! 1. rate accuracy of the open loop at 100, 1000 and 5000 rps (and Goose's throttle),
-//! 2. capacity against a no-work target as a ratio to wrk, and CPU time per 1000 requests
-//!    at a fixed 5000 rps beside oha and hey,
+//! 2. capacity against a no-work target as a ratio to wrk (Locust for context), and CPU
+//!    time per 1000 requests at a fixed 5000 rps beside oha and hey,
 //! 3. the open loop against a target that saturates at a known rate, beside the closed loop.
 //!
 //! Every load generator runs as its own process; CPU time is the child's user + system
@@ -319,6 +319,64 @@ fn hey(url: &str, rate: u64, secs: u64) -> Option<Run> {
     })
 }
 
+/// Locust headless, one process, `users` FastHttpUsers without wait time; its rate is the
+/// aggregated requests/s of its stats CSV. (A host with a trailing `/` makes Locust send
+/// nothing, silently.)
+fn locust(url: &str, users: u32, secs: u64) -> Option<Run> {
+    let dir = std::env::temp_dir().join(format!("meshbench-locust-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let file = dir.join("locustfile.py");
+    std::fs::write(
+        &file,
+        "from locust import task\nfrom locust.contrib.fasthttp import FastHttpUser\n\n\
+         class Bench(FastHttpUser):\n    @task\n    def get(self):\n        self.client.get(\"/\")\n",
+    )
+    .ok()?;
+    let prefix = dir.join("run");
+    let (_, stderr, cpu) = measure(
+        Command::new("locust")
+            .args(["-f"])
+            .arg(&file)
+            .args(["--headless", "--only-summary", "-u"])
+            .arg(users.to_string())
+            .args(["-r"])
+            .arg(users.to_string())
+            .args([
+                "-t",
+                &format!("{secs}s"),
+                "--host",
+                url.trim_end_matches('/'),
+                "--csv",
+            ])
+            .arg(&prefix),
+    )?;
+    let csv = std::fs::read_to_string(dir.join("run_stats.csv")).ok();
+    let Some(csv) = csv else {
+        eprintln!("locust failed: {}", stderr.lines().last().unwrap_or(""));
+        return None;
+    };
+    let header: Vec<&str> = csv.lines().next()?.split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name);
+    let row: Vec<&str> = csv
+        .lines()
+        .find(|l| l.contains(",Aggregated,"))?
+        .split(',')
+        .collect();
+    let rate: f64 = row.get(col("Requests/s")?)?.parse().ok()?;
+    let requests: f64 = row.get(col("Request Count")?)?.parse().ok()?;
+    if requests == 0.0 {
+        eprintln!("locust sent no requests");
+        return None;
+    }
+    Some(Run {
+        requests,
+        rate,
+        cpu,
+        jitter_p99_us: None,
+        result: None,
+    })
+}
+
 fn oha_path() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("OHA") {
         return Some(p.into());
@@ -512,6 +570,17 @@ fn bench() {
             rate / wrk_rate,
             cpu
         );
+    }
+    // Locust, for context: the Python tool many studies use (FastHttpUser, one process).
+    match medians(reps.min(1), || locust(&url, 64, secs)) {
+        Some((rate, cpu, _)) => println!(
+            "{:<36} {:>12.0} {:>10.2} {:>18.1}",
+            "locust FastHttpUser, 64 users",
+            rate,
+            rate / wrk_rate,
+            cpu
+        ),
+        None => println!("locust not installed (pip install locust) or failed"),
     }
     // Highest open-loop rate sustained: 99 % of requests leave within 10 ms of their
     // planned time and complete successfully.
