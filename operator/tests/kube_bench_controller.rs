@@ -635,3 +635,68 @@ async fn a_spec_change_mid_run_cancels_it_keeps_its_report_and_starts_anew() {
     assert!(!status.phase.is_terminal());
     op.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_step_redeploy_restarts_the_mesh_before_each_later_step() {
+    let api = FakeApi::new();
+    let (mesh, mut bench) = documents();
+    bench["spec"]["redeploy"] = json!("perStep");
+    bench["spec"]["loadgen"]["parallelism"] = json!(1);
+    api.create(MB, "servicemeshes", mesh);
+    api.create(MB, "benchmarks", bench);
+    let volumes = tempfile::tempdir().unwrap();
+    let data = volumes.path().join("reports");
+    let scratch = tempfile::tempdir().unwrap();
+    let op = Operator::start(&api, &data, 0).await;
+    let mut cluster = Cluster::default();
+    for _ in 0..600 {
+        reconcile_all(&api, &op).await;
+        cluster.deployments(&api).await;
+        if bench_of(&api)
+            .status
+            .unwrap_or_default()
+            .phase
+            .is_terminal()
+        {
+            break;
+        }
+        cluster.jobs(&api, scratch.path()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = bench_of(&api).status.unwrap();
+    assert_eq!(
+        status.phase,
+        meshbench_crds::benchmark::Phase::Succeeded,
+        "{status:?}"
+    );
+    // The Deployment was restarted (by its own field manager, so the mesh controller's
+    // apply keeps the annotation) before the second step, and waited for again.
+    let dep = api.get("apps", "deployments", NS, "shop-api").unwrap();
+    assert!(
+        dep["spec"]["template"]["metadata"]["annotations"]["meshbench.io/restarted-at"].is_string(),
+        "{dep}"
+    );
+    let run = status.run_id.unwrap();
+    let run_json: Value = serde_json::from_str(
+        &std::fs::read_to_string(data.join(NS).join(&run).join("run.json")).unwrap(),
+    )
+    .unwrap();
+    let names: Vec<&str> = run_json["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| **n == "deploy shop").count(),
+        2,
+        "{names:?}"
+    );
+    assert_eq!(
+        names.iter().filter(|n| **n == "wait-ready shop").count(),
+        2,
+        "{names:?}"
+    );
+    assert_eq!(status.steps.len(), 2);
+    op.stop();
+}
