@@ -32,7 +32,7 @@ use meshbench_analysis::{
     StepLoad, StepMeta,
 };
 use meshbench_crds::benchmark::{BenchmarkStatus, Phase, StepSummary};
-use meshbench_crds::validate::validate_benchmark;
+use meshbench_crds::validate::{Issue, validate_benchmark};
 use meshbench_crds::{Benchmark, ServiceMesh};
 use meshbench_loadgen::LoadResult;
 use serde::{Deserialize, Serialize};
@@ -336,17 +336,30 @@ async fn reconcile_inner(bench: &Benchmark, ctx: &Context) -> Result<Action> {
         // A new spec, or a new Benchmark: validate against the meshes in the namespace.
         let meshes_api: Api<ServiceMesh> = Api::namespaced(ctx.client.clone(), &ns);
         let mut meshes = Vec::new();
-        for m in &bench.spec.meshes {
-            if let Some(mesh) = meshes_api
+        let mut missing = Vec::new();
+        for (i, m) in bench.spec.meshes.iter().enumerate() {
+            match meshes_api
                 .get_opt(m)
                 .await
                 .map_err(kube_err(format!("reading ServiceMesh {m}")))?
             {
-                meshes.push(mesh);
+                Some(mesh) => meshes.push(mesh),
+                // Said in cluster terms; `validate_benchmark` speaks of input files.
+                None => missing.push(
+                    Issue::new(
+                        format!("spec.meshes[{i}]"),
+                        format!("ServiceMesh {m:?} does not exist in namespace {ns}"),
+                    )
+                    .hint("apply it; the run starts once it exists"),
+                ),
             }
         }
-        let refs: Vec<&ServiceMesh> = meshes.iter().collect();
-        let issues = validate_benchmark(bench, &refs);
+        let issues = if missing.is_empty() {
+            let refs: Vec<&ServiceMesh> = meshes.iter().collect();
+            validate_benchmark(bench, &refs)
+        } else {
+            missing
+        };
         let now = k8s_now();
         if !issues.is_empty() {
             let message = invalid_message(&issues);
