@@ -91,8 +91,10 @@ pub enum Command {
     /// Run one worker (the generic microservice), as a pod's container does.
     Worker(Box<meshbench_worker::WorkerArgs>),
     /// Run the Kubernetes operator: reconciles ServiceMesh resources into Deployments,
-    /// Services and HPAs (see deploy/). Needs a kubeconfig or in-cluster credentials and
-    /// the CRDs installed (`meshbench crds | kubectl apply -f -`).
+    /// Services and HPAs, runs Benchmarks (load Jobs, Prometheus collection, reports on
+    /// the report volume) and serves the results endpoint (see deploy/). Needs a
+    /// kubeconfig or in-cluster credentials and the CRDs installed
+    /// (`meshbench crds | kubectl apply -f -`).
     Operator(Box<crate::k8s::operator::OperatorArgs>),
     /// Download a Benchmark's report from the operator in the cluster.
     ///

@@ -1,8 +1,10 @@
 //! The Kubernetes platform: what the operator applies (`render`, pure), the ServiceMesh
-//! controller (`mesh_controller`), the operator process (`operator`: leader election,
-//! health, metrics), the RBAC the code needs (`rbac`), the Pod Security checks the
-//! rendered pods are tested against (`pss`), and Prometheus collection (`promql`,
-//! `collect`).
+//! controller (`mesh_controller`), the Benchmark controller (`bench_controller`) with its
+//! report volume (`store`), results endpoint (`results`) and report export (`export`),
+//! `meshbench results` (`fetch`), the operator process (`operator`: leader election
+//! (`leader`), health, metrics), the RBAC the code needs (`rbac`), the Pod Security
+//! checks the rendered pods are tested against (`pss`), and Prometheus collection
+//! (`promql`, `collect`).
 //!
 //! The module is called `k8s` rather than `kube` so it does not shadow the `kube` crate
 //! inside this crate.

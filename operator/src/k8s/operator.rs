@@ -1,8 +1,9 @@
-//! The operator process (`meshbench operator`): leader election, the controllers, and
-//! an HTTP server with health endpoints and the operator's metrics.
+//! The operator process (`meshbench operator`): leader election, the ServiceMesh and
+//! Benchmark controllers, and an HTTP server with health endpoints, the operator's
+//! metrics and the results endpoint ([`super::results`]).
 //!
-//! Every replica serves `/healthz`, `/readyz` and `/metrics`; only the Lease holder runs
-//! the controllers. A replica that loses the Lease exits so its restart starts clean
+//! Every replica serves `/healthz`, `/readyz`, `/metrics` and `/v1/...`; only the Lease
+//! holder runs the controllers. A replica that loses the Lease exits so its restart starts clean
 //! (controller caches and in-flight reconciles cannot be handed over safely).
 
 use std::net::SocketAddr;
@@ -72,7 +73,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Arguments of `meshbench operator`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct OperatorArgs {
-    /// Address of the health (`/healthz`, `/readyz`) and metrics (`/metrics`) server.
+    /// Address of the HTTP server: health (`/healthz`, `/readyz`), metrics (`/metrics`)
+    /// and the results endpoint (`/v1/...`).
     #[arg(long, env = "MESHBENCH_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
     /// Image of workers and load generators.
