@@ -113,8 +113,8 @@ pub struct Settings {
     pub scrape_interval: Duration,
     /// How long a mesh may take to become ready before the run fails.
     pub ready_timeout: Duration,
-    /// How long after the first instance of a load Job starts the instances are told to
-    /// begin together (`startAtUnixMs`): time for the other pods to be scheduled.
+    /// How long after a multi-instance load Job is created its instances begin together
+    /// (`startAtUnixMs` in their plan): time for every pod to be scheduled and started.
     pub start_delay: Duration,
     /// How a report location is shown in the status (e.g. `pvc://meshbench-reports`).
     pub location_prefix: String,
