@@ -178,3 +178,33 @@ pub fn rates(bench: &BenchmarkSpec) -> Vec<f64> {
         .filter_map(|s| s.rate)
         .collect()
 }
+
+/// Records one measured step of mesh `mesh` in the analysis input: its timing and load
+/// from the loadgen stage that ran it. Both platforms record steps this way.
+pub fn record_step(
+    data: &mut meshbench_analysis::RunData,
+    mesh: &str,
+    cursor: crate::experiment::Cursor,
+    step: &PlannedStep,
+    stage: &meshbench_loadgen::result::StageResult,
+) {
+    let mut stage = stage.clone();
+    stage.index = cursor.step as u32;
+    data.steps.push(meshbench_analysis::StepMeta {
+        mesh: mesh.to_string(),
+        repetition: cursor.repetition,
+        index: cursor.step as u32,
+        name: step.name.clone(),
+        start_ms: stage.started_unix_ms as i64,
+        end_ms: stage.ended_unix_ms as i64,
+        target_rate: step.rate,
+        users: step.users,
+        warmup: false,
+    });
+    data.load.push(meshbench_analysis::StepLoad {
+        mesh: mesh.to_string(),
+        repetition: cursor.repetition,
+        step: cursor.step as u32,
+        stage,
+    });
+}

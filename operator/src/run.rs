@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 use meshbench_analysis::{
     Enforcement as ReportEnforcement, LimitsEnforcement, Phase as ReportPhase, Platform, RunData,
-    RunDir, RunMeta, StepLoad, StepMeta,
+    RunDir, RunMeta,
 };
 use meshbench_crds::{Benchmark, Bundle, ServiceMesh};
 use meshbench_loadgen::{CancellationToken, RunOptions, run_plan};
@@ -342,26 +342,10 @@ pub async fn run(args: RunArgs) -> u8 {
                             match result {
                                 Ok(result) => {
                                     let partial = result.partial;
-                                    if !warm && let Some(stage) = result.stages.first() {
-                                        let mut stage = stage.clone();
-                                        stage.index = cursor.step as u32;
-                                        data.steps.push(StepMeta {
-                                            mesh: mesh_name.clone(),
-                                            repetition: cursor.repetition,
-                                            index: cursor.step as u32,
-                                            name: step.name.clone(),
-                                            start_ms: stage.started_unix_ms as i64,
-                                            end_ms: stage.ended_unix_ms as i64,
-                                            target_rate: step.rate,
-                                            users: step.users,
-                                            warmup: false,
-                                        });
-                                        data.load.push(StepLoad {
-                                            mesh: mesh_name,
-                                            repetition: cursor.repetition,
-                                            step: cursor.step as u32,
-                                            stage,
-                                        });
+                                    if !warm && let Some(stage) = result.measured_stages().next() {
+                                        convert::record_step(
+                                            &mut data, &mesh_name, *cursor, &step, stage,
+                                        );
                                     }
                                     if partial {
                                         Outcome::Cancelled

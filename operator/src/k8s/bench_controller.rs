@@ -29,7 +29,6 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use meshbench_analysis::{
     Enforcement, LimitsEnforcement, Phase as ReportPhase, Platform, RunData, RunDir, RunMeta,
-    StepLoad, StepMeta,
 };
 use meshbench_crds::benchmark::{BenchmarkStatus, Phase, StepSummary};
 use meshbench_crds::validate::{Issue, validate_benchmark};
@@ -1071,6 +1070,12 @@ impl Run<'_> {
         let dir = self.ctx.store.run_dir(&self.ns, &self.run_id)?;
         match off_runtime(move || RunDir::open(&dir).update(&data)).await {
             Ok(analysis) => {
+                let verdicts = |row: &meshbench_analysis::tables::StepRow| {
+                    let (mesh, repetition, step) = (row.mesh.clone(), row.repetition, row.step);
+                    analysis.run.slo.steps.iter().filter(move |s| {
+                        s.mesh == mesh && s.repetition == repetition && s.step == step
+                    })
+                };
                 status.steps = analysis
                     .steps
                     .iter()
@@ -1086,28 +1091,8 @@ impl Run<'_> {
                         error_rate: row.error_ratio.unwrap_or_default(),
                         p50_ms: row.latency_p50_ms.unwrap_or_default(),
                         p99_ms: row.latency_p99_ms.unwrap_or_default(),
-                        slo_passed: analysis
-                            .run
-                            .slo
-                            .steps
-                            .iter()
-                            .filter(|s| {
-                                s.mesh == row.mesh
-                                    && s.repetition == row.repetition
-                                    && s.step == row.step
-                            })
-                            .all(|s| s.pass),
-                        violations: analysis
-                            .run
-                            .slo
-                            .steps
-                            .iter()
-                            .filter(|s| {
-                                s.mesh == row.mesh
-                                    && s.repetition == row.repetition
-                                    && s.step == row.step
-                                    && !s.pass
-                            })
+                        slo_passed: verdicts(row).all(|s| s.pass),
+                        violations: verdicts(row)
                             .flat_map(|s| s.violations.iter().map(|v| v.to_string()))
                             .collect(),
                     })
@@ -1225,25 +1210,7 @@ impl Run<'_> {
                 continue;
             };
             let mesh = self.plan.meshes.get(c.mesh).cloned().unwrap_or_default();
-            let mut stage = stage.clone();
-            stage.index = c.step as u32;
-            data.steps.push(StepMeta {
-                mesh: mesh.clone(),
-                repetition: c.repetition,
-                index: c.step as u32,
-                name: step.name.clone(),
-                start_ms: stage.started_unix_ms as i64,
-                end_ms: stage.ended_unix_ms as i64,
-                target_rate: step.rate,
-                users: step.users,
-                warmup: false,
-            });
-            data.load.push(StepLoad {
-                mesh,
-                repetition: c.repetition,
-                step: c.step as u32,
-                stage,
-            });
+            convert::record_step(&mut data, &mesh, c, step, stage);
         }
         data.samples = self.ctx.store.samples(&self.ns, &self.run_id, total)?;
         Ok(data)
