@@ -13,8 +13,8 @@
 //! A changed spec (new `metadata.generation`) cancels a running run — its report is
 //! written, marked partial — and then starts a new run with the new spec.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -25,7 +25,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use meshbench_analysis::{
     Enforcement, LimitsEnforcement, Phase as ReportPhase, Platform, RunData, RunDir, RunMeta,
@@ -44,6 +44,7 @@ use super::mesh_controller::{invalid_message, observe, set_condition};
 use super::metrics::Metrics;
 use super::promql::Vars;
 use super::render::{self, LoadStep, RenderOptions};
+use super::shared::{self, Failures};
 use super::store::{self, SpecSnapshot, Store};
 use crate::convert;
 use crate::experiment::{self as exp, Cursor, ExperimentPlan, Machine, Outcome};
@@ -149,7 +150,7 @@ pub struct Context {
     pub settings: Settings,
     /// The operator's metrics.
     pub metrics: Arc<Metrics>,
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Failures,
 }
 
 impl std::fmt::Debug for Context {
@@ -182,12 +183,8 @@ impl Context {
             store,
             settings,
             metrics,
-            failures: Mutex::new(HashMap::new()),
+            failures: Failures::default(),
         }
-    }
-
-    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -293,15 +290,8 @@ struct Run<'a> {
 pub async fn reconcile(bench: Arc<Benchmark>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let result = reconcile_inner(&bench, &ctx).await;
-    let key = format!(
-        "{}/{}",
-        bench.namespace().unwrap_or_default(),
-        bench.name_any()
-    );
     match &result {
-        Ok(_) => {
-            ctx.failures().remove(&key);
-        }
+        Ok(_) => ctx.failures.clear(&*bench),
         Err(e) => ctx.metrics.failure(CONTROLLER, e.metric_label()),
     }
     result
@@ -698,17 +688,7 @@ async fn publish(
     action: &str,
     note: String,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
-    };
-    // An Event is informational: failing to publish one must not fail the reconcile.
-    if let Err(e) = ctx.recorder.publish(&event, &bench.object_ref(&())).await {
-        tracing::warn!(error = %e, reason, "cannot publish event");
-    }
+    shared::publish(&ctx.recorder, bench, type_, reason, action, note).await;
 }
 
 fn elapsed_ms(since_ms: i64) -> Duration {
@@ -1232,18 +1212,7 @@ where
 
 /// Backoff after a failed reconcile: 5 s doubling per consecutive failure, at most 5 min.
 pub fn error_policy(bench: Arc<Benchmark>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = format!(
-        "{}/{}",
-        bench.namespace().unwrap_or_default(),
-        bench.name_any()
-    );
-    let n = {
-        let mut f = ctx.failures();
-        let n = f.entry(key).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
-    };
-    let delay = super::mesh_controller::backoff(n);
+    let (n, delay) = ctx.failures.record(&*bench);
     tracing::warn!(benchmark = %bench.name_any(), error = %error, failures = n, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }

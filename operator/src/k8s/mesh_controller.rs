@@ -6,8 +6,8 @@
 //! deletes them with the mesh; objects of services removed from the spec are found by
 //! label and deleted here.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use meshbench_crds::ServiceMesh;
 use meshbench_crds::mesh::{ServiceMeshStatus, ServiceStatus};
@@ -28,6 +28,7 @@ use super::FIELD_MANAGER;
 use super::keys;
 use super::metrics::Metrics;
 use super::render::{self, RenderOptions, ServiceObjects};
+use super::shared::{self, Failures};
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "servicemesh";
@@ -81,7 +82,7 @@ pub struct Context {
     /// The operator's metrics.
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per mesh, for the error policy's backoff.
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Failures,
 }
 
 impl std::fmt::Debug for Context {
@@ -109,13 +110,8 @@ impl Context {
             client,
             render,
             metrics,
-            failures: Mutex::new(HashMap::new()),
+            failures: Failures::default(),
         }
-    }
-
-    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
-        // A poisoned map only holds backoff counters; keep using it.
-        self.failures.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -358,17 +354,7 @@ async fn publish(
     action: &str,
     note: String,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
-    };
-    // An Event is informational: failing to publish one must not fail the reconcile.
-    if let Err(e) = ctx.recorder.publish(&event, &mesh.object_ref(&())).await {
-        tracing::warn!(error = %e, reason, "cannot publish event");
-    }
+    shared::publish(&ctx.recorder, mesh, type_, reason, action, note).await;
 }
 
 /// Applies one service's objects in dependency order and returns its Deployment as the
@@ -392,15 +378,8 @@ async fn apply_service(client: &Client, ns: &str, s: &ServiceObjects) -> Result<
 pub async fn reconcile(mesh: Arc<ServiceMesh>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let result = reconcile_inner(&mesh, &ctx).await;
-    let key = format!(
-        "{}/{}",
-        mesh.namespace().unwrap_or_default(),
-        mesh.name_any()
-    );
     match &result {
-        Ok(_) => {
-            ctx.failures().remove(&key);
-        }
+        Ok(_) => ctx.failures.clear(&*mesh),
         Err(e) => ctx.metrics.failure(CONTROLLER, e.metric_label()),
     }
     result
@@ -538,24 +517,9 @@ async fn reconcile_inner(mesh: &ServiceMesh, ctx: &Context) -> Result<Action> {
 
 /// Backoff after a failed reconcile: 5 s doubling per consecutive failure, at most 5 min.
 pub fn error_policy(mesh: Arc<ServiceMesh>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = format!(
-        "{}/{}",
-        mesh.namespace().unwrap_or_default(),
-        mesh.name_any()
-    );
-    let n = {
-        let mut f = ctx.failures();
-        let n = f.entry(key).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
-    };
-    let delay = backoff(n);
+    let (n, delay) = ctx.failures.record(&*mesh);
     tracing::warn!(mesh = %mesh.name_any(), error = %error, failures = n, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 
-/// The delay before retry number `failures` (1-based).
-pub fn backoff(failures: u32) -> Duration {
-    let secs = 5u64.saturating_mul(1u64 << failures.saturating_sub(1).min(16));
-    Duration::from_secs(secs.min(300))
-}
+pub use super::shared::backoff;

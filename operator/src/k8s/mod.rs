@@ -22,6 +22,7 @@ pub mod pss;
 pub mod rbac;
 pub mod render;
 pub mod results;
+pub mod shared;
 pub mod store;
 
 /// The one server-side-apply field manager every object and status is written with.
