@@ -1,7 +1,7 @@
 //! Lease leader election against the in-memory API server: one holder at a time, renewal,
 //! takeover after the lease duration, and a holder noticing it lost the Lease.
 
-mod fake_api;
+use crate::fake_api;
 
 use std::time::Duration;
 

@@ -8,7 +8,7 @@
 //! spec changes) and creationTimestamp. Every request is checked against the operator's
 //! RBAC table; requests it does not grant are collected in [`FakeApi::forbidden`].
 
-// Each test file that includes this module uses a different part of it.
+// Not every test uses every helper.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;

@@ -6,7 +6,7 @@
 //! written by the analysis crate to a real directory. The operator is restarted while a
 //! load Job runs; the run must continue from its status without a second Job.
 
-mod fake_api;
+use crate::fake_api;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
