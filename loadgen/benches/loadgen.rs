@@ -262,6 +262,11 @@ fn open_args(url: &str, rate: f64, secs: u64, in_flight: u32) -> Vec<String> {
     ]
 }
 
+fn with_threads(mut args: Vec<String>, threads: u16) -> Vec<String> {
+    args.extend(["--worker-threads".into(), threads.to_string()]);
+    args
+}
+
 fn closed_args(url: &str, users: u32, secs: u64) -> Vec<String> {
     vec![
         "--url".into(),
@@ -549,6 +554,9 @@ fn bench() {
     println!("\n== 2. Capacity against a no-work target, and cost at a fixed rate ==");
     let wrk_m = medians(reps, || wrk(&url, secs));
     let closed_m = medians(reps, || loadgen(&closed_args(&url, 64, secs)));
+    let closed2_m = medians(reps, || {
+        loadgen(&with_threads(closed_args(&url, 64, secs), 2))
+    });
     let wrk_rate = wrk_m.map(|m| m.0).unwrap_or(f64::NAN);
     println!(
         "{:<36} {:>12} {:>10} {:>18}",
@@ -562,14 +570,19 @@ fn bench() {
     } else {
         println!("wrk not available");
     }
-    if let Some((rate, cpu, _)) = closed_m {
-        println!(
-            "{:<36} {:>12.0} {:>10.2} {:>18.1}",
-            "loadgen closed loop, 64 users",
-            rate,
-            rate / wrk_rate,
-            cpu
-        );
+    for (name, m) in [
+        ("loadgen closed loop, 64 users", closed_m),
+        ("  same, --worker-threads 2", closed2_m),
+    ] {
+        if let Some((rate, cpu, _)) = m {
+            println!(
+                "{:<36} {:>12.0} {:>10.2} {:>18.1}",
+                name,
+                rate,
+                rate / wrk_rate,
+                cpu
+            );
+        }
     }
     // Locust, for context: the Python tool many studies use (FastHttpUser, one process).
     match medians(reps.min(1), || locust(&url, 64, secs)) {
@@ -626,6 +639,12 @@ fn bench() {
         (
             "meshbench-loadgen open loop (1000 slots)",
             medians(reps, || loadgen(&open_args(&url, fixed as f64, secs, 1000))),
+        ),
+        (
+            "  same, --worker-threads 2",
+            medians(reps, || {
+                loadgen(&with_threads(open_args(&url, fixed as f64, secs, 1000), 2))
+            }),
         ),
         (
             "oha -q 5000 --latency-correction -c 50",

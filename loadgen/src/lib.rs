@@ -15,6 +15,8 @@ pub mod result;
 #[cfg(feature = "runner")]
 mod cli;
 #[cfg(feature = "runner")]
+mod client;
+#[cfg(feature = "runner")]
 mod collector;
 #[cfg(feature = "runner")]
 pub mod live;
@@ -24,7 +26,9 @@ pub mod runner;
 mod schedule;
 
 #[cfg(feature = "runner")]
-pub use cli::{LoadgenArgs, cancel_on_signals, parse_start_at, plan_from_args, post_result, run};
+pub use cli::{
+    LoadgenArgs, cancel_on_signals, parse_start_at, plan_from_args, post_result, run, runtime,
+};
 #[cfg(feature = "runner")]
 pub use collector::RequestRecord;
 #[cfg(feature = "runner")]

@@ -20,10 +20,6 @@ use tracing_subscriber::EnvFilter;
 struct Cli {
     #[command(flatten)]
     args: LoadgenArgs,
-    /// Async runtime worker threads (default: one per CPU; 1 runs everything on one
-    /// thread, the cheapest per request when the target shares the machine).
-    #[arg(long, value_name = "N", env = "MESHBENCH_LOADGEN_THREADS")]
-    worker_threads: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -41,10 +37,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| EnvFilter::new("info,goose=error")),
         )
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match meshbench_loadgen::runtime(cli.args.worker_threads) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

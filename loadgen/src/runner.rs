@@ -1,7 +1,6 @@
 //! Runs a [`LoadPlan`] with Goose and returns a [`LoadResult`].
 //!
-//! Goose provides the users, their HTTP clients, the transaction loop and the run's
-//! lifecycle. meshbench adds what Goose lacks, inside its model:
+//! Goose provides the users, the transaction loop and the run's lifecycle. meshbench adds what Goose lacks, inside its model:
 //! - **Open loop** (Goose has no arrival-rate mode): the Goose users are the in-flight
 //!   slots. A slot claims the next planned send time from a shared [`OpenSchedule`],
 //!   sleeps until it, sends one request, measures latency from the planned time, and
@@ -15,8 +14,10 @@
 //!   start time); every request's outcome is recorded into our own HDR histograms
 //!   ([`Collector`]); Goose's own metrics are switched off (`--no-metrics`) because they
 //!   time from the send, not from the planned time, and cost CPU. For the same reason
-//!   requests go straight through the users' client, one pool shared by all users as
-//!   Goose's shared client is, rather than through Goose's request path.
+//!   requests go through [`LoadClient`] — hyper's HTTP/1.1 connections, a stack of idle
+//!   ones shared by all users, the request built once — rather than through Goose's
+//!   request path and the users' reqwest clients, which cost more CPU per request than
+//!   everything else together.
 //! - **Ending**: Goose checks its stop command only between transactions, so the run ends
 //!   by Goose's killswitch plus a token every waiting transaction watches.
 //!
@@ -36,6 +37,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::client::LoadClient;
 use crate::collector::{Collector, Outcome, RequestRecord, SecondData, bucket};
 use crate::live::{LiveMetrics, Progress};
 use crate::plan::{LoadModel, LoadPlan, ModelKind, PlanError, ResolvedStage};
@@ -224,46 +226,21 @@ pub(crate) fn prepare(plan: &LoadPlan) -> Result<PreparedRequest> {
     })
 }
 
-/// The client of every Goose user: one connection pool for all slots, as Goose's shared
-/// client, but tuned for load — redirects are not followed (a redirect is the target's
-/// answer, and following one parses the URL again on every request), no proxy lookup, and
-/// TCP_NODELAY so small requests leave at once.
-fn load_client(timeout: Duration) -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .tcp_nodelay(true)
-        .timeout(timeout)
-        .user_agent(concat!("meshbench-loadgen/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| Error::Goose(format!("cannot build the HTTP client: {e}")))
-}
-
-/// The request every load request is a copy of: built once, so a send costs a clone of
-/// the URL, headers and body instead of a request builder's parsing and checks.
-fn request_template(req: &PreparedRequest, timeout: Duration) -> reqwest::Request {
-    let mut r = reqwest::Request::new(req.method.clone(), req.url.clone());
-    *r.headers_mut() = req.headers.clone();
-    *r.timeout_mut() = Some(timeout);
-    if let Some(b) = &req.body {
-        *r.body_mut() = Some(b.clone().into());
-    }
-    r
-}
-
-fn build_request(
-    client: &reqwest::Client,
-    req: &PreparedRequest,
-    timeout: Duration,
-) -> reqwest::RequestBuilder {
-    let rb = client
-        .request(req.method.clone(), req.url.clone())
-        .headers(req.headers.clone())
-        .timeout(timeout);
-    match &req.body {
-        Some(b) => rb.body(b.clone()),
-        None => rb,
-    }
+/// The load client for the plan's request; a target it cannot speak to is a plan error.
+fn load_client(req: &PreparedRequest, timeout: Duration) -> Result<LoadClient> {
+    LoadClient::new(
+        req.method.clone(),
+        &req.url,
+        &req.headers,
+        req.body.as_deref(),
+        timeout,
+    )
+    .map_err(|message| {
+        Error::Plan(PlanError::Invalid {
+            field: "target".into(),
+            message,
+        })
+    })
 }
 
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
@@ -280,16 +257,6 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn classify(e: &reqwest::Error) -> Outcome {
-    if e.is_timeout() {
-        Outcome::Timeout
-    } else if e.is_connect() || e.is_request() || e.is_body() {
-        Outcome::Connection
-    } else {
-        Outcome::Other
-    }
-}
-
 /// Sends the plan's request once; an error when the target does not answer, a warning
 /// when it answers with a non-2xx status.
 async fn preflight(plan: &LoadPlan, req: &PreparedRequest) -> Result<Option<String>> {
@@ -298,17 +265,10 @@ async fn preflight(plan: &LoadPlan, req: &PreparedRequest) -> Result<Option<Stri
         url: req.url.to_string(),
         reason,
     };
-    let client = reqwest::Client::builder()
-        .timeout(plan.timeout.min(Duration::from_secs(10)))
-        .build()
-        .map_err(|e| fail(error_chain(&e)))?;
-    let resp = build_request(&client, req, plan.timeout.min(Duration::from_secs(10)))
-        .send()
-        .await
-        .map_err(|e| fail(error_chain(&e)))?;
-    let status = resp.status();
-    resp.bytes().await.map_err(|e| fail(error_chain(&e)))?;
-    Ok((!status.is_success()).then(|| {
+    // The same client as the load, so what the preflight accepts the run can send.
+    let client = load_client(req, plan.timeout.min(Duration::from_secs(10)))?;
+    let status = client.send().await.map_err(|e| fail(e.to_string()))?;
+    Ok((!(200..300).contains(&status)).then(|| {
         format!(
             "preflight {} {} answered {status}; the run went ahead",
             req.method, req.url
@@ -324,10 +284,8 @@ struct Shared {
     max_lateness: Option<Duration>,
     think_time: Duration,
     timeout: Duration,
-    /// The plan's request, as [`request_template`] builds it.
-    template: reqwest::Request,
-    /// The HTTP client every Goose user sends through (see [`load_client`]).
-    client: reqwest::Client,
+    /// The plan's request and the connections every slot sends through.
+    client: LoadClient,
     collector: Collector,
     t0: watch::Receiver<Option<Instant>>,
     /// Stop now: abort waits and in-flight requests.
@@ -380,7 +338,6 @@ async fn user_step(user: &mut GooseUser, sh: &Shared) -> TransactionResult {
                 done: false,
             };
             user.set_session_data(s);
-            user.client = sh.client.clone();
             sh.ready.fetch_add(1, Ordering::Release);
             s
         }
@@ -400,8 +357,8 @@ async fn user_step(user: &mut GooseUser, sh: &Shared) -> TransactionResult {
         return Ok(());
     };
     let finished = match sh.model {
-        ModelKind::Open => open_step(user, sh, t0).await,
-        ModelKind::Closed => closed_step(user, sh, t0, state.index).await,
+        ModelKind::Open => open_step(sh, t0).await,
+        ModelKind::Closed => closed_step(sh, t0, state.index).await,
     };
     if finished {
         if let Some(s) = user.get_session_data_mut::<UserState>() {
@@ -414,22 +371,29 @@ async fn user_step(user: &mut GooseUser, sh: &Shared) -> TransactionResult {
     Ok(())
 }
 
+/// A slot's view of the run's stop token, created once per slot.
+type Stopped<'a, 'b> = std::pin::Pin<&'a mut tokio_util::sync::WaitForCancellationFuture<'b>>;
+
 /// An open-loop slot: claims, waits and sends until the schedule is exhausted or the run
 /// stops. The slot stays inside one Goose transaction for the whole run: returning to
 /// Goose after every request would cost its per-transaction bookkeeping each time.
-async fn open_step(user: &mut GooseUser, sh: &Shared, t0: Instant) -> bool {
+async fn open_step(sh: &Shared, t0: Instant) -> bool {
+    // One stop future for the slot's life: registering a waiter per request costs two
+    // locks of the token's shared waiter list on every send.
+    let stopped = sh.stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         if sh.stop.is_cancelled() || sh.finish.is_cancelled() {
             return true;
         }
-        if open_turn(user, sh, t0).await {
+        if open_turn(sh, t0, stopped.as_mut()).await {
             return true;
         }
     }
 }
 
 /// One open-loop slot turn: claim, wait, send. Returns true when the schedule is exhausted.
-async fn open_turn(user: &mut GooseUser, sh: &Shared, t0: Instant) -> bool {
+async fn open_turn(sh: &Shared, t0: Instant, mut stopped: Stopped<'_, '_>) -> bool {
     let Some(schedule) = &sh.schedule else {
         return true;
     };
@@ -450,14 +414,15 @@ async fn open_turn(user: &mut GooseUser, sh: &Shared, t0: Instant) -> bool {
         }
         if planned > now {
             tokio::select! {
+                biased;
                 _ = tokio::time::sleep_until(planned.into()) => {}
-                _ = sh.stop.cancelled() => return true,
+                _ = stopped.as_mut() => return true,
             }
         }
         let send_delay = Instant::now().saturating_duration_since(planned);
         send(
-            user,
             sh,
+            stopped,
             p.stage,
             p.second,
             planned,
@@ -472,25 +437,28 @@ async fn open_turn(user: &mut GooseUser, sh: &Shared, t0: Instant) -> bool {
 
 /// A closed-loop user: sends, thinks and repeats until the timeline is over or the run
 /// stops, inside one Goose transaction (as [`open_step`]).
-async fn closed_step(user: &mut GooseUser, sh: &Shared, t0: Instant, index: u32) -> bool {
+async fn closed_step(sh: &Shared, t0: Instant, index: u32) -> bool {
+    let stopped = sh.stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         if sh.stop.is_cancelled() || sh.finish.is_cancelled() {
             return true;
         }
-        if closed_turn(user, sh, t0, index).await {
+        if closed_turn(sh, t0, index, stopped.as_mut()).await {
             return true;
         }
     }
 }
 
 /// One closed-loop user turn. Returns true when the run's timeline is over.
-async fn closed_turn(user: &mut GooseUser, sh: &Shared, t0: Instant, index: u32) -> bool {
+async fn closed_turn(sh: &Shared, t0: Instant, index: u32, mut stopped: Stopped<'_, '_>) -> bool {
     let now = Instant::now();
     let offset = now.saturating_duration_since(t0);
     if now < t0 {
         tokio::select! {
+            biased;
             _ = tokio::time::sleep_until(t0.into()) => {}
-            _ = sh.stop.cancelled() => return true,
+            _ = stopped.as_mut() => return true,
         }
         return false;
     }
@@ -501,17 +469,19 @@ async fn closed_turn(user: &mut GooseUser, sh: &Shared, t0: Instant, index: u32)
     if index >= c.users {
         let end = t0 + c.offset + c.duration;
         tokio::select! {
+            biased;
             _ = tokio::time::sleep_until(end.into()) => {}
-            _ = sh.stop.cancelled() => return true,
+            _ = stopped.as_mut() => return true,
         }
         return false;
     }
     let second = (offset - c.offset).as_secs().min(u64::from(u32::MAX)) as u32;
-    send(user, sh, stage, second, now, offset, None, None).await;
+    send(sh, stopped.as_mut(), stage, second, now, offset, None, None).await;
     if !sh.think_time.is_zero() {
         tokio::select! {
+            biased;
             _ = tokio::time::sleep(sh.think_time) => {}
-            _ = sh.stop.cancelled() => return true,
+            _ = stopped.as_mut() => return true,
         }
     }
     false
@@ -519,8 +489,8 @@ async fn closed_turn(user: &mut GooseUser, sh: &Shared, t0: Instant, index: u32)
 
 #[allow(clippy::too_many_arguments)]
 async fn send(
-    user: &mut GooseUser,
     sh: &Shared,
+    stopped: Stopped<'_, '_>,
     stage: usize,
     second: u32,
     start: Instant,
@@ -528,34 +498,22 @@ async fn send(
     send_delay: Option<Duration>,
     late: Option<Duration>,
 ) {
-    // Straight through the user's client (Goose built it, with its settings): Goose's
-    // request path would build a request metric with the raw request's text for every
-    // request, which costs more CPU than the request itself and is switched off anyway.
-    let request = sh.template.try_clone();
+    // Through our own client rather than Goose's request path and the user's reqwest
+    // client: Goose would build a request metric with the raw request's text for every
+    // request, and reqwest's general-purpose path costs more CPU than the rest of the
+    // request together (see `client.rs`).
     sh.collector.sent(stage, second, send_delay, late);
     sh.in_flight.fetch_add(1, Ordering::Relaxed);
     let exchange = async {
-        let Some(request) = request else {
-            return Outcome::Other;
-        };
-        match user.client.execute(request).await {
-            Err(e) => classify(&e),
-            Ok(mut resp) => {
-                let status = resp.status().as_u16();
-                // The response counts once its body is in, within the timeout.
-                loop {
-                    match resp.chunk().await {
-                        Ok(Some(_)) => {}
-                        Ok(None) => break Outcome::Status(status),
-                        Err(e) => break classify(&e),
-                    }
-                }
-            }
+        match sh.client.send().await {
+            Ok(status) => Outcome::Status(status),
+            Err(f) => f.outcome(),
         }
     };
     let outcome = tokio::select! {
+        biased;
         o = exchange => o,
-        _ = sh.stop.cancelled() => Outcome::Aborted,
+        _ = stopped => Outcome::Aborted,
     };
     let latency = start.elapsed();
     sh.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -762,8 +720,7 @@ pub async fn run_plan(plan: &LoadPlan, opts: RunOptions) -> Result<LoadResult> {
         max_lateness,
         think_time,
         timeout: plan.timeout,
-        template: request_template(&request, plan.timeout),
-        client: load_client(plan.timeout)?,
+        client: load_client(&request, plan.timeout)?,
         collector: Collector::new(stages.len(), record_tx),
         t0: t0_rx,
         stop: stop.clone(),

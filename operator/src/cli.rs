@@ -231,8 +231,12 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Loadgen(args) => {
             init_tracing("info,goose=error");
-            let Some(rt) = runtime() else {
-                return exit::code(1);
+            let rt = match meshbench_loadgen::runtime(args.worker_threads) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return exit::code(1);
+                }
             };
             match rt.block_on(meshbench_loadgen::run(*args)) {
                 Ok(result) if result.partial => {
