@@ -167,17 +167,30 @@ impl LoadClient {
     fn checkout(&self) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop() {
-            if c.is_ready() {
+            if !c.is_closed() {
                 return Some(c);
             }
         }
         None
     }
 
+    /// Returns a connection whose response was read in full. It may not be ready for the
+    /// next request yet — its task has not polled for one — so readiness is awaited at
+    /// checkout, where it is nearly always immediate, not required here.
     fn checkin(&self, c: Sender) {
-        if c.is_ready() {
+        if !c.is_closed() {
             self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(c);
         }
+    }
+
+    /// An idle connection ready for a request, or a new one. The flag says it was reused.
+    async fn connection(&self) -> Result<(Sender, bool), Failure> {
+        while let Some(mut c) = self.checkout() {
+            if c.ready().await.is_ok() {
+                return Ok((c, true));
+            }
+        }
+        Ok((self.connect().await?, false))
     }
 
     async fn connect(&self) -> Result<Sender, Failure> {
@@ -197,10 +210,7 @@ impl LoadClient {
     }
 
     async fn exchange(&self) -> Result<u16, Failure> {
-        let (mut conn, reused) = match self.checkout() {
-            Some(c) => (c, true),
-            None => (self.connect().await?, false),
-        };
+        let (mut conn, reused) = self.connection().await?;
         let resp = match conn.try_send_request(self.request()).await {
             Ok(r) => r,
             Err(mut e) => match e.take_message() {
@@ -316,6 +326,33 @@ mod tests {
         }
         assert_eq!(conns.load(Ordering::SeqCst), 1, "one connection, reused");
         assert_eq!(c.idle_count(), 1);
+    }
+
+    /// With `--worker-threads 2` a request and its connection's task may run on different
+    /// threads; the idle stack must still hand the one connection from request to request.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sequential_requests_share_one_connection_across_threads() {
+        let (addr, conns) = raw_server(usize::MAX, echo).await;
+        let c = Arc::new(
+            LoadClient::new(
+                Method::GET,
+                &url(addr, "/"),
+                &HeaderMap::new(),
+                None,
+                Duration::from_secs(5),
+            )
+            .expect("client"),
+        );
+        for _ in 0..200 {
+            let c = c.clone();
+            // Each request from a fresh task, so it may run on either thread.
+            let status = tokio::spawn(async move { c.send().await })
+                .await
+                .expect("task")
+                .expect("send");
+            assert_eq!(status, 200);
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

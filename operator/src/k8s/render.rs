@@ -399,6 +399,20 @@ fn amounts(a: &Option<ResourceAmounts>) -> Option<BTreeMap<String, Quantity>> {
     (!m.is_empty()).then_some(m)
 }
 
+/// Sending threads for a load pod: one per whole core of its CPU limit (else request).
+/// The loadgen's default of one thread is its cheapest per request; a pod given more cores
+/// should use them.
+fn loadgen_threads(r: Option<&LoadgenResources>) -> u64 {
+    let cpu = |a: &Option<ResourceAmounts>| {
+        a.as_ref()
+            .and_then(|a| a.cpu.as_ref())
+            .and_then(|q| meshbench_crds::units::cpu_millis(q).ok())
+    };
+    r.and_then(|r| cpu(&r.limits).or_else(|| cpu(&r.requests)))
+        .map(|m| (m / 1000).clamp(1, 64))
+        .unwrap_or(1)
+}
+
 fn loadgen_resources(r: Option<&LoadgenResources>) -> Option<ResourceRequirements> {
     let r = r?;
     Some(ResourceRequirements {
@@ -816,6 +830,15 @@ pub fn render_load_job(step: &LoadStep<'_>, opts: &RenderOptions) -> Result<Load
             PLAN_PATH.into(),
             "--instances".into(),
             parallelism.to_string(),
+            "--worker-threads".into(),
+            loadgen_threads(
+                bench
+                    .spec
+                    .loadgen
+                    .as_ref()
+                    .and_then(|l| l.resources.as_ref()),
+            )
+            .to_string(),
             "--results-url".into(),
             results_url,
             "--metrics-listen".into(),

@@ -154,6 +154,15 @@ fn exposed_golden_strict_and_restricted() {
     assert_eq!(job["spec"]["parallelism"], 4);
     assert_eq!(job["spec"]["completions"], 4);
     assert_eq!(job["metadata"]["namespace"], "perf");
+    // One sending thread per whole core of the load pod's CPU limit (2).
+    let args: Vec<&str> = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let threads = args.iter().position(|a| *a == "--worker-threads").unwrap();
+    assert_eq!(args[threads + 1], "2");
     // The plan targets the gateway through its Service, with the parsed query.
     let plan_cm = docs
         .iter()
