@@ -577,11 +577,19 @@ async fn supervise(
     loop {
         let next = t0 + Duration::from_secs(tick);
         tokio::select! {
+            // Stop first: a stop ends every slot, which also signals `all_done`, and the
+            // run must still be reported as stopped (partial), not as finished.
+            biased;
             _ = sh.stop.cancelled() => {
                 timing.stopped_at = Some(Instant::now().saturating_duration_since(t0));
                 break;
             }
-            _ = sh.all_done.notified() => break,
+            _ = sh.all_done.notified() => {
+                if sh.stop.is_cancelled() {
+                    timing.stopped_at = Some(Instant::now().saturating_duration_since(t0));
+                }
+                break;
+            }
             _ = tokio::time::sleep_until(next.into()) => {}
         }
         if goose::is_killswitch_triggered() && !sh.killswitch_ours.load(Ordering::Acquire) {

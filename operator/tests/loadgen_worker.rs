@@ -1,6 +1,7 @@
 //! The load generator against real workers, both as `meshbench` processes over real
-//! sockets: counts agree on both sides, and two instances at half the rate merge into
-//! exactly the plan's requests.
+//! sockets: counts agree on both sides, stages keep their rates and timing, SIGTERM leaves
+//! a partial result that agrees with what the worker served, and two instances at half the
+//! rate merge into exactly the plan's requests.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -141,4 +142,113 @@ fn two_instances_at_half_rate_merge_to_the_plan() {
     let merged = LoadResult::merge(&[a, b]).expect("merge");
     let c = &merged.stages[0].counts;
     assert_eq!((c.planned, c.sent, c.ok), (300, 300, 300), "{c:?}");
+}
+
+/// Stages keep their timing and rates: a warm-up and two stages from a plan file, each
+/// second of each stage planned, sent and answered at its own rate, the stages back to back
+/// on the wall clock, and the worker serving exactly what the loadgen counted.
+#[test]
+fn stages_keep_their_rates_and_timing_against_a_worker() {
+    let w = worker();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = dir.path().join("plan.json");
+    std::fs::write(
+        &plan,
+        format!(
+            r#"{{"target":"http://{}","model":{{"type":"open"}},
+                "warmUp":{{"duration":"1s","rate":20}},
+                "profile":{{"stages":[{{"rate":50,"duration":"2s"}},{{"rate":150,"duration":"2s"}}]}}}}"#,
+            w.addr
+        ),
+    )
+    .expect("plan");
+    let before = worker_ok(w.addr);
+    let out = Command::new(env!("CARGO_BIN_EXE_meshbench"))
+        .args(["loadgen", "--quiet", "--out", "-", "--plan"])
+        .arg(&plan)
+        .output()
+        .expect("loadgen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: LoadResult = serde_json::from_slice(&out.stdout).expect("result JSON");
+    let expect = [(true, 20u64, 1usize), (false, 50, 2), (false, 150, 2)];
+    assert_eq!(r.stages.len(), expect.len());
+    for (s, (warm, rate, secs)) in r.stages.iter().zip(expect) {
+        assert_eq!(s.warm_up, warm, "stage {}", s.index);
+        assert_eq!(s.seconds.len(), secs, "stage {}", s.index);
+        for b in &s.seconds {
+            assert_eq!(
+                (b.counts.planned, b.counts.sent, b.counts.ok),
+                (rate, rate, rate),
+                "stage {} second {}",
+                s.index,
+                b.second
+            );
+        }
+        assert_eq!(s.planned_duration_ms, secs as u64 * 1000);
+        assert!(!s.partial);
+    }
+    for pair in r.stages.windows(2) {
+        assert_eq!(
+            pair[0].started_unix_ms + pair[0].planned_duration_ms,
+            pair[1].started_unix_ms,
+            "stages are back to back"
+        );
+        assert_eq!(pair[0].ended_unix_ms, pair[1].started_unix_ms);
+    }
+    let counted: u64 = r.stages.iter().map(|s| s.counts.ok).sum();
+    assert_eq!(counted, 20 + 100 + 300);
+    // The preflight request is the worker's one extra.
+    assert_eq!(worker_ok(w.addr) - before, counted + 1);
+}
+
+/// SIGTERM mid-run: exit 4, a result marked partial, and the worker served no request
+/// the loadgen did not send (at most those in flight at the stop go uncounted as ok).
+#[test]
+fn sigterm_keeps_what_the_worker_served() {
+    let w = worker();
+    let before = worker_ok(w.addr);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("result.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meshbench"))
+        .args(["loadgen", "--url", &format!("http://{}/", w.addr)])
+        .args(["--rate", "200", "--duration", "60s", "--quiet", "--out"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loadgen");
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "loadgen did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(4));
+    let r: LoadResult =
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("result")).expect("JSON");
+    assert!(r.partial && r.stages[0].partial);
+    let c = &r.stages[0].counts;
+    assert!((100..=1200).contains(&c.sent), "sent {}", c.sent);
+    assert!(c.ok + 5 >= c.sent, "{c:?}");
+    // Let requests in flight at the stop finish on the worker's side.
+    std::thread::sleep(Duration::from_millis(200));
+    let served = worker_ok(w.addr) - before;
+    assert!(
+        served > c.ok && served <= c.sent + 1,
+        "worker served {served}, loadgen sent {} and counted {} ok",
+        c.sent,
+        c.ok
+    );
 }
