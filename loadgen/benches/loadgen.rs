@@ -2,7 +2,8 @@
 //!
 //! `cargo bench -p meshbench-loadgen --bench loadgen` prints:
 //! 1. rate accuracy of the open loop at 100, 1000 and 5000 rps (and Goose's throttle),
-//! 2. capacity against a no-work target as a ratio to wrk (Locust for context), and CPU
+//! 2. capacity against a no-work target (a bare axum server, then a meshbench worker with a
+//!    no-work endpoint) as a ratio to wrk on the same target (Locust for context), and CPU
 //!    time per 1000 requests at a fixed 5000 rps beside oha and hey,
 //! 3. the open loop against a target that saturates at a known rate, beside the closed loop.
 //!
@@ -29,6 +30,7 @@ fn main() {
     match std::env::var(ROLE).as_deref() {
         Ok("target") => serve_target(false),
         Ok("saturating") => serve_target(true),
+        Ok("worker") => serve_worker(),
         Ok("goose-throttle") => goose_throttle(),
         _ => {
             // `cargo bench` passes `--bench`; any other filter argument is ignored.
@@ -80,6 +82,26 @@ fn serve_target(saturating: bool) {
             .expect("bind");
         println!("{}", listener.local_addr().expect("addr"));
         axum::serve(listener, app).await.expect("serve");
+    });
+}
+
+/// A meshbench worker whose one endpoint does no work: the mesh's own server, for the
+/// capacity figure against a worker.
+fn serve_worker() {
+    const CONFIG: &str = r#"{"version":1,"service":"bench","port":8080,"startup_delay_us":0,"idle_cpu_cores":0.0,"baseline_memory_bytes":0,"drain_grace_us":1000000,"max_request_body_bytes":1048576,"endpoints":[{"path":"/","method":"GET","cpu_us":0,"memory_bytes":0,"response_bytes":2,"error_rate":0.0,"on_downstream_timeout":"fail","call_groups":[]}]}"#;
+    let config = meshbench_worker::WorkerConfig::from_json(CONFIG, "bench").expect("config");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        println!("{}", listener.local_addr().expect("addr"));
+        meshbench_worker::serve(config, listener, std::future::pending())
+            .await
+            .expect("serve");
     });
 }
 
@@ -582,6 +604,28 @@ fn bench() {
                 rate / wrk_rate,
                 cpu
             );
+        }
+    }
+    // The same two against a meshbench worker with a no-work endpoint.
+    {
+        let worker = Target::start("worker");
+        let wurl = worker.url();
+        let wrk_w = medians(reps, || wrk(&wurl, secs));
+        let closed_w = medians(reps, || loadgen(&closed_args(&wurl, 64, secs)));
+        let wrk_w_rate = wrk_w.map(|m| m.0).unwrap_or(f64::NAN);
+        for (name, m) in [
+            ("wrk against a no-work worker", wrk_w),
+            ("loadgen closed loop against it", closed_w),
+        ] {
+            if let Some((rate, cpu, _)) = m {
+                println!(
+                    "{:<36} {:>12.0} {:>10.2} {:>18.1}",
+                    name,
+                    rate,
+                    rate / wrk_w_rate,
+                    cpu
+                );
+            }
         }
     }
     // Locust, for context: the Python tool many studies use (FastHttpUser, one process).
