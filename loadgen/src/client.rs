@@ -301,6 +301,18 @@ mod tests {
         (addr, conns)
     }
 
+    /// A client that GETs `/` on `addr`.
+    fn get(addr: std::net::SocketAddr, timeout: Duration) -> LoadClient {
+        LoadClient::new(
+            Method::GET,
+            &url(addr, "/"),
+            &HeaderMap::new(),
+            None,
+            timeout,
+        )
+        .expect("client")
+    }
+
     fn echo(req: &str) -> String {
         format!(
             "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{req}",
@@ -333,16 +345,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sequential_requests_share_one_connection_across_threads() {
         let (addr, conns) = raw_server(usize::MAX, echo).await;
-        let c = Arc::new(
-            LoadClient::new(
-                Method::GET,
-                &url(addr, "/"),
-                &HeaderMap::new(),
-                None,
-                Duration::from_secs(5),
-            )
-            .expect("client"),
-        );
+        let c = Arc::new(get(addr, Duration::from_secs(5)));
         for _ in 0..200 {
             let c = c.clone();
             // Each request from a fresh task, so it may run on either thread.
@@ -387,14 +390,7 @@ mod tests {
         // One response per connection, then the server closes it; every request must still
         // succeed, each on its own connection.
         let (addr, conns) = raw_server(1, echo).await;
-        let c = LoadClient::new(
-            Method::GET,
-            &url(addr, "/"),
-            &HeaderMap::new(),
-            None,
-            Duration::from_secs(5),
-        )
-        .expect("client");
+        let c = get(addr, Duration::from_secs(5));
         for i in 0..5 {
             assert_eq!(c.send().await.expect("send"), 200, "request {i}");
             // Give the close time to arrive, as between two paced requests.
@@ -409,14 +405,7 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr");
         drop(l);
-        let c = LoadClient::new(
-            Method::GET,
-            &url(addr, "/"),
-            &HeaderMap::new(),
-            None,
-            Duration::from_secs(5),
-        )
-        .expect("client");
+        let c = get(addr, Duration::from_secs(5));
         let e = c.send().await.expect_err("refused");
         assert_eq!(e.outcome(), Outcome::Connection);
         assert!(e.to_string().contains("cannot connect"), "{e}");
@@ -430,14 +419,7 @@ mod tests {
                 held.push(s);
             }
         });
-        let c = LoadClient::new(
-            Method::GET,
-            &url(addr, "/"),
-            &HeaderMap::new(),
-            None,
-            Duration::from_millis(200),
-        )
-        .expect("client");
+        let c = get(addr, Duration::from_millis(200));
         let e = c.send().await.expect_err("timeout");
         assert_eq!(e.outcome(), Outcome::Timeout);
         hold.abort();
@@ -447,14 +429,7 @@ mod tests {
             "SMTP ready\r\n\r\n".to_owned()
         }
         let (addr, _) = raw_server(usize::MAX, garbage).await;
-        let c = LoadClient::new(
-            Method::GET,
-            &url(addr, "/"),
-            &HeaderMap::new(),
-            None,
-            Duration::from_secs(5),
-        )
-        .expect("client");
+        let c = get(addr, Duration::from_secs(5));
         let e = c.send().await.expect_err("garbage");
         assert_eq!(e.outcome(), Outcome::Other, "{e}");
     }

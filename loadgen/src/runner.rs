@@ -1,6 +1,7 @@
 //! Runs a [`LoadPlan`] with Goose and returns a [`LoadResult`].
 //!
-//! Goose provides the users, the transaction loop and the run's lifecycle. meshbench adds what Goose lacks, inside its model:
+//! Goose provides the users, the transaction loop and the run's lifecycle. meshbench adds
+//! what Goose lacks, inside its model:
 //! - **Open loop** (Goose has no arrival-rate mode): the Goose users are the in-flight
 //!   slots. A slot claims the next planned send time from a shared [`OpenSchedule`],
 //!   sleeps until it, sends one request, measures latency from the planned time, and
