@@ -579,33 +579,29 @@ fn bench() {
     let closed2_m = medians(reps, || {
         loadgen(&with_threads(closed_args(&url, 64, secs), 2))
     });
-    let wrk_rate = wrk_m.map(|m| m.0).unwrap_or(f64::NAN);
     println!(
         "{:<36} {:>12} {:>10} {:>18}",
         "generator", "rate/s", "× wrk", "CPU ms/1000 req"
     );
-    if let Some((rate, cpu, _)) = wrk_m {
-        println!(
-            "{:<36} {:>12.0} {:>10.2} {:>18.1}",
-            "wrk -t2 -c64 (closed, full speed)", rate, 1.0, cpu
-        );
-    } else {
-        println!("wrk not available");
-    }
-    for (name, m) in [
-        ("loadgen closed loop, 64 users", closed_m),
-        ("  same, --worker-threads 2", closed2_m),
-    ] {
-        if let Some((rate, cpu, _)) = m {
-            println!(
-                "{:<36} {:>12.0} {:>10.2} {:>18.1}",
-                name,
-                rate,
-                rate / wrk_rate,
-                cpu
-            );
-        }
-    }
+    let wrk_rate = wrk_m.map(|m| m.0).unwrap_or(f64::NAN);
+    capacity_row(
+        "wrk -t2 -c64 (closed, full speed)",
+        wrk_m,
+        wrk_rate,
+        "wrk not available",
+    );
+    capacity_row(
+        "loadgen closed loop, 64 users",
+        closed_m,
+        wrk_rate,
+        "loadgen failed",
+    );
+    capacity_row(
+        "  same, --worker-threads 2",
+        closed2_m,
+        wrk_rate,
+        "loadgen failed",
+    );
     // The same two against a meshbench worker with a no-work endpoint.
     {
         let worker = Target::start("worker");
@@ -613,32 +609,26 @@ fn bench() {
         let wrk_w = medians(reps, || wrk(&wurl, secs));
         let closed_w = medians(reps, || loadgen(&closed_args(&wurl, 64, secs)));
         let wrk_w_rate = wrk_w.map(|m| m.0).unwrap_or(f64::NAN);
-        for (name, m) in [
-            ("wrk against a no-work worker", wrk_w),
-            ("loadgen closed loop against it", closed_w),
-        ] {
-            if let Some((rate, cpu, _)) = m {
-                println!(
-                    "{:<36} {:>12.0} {:>10.2} {:>18.1}",
-                    name,
-                    rate,
-                    rate / wrk_w_rate,
-                    cpu
-                );
-            }
-        }
+        capacity_row(
+            "wrk against a no-work worker",
+            wrk_w,
+            wrk_w_rate,
+            "wrk not available",
+        );
+        capacity_row(
+            "loadgen closed loop against it",
+            closed_w,
+            wrk_w_rate,
+            "loadgen failed",
+        );
     }
     // Locust, for context: the Python tool many studies use (FastHttpUser, one process).
-    match medians(reps.min(1), || locust(&url, 64, secs)) {
-        Some((rate, cpu, _)) => println!(
-            "{:<36} {:>12.0} {:>10.2} {:>18.1}",
-            "locust FastHttpUser, 64 users",
-            rate,
-            rate / wrk_rate,
-            cpu
-        ),
-        None => println!("locust not installed (pip install locust) or failed"),
-    }
+    capacity_row(
+        "locust FastHttpUser, 64 users",
+        medians(reps.min(1), || locust(&url, 64, secs)),
+        wrk_rate,
+        "locust not installed (pip install locust) or failed",
+    );
     // Highest open-loop rate sustained: 99 % of requests leave within 10 ms of their
     // planned time and complete successfully.
     let sustained = |rate: f64| -> Option<(bool, f64, u64)> {
@@ -723,6 +713,17 @@ fn bench() {
         closed.as_ref(),
     );
     drop(sat);
+}
+
+/// One row of the capacity table: rate, its ratio to wrk's on the same target, CPU.
+fn capacity_row(name: &str, m: Option<Medians>, wrk_rate: f64, missing: &str) {
+    match m {
+        Some((rate, cpu, _)) => println!(
+            "{name:<36} {rate:>12.0} {:>10.2} {cpu:>18.1}",
+            rate / wrk_rate
+        ),
+        None => println!("{name:<36} {missing}"),
+    }
 }
 
 fn print_overload(name: &str, run: Option<&Run>) {
