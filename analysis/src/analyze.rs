@@ -16,13 +16,20 @@ use serde::{Deserialize, Serialize};
 use crate::capacity::{CapacityPlan, Model, StepPrediction};
 use crate::meta::{AnalysisOptions, RunData, RunMeta, StepMeta};
 use crate::samples::{Sample, metric};
+use crate::saturation::{self, Growth, MeshSaturation, StepFigures};
 use crate::scaling;
 use crate::slo::{self, RunVerdict, Slo, StepOutcome, StepVerdict};
 use crate::stats;
 use crate::tables::{LatencyRow, RepetitionRow, ServiceRow, StepRow, Timestamp};
 
 /// Version of the report layout and table schemas.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// 2: `steps` names its rates for what they are (`sent_rate_rps`, `throughput_rps` as the
+/// served throughput, `successes_incl_late_rps`; was `achieved_rate_rps` and
+/// `successful_rate_rps`), adds `throughput_ratio`, `latency_growth`, `saturated`,
+/// `saturation`, and renames `predicted_achieved_rps` to `predicted_throughput_rps`;
+/// `run.json` gains `saturation`. Readers of this crate upgrade version 1 tables on read.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The content of `run.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +50,9 @@ pub struct RunJson {
     pub options: AnalysisOptions,
     /// Files of the directory, relative names.
     pub tables: Vec<String>,
+    /// Where each mesh saturated (schema 2; empty when read from an older directory).
+    #[serde(default)]
+    pub saturation: Vec<MeshSaturation>,
 }
 
 /// A borrowed sample, so one aggregation serves in-memory samples and a read-back table.
@@ -310,6 +320,39 @@ fn second_figures(b: &SecondBucket) -> Option<LatencyFigures> {
         .and_then(latency_figures)
 }
 
+/// Served throughput (vegeta's definition): successes per second from the stage's start
+/// until its last success, at least the stage's length. Recomputed here rather than read
+/// from the summary so that results of older loadgens, whose summary lacks it, agree.
+pub fn served_throughput(l: &StageResult) -> f64 {
+    let elapsed_s = l.summary.elapsed_s;
+    let span_s = l
+        .last_ok_unix_ms
+        .map(|t| t.saturating_sub(l.started_unix_ms) as f64 / 1000.0)
+        .unwrap_or(0.0)
+        .max(elapsed_s);
+    if span_s > 0.0 {
+        l.counts.ok as f64 / span_s
+    } else {
+        0.0
+    }
+}
+
+/// Per-second medians of successes (ms), in order, for seconds that had successes.
+fn second_medians(seconds: &[SecondBucket]) -> Vec<f64> {
+    seconds
+        .iter()
+        .filter(|b| b.counts.ok > 0)
+        .filter_map(|b| {
+            if b.ok_summary.count == b.counts.ok {
+                Some(us_to_ms(b.ok_summary.p50_us))
+            } else {
+                let h = b.latency_ok.decode().ok()?;
+                (!h.is_empty()).then(|| us_to_ms(h.value_at_quantile(0.5)))
+            }
+        })
+        .collect()
+}
+
 fn errors_of(c: &Counts) -> u64 {
     c.sent.saturating_sub(c.ok).saturating_sub(c.timeouts)
 }
@@ -364,6 +407,8 @@ pub fn analyze(data: &RunData) -> Analysis {
     let mut steps = Vec::with_capacity(steps_meta.len());
     let mut latency = Vec::new();
     let mut verdicts = Vec::new();
+    // The best served throughput so far per (mesh, repetition), and its target rate.
+    let mut best_so_far: HashMap<(&str, u32), (f64, f64)> = HashMap::new();
     for s in &steps_meta {
         let load = loads
             .get(&(s.mesh.as_str(), s.repetition, s.index))
@@ -386,13 +431,40 @@ pub fn analyze(data: &RunData) -> Analysis {
             .unwrap_or(window_s);
         let per_s = |n: u64| (duration_s > 0.0).then(|| n as f64 / duration_s);
         let counts = load.map(|l| l.counts);
-        let requests = counts.map(|c| c.sent + c.dropped);
+        let requests = counts.map(|c| c.sent.saturating_add(c.dropped));
         let lat = hist.as_ref().and_then(latency_figures);
         let pred = step_prediction(s);
+        let throughput = load
+            .map(served_throughput)
+            .filter(|t| *t > 0.0 || counts.is_some_and(|c| c.ok == 0));
+        let growth = load.and_then(|l| Growth::of(&second_medians(&l.seconds)));
+        let sweep = (s.mesh.as_str(), s.repetition);
+        let earlier_best = (!s.warmup)
+            .then(|| best_so_far.get(&sweep).copied())
+            .flatten();
+        let (saturated, saturation) = match load {
+            Some(_) => {
+                let (sat, why) = saturation::judge(&StepFigures {
+                    target_rate: s.target_rate,
+                    throughput,
+                    timeouts: counts.map_or(0, |c| c.timeouts),
+                    growth,
+                    predicted_bottleneck: pred.as_ref().and_then(|p| p.bottleneck.as_deref()),
+                    earlier_best,
+                });
+                (Some(sat), why)
+            }
+            None => (None, None),
+        };
+        if let (false, Some(t), Some(rate)) = (s.warmup, throughput, s.target_rate)
+            && earlier_best.is_none_or(|(best, _)| t > best)
+        {
+            best_so_far.insert(sweep, (t, rate));
+        }
         let outcome = StepOutcome {
             requests,
-            failed: counts.map(|c| (c.sent + c.dropped).saturating_sub(c.ok)),
-            achieved_rate: counts.and_then(|c| per_s(c.sent)),
+            failed: counts.map(|c| c.sent.saturating_add(c.dropped).saturating_sub(c.ok)),
+            throughput,
             target_rate: s.target_rate,
             latency_us: hist.as_ref(),
         };
@@ -431,11 +503,12 @@ pub fn analyze(data: &RunData) -> Analysis {
             errors: counts.map(|c| errors_of(&c)),
             timeouts: counts.map(|c| c.timeouts),
             dropped: counts.map(|c| c.dropped),
-            achieved_rate_rps: counts.and_then(|c| per_s(c.sent)),
-            successful_rate_rps: counts.and_then(|c| per_s(c.ok)),
-            throughput_rps: load
-                .map(|l| l.summary.throughput)
-                .filter(|t| *t > 0.0 || counts.is_some_and(|c| c.ok == 0)),
+            sent_rate_rps: counts.and_then(|c| per_s(c.sent)),
+            throughput_rps: throughput,
+            successes_incl_late_rps: counts.and_then(|c| per_s(c.ok)),
+            throughput_ratio: throughput
+                .zip(s.target_rate.filter(|t| *t > 0.0))
+                .map(|(t, r)| t / r),
             error_ratio: requests
                 .filter(|r| *r > 0)
                 .zip(counts)
@@ -447,9 +520,12 @@ pub fn analyze(data: &RunData) -> Analysis {
             latency_p99_ms: lat.as_ref().map(|l| l.p99),
             latency_p999_ms: lat.as_ref().map(|l| l.p999),
             latency_max_ms: lat.as_ref().map(|l| l.max),
+            latency_growth: growth.and_then(|g| g.ratio()),
+            saturated,
+            saturation,
             predicted_max_throughput_rps: pred.as_ref().and_then(|p| p.max_throughput_rps),
             predicted_bottleneck: pred.as_ref().and_then(|p| p.bottleneck.clone()),
-            predicted_achieved_rps: pred.as_ref().and_then(|p| p.achieved_rps),
+            predicted_throughput_rps: pred.as_ref().and_then(|p| p.achieved_rps),
             predicted_latency_mean_ms: pred.as_ref().and_then(|p| p.latency_mean_ms),
             slo_pass: (!data.slos.is_empty()).then_some(pass),
             slo_violations: violations_text,
@@ -468,7 +544,7 @@ pub fn analyze(data: &RunData) -> Analysis {
                     repetition: s.repetition,
                     step: s.index,
                     second: b.second,
-                    requests: b.counts.sent + b.counts.dropped,
+                    requests: b.counts.sent.saturating_add(b.counts.dropped),
                     successes: b.counts.ok,
                     errors: errors_of(&b.counts),
                     timeouts: b.counts.timeouts,
@@ -541,6 +617,7 @@ pub fn analyze(data: &RunData) -> Analysis {
         predictions,
         options: data.options.clone(),
         tables: Vec::new(),
+        saturation: saturation::summarise(&steps),
     };
     Analysis {
         run,
@@ -669,9 +746,9 @@ fn service_row(
 
 /// Step figures summarised over repetitions.
 pub const STEP_FIGURES: &[&str] = &[
-    "achieved_rate_rps",
-    "successful_rate_rps",
     "throughput_rps",
+    "sent_rate_rps",
+    "successes_incl_late_rps",
     "error_ratio",
     "latency_mean_ms",
     "latency_p50_ms",
@@ -694,9 +771,9 @@ pub const SERVICE_FIGURES: &[&str] = &[
 /// A step figure by its column name.
 pub fn step_figure(r: &StepRow, name: &str) -> Option<f64> {
     match name {
-        "achieved_rate_rps" => r.achieved_rate_rps,
-        "successful_rate_rps" => r.successful_rate_rps,
         "throughput_rps" => r.throughput_rps,
+        "sent_rate_rps" => r.sent_rate_rps,
+        "successes_incl_late_rps" => r.successes_incl_late_rps,
         "error_ratio" => r.error_ratio,
         "latency_mean_ms" => r.latency_mean_ms,
         "latency_p50_ms" => r.latency_p50_ms,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::analyze::{SERVICE_FIGURES, STEP_FIGURES, service_figure, step_figure};
+use crate::analyze::{SCHEMA_VERSION, SERVICE_FIGURES, STEP_FIGURES, service_figure, step_figure};
 use crate::capacity::write_table;
 use crate::plots::{Chart, Line, Style};
 use crate::rundir::{self, Result, RunDirError};
@@ -169,6 +169,14 @@ pub fn compare(dir_a: &Path, dir_b: &Path) -> Result<Comparison> {
     let mut sides = Vec::new();
     for (label, dir) in [("A", dir_a), ("B", dir_b)] {
         let run = rundir::read_run_json(dir)?;
+        if run.schema_version < SCHEMA_VERSION {
+            notes.push(format!(
+                "run {label} ({}) has report schema {}; its tables were upgraded on read \
+                 (rates renamed; saturation unknown)",
+                dir.display(),
+                run.schema_version
+            ));
+        }
         if run.meta.partial {
             notes.push(format!(
                 "run {label} ({}) is partial: {}",
@@ -268,7 +276,7 @@ impl fmt::Display for Comparison {
 }
 
 impl Comparison {
-    /// Charts of both runs together: achieved rate and p99 latency per step (x = requested
+    /// Charts of both runs together: served throughput and p99 latency per step (x = requested
     /// rate when every step has one, else the step index).
     pub fn charts(&self) -> Vec<Chart> {
         let step_rows: Vec<&ComparisonRow> =
@@ -290,9 +298,9 @@ impl Comparison {
         let mut out = Vec::new();
         for (fig, title, y) in [
             (
-                "achieved_rate_rps",
-                "Achieved rate, A vs B",
-                "achieved rate (rps)",
+                "throughput_rps",
+                "Served throughput, A vs B",
+                "served throughput (rps)",
             ),
             ("latency_p99_ms", "p99 latency, A vs B", "latency p99 (ms)"),
         ] {

@@ -19,6 +19,7 @@ pub mod plots;
 pub mod report;
 pub mod rundir;
 pub mod samples;
+pub mod saturation;
 pub mod scaling;
 pub mod slo;
 pub mod stats;

@@ -400,7 +400,8 @@ fn by_rate(
     v
 }
 
-/// The sweep charts of the prototype: requested vs achieved vs successful rate, and
+/// The sweep charts of the prototype: served throughput (and, secondary, the sent rate)
+/// against the requested rate, and
 /// mean/p99 latency against requested rate, with the model's predictions dashed. Empty
 /// when no mesh has two or more target rates.
 pub fn sweep_charts(a: &Analysis) -> Vec<Chart> {
@@ -430,18 +431,19 @@ pub fn sweep_charts(a: &Analysis) -> Vec<Chart> {
         let requested = by_rate(a, m, |s| s.target_rate_rps);
         max_rate = requested.iter().fold(max_rate, |acc, p| acc.max(p.0));
         rate_lines.push(Line {
-            name: label(m, "achieved"),
-            points: by_rate(a, m, |s| s.achieved_rate_rps),
+            name: label(m, "served throughput"),
+            points: by_rate(a, m, |s| s.throughput_rps),
             style: Style::LinePoints,
             color: c,
         });
+        // Secondary: an open loop sends its target whatever the mesh serves.
         rate_lines.push(Line {
-            name: label(m, "successful"),
-            points: by_rate(a, m, |s| s.successful_rate_rps),
-            style: Style::LinePoints,
+            name: label(m, "sent"),
+            points: by_rate(a, m, |s| s.sent_rate_rps),
+            style: Style::Points,
             color: c + 1,
         });
-        let predicted = by_rate(a, m, |s| s.predicted_achieved_rps);
+        let predicted = by_rate(a, m, |s| s.predicted_throughput_rps);
         if !predicted.is_empty() {
             rate_lines.push(Line {
                 name: label(m, "predicted (model)"),
@@ -484,7 +486,7 @@ pub fn sweep_charts(a: &Analysis) -> Vec<Chart> {
     vec![
         Chart {
             name: "sweep-rate".into(),
-            title: "Requested vs achieved vs successful rate".into(),
+            title: "Served throughput vs requested rate".into(),
             x_label: "requested rate (rps)".into(),
             y_label: "rate (rps)".into(),
             lines: rate_lines,

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
 
-use crate::analyze::Analysis;
+use crate::analyze::{Analysis, RunJson};
 use crate::plots::{self, Chart};
 use crate::rundir::{self, ReportFiles, RunDirError};
 
@@ -109,6 +109,8 @@ pub fn render_html(a: &Analysis, charts: &[(Chart, String)]) -> String {
         );
     }
 
+    saturation_section(&mut o, run);
+
     o.push_str("<h2>Parameters</h2>");
     let mut params = vec![
         vec![l("benchmark"), l(m.benchmark.clone())],
@@ -161,22 +163,24 @@ pub fn render_html(a: &Analysis, charts: &[(Chart, String)]) -> String {
         o.push_str("</ul>");
     }
 
-    o.push_str("<h2>Steps</h2><p class=\"note\">Shaded columns are predictions of the capacity model, not measurements.</p>");
+    o.push_str("<h2>Steps</h2><p class=\"note\">Served rps is the served throughput: successes per second until the step's last success arrived (vegeta's definition); sent rps is what the load generator sent, which an open loop keeps at the target whatever the mesh serves. Shaded columns are predictions of the capacity model, not measurements.</p>");
     let header = [
         ("mesh", false),
         ("rep", false),
         ("step", false),
         ("name", false),
         ("target rps", false),
-        ("achieved rps", false),
-        ("successful rps", false),
+        ("served rps", false),
+        ("served/target", false),
         ("predicted rps", true),
+        ("sent rps", false),
         ("error ratio", false),
         ("p50 ms", false),
         ("p99 ms", false),
         ("mean ms", false),
         ("predicted mean ms", true),
         ("bottleneck", true),
+        ("saturated", false),
         ("SLO", false),
     ];
     let rows: Vec<Vec<(String, bool)>> = a
@@ -193,15 +197,21 @@ pub fn render_html(a: &Analysis, charts: &[(Chart, String)]) -> String {
                     if s.warmup { " (warm-up)" } else { "" }
                 )),
                 r(num(s.target_rate_rps, 1)),
-                r(num(s.achieved_rate_rps, 1)),
-                r(num(s.successful_rate_rps, 1)),
-                r(num(s.predicted_achieved_rps, 1)),
+                r(num(s.throughput_rps, 1)),
+                r(num(s.throughput_ratio, 2)),
+                r(num(s.predicted_throughput_rps, 1)),
+                r(num(s.sent_rate_rps, 1)),
                 r(num(s.error_ratio, 4)),
                 r(num(s.latency_p50_ms, 2)),
                 r(num(s.latency_p99_ms, 2)),
                 r(num(s.latency_mean_ms, 2)),
                 r(num(s.predicted_latency_mean_ms, 2)),
                 l(s.predicted_bottleneck.clone().unwrap_or_else(|| "–".into())),
+                l(match (s.saturated, &s.saturation) {
+                    (Some(true), why) => format!("SATURATED: {}", why.as_deref().unwrap_or("")),
+                    (Some(false), _) => "no".into(),
+                    (None, _) => "–".into(),
+                }),
                 l(match (s.slo_pass, &s.slo_violations) {
                     (None, _) => "–".into(),
                     (Some(true), _) => "pass".into(),
@@ -379,4 +389,16 @@ pub(crate) fn write_report(
         html: path,
         plots: plot_files,
     })
+}
+
+/// Where each mesh saturated, stated before anything else so a reader cannot miss it.
+fn saturation_section(o: &mut String, run: &RunJson) {
+    if run.saturation.is_empty() {
+        return;
+    }
+    o.push_str("<h2>Saturation</h2><ul class=\"saturation\">");
+    for m in &run.saturation {
+        let _ = write!(o, "<li>{}</li>", escape(&m.summary));
+    }
+    o.push_str("</ul>");
 }

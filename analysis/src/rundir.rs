@@ -287,7 +287,11 @@ fn read_parquet(path: &Path) -> Result<DataFrame> {
 
 pub(crate) fn read_table<T: Table>(dir: &Path) -> Result<Vec<T>> {
     let path = dir.join(format!("{}.parquet", T::NAME));
-    let df = read_parquet(&path)?;
+    let df =
+        tables::upgrade_frame::<T>(read_parquet(&path)?).map_err(|e| RunDirError::Corrupt {
+            path: path.clone(),
+            problem: e.to_string(),
+        })?;
     T::from_frame(&df).map_err(|e| RunDirError::Corrupt {
         path,
         problem: format!("does not match the `{}` schema: {e}", T::NAME),

@@ -47,6 +47,19 @@ pub mod metric {
     pub const HPA_TARGET_UTILIZATION: &str = "hpa_target_utilization";
     /// Per service: the HPA's observed CPU utilization as a fraction of the request.
     pub const HPA_CURRENT_UTILIZATION: &str = "hpa_current_utilization";
+    /// Per service, at every HPA sync: the metric's proposal before stabilization (count).
+    pub const HPA_RECOMMENDATION: &str = "hpa_recommendation";
+    /// Per service, at every HPA sync: the proposal after the stabilization window (count).
+    pub const HPA_STABILIZED: &str = "hpa_stabilized";
+    /// Per service, at every HPA sync: pods whose CPU sample the HPA used (count).
+    pub const HPA_READY_PODS: &str = "hpa_ready_pods";
+    /// Per service, at every HPA sync: pods set aside as not yet ready (count).
+    pub const HPA_UNREADY_PODS: &str = "hpa_unready_pods";
+    /// Per service, at every HPA sync: pods without a CPU sample (count).
+    pub const HPA_MISSING_PODS: &str = "hpa_missing_pods";
+    /// Per pod, at every HPA sync: the pod's CPU over the HPA's window as a fraction of its
+    /// request.
+    pub const HPA_POD_UTILIZATION: &str = "hpa_pod_utilization";
     /// Per pod: CPU used, in cores (CPU seconds per second over the sampling interval).
     pub const CPU_CORES: &str = "cpu_cores";
     /// Per pod: memory working set, in bytes.
@@ -88,6 +101,36 @@ pub mod metric {
             HPA_CURRENT_UTILIZATION,
             false,
             "HPA observed CPU utilization (fraction of the request)",
+        ),
+        (
+            HPA_RECOMMENDATION,
+            false,
+            "at every HPA sync: the metric's proposal before stabilization (count)",
+        ),
+        (
+            HPA_STABILIZED,
+            false,
+            "at every HPA sync: the proposal after the stabilization window (count)",
+        ),
+        (
+            HPA_READY_PODS,
+            false,
+            "at every HPA sync: pods whose CPU sample was used (count)",
+        ),
+        (
+            HPA_UNREADY_PODS,
+            false,
+            "at every HPA sync: pods set aside as not yet ready (count)",
+        ),
+        (
+            HPA_MISSING_PODS,
+            false,
+            "at every HPA sync: pods without a CPU sample (count)",
+        ),
+        (
+            HPA_POD_UTILIZATION,
+            true,
+            "at every HPA sync: the pod's CPU over the HPA's window ÷ its request (fraction)",
         ),
         (
             CPU_CORES,

@@ -12,8 +12,10 @@ pub enum Slo {
     Latency { percentile: f64, max_ms: f64 },
     /// Failed requests ÷ due requests is at most `max_ratio` (0.01 = 1 %).
     ErrorRate { max_ratio: f64 },
-    /// Achieved rate ÷ target rate is at least `min_ratio` (open-loop steps only).
-    Achieved { min_ratio: f64 },
+    /// Served throughput ÷ target rate is at least `min_ratio` (open-loop steps only; the
+    /// spec's `minAchievedRatio`). Not the sent rate: an open loop always sends its target.
+    #[serde(alias = "achieved")]
+    Throughput { min_ratio: f64 },
 }
 
 impl fmt::Display for Slo {
@@ -21,7 +23,9 @@ impl fmt::Display for Slo {
         match self {
             Slo::Latency { percentile, max_ms } => write!(f, "latency p{percentile} ≤ {max_ms} ms"),
             Slo::ErrorRate { max_ratio } => write!(f, "error rate ≤ {}%", max_ratio * 100.0),
-            Slo::Achieved { min_ratio } => write!(f, "achieved/target ≥ {min_ratio}"),
+            Slo::Throughput { min_ratio } => {
+                write!(f, "served throughput/target ≥ {min_ratio}")
+            }
         }
     }
 }
@@ -32,7 +36,8 @@ pub struct StepOutcome<'a> {
     /// Requests due (sent + dropped); 0 or `None` when nothing ran.
     pub requests: Option<u64>,
     pub failed: Option<u64>,
-    pub achieved_rate: Option<f64>,
+    /// Served throughput, rps (vegeta's definition; see `steps.throughput_rps`).
+    pub throughput: Option<f64>,
     pub target_rate: Option<f64>,
     /// Latency of successes in µs, to evaluate any percentile exactly.
     pub latency_us: Option<&'a hdrhistogram::Histogram<u64>>,
@@ -99,11 +104,11 @@ pub fn evaluate(slos: &[Slo], outcome: &StepOutcome<'_>) -> Vec<Violation> {
                     });
                 }
             }
-            Slo::Achieved { min_ratio } => {
+            Slo::Throughput { min_ratio } => {
                 let Some(target) = outcome.target_rate.filter(|t| *t > 0.0) else {
                     continue;
                 };
-                let measured = outcome.achieved_rate.map(|a| a / target);
+                let measured = outcome.throughput.map(|a| a / target);
                 if measured.is_none_or(|m| m < min_ratio) {
                     out.push(Violation {
                         slo: name,
@@ -188,12 +193,12 @@ mod tests {
                 max_ms: 50.0,
             },
             Slo::ErrorRate { max_ratio: 0.01 },
-            Slo::Achieved { min_ratio: 0.95 },
+            Slo::Throughput { min_ratio: 0.95 },
         ];
         let outcome = StepOutcome {
             requests: Some(100),
             failed: Some(0),
-            achieved_rate: Some(99.0),
+            throughput: Some(99.0),
             target_rate: Some(100.0),
             latency_us: Some(&h),
         };
@@ -205,7 +210,7 @@ mod tests {
         let empty = StepOutcome {
             requests: Some(0),
             failed: Some(0),
-            achieved_rate: Some(0.0),
+            throughput: Some(0.0),
             target_rate: None,
             latency_us: None,
         };
@@ -216,5 +221,25 @@ mod tests {
             "latency and error rate cannot be shown to hold: {v:?}"
         );
         assert!(v[0].to_string().contains("no requests completed"));
+    }
+
+    #[test]
+    fn the_throughput_objective_fails_when_the_mesh_serves_less_than_the_target() {
+        let slos = [Slo::Throughput { min_ratio: 0.95 }];
+        let at = |served: f64| StepOutcome {
+            requests: Some(1200),
+            failed: Some(0),
+            throughput: Some(served),
+            target_rate: Some(40.0),
+            latency_us: None,
+        };
+        let v = evaluate(&slos, &at(24.5));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].slo, "served throughput/target ≥ 0.95");
+        assert!((v[0].measured.unwrap() - 24.5 / 40.0).abs() < 1e-9);
+        assert!(evaluate(&slos, &at(39.9)).is_empty());
+        // run.json of schema 1 called it "achieved".
+        let old: Slo = serde_json::from_str(r#"{"kind":"achieved","min_ratio":0.9}"#).unwrap();
+        assert_eq!(old, Slo::Throughput { min_ratio: 0.9 });
     }
 }

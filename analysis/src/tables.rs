@@ -206,6 +206,38 @@ pub fn read_column<T: ColumnValue>(df: &DataFrame, name: &str) -> Result<Vec<T>>
     })
 }
 
+/// Columns renamed since report schema 1, per table: (old name, new name).
+const RENAMED: &[(&str, &str, &str)] = &[
+    ("steps", "achieved_rate_rps", "sent_rate_rps"),
+    ("steps", "successful_rate_rps", "successes_incl_late_rps"),
+    (
+        "steps",
+        "predicted_achieved_rps",
+        "predicted_throughput_rps",
+    ),
+];
+
+/// Brings a table written by an older schema to the current one: renamed columns get their
+/// new names, and nullable columns added since are filled with nulls (a figure the old
+/// version did not compute is unknown, not zero). A missing column that cannot be null
+/// stays missing, so reading fails and names it.
+pub fn upgrade_frame<T: Table>(mut df: DataFrame) -> Result<DataFrame> {
+    for (_, old, new) in RENAMED.iter().filter(|(t, ..)| *t == T::NAME) {
+        let has = |n: &str| df.get_column_names().iter().any(|c| c.as_str() == n);
+        if has(old) && !has(new) {
+            df.rename(old, (*new).into())?;
+        }
+    }
+    for c in T::schema().into_iter().filter(|c| c.nullable) {
+        if df.column(c.name).is_err() {
+            let dtype = T::dtype_of(c.name).unwrap_or(DataType::Null);
+            let col = Column::full_null(c.name.into(), df.height(), &dtype);
+            df.with_column(col)?;
+        }
+    }
+    Ok(df)
+}
+
 /// A documented table: its name, description and columns.
 pub trait Table: Sized {
     /// File stem, e.g. `steps`.
@@ -213,6 +245,8 @@ pub trait Table: Sized {
     /// What one row is.
     const DESCRIPTION: &'static str;
     fn schema() -> Vec<ColumnSpec>;
+    /// The polars type of a column.
+    fn dtype_of(column: &str) -> Option<DataType>;
     fn to_frame(rows: &[Self]) -> Result<DataFrame>;
     fn from_frame(df: &DataFrame) -> Result<Vec<Self>>;
 }
@@ -241,6 +275,12 @@ macro_rules! table {
                     doc: concat!($($doc),+),
                 }),*]
             }
+            fn dtype_of(column: &str) -> Option<DataType> {
+                $( if column == stringify!($field) {
+                    return Some(<$ty as ColumnValue>::dtype());
+                } )*
+                None
+            }
             fn to_frame(rows: &[Self]) -> Result<DataFrame> {
                 let columns = vec![$(
                     <$ty as ColumnValue>::column(
@@ -268,9 +308,9 @@ macro_rules! table {
 }
 
 table! {
-    /// One row per (mesh, repetition, step): offered and achieved load, outcomes, latency
+    /// One row per (mesh, repetition, step): offered, sent and served load, outcomes, latency
     /// of successes from the step's merged HDR histogram, the model's predictions and the
-    /// SLO verdict.
+    /// SLO verdict and whether the step saturated the mesh.
     pub struct StepRow = "steps" {
         /// Mesh name.
         pub mesh: String,
@@ -304,14 +344,22 @@ table! {
         pub timeouts: Option<u64>,
         /// Planned requests never sent because they were too late (open loop).
         pub dropped: Option<u64>,
-        /// Sent requests per second over the step.
-        pub achieved_rate_rps: Option<f64>,
-        /// Successes per second over the step.
-        pub successful_rate_rps: Option<f64>,
-        /// Successes per second of the time they took to arrive, from the step's start to
-        /// its last success (at least the step's length): vegeta's throughput. Past
-        /// capacity it does not count the backlog answered after the step as the step's.
+        /// Sent rate: requests the load generator sent per second of the step. An open loop
+        /// sends at its target whatever the mesh does, so this is the offered load, not
+        /// what was served.
+        pub sent_rate_rps: Option<f64>,
+        /// Served throughput, the headline rate: successes per second of the time they took
+        /// to arrive, from the step's start to its last success (at least the step's
+        /// length) — vegeta's definition. Past capacity it stays at what the mesh served
+        /// and does not credit the step with the backlog answered after it ended.
         pub throughput_rps: Option<f64>,
+        /// Successes of the step's requests per second of the step, including responses
+        /// that arrived after the step ended: past capacity this counts the backlog as if
+        /// it had been served in time.
+        pub successes_incl_late_rps: Option<f64>,
+        /// throughput_rps ÷ target_rate_rps (open loop): what the `minAchievedRatio` SLO
+        /// checks; null for closed-loop steps.
+        pub throughput_ratio: Option<f64>,
         /// (requests − successes) ÷ requests; null when no request was due.
         pub error_ratio: Option<f64>,
         /// Mean latency of successes, ms; null when there were none.
@@ -328,12 +376,25 @@ table! {
         pub latency_p999_ms: Option<f64>,
         /// Largest latency of a success, ms.
         pub latency_max_ms: Option<f64>,
+        /// Median latency of the last third of the step's seconds ÷ that of the first third
+        /// (per-second medians of successes, averaged): well above 1 when a queue builds up
+        /// through the step; null with fewer than 3 seconds with successes.
+        pub latency_growth: Option<f64>,
+        /// The step was past what the mesh could serve: served throughput below 90 % of the
+        /// target rate, or latency growing through the step (queue build-up: growth ≥ 2 and
+        /// at least 20 ms). Null without a load result.
+        pub saturated: Option<bool>,
+        /// Why the step counts as saturated, with the predicted bottleneck, and whether
+        /// goodput collapsed (timeouts while throughput fell below that of an earlier,
+        /// lower-rate step of the same sweep); null when not saturated.
+        pub saturation: Option<String>,
         /// Model: the most the mesh can carry (bottleneck capacity at its largest replica count), rps.
         pub predicted_max_throughput_rps: Option<f64>,
         /// Model: the bottleneck service.
         pub predicted_bottleneck: Option<String>,
-        /// Model: min(target rate, predicted maximum throughput), rps.
-        pub predicted_achieved_rps: Option<f64>,
+        /// Model: min(target rate, predicted maximum throughput), the served throughput the
+        /// model expects, rps.
+        pub predicted_throughput_rps: Option<f64>,
         /// Model (M/M/c, Erlang C): mean latency at the target rate with the HPAs' steady-state replicas, ms; null when saturated.
         pub predicted_latency_mean_ms: Option<f64>,
         /// SLO verdict of the step; null when the benchmark has no SLOs.
@@ -580,7 +641,10 @@ pub fn schema_markdown() -> String {
          completed than planned or the run has not finished), `partial_reason`, `slos`, \
          `slo` {`pass` (null without SLOs), `steps` [per-step verdicts with violations], \
          `summary` [one line per failing step]}, `predictions` {mesh: capacity plan at the \
-         run's target rates}, `options`, `tables` (files written).\n",
+         run's target rates}, `options`, `tables` (files written), `saturation` [per mesh: \
+         `first_saturated_rate_rps`, `saturated_throughput_rps` (the measured capacity), \
+         `max_rate_within_slos_rps`, `max_throughput_rps`, `predicted_bottleneck`, \
+         `predicted_max_throughput_rps`, `summary`].\n",
     );
     out
 }

@@ -238,12 +238,12 @@ fn steps_table_has_merged_percentiles_counts_and_explicit_nulls() {
     assert_eq!(u64s(&df, "errors")[0], Some(5));
     assert_eq!(u64s(&df, "timeouts")[0], Some(1));
     assert!(close(f64s(&df, "error_ratio")[0], 6.0 / 1006.0, 1e-9));
-    assert!(close(f64s(&df, "achieved_rate_rps")[0], 100.6, 1e-9));
-    assert!(close(f64s(&df, "successful_rate_rps")[0], 100.0, 1e-9));
+    assert!(close(f64s(&df, "sent_rate_rps")[0], 100.6, 1e-9));
+    assert!(close(f64s(&df, "successes_incl_late_rps")[0], 100.0, 1e-9));
     // Empty step: explicit nulls, never NaN.
     assert_eq!(f64s(&df, "latency_p99_ms")[1], None);
     assert_eq!(f64s(&df, "error_ratio")[1], None);
-    assert_eq!(f64s(&df, "achieved_rate_rps")[2], None);
+    assert_eq!(f64s(&df, "sent_rate_rps")[2], None);
     let partial: Vec<Option<bool>> = df
         .column("partial")
         .unwrap()
@@ -266,7 +266,7 @@ fn steps_table_has_merged_percentiles_counts_and_explicit_nulls() {
         .iter()
         .collect();
     assert_eq!(bottleneck[0], Some("db"));
-    assert!(close(f64s(&df, "predicted_achieved_rps")[1], 10.0, 1e-9));
+    assert!(close(f64s(&df, "predicted_throughput_rps")[1], 10.0, 1e-9));
     assert_eq!(
         f64s(&df, "predicted_latency_mean_ms")[0],
         None,
@@ -695,6 +695,60 @@ fn compare_separates_real_differences_from_noise() {
     let reps = read(&a, "repetitions");
     let n: Vec<Option<u32>> = reps.column("n").unwrap().u32().unwrap().iter().collect();
     assert!(n.iter().all(|n| *n == Some(3)));
+}
+
+/// Rewrites a schema-2 run directory as schema 1 wrote it: the old rate names, no
+/// saturation columns, `schema_version: 1` and no `saturation` in run.json.
+fn downgrade_to_schema_1(dir: &Path) {
+    let path = dir.join("steps.parquet");
+    let mut df = read(dir, "steps");
+    for (new, old) in [
+        ("sent_rate_rps", "achieved_rate_rps"),
+        ("successes_incl_late_rps", "successful_rate_rps"),
+        ("predicted_throughput_rps", "predicted_achieved_rps"),
+    ] {
+        df.rename(new, old.into()).unwrap();
+    }
+    let mut df = df
+        .drop_many([
+            "throughput_ratio",
+            "latency_growth",
+            "saturated",
+            "saturation",
+        ])
+        .clone();
+    let mut f = fs::File::create(&path).unwrap();
+    ParquetWriter::new(&mut f).finish(&mut df).unwrap();
+    let run_json = dir.join("run.json");
+    let mut run: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&run_json).unwrap()).unwrap();
+    run["schema_version"] = 1.into();
+    run.as_object_mut().unwrap().remove("saturation");
+    fs::write(&run_json, run.to_string()).unwrap();
+}
+
+#[test]
+fn compare_reads_a_schema_1_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = repeated(tmp.path(), "a", 1.0);
+    let b = repeated(tmp.path(), "b", 2.0);
+    downgrade_to_schema_1(&a);
+    let ab = meshbench_analysis::compare(&a, &b).unwrap();
+    assert!(
+        ab.notes.iter().any(|n| n.contains("report schema 1")),
+        "{:?}",
+        ab.notes
+    );
+    let sent: Vec<_> = ab
+        .rows
+        .iter()
+        .filter(|r| r.figure == "sent_rate_rps")
+        .collect();
+    assert_eq!(sent.len(), 2, "{ab}");
+    assert!(sent.iter().all(|r| r.a.n == 3), "{ab}");
+    let old = meshbench_analysis::load(&a).unwrap();
+    assert!(old.steps.iter().all(|r| r.saturated.is_none()));
+    assert!(old.run.saturation.is_empty());
 }
 
 /// A path that is a device or a FIFO is written through, never renamed over: a rename

@@ -160,7 +160,7 @@ fn both_crds_are_namespaced_with_status_short_names_and_columns() {
             .iter()
             .map(|c| c["name"].as_str().unwrap_or_default().to_string())
             .collect();
-    for want in ["Phase", "Achieved RPS", "P99 ms", "SLO"] {
+    for want in ["Phase", "Served RPS", "P99 ms", "SLO"] {
         assert!(
             cols.iter().any(|c| c == want),
             "Benchmark lacks column {want}"

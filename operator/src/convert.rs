@@ -97,7 +97,7 @@ pub fn slos(bench: &BenchmarkSpec) -> Vec<Slo> {
         out.push(Slo::ErrorRate { max_ratio: e });
     }
     if let Some(a) = s.min_achieved_ratio {
-        out.push(Slo::Achieved { min_ratio: a });
+        out.push(Slo::Throughput { min_ratio: a });
     }
     out
 }

@@ -405,9 +405,9 @@ pub async fn run(args: RunArgs) -> u8 {
                         Ok(analysis) => {
                             if let Some(row) = analysis.steps.last() {
                                 eprintln!(
-                                    "   step done: {} ok/s (throughput {} rps), failed {}, p99 {} ms; replicas {}",
-                                    fmt_opt(row.successful_rate_rps),
+                                    "   step done: served {} rps (sent {} rps), failed {}, p99 {} ms; replicas {}{}",
                                     fmt_opt(row.throughput_rps),
+                                    fmt_opt(row.sent_rate_rps),
                                     row.requests
                                         .zip(row.successes)
                                         .map(|(n, ok)| n.saturating_sub(ok).to_string())
@@ -418,7 +418,11 @@ pub async fn run(args: RunArgs) -> u8 {
                                         .iter()
                                         .map(|(s, n)| format!("{s}={n}"))
                                         .collect::<Vec<_>>()
-                                        .join(" ")
+                                        .join(" "),
+                                    row.saturation
+                                        .as_deref()
+                                        .map(|w| format!("\n   SATURATED: {w}"))
+                                        .unwrap_or_default(),
                                 );
                             }
                             Outcome::Ok
@@ -571,7 +575,7 @@ fn show_tick(
     };
     let pods: Vec<String> = replicas.iter().map(|(s, n)| format!("{s}={n}")).collect();
     bar.set_message(format!(
-        "target {target} sent {}/s ok {}/s p99 {:.1}ms errors {} in-flight {} | {}",
+        "target {target} sent {}/s served {}/s p99 {:.1}ms errors {} in-flight {} | {}",
         t.sent,
         t.ok,
         t.p99.as_secs_f64() * 1000.0,
@@ -590,13 +594,22 @@ fn print_summary(dir: &std::path::Path) {
         return;
     };
     let mut text = format!(
-        "{:<14} {:>3} {:<14} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9}",
-        "mesh", "rep", "step", "target", "ok/s", "thru rps", "failed", "p50 ms", "p99 ms"
+        "{:<14} {:>3} {:<14} {:>9} {:>10} {:>9} {:>8} {:>9} {:>9} {:>9}",
+        "mesh",
+        "rep",
+        "step",
+        "target",
+        "served rps",
+        "sent rps",
+        "failed",
+        "p50 ms",
+        "p99 ms",
+        "saturated"
     );
     text.push('\n');
     for r in &analysis.steps {
         text.push_str(&format!(
-            "{:<14} {:>3} {:<14} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9}",
+            "{:<14} {:>3} {:<14} {:>9} {:>10} {:>9} {:>8} {:>9} {:>9} {:>9}",
             r.mesh,
             r.repetition,
             r.step_name,
@@ -604,15 +617,24 @@ fn print_summary(dir: &std::path::Path) {
                 .map(|v| format!("{v:.1}"))
                 .or(r.users.map(|u| format!("{u}u")))
                 .unwrap_or_default(),
-            fmt_opt(r.successful_rate_rps),
             fmt_opt(r.throughput_rps),
+            fmt_opt(r.sent_rate_rps),
             r.requests
                 .zip(r.successes)
                 .map(|(n, ok)| n.saturating_sub(ok).to_string())
                 .unwrap_or_else(|| "-".into()),
             fmt_opt(r.latency_p50_ms),
             fmt_opt(r.latency_p99_ms),
+            match r.saturated {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "-",
+            },
         ));
+        text.push('\n');
+    }
+    for m in &analysis.run.saturation {
+        text.push_str(&m.summary);
         text.push('\n');
     }
     text.push_str(&format!("run directory: {}\n", dir.display()));

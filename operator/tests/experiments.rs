@@ -100,7 +100,7 @@ fn service<'a>(
 }
 
 fn ok_rate(a: &Analysis, mesh: &str, name: &str) -> f64 {
-    step(a, mesh, name).successful_rate_rps.unwrap_or(0.0)
+    step(a, mesh, name).throughput_rps.unwrap_or(0.0)
 }
 
 fn throughput(a: &Analysis, mesh: &str, name: &str) -> f64 {
@@ -189,6 +189,103 @@ fn quickstart_scales_the_backend_and_holds_its_slos() {
     let frontend = service(&a, "quickstart", "step-2", "frontend");
     assert_eq!(frontend.replicas_max, Some(1.0), "{all}");
     assert!(frontend.cpu_cores_avg.unwrap_or(0.0) > 0.0, "{all}");
+    // Below capacity: no step is saturated, and the report says so in served figures.
+    for r in a.steps.iter().filter(|r| !r.warmup) {
+        assert_eq!(
+            r.saturated,
+            Some(false),
+            "{}: {:?}\n{all}",
+            r.step_name,
+            r.saturation
+        );
+    }
+    let html = std::fs::read_to_string(dir.join("report.html")).expect("report.html");
+    assert!(
+        html.contains("served rps"),
+        "step table shows served throughput"
+    );
+    assert!(
+        html.contains("Served throughput vs requested rate"),
+        "first plot"
+    );
+    assert!(
+        html.contains("was not saturated up to 40.0 rps"),
+        "saturation summary"
+    );
+    assert!(!html.contains("SATURATED"), "no saturated step");
+}
+
+/// One service of 40 ms CPU per request: under its 250m limit it serves ~6 rps, and even
+/// unlimited on two cores at most ~50; the step asks for 60 rps.
+const OVERLOAD: &str = r#"
+apiVersion: meshbench.io/v1alpha1
+kind: ServiceMesh
+metadata: { name: overload }
+spec:
+  services:
+    - name: solo
+      resources:
+        requests: { cpu: 250m, memory: 32Mi }
+        limits: { cpu: 250m, memory: 128Mi }
+      endpoints: [{ path: /, cpu: 40ms }]
+---
+apiVersion: meshbench.io/v1alpha1
+kind: Benchmark
+metadata: { name: overload }
+spec:
+  meshes: [overload]
+  target: { service: solo, path: / }
+  load: { model: open, maxInFlight: 400 }
+  profile:
+    stages: [{ rate: 60, duration: 6s }]
+  settle: 1s
+  requestTimeout: 3s
+  slos:
+    minAchievedRatio: 0.95
+"#;
+
+#[test]
+fn past_capacity_the_throughput_slo_fails_and_the_report_says_where() {
+    let _g = serial();
+    let out = out_dir("overload");
+    let spec = out.path().join("overload.yaml");
+    std::fs::write(&spec, OVERLOAD).expect("write spec");
+    let (o, dir) = run(&[spec.to_str().unwrap()], out.path());
+    let all = text(&o);
+    // The open loop sent 60 rps on schedule; the mesh could not serve it.
+    assert_eq!(o.status.code(), Some(3), "SLO violation exits 3\n{all}");
+    let a = load(&dir);
+    let s = step(&a, "overload", "step-0");
+    let sent = s.sent_rate_rps.unwrap_or(0.0);
+    let served = s.throughput_rps.unwrap_or(f64::NAN);
+    assert!(within(sent, 60.0, 0.05), "sent {sent}\n{all}");
+    assert!(served < 0.9 * 60.0, "served {served}\n{all}");
+    assert_eq!(s.saturated, Some(true), "{all}");
+    let why = s.saturation.clone().unwrap_or_default();
+    assert!(why.contains("predicted bottleneck solo"), "{why}");
+    let violations = s.slo_violations.clone().unwrap_or_default();
+    assert!(
+        violations.contains("served throughput/target ≥ 0.95"),
+        "{violations}\n{all}"
+    );
+    assert_eq!(a.run.slo.pass, Some(false));
+    let html = std::fs::read_to_string(dir.join("report.html")).expect("report.html");
+    assert!(
+        html.contains("SATURATED: served"),
+        "step marked saturated in report.html"
+    );
+    assert!(
+        html.contains("mesh overload saturates at ~"),
+        "summary in report.html"
+    );
+    assert!(
+        html.contains("no rate was served within the SLOs"),
+        "the sweep's verdict in report.html"
+    );
+    assert!(
+        all.contains("mesh overload saturates at ~"),
+        "terminal summary\n{all}"
+    );
 }
 
 #[test]
@@ -442,7 +539,7 @@ fn a_replica_killed_mid_step_is_restarted_and_the_run_completes() {
     // The restarted replica serves the second step.
     let second = &a.steps[1];
     assert!(
-        within(second.successful_rate_rps.unwrap_or(0.0), 20.0, 0.1),
+        within(second.throughput_rps.unwrap_or(0.0), 20.0, 0.1),
         "{second:?}\n{all}"
     );
     assert!(!alive(victim));

@@ -754,22 +754,7 @@ fn control_tick(
             s.last_desired = Some(decision.desired);
             state.desired = s.last_desired;
             tracing::info!(service = %name, current = decision.current, desired = decision.desired, reason = ?decision.reason, "HPA: {}", decision.message);
-            out.push(Sample::service(
-                ts,
-                &mesh,
-                &name,
-                metric::REPLICAS_DESIRED,
-                f64::from(decision.desired),
-            ));
-            if let Some(u) = decision.utilization_percent {
-                out.push(Sample::service(
-                    ts,
-                    &mesh,
-                    &name,
-                    metric::HPA_CURRENT_UTILIZATION,
-                    f64::from(u) / 100.0,
-                ));
-            }
+            out.extend(hpa_samples(ts, &mesh, &name, &decision, &pod_samples));
             let desired = decision.desired as usize;
             while s.replicas.len() < desired {
                 if let Err(e) = start_replica(pods, opts, s) {
@@ -806,4 +791,49 @@ fn control_tick(
     if let Some(p) = sh.prom.as_mut() {
         p.publish(&states, targets);
     }
+}
+
+/// What the HPA saw and decided at one sync, as samples: every input (per-pod utilization,
+/// ready, unready and missing pods) and every stage of the decision (recommendation,
+/// stabilized, desired), so a report can tell why it scaled or did not.
+fn hpa_samples(
+    ts: i64,
+    mesh: &str,
+    service: &str,
+    d: &super::hpa::Decision,
+    pods: &[PodSample],
+) -> Vec<Sample> {
+    let mut out: Vec<Sample> = [
+        (metric::REPLICAS_DESIRED, d.desired),
+        (metric::HPA_RECOMMENDATION, d.recommendation),
+        (metric::HPA_STABILIZED, d.stabilized),
+        (metric::HPA_READY_PODS, d.ready_pods),
+        (metric::HPA_UNREADY_PODS, d.unready_pods),
+        (metric::HPA_MISSING_PODS, d.missing_metrics),
+    ]
+    .into_iter()
+    .map(|(m, v)| Sample::service(ts, mesh, service, m, f64::from(v)))
+    .collect();
+    if let Some(u) = d.utilization_percent {
+        out.push(Sample::service(
+            ts,
+            mesh,
+            service,
+            metric::HPA_CURRENT_UTILIZATION,
+            f64::from(u) / 100.0,
+        ));
+    }
+    for p in pods {
+        if let (Some(cpu), true) = (&p.cpu, p.cpu_request_millis > 0) {
+            out.push(Sample::pod(
+                ts,
+                mesh,
+                service,
+                &p.name,
+                metric::HPA_POD_UTILIZATION,
+                cpu.usage_millis / p.cpu_request_millis as f64,
+            ));
+        }
+    }
+    out
 }
