@@ -27,7 +27,7 @@ use crate::units::Duration;
     doc = "A load experiment against one or more meshbench ServiceMeshes.",
     printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase"}"#,
     printcolumn = r#"{"name": "Step", "type": "string", "jsonPath": ".status.currentStep"}"#,
-    printcolumn = r#"{"name": "Achieved RPS", "type": "number", "description": "Successful requests per second in the latest completed step", "jsonPath": ".status.achievedRps"}"#,
+    printcolumn = r#"{"name": "Served RPS", "type": "number", "description": "Served throughput (successes per second until the last one arrived) of the latest completed step", "jsonPath": ".status.throughputRps"}"#,
     printcolumn = r#"{"name": "P99 ms", "type": "number", "description": "99th percentile latency of the latest completed step", "jsonPath": ".status.p99Ms"}"#,
     printcolumn = r#"{"name": "SLO", "type": "string", "jsonPath": ".status.sloVerdict"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
@@ -73,9 +73,9 @@ pub struct BenchmarkSpec {
     /// Conditions that decide whether the benchmark passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slos: Option<Slos>,
-    /// Report formats and destination.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub report: Option<ReportSettings>,
+    // No `report` block: every run writes Parquet and CSV, and a cluster's reports go to
+    // the operator's volume and, with MESHBENCH_EXPORT_URL, to object storage. A `report`
+    // field is rejected as unknown rather than accepted and ignored.
 }
 
 /// The request the load generator sends.
@@ -303,7 +303,9 @@ pub struct Slos {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub max_error_rate: Option<f64>,
-    /// Lowest accepted ratio of achieved (successful) to target rate (0–1).
+    /// Lowest accepted ratio of served throughput (successes per second until the last one
+    /// arrived) to the target rate, 0–1; open-loop steps only. The sent rate is not used:
+    /// an open loop always sends its target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub min_achieved_ratio: Option<f64>,
@@ -318,54 +320,6 @@ pub struct LatencySlo {
     pub percentile: f64,
     /// Largest accepted latency at that percentile.
     pub max: Duration,
-}
-
-/// Report output.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ReportSettings {
-    /// Table formats to write (default both).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 2))]
-    pub formats: Vec<TableFormat>,
-    /// Also copy the report to S3-compatible object storage (cluster only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub s3: Option<S3Sink>,
-}
-
-/// Formats of report tables.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum TableFormat {
-    /// Apache Parquet, zstd-compressed.
-    Parquet,
-    /// Comma-separated values.
-    Csv,
-}
-
-/// An S3-compatible destination.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct S3Sink {
-    /// Bucket name.
-    #[schemars(length(min = 3, max = 63))]
-    pub bucket: String,
-    /// Key prefix.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 512))]
-    pub prefix: Option<String>,
-    /// Endpoint URL for non-AWS storage (MinIO, Ceph…).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 2048))]
-    pub endpoint: Option<String>,
-    /// Region (default us-east-1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
-    pub region: Option<String>,
-    /// Secret with keys `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 253))]
-    pub credentials_secret: Option<String>,
 }
 
 /// Lifecycle phase of a benchmark.
@@ -412,12 +366,16 @@ pub struct BenchmarkStatus {
     /// Index of the next step to run, across meshes and repetitions (resume point).
     #[serde(default)]
     pub next_step: i32,
-    /// Successful requests per second of the latest completed step.
+    /// Served throughput of the latest completed step: successes per second until the
+    /// last one arrived (the report's `throughput_rps`), not the rate the load was sent at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub achieved_rps: Option<f64>,
+    pub throughput_rps: Option<f64>,
     /// p99 latency in ms of the latest completed step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p99_ms: Option<f64>,
+    /// Where each mesh saturated, one line per mesh (as in report.html).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub saturation: Vec<String>,
     /// `Pass`, `Fail` or empty while running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slo_verdict: Option<String>,
@@ -433,7 +391,8 @@ pub struct BenchmarkStatus {
     /// When the run ended (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
-    /// Standard conditions (`Valid`, `Ready`, `Complete`).
+    /// Standard conditions: `Valid`, and as a Job's, `Complete` (True when the run
+    /// succeeded) and `Failed` (True when it failed or was cancelled; the reason says which).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The controller's resume point (the experiment state machine, the current load Job,
@@ -463,8 +422,16 @@ pub struct StepSummary {
     pub step: i32,
     /// Target rate (open loop) or users (closed loop).
     pub target: f64,
-    /// Successful requests per second.
-    pub achieved_rps: f64,
+    /// Served throughput, successes per second (the report's `throughput_rps`).
+    #[serde(default)]
+    pub throughput_rps: f64,
+    /// Requests sent per second.
+    #[serde(default)]
+    pub sent_rps: f64,
+    /// Why the step saturated the mesh (served less than the target, or latency grew
+    /// through the step); absent when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saturation: Option<String>,
     /// Fraction of failed requests.
     pub error_rate: f64,
     /// p50 latency in ms.

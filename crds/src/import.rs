@@ -525,7 +525,6 @@ pub fn import(
                     ..Collection::default()
                 }),
                 slos: None,
-                report: None,
             };
             let mut b = Benchmark::new(&to_dns_label(&m.name), spec);
             b.metadata = ObjectMeta {

@@ -46,6 +46,7 @@ macro_rules! endpoint_behavior {
             pub cpu: Option<Duration>,
             /// Memory allocated, touched and held for the duration of the request (`1Mi`).
             #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(schema_with = "crate::units::quantity_schema")]
             pub memory: Option<Quantity>,
             /// Extra delay: fixed or drawn from a distribution.
             #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -198,9 +199,11 @@ pub struct Resources {
 pub struct ResourceAmounts {
     /// CPU in cores (`250m`, `1`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::units::quantity_schema")]
     pub cpu: Option<Quantity>,
     /// Memory in bytes (`64Mi`, `1Gi`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::units::quantity_schema")]
     pub memory: Option<Quantity>,
 }
 
@@ -266,9 +269,11 @@ pub enum ExposeType {
 pub struct IdleLoad {
     /// CPU burned continuously, in cores (`10m` = 1 % of a core).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::units::quantity_schema")]
     pub cpu: Option<Quantity>,
     /// Memory allocated and touched at start and held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::units::quantity_schema")]
     pub memory: Option<Quantity>,
 }
 

@@ -328,6 +328,21 @@ pub fn memory_quantity(bytes: u64) -> Quantity {
     Quantity(bytes.to_string())
 }
 
+/// Longest accepted quantity string (`1500m`, `64Mi`, `1.5Gi` are a few characters).
+pub const MAX_QUANTITY_LEN: u64 = 32;
+
+/// Schema of a Kubernetes quantity field: an integer or a string of at most
+/// [`MAX_QUANTITY_LEN`] characters. The bound is what lets a real API server accept the
+/// CRD: the CEL rules that compare requests with limits are costed by the longest string
+/// they may parse, and an unbounded one exceeds the cost budget (the CRD is refused).
+pub fn quantity_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "x-kubernetes-int-or-string": true,
+        "maxLength": MAX_QUANTITY_LEN,
+        "nullable": true,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

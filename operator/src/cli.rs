@@ -147,6 +147,7 @@ pub enum Command {
 
 /// Parses the process arguments and runs the command.
 pub fn main() -> ExitCode {
+    crate::k8s::install_tls_provider();
     let cli = Cli::parse();
     run(cli)
 }

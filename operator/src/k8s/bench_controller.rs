@@ -526,21 +526,26 @@ async fn start_run(
         generation,
         &now,
     );
-    set_condition(
-        &mut status.conditions,
-        "Complete",
-        false,
-        "Running",
-        format!("run {run_id} started"),
-        generation,
-        &now,
-    );
+    // As a Job's: `Complete` and `Failed` are each True only in their own outcome, so
+    // `kubectl wait --for=condition=Complete` never passes a failed run.
+    for type_ in ["Complete", "Failed"] {
+        set_condition(
+            &mut status.conditions,
+            type_,
+            false,
+            "Running",
+            format!("run {run_id} started"),
+            generation,
+            &now,
+        );
+    }
     status.observed_generation = generation;
     status.run_id = Some(run_id.clone());
     status.started_at = Some(rfc3339(started));
     status.finished_at = None;
     status.steps.clear();
-    status.achieved_rps = None;
+    status.throughput_rps = None;
+    status.saturation = Vec::new();
     status.p99_ms = None;
     status.slo_verdict = None;
     status.report_location = None;
@@ -653,14 +658,24 @@ fn finish_status(status: &mut BenchmarkStatus, state: &RunState, generation: Opt
     } else {
         state.machine.failures.join("; ")
     };
+    let now = k8s_now();
     set_condition(
         &mut status.conditions,
         "Complete",
-        true,
+        ok,
+        reason,
+        message.clone(),
+        generation,
+        &now,
+    );
+    set_condition(
+        &mut status.conditions,
+        "Failed",
+        !ok,
         reason,
         message,
         generation,
-        &k8s_now(),
+        &now,
     );
 }
 
@@ -850,6 +865,9 @@ impl Run<'_> {
             )?;
             let pp = PatchParams::apply(FIELD_MANAGER).force();
             let name = objects.job.name_any();
+            self.ctx
+                .store
+                .set_current_step(&self.ns, &self.run_id, ord)?;
             cms.patch(&name, &pp, &Patch::Apply(&objects.plan_config_map))
                 .await
                 .map_err(kube_err(format!("applying ConfigMap {name}")))?;
@@ -1067,7 +1085,9 @@ impl Run<'_> {
                             .target_rate_rps
                             .or(row.users.map(f64::from))
                             .unwrap_or_default(),
-                        achieved_rps: row.successful_rate_rps.unwrap_or_default(),
+                        throughput_rps: row.throughput_rps.unwrap_or_default(),
+                        sent_rps: row.sent_rate_rps.unwrap_or_default(),
+                        saturation: row.saturation.clone(),
                         error_rate: row.error_ratio.unwrap_or_default(),
                         p50_ms: row.latency_p50_ms.unwrap_or_default(),
                         p99_ms: row.latency_p99_ms.unwrap_or_default(),
@@ -1077,8 +1097,14 @@ impl Run<'_> {
                             .collect(),
                     })
                     .collect();
+                status.saturation = analysis
+                    .run
+                    .saturation
+                    .iter()
+                    .map(|m| m.summary.clone())
+                    .collect();
                 if let Some(last) = status.steps.last() {
-                    status.achieved_rps = Some(last.achieved_rps);
+                    status.throughput_rps = Some(last.throughput_rps);
                     status.p99_ms = Some(last.p99_ms);
                 }
                 Ok(Progress::Done(Outcome::Ok))

@@ -81,7 +81,11 @@ impl LeaderElector {
     /// Takes or renews the Lease if possible; true when this candidate holds it now.
     pub async fn try_acquire_or_renew(&mut self) -> Result<bool> {
         let me = self.settings.identity.clone();
-        let secs = i32::try_from(self.settings.lease_duration.as_secs()).unwrap_or(i32::MAX);
+        // Whole seconds, rounded up and at least 1: the API server rejects 0.
+        let d = self.settings.lease_duration;
+        let secs = i32::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0))
+            .unwrap_or(i32::MAX)
+            .max(1);
         let existing = self
             .api
             .get_opt(&self.settings.name)

@@ -296,8 +296,15 @@ fn object_name<K: Resource>(o: &K) -> String {
     o.meta().name.clone().unwrap_or_default()
 }
 
-/// Deletes the objects of kind `K` of `mesh` whose service is not in `keep`.
-async fn prune<K>(api: &Api<K>, mesh: &str, keep: &BTreeSet<String>) -> Result<Vec<String>>
+/// Deletes the objects of kind `K` of `mesh` whose service is not in `keep`. Labels select
+/// the candidates; only objects the mesh owns (by UID) are deleted, so an object someone
+/// else labelled alike, or one of an earlier mesh of the same name, is left alone.
+async fn prune<K>(
+    api: &Api<K>,
+    mesh: &str,
+    mesh_uid: &str,
+    keep: &BTreeSet<String>,
+) -> Result<Vec<String>>
 where
     K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
     K::DynamicType: Default,
@@ -313,7 +320,14 @@ where
         .await
         .map_err(kube_err(format!("listing {kind}s of mesh {mesh}")))?;
     let mut deleted = Vec::new();
-    for o in list.items {
+    let owned = |o: &K| {
+        o.meta()
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.uid == mesh_uid)
+    };
+    for o in list.items.into_iter().filter(owned) {
         let name = object_name(&o);
         match api.delete(&name, &DeleteParams::background()).await {
             Ok(_) => deleted.push(format!("{kind}/{name}")),
@@ -366,11 +380,73 @@ async fn apply_service(client: &Client, ns: &str, s: &ServiceObjects) -> Result<
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
     apply(&cms, &object_name(&s.config_map), &s.config_map).await?;
     apply(&svcs, &object_name(&s.service_object), &s.service_object).await?;
-    let dep = apply(&deps, &object_name(&s.deployment), &s.deployment).await?;
+    let name = object_name(&s.deployment);
+    let existing = if s.autoscaled {
+        deps.get_opt(&name)
+            .await
+            .map_err(kube_err(format!("reading Deployment {name}")))?
+    } else {
+        None
+    };
+    // Our apply omits `spec.replicas` of an autoscaled Deployment. Were we its only owner,
+    // the API server would reset it to 1: hand the current count to another manager
+    // first, as the server-side apply reference's "transferring ownership" describes.
+    if let Some(d) = existing
+        .as_ref()
+        .filter(|d| owns_replicas(d, FIELD_MANAGER))
+    {
+        let current = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        hand_over_replicas(&deps, &name, current).await?;
+    }
+    let mut dep = apply(&deps, &name, &s.deployment).await?;
+    if s.autoscaled && existing.is_none() {
+        // A new autoscaled Deployment starts at the spec's `replicas`, written by the
+        // hand-over manager so that the HPA alone changes it afterwards.
+        dep = hand_over_replicas(&deps, &name, s.initial_replicas).await?;
+    }
     if let Some(h) = &s.hpa {
         apply(&hpas, &object_name(h), h).await?;
     }
     Ok(dep)
+}
+
+/// The field manager that holds an autoscaled Deployment's `spec.replicas` between our
+/// last apply that set it and the HPA's first scale.
+pub const HANDOVER_MANAGER: &str = "meshbench-handover-to-hpa";
+
+/// Whether `manager` owns `spec.replicas` of `d` through an apply.
+fn owns_replicas(d: &Deployment, manager: &str) -> bool {
+    d.metadata.managed_fields.iter().flatten().any(|m| {
+        m.manager.as_deref() == Some(manager)
+            && m.operation.as_deref() == Some("Apply")
+            && m.fields_v1
+                .as_ref()
+                .and_then(|f| f.0.get("f:spec"))
+                .and_then(|spec| spec.get("f:replicas"))
+                .is_some()
+    })
+}
+
+async fn hand_over_replicas(
+    api: &Api<Deployment>,
+    name: &str,
+    replicas: i32,
+) -> Result<Deployment> {
+    let patch = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": name },
+        "spec": { "replicas": replicas },
+    });
+    api.patch(
+        name,
+        &PatchParams::apply(HANDOVER_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(kube_err(format!(
+        "handing the replicas of Deployment {name} to the HPA"
+    )))
 }
 
 /// Reconciles one mesh.
@@ -440,10 +516,12 @@ async fn reconcile_inner(mesh: &ServiceMesh, ctx: &Context) -> Result<Action> {
         .collect();
     let mut pruned = Vec::new();
     let client = &ctx.client;
+    let uid = mesh.metadata.uid.clone().unwrap_or_default();
     pruned.extend(
         prune(
             &Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns),
             &name,
+            &uid,
             &keep_hpa,
         )
         .await?,
@@ -452,6 +530,7 @@ async fn reconcile_inner(mesh: &ServiceMesh, ctx: &Context) -> Result<Action> {
         prune(
             &Api::<Deployment>::namespaced(client.clone(), &ns),
             &name,
+            &uid,
             &keep,
         )
         .await?,
@@ -460,6 +539,7 @@ async fn reconcile_inner(mesh: &ServiceMesh, ctx: &Context) -> Result<Action> {
         prune(
             &Api::<Service>::namespaced(client.clone(), &ns),
             &name,
+            &uid,
             &keep,
         )
         .await?,
@@ -468,6 +548,7 @@ async fn reconcile_inner(mesh: &ServiceMesh, ctx: &Context) -> Result<Action> {
         prune(
             &Api::<ConfigMap>::namespaced(client.clone(), &ns),
             &name,
+            &uid,
             &keep,
         )
         .await?,

@@ -25,6 +25,15 @@ pub mod results;
 pub mod shared;
 pub mod store;
 
+/// Chooses rustls's crypto provider for the process, before any TLS connection (to the
+/// API server, or S3). Both `ring` and `aws-lc-rs` are compiled in (kube uses the first,
+/// goose's and object_store's HTTP clients bring the second), and with two rustls will
+/// not pick one itself: the first TLS handshake would panic. Idempotent.
+pub fn install_tls_provider() {
+    // Err means a provider is already installed, which is all this wants.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The one server-side-apply field manager every object and status is written with.
 pub const FIELD_MANAGER: &str = "meshbench";
 

@@ -1,6 +1,6 @@
 //! Every Kubernetes permission the operator's code uses, in one table.
 //!
-//! `deploy/base/rbac.yaml` grants exactly these (a test compares the two), and the
+//! `deploy/operator/rbac.yaml` grants exactly these (a test compares the two), and the
 //! mocked-API controller tests map every request the code makes to a
 //! (group, resource, verb) and fail when the table does not hold it — so the table, the
 //! manifests and the code cannot drift apart.
@@ -28,6 +28,9 @@ pub struct Permission {
 }
 
 const OWNED: &[&str] = &["list", "watch", "create", "patch", "delete"];
+/// Deployments are also read one by one: who owns an autoscaled one's `spec.replicas`
+/// decides whether the count must be handed over to the HPA before an apply.
+const DEPLOYMENTS: &[&str] = &["get", "list", "watch", "create", "patch", "delete"];
 
 /// The table.
 pub const PERMISSIONS: &[Permission] = &[
@@ -90,7 +93,7 @@ pub const PERMISSIONS: &[Permission] = &[
     Permission {
         group: "apps",
         resource: "deployments",
-        verbs: OWNED,
+        verbs: DEPLOYMENTS,
         scope: Scope::Cluster,
     },
     Permission {

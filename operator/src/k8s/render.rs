@@ -109,8 +109,12 @@ pub fn default_image() -> String {
 /// Settings of rendering that do not come from the specs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RenderOptions {
-    /// Image of workers and load generators.
+    /// Image of the workers.
     pub image: String,
+    /// Image of the load generators; `None` uses [`RenderOptions::image`] (the default
+    /// image holds both). A worker-only image (`Dockerfile.worker`) has no loadgen, so a
+    /// cluster that runs one sets this to the full image.
+    pub loadgen_image: Option<String>,
     /// Image pull policy (`IfNotPresent` when unset).
     pub image_pull_policy: Option<String>,
     /// Namespace for resources whose metadata has none; `None` leaves it out (then
@@ -131,6 +135,7 @@ impl Default for RenderOptions {
     fn default() -> Self {
         Self {
             image: default_image(),
+            loadgen_image: None,
             image_pull_policy: None,
             namespace: None,
             worker_command: vec!["meshbench".into(), "worker".into()],
@@ -148,6 +153,10 @@ pub struct ServiceObjects {
     pub service: String,
     /// Whether an HPA owns the replica count.
     pub autoscaled: bool,
+    /// The replica count an autoscaled Deployment starts with (the spec's `replicas`
+    /// within the HPA's bounds); it is written once, by the hand-over field manager, and
+    /// the HPA owns the count from then on.
+    pub initial_replicas: i32,
     /// The worker config.
     pub config_map: ConfigMap,
     /// The workers.
@@ -624,6 +633,10 @@ pub fn render_mesh(mesh: &ServiceMesh, opts: &RenderOptions) -> Result<MeshObjec
         services.push(ServiceObjects {
             service: svc.name.clone(),
             autoscaled: svc.autoscaling.is_some(),
+            initial_replicas: svc.autoscaling.as_ref().map_or(svc.replicas, |a| {
+                svc.replicas
+                    .clamp(a.min_replicas, a.max_replicas.max(a.min_replicas))
+            }),
             config_map,
             deployment,
             service_object,
@@ -818,7 +831,11 @@ pub fn render_load_job(step: &LoadStep<'_>, opts: &RenderOptions) -> Result<Load
     );
     let container = Container {
         name: "loadgen".into(),
-        image: Some(opts.image.clone()),
+        image: Some(
+            opts.loadgen_image
+                .clone()
+                .unwrap_or_else(|| opts.image.clone()),
+        ),
         image_pull_policy: Some(
             opts.image_pull_policy
                 .clone()

@@ -1,21 +1,25 @@
-//! The Benchmark controller from `kubectl apply` to a downloaded report, against an
-//! in-memory API server (no cluster can run here), with real parts everywhere else: the
-//! ServiceMesh controller renders the worker, a real `meshbench worker` process serves it,
-//! every load Job instance is a real `meshbench loadgen` process that POSTs its result to
-//! the operator's real results endpoint with the token from the Secret, and the report is
-//! written by the analysis crate to a real directory. The operator is restarted while a
-//! load Job runs; the run must continue from its status without a second Job.
+//! The Benchmark controller from `kubectl apply` to a downloaded report on the real
+//! control plane of [`crate::cluster`]: both controllers run as the operator's
+//! ServiceAccount, the real Deployment, ReplicaSet and Job controllers create the pods, and
+//! the test plays the kubelet for them ([`crate::kubelet`]): every worker pod is a real
+//! `meshbench worker` process, every load Job instance a real `meshbench loadgen` process
+//! that POSTs its result to the operator's real results endpoint with the token from the
+//! Secret, and the report is written by the analysis crate to a real directory. The
+//! operator is restarted while a load Job runs; the run must continue from its status on
+//! the API server without a second Job.
 
-use crate::fake_api;
-
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fake_api::FakeApi;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use meshbench_crds::benchmark::{BenchmarkStatus, Phase};
 use meshbench_crds::{Benchmark, ServiceMesh};
 use meshbench_operator::k8s::bench_controller::{self, Settings, cursor_of, ordinal};
 use meshbench_operator::k8s::export::Exporter;
@@ -27,14 +31,13 @@ use meshbench_operator::k8s::results::{self, ResultsState};
 use meshbench_operator::k8s::store::Store;
 use serde_json::{Value, json};
 
-const NS: &str = "bench";
-const BIN: &str = env!("CARGO_BIN_EXE_meshbench");
-const MB: &str = "meshbench.io";
+use crate::cluster::cluster;
+use crate::kubelet::Kubelet;
 
 const SPEC: &str = r#"
 apiVersion: meshbench.io/v1alpha1
 kind: ServiceMesh
-metadata: { name: shop, namespace: bench }
+metadata: { name: shop }
 spec:
   services:
     - name: api
@@ -47,7 +50,7 @@ spec:
 ---
 apiVersion: meshbench.io/v1alpha1
 kind: Benchmark
-metadata: { name: ramp, namespace: bench }
+metadata: { name: ramp }
 spec:
   meshes: [shop]
   target: { service: api, path: / }
@@ -74,7 +77,25 @@ fn documents() -> (Value, Value) {
     (docs[0].clone(), docs[1].clone())
 }
 
-/// The operator process: both controllers' contexts and the results endpoint.
+/// Creates the mesh (when given) and the benchmark in `ns` as the admin would apply them.
+async fn apply(ns: &str, mesh: Option<Value>, bench: Value) {
+    let admin = cluster().admin().await;
+    if let Some(m) = mesh {
+        let m: ServiceMesh = serde_json::from_value(m).unwrap();
+        Api::<ServiceMesh>::namespaced(admin.clone(), ns)
+            .create(&PostParams::default(), &m)
+            .await
+            .expect("create mesh");
+    }
+    let b: Benchmark = serde_json::from_value(bench).unwrap();
+    Api::<Benchmark>::namespaced(admin, ns)
+        .create(&PostParams::default(), &b)
+        .await
+        .expect("create benchmark");
+}
+
+/// The operator process: both controllers' contexts (as its ServiceAccount) and the
+/// results endpoint.
 struct Operator {
     mesh: Arc<mesh_controller::Context>,
     bench: Arc<bench_controller::Context>,
@@ -84,14 +105,14 @@ struct Operator {
 
 impl Operator {
     /// Starts on `port` (0: any free port); the report volume is `data`.
-    async fn start(api: &Arc<FakeApi>, data: &Path, port: u16) -> Operator {
+    async fn start(data: &Path, port: u16) -> Operator {
         // Reports are also exported, to a file:// store beside the volume.
         let export_url = format!("file://{}/exported", data.parent().unwrap().display());
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind the results endpoint");
         let port = listener.local_addr().unwrap().port();
-        let client = api.client(NS);
+        let client = cluster().operator().await;
         let render = RenderOptions {
             results_base_url: format!("http://127.0.0.1:{port}"),
             ..RenderOptions::default()
@@ -135,268 +156,121 @@ impl Operator {
     }
 }
 
-fn bench_of(api: &FakeApi) -> Benchmark {
-    serde_json::from_value(api.get(MB, "benchmarks", NS, "ramp").unwrap()).unwrap()
+async fn bench_of(ns: &str) -> Benchmark {
+    Api::<Benchmark>::namespaced(cluster().admin().await, ns)
+        .get("ramp")
+        .await
+        .expect("benchmark")
 }
 
-fn token(api: &FakeApi) -> String {
-    let s: Secret = serde_json::from_value(
-        api.get("", "secrets", NS, &token_secret_name("ramp"))
-            .expect("the token Secret"),
-    )
-    .unwrap();
+async fn status_of(ns: &str) -> BenchmarkStatus {
+    bench_of(ns).await.status.unwrap_or_default()
+}
+
+async fn token(ns: &str) -> String {
+    let s = Api::<Secret>::namespaced(cluster().admin().await, ns)
+        .get(&token_secret_name("ramp"))
+        .await
+        .expect("the token Secret");
     String::from_utf8(s.data.unwrap()[TOKEN_KEY].0.clone()).unwrap()
 }
 
-/// What the kubelet and the Deployment controller would do: a worker process per
-/// Deployment (ready at once), and the load Jobs' instances as loadgen processes.
-#[derive(Default)]
-struct Cluster {
-    workers: BTreeMap<String, (tokio::process::Child, String)>,
-    jobs_run: BTreeSet<String>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Cluster {
-    async fn deployments(&mut self, api: &FakeApi) {
-        for d in api.all("apps", "deployments") {
-            let name = d["metadata"]["name"].as_str().unwrap().to_string();
-            if !self.workers.contains_key(&name) {
-                let cm = api
-                    .get("", "configmaps", NS, &name)
-                    .expect("worker ConfigMap");
-                let config = cm["data"]["worker.json"].as_str().unwrap().to_string();
-                let addr = format!("127.0.0.1:{}", free_port());
-                let child = tokio::process::Command::new(BIN)
-                    .args(["worker", "--config-json", &config, "--listen", &addr])
-                    .env("RUST_LOG", "warn")
-                    .stdout(Stdio::null())
-                    .kill_on_drop(true)
-                    .spawn()
-                    .expect("start a worker");
-                wait_listening(&addr).await;
-                self.workers.insert(name.clone(), (child, addr));
-            }
-            let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1);
-            api.set_status(
-                "apps",
-                "deployments",
-                NS,
-                &name,
-                json!({
-                    "observedGeneration": d["metadata"]["generation"],
-                    "replicas": replicas, "readyReplicas": replicas,
-                    "updatedReplicas": replicas, "availableReplicas": replicas,
-                }),
-            );
-        }
-    }
-
-    /// Runs every new Job to completion; returns how many ran.
-    async fn jobs(&mut self, api: &FakeApi, scratch: &Path) -> usize {
-        let mut ran = 0;
-        for job in api.all("batch", "jobs") {
-            let name = job["metadata"]["name"].as_str().unwrap().to_string();
-            if !self.jobs_run.insert(name.clone()) {
-                continue;
-            }
-            ran += 1;
-            let cm = api
-                .get("", "configmaps", NS, &name)
-                .expect("plan ConfigMap");
-            let mut plan: Value =
-                serde_json::from_str(cm["data"]["plan.json"].as_str().unwrap()).expect("plan JSON");
-            // In-cluster DNS names → the worker processes.
-            let target = plan["target"].as_str().unwrap().to_string();
-            let host = target
-                .trim_start_matches("http://")
-                .split(':')
-                .next()
-                .unwrap()
-                .to_string();
-            let addr = &self.workers.get(&host).expect("target worker").1;
-            plan["target"] = json!(format!("http://{addr}"));
-            let plan_path = scratch.join(format!("{name}.json"));
-            std::fs::write(&plan_path, plan.to_string()).unwrap();
-            let spec = &job["spec"];
-            let n = spec["parallelism"].as_i64().unwrap();
-            let container = &spec["template"]["spec"]["containers"][0];
-            let args: Vec<String> = container["args"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a.as_str().unwrap().to_string())
-                .collect();
-            let token = token(api);
-            let mut children = Vec::new();
-            for i in 0..n {
-                let args: Vec<String> = args
-                    .iter()
-                    .map(|a| match a.as_str() {
-                        "/etc/meshbench/plan.json" => plan_path.display().to_string(),
-                        a if a.starts_with("0.0.0.0:") => "127.0.0.1:0".to_string(),
-                        "/tmp/result.json" => scratch
-                            .join(format!("{name}-{i}.result.json"))
-                            .display()
-                            .to_string(),
-                        other => other.to_string(),
-                    })
-                    .collect();
-                children.push(
-                    tokio::process::Command::new(BIN)
-                        .arg("loadgen")
-                        .args(&args)
-                        .env("JOB_COMPLETION_INDEX", i.to_string())
-                        .env("MESHBENCH_RESULTS_TOKEN", &token)
-                        .env("RUST_LOG", "warn")
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::piped())
-                        .spawn()
-                        .expect("start a loadgen instance"),
-                );
-            }
-            for c in children {
-                let out = c.wait_with_output().await.unwrap();
-                assert!(
-                    out.status.success(),
-                    "loadgen instance of {name} failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            api.set_status(
-                "batch",
-                "jobs",
-                NS,
-                &name,
-                json!({
-                    "succeeded": n,
-                    "completionTime": "2026-11-30T00:00:00Z",
-                    "conditions": [{"type": "Complete", "status": "True"}],
-                }),
-            );
-        }
-        ran
-    }
-}
-
-async fn wait_listening(addr: &str) {
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("worker at {addr} never listened");
-}
-
-async fn reconcile_all(api: &Arc<FakeApi>, op: &Operator) {
-    let mesh: ServiceMesh =
-        serde_json::from_value(api.get(MB, "servicemeshes", NS, "shop").unwrap()).unwrap();
-    mesh_controller::reconcile(Arc::new(mesh), op.mesh.clone())
+async fn jobs(ns: &str) -> Vec<Job> {
+    Api::<Job>::namespaced(cluster().admin().await, ns)
+        .list(&ListParams::default())
         .await
-        .expect("mesh reconcile");
-    bench_controller::reconcile(Arc::new(bench_of(api)), op.bench.clone())
+        .expect("jobs")
+        .items
+}
+
+/// What the controller runtime would do on every change: reconcile the mesh and the
+/// benchmark, as the operator (a 403 from the RBAC fails here).
+async fn reconcile_all(ns: &str, op: &Operator) {
+    let admin = cluster().admin().await;
+    if let Some(mesh) = Api::<ServiceMesh>::namespaced(admin, ns)
+        .get_opt("shop")
+        .await
+        .unwrap()
+    {
+        mesh_controller::reconcile(Arc::new(mesh), op.mesh.clone())
+            .await
+            .expect("mesh reconcile");
+    }
+    bench_controller::reconcile(Arc::new(bench_of(ns).await), op.bench.clone())
         .await
         .expect("benchmark reconcile");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_benchmark_runs_from_apply_to_downloaded_report_across_an_operator_restart() {
-    let api = FakeApi::new();
+    // Restricted: the worker and load pods must pass Pod Security admission to run at all.
+    let ns = cluster()
+        .namespace(
+            "bench-run",
+            &[("pod-security.kubernetes.io/enforce", "restricted")],
+        )
+        .await;
     let (mesh, bench) = documents();
-    api.create(MB, "servicemeshes", mesh);
-    api.create(MB, "benchmarks", bench);
+    apply(&ns, Some(mesh), bench).await;
     let volumes = tempfile::tempdir().unwrap();
     let data = volumes.path().join("reports");
-    let scratch = tempfile::tempdir().unwrap();
-    let mut op = Operator::start(&api, &data, 0).await;
-    let mut cluster = Cluster::default();
-    let mut restarted_with_a_job_pending = false;
+    let mut op = Operator::start(&data, 0).await;
+    let mut kubelet = Kubelet::new(cluster().admin().await, &ns);
     let mut phases = Vec::new();
-    for _ in 0..600 {
-        reconcile_all(&api, &op).await;
-        cluster.deployments(&api).await;
-        let b = bench_of(&api);
-        let status = b.status.clone().unwrap_or_default();
+    let mut restarted_with_a_job_pending = false;
+    let mut job_names = BTreeSet::new();
+    for _ in 0..900 {
+        reconcile_all(&ns, &op).await;
+        let status = status_of(&ns).await;
         if phases.last() != Some(&status.phase) {
             phases.push(status.phase);
         }
         if status.phase.is_terminal() {
             break;
         }
-        if !api.all("batch", "jobs").is_empty() && !restarted_with_a_job_pending {
-            // The operator dies with a load Job created but not yet run; a new one takes
-            // over on the same port (the Job's results URL) and the same volume.
+        let js = jobs(&ns).await;
+        job_names.extend(js.iter().map(|j| j.name_any()));
+        if !js.is_empty() && !restarted_with_a_job_pending {
             let port = op.stop();
             tokio::time::sleep(Duration::from_millis(100)).await;
-            op = Operator::start(&api, &data, port).await;
+            op = Operator::start(&data, port).await;
             restarted_with_a_job_pending = true;
             continue;
         }
-        cluster.jobs(&api, scratch.path()).await;
+        kubelet.sync().await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let b = bench_of(&api);
-    let status = b.status.clone().unwrap();
+    let status = status_of(&ns).await;
     let dump = serde_json::to_string_pretty(&status).unwrap();
     assert!(
         restarted_with_a_job_pending,
         "the restart was not exercised"
     );
-    assert_eq!(
-        status.phase,
-        meshbench_crds::benchmark::Phase::Succeeded,
-        "phases {phases:?}\n{dump}"
-    );
-    assert!(
-        phases.contains(&meshbench_crds::benchmark::Phase::Running),
-        "{phases:?}"
-    );
-    let forbidden = api.forbidden.lock().unwrap().clone();
-    assert!(
-        forbidden.is_empty(),
-        "requests outside the RBAC table: {forbidden:?}"
-    );
+    assert_eq!(status.phase, Phase::Succeeded, "phases {phases:?}\n{dump}");
+    assert!(phases.contains(&Phase::Running), "{phases:?}");
 
-    // Exactly one Job per step, despite the restart; none left behind.
-    let job_names: BTreeSet<String> = api
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|l| l.starts_with("PATCH /apis/batch/v1/namespaces/bench/jobs/"))
-        .map(|l| l.rsplit('/').next().unwrap().to_string())
-        .collect();
+    // Exactly one Job per step, despite the restart, each run by the real Job controller's
+    // pods; none left behind.
     assert_eq!(job_names.len(), 2, "{job_names:?}");
-    assert_eq!(cluster.jobs_run.len(), 2);
-    assert!(
-        api.all("batch", "jobs").is_empty(),
-        "load Jobs not cleaned up"
-    );
+    assert_eq!(kubelet.jobs_run, job_names);
+    assert!(jobs(&ns).await.is_empty(), "load Jobs not cleaned up");
 
     // The status summarises each step: two instances' results merged to the plan's rate.
     assert_eq!(status.steps.len(), 2, "{dump}");
     for (s, target) in status.steps.iter().zip([20.0, 40.0]) {
         assert_eq!(s.target, target, "{dump}");
         assert!(
-            (s.achieved_rps - target).abs() <= target * 0.15,
-            "step {} achieved {} rps, planned {target}\n{dump}",
+            (s.throughput_rps - target).abs() <= target * 0.15,
+            "step {} served {} rps, planned {target}\n{dump}",
             s.step,
-            s.achieved_rps
+            s.throughput_rps
         );
         assert!(s.slo_passed, "{dump}");
     }
     assert_eq!(status.slo_verdict.as_deref(), Some("Pass"), "{dump}");
     let run = status.run_id.clone().unwrap();
     // Exported: the status points at the copy, which holds every report file.
-    let exported = volumes.path().join("exported").join(NS).join(&run);
+    let exported = volumes.path().join("exported").join(&ns).join(&run);
     assert_eq!(
         status.report_location,
         Some(format!("file://{}", exported.display()))
@@ -410,9 +284,26 @@ async fn a_benchmark_runs_from_apply_to_downloaded_report_across_an_operator_res
         (complete.status.as_str(), complete.reason.as_str()),
         ("True", "Succeeded")
     );
+    let failed = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Failed")
+        .expect("Failed condition");
+    assert_eq!(failed.status, "False", "{failed:?}");
+    // What a CI pipeline runs: `kubectl wait` returns once the run completed.
+    cluster()
+        .kubectl(&[
+            "wait",
+            "-n",
+            &ns,
+            "--for=condition=Complete",
+            "benchmark/ramp",
+            "--timeout=5s",
+        ])
+        .expect("kubectl wait --for=condition=Complete");
 
     // The report on the volume, from both instances of both steps.
-    let dir = data.join(NS).join(&run);
+    let dir = data.join(&ns).join(&run);
     for f in ["report.html", "run.json", "steps.parquet", "steps.csv"] {
         assert!(dir.join(f).is_file(), "{f} missing in {}", dir.display());
     }
@@ -447,27 +338,30 @@ async fn a_benchmark_runs_from_apply_to_downloaded_report_across_an_operator_res
     assert_eq!(results, 4, "2 steps × 2 instances");
 
     // Events tell the story.
-    let reasons: Vec<String> = api
-        .all("events.k8s.io", "events")
-        .iter()
-        .filter(|e| e["regarding"]["kind"] == "Benchmark")
-        .map(|e| e["reason"].as_str().unwrap_or("").to_string())
+    let reasons: Vec<String> = Api::<Event>::namespaced(cluster().admin().await, &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Benchmark"))
+        .filter_map(|e| e.reason)
         .collect();
     assert!(reasons.contains(&"Started".to_string()), "{reasons:?}");
     assert!(reasons.contains(&"Finished".to_string()), "{reasons:?}");
 
     // The endpoint guards reports with the benchmark's token.
-    let base = format!("http://127.0.0.1:{}/v1/reports/{NS}/ramp/{run}", op.port);
+    let base = format!("http://127.0.0.1:{}/v1/reports/{ns}/ramp/{run}", op.port);
     let http = reqwest::Client::new();
-    let status_of = |rb: reqwest::RequestBuilder| async move { rb.send().await.unwrap().status() };
-    assert_eq!(status_of(http.get(&base)).await, 401);
+    let code = |rb: reqwest::RequestBuilder| async move { rb.send().await.unwrap().status() };
+    assert_eq!(code(http.get(&base)).await, 401);
     assert_eq!(
-        status_of(http.get(&base).bearer_auth("not-the-token")).await,
+        code(http.get(&base).bearer_auth("not-the-token")).await,
         403
     );
-    let token = token(&api);
+    let token = token(&ns).await;
     assert_eq!(
-        status_of(
+        code(
             http.get(format!("{base}/inputs%2Fspec.json"))
                 .bearer_auth(&token)
         )
@@ -476,24 +370,24 @@ async fn a_benchmark_runs_from_apply_to_downloaded_report_across_an_operator_res
         "inputs are not part of the report"
     );
     assert_eq!(
-        status_of(http.get(format!("{base}/..%2F..%2Fx")).bearer_auth(&token)).await,
+        code(http.get(format!("{base}/..%2F..%2Fx")).bearer_auth(&token)).await,
         404
     );
 
-    // `meshbench results` downloads it.
+    // `meshbench results` downloads it, reading the run and the token with the user's
+    // credentials.
     let out = tempfile::tempdir().unwrap();
     let args = ResultsArgs {
         name: "ramp".into(),
-        namespace: Some(NS.into()),
+        namespace: Some(ns.clone()),
         out: out.path().to_path_buf(),
         url: Some(format!("http://127.0.0.1:{}", op.port)),
         operator_namespace: "meshbench".into(),
         operator_service: "meshbench-operator:http".into(),
         partial: false,
     };
-    let got = fetch::fetch(&api.client(NS), &args)
-        .await
-        .expect("download");
+    let user: Client = cluster().admin().await;
+    let got = fetch::fetch(&user, &args).await.expect("download");
     assert_eq!(got, out.path().join(&run));
     assert_eq!(
         std::fs::read(got.join("report.html")).unwrap(),
@@ -508,40 +402,46 @@ async fn a_benchmark_runs_from_apply_to_downloaded_report_across_an_operator_res
     assert!(!exported.join("inputs").exists());
     assert!(!got.join("inputs").exists());
     // A second download never overwrites the first.
-    let again = fetch::fetch(&api.client(NS), &args).await;
+    let again = fetch::fetch(&user, &args).await;
     assert!(again.is_err(), "{again:?}");
 
     // A changed spec starts a new run.
-    let mut spec = bench_of(&api).spec;
-    spec.profile.stages.as_mut().unwrap().truncate(1);
-    api.update_spec(
-        MB,
-        "benchmarks",
-        NS,
-        "ramp",
-        serde_json::to_value(&spec).unwrap(),
-    );
+    change_spec(&ns).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    reconcile_all(&api, &op).await;
-    let after = bench_of(&api).status.unwrap();
+    reconcile_all(&ns, &op).await;
+    let after = status_of(&ns).await;
     assert_ne!(after.run_id, Some(run.clone()));
     assert!(!after.phase.is_terminal(), "{after:?}");
     assert!(after.steps.is_empty());
     op.stop();
 }
 
+/// Drops the second stage, as `kubectl apply` of an edited file would.
+async fn change_spec(ns: &str) {
+    let mut spec = bench_of(ns).await.spec;
+    spec.profile.stages.as_mut().unwrap().truncate(1);
+    Api::<Benchmark>::namespaced(cluster().admin().await, ns)
+        .patch(
+            "ramp",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": spec })),
+        )
+        .await
+        .expect("change the spec");
+}
+
 #[tokio::test]
 async fn a_benchmark_naming_a_missing_mesh_is_invalid_and_starts_nothing() {
-    let api = FakeApi::new();
+    let ns = cluster().namespace("bench-no-mesh", &[]).await;
     let (_, bench) = documents();
-    api.create(MB, "benchmarks", bench);
+    apply(&ns, None, bench).await;
     let volumes = tempfile::tempdir().unwrap();
     let data = volumes.path().join("reports");
-    let op = Operator::start(&api, &data, 0).await;
-    bench_controller::reconcile(Arc::new(bench_of(&api)), op.bench.clone())
+    let op = Operator::start(&data, 0).await;
+    bench_controller::reconcile(Arc::new(bench_of(&ns).await), op.bench.clone())
         .await
         .unwrap();
-    let status = bench_of(&api).status.unwrap();
+    let status = status_of(&ns).await;
     let valid = status
         .conditions
         .iter()
@@ -550,11 +450,22 @@ async fn a_benchmark_naming_a_missing_mesh_is_invalid_and_starts_nothing() {
     assert_eq!(valid.status, "False");
     assert_eq!(
         valid.message,
-        "spec.meshes[0]: ServiceMesh \"shop\" does not exist in namespace bench (hint: apply it; the run starts once it exists)"
+        format!(
+            "spec.meshes[0]: ServiceMesh \"shop\" does not exist in namespace {ns} (hint: apply it; the run starts once it exists)"
+        )
     );
     assert!(status.run_id.is_none());
-    assert!(api.all("", "secrets").is_empty());
-    assert!(api.all("batch", "jobs").is_empty());
+    let secrets = Api::<Secret>::namespaced(cluster().admin().await, &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(
+        secrets
+            .items
+            .iter()
+            .all(|s| s.name_any() != token_secret_name("ramp"))
+    );
+    assert!(jobs(&ns).await.is_empty());
     assert!(!data.exists(), "nothing written to the report volume");
     op.stop();
 }
@@ -576,60 +487,67 @@ fn step_ordinals_round_trip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spec_change_mid_run_cancels_it_keeps_its_report_and_starts_anew() {
-    let api = FakeApi::new();
+    let ns = cluster().namespace("bench-change", &[]).await;
     let (mesh, bench) = documents();
-    api.create(MB, "servicemeshes", mesh);
-    api.create(MB, "benchmarks", bench);
+    apply(&ns, Some(mesh), bench).await;
     let volumes = tempfile::tempdir().unwrap();
     let data = volumes.path().join("reports");
-    let op = Operator::start(&api, &data, 0).await;
-    let mut cluster = Cluster::default();
+    let op = Operator::start(&data, 0).await;
+    let mut kubelet = Kubelet::new(cluster().admin().await, &ns);
     // Up to the first load Job.
-    for _ in 0..100 {
-        reconcile_all(&api, &op).await;
-        cluster.deployments(&api).await;
-        if !api.all("batch", "jobs").is_empty() {
+    for _ in 0..300 {
+        reconcile_all(&ns, &op).await;
+        if !jobs(&ns).await.is_empty() {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        kubelet.sync().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(api.all("batch", "jobs").len(), 1, "no load Job started");
-    let first = bench_of(&api).status.unwrap().run_id.unwrap();
+    assert_eq!(jobs(&ns).await.len(), 1, "no load Job started");
+    let first = status_of(&ns).await.run_id.unwrap();
 
-    let mut spec = bench_of(&api).spec;
-    spec.profile.stages.as_mut().unwrap().truncate(1);
-    api.update_spec(
-        MB,
-        "benchmarks",
-        NS,
-        "ramp",
-        serde_json::to_value(&spec).unwrap(),
-    );
-    reconcile_all(&api, &op).await;
-    let status = bench_of(&api).status.unwrap();
+    change_spec(&ns).await;
+    reconcile_all(&ns, &op).await;
+    let status = status_of(&ns).await;
     assert_eq!(status.run_id.as_deref(), Some(first.as_str()));
-    assert_eq!(status.phase, meshbench_crds::benchmark::Phase::Failed);
-    let complete = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Complete")
-        .unwrap();
-    assert_eq!(complete.reason, "Cancelled", "{complete:?}");
-    assert!(
-        api.all("batch", "jobs").is_empty(),
-        "the cancelled run's Job remains"
+    assert_eq!(status.phase, Phase::Failed);
+    let condition = |t: &str| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .cloned()
+            .unwrap()
+    };
+    let (complete, failed) = (condition("Complete"), condition("Failed"));
+    assert_eq!(
+        (complete.status.as_str(), complete.reason.as_str()),
+        ("False", "Cancelled"),
+        "{complete:?}"
     );
+    assert_eq!(
+        (failed.status.as_str(), failed.reason.as_str()),
+        ("True", "Cancelled"),
+        "{failed:?}"
+    );
+    // The cancelled run's Job is deleted (the garbage collector removes its pods).
+    let remaining: Vec<Job> = jobs(&ns)
+        .await
+        .into_iter()
+        .filter(|j| j.metadata.deletion_timestamp.is_none())
+        .collect();
+    assert!(remaining.is_empty(), "the cancelled run's Job remains");
     // Its report is there, marked partial.
     let run_json: Value = serde_json::from_str(
-        &std::fs::read_to_string(data.join(NS).join(&first).join("run.json")).unwrap(),
+        &std::fs::read_to_string(data.join(&ns).join(&first).join("run.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(run_json["partial"], true, "{run_json}");
 
     // The next reconcile starts the new spec's run (a second later: run ids are per second).
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    reconcile_all(&api, &op).await;
-    let status = bench_of(&api).status.unwrap();
+    reconcile_all(&ns, &op).await;
+    let status = status_of(&ns).await;
     assert_ne!(status.run_id.as_deref(), Some(first.as_str()));
     assert!(!status.phase.is_terminal());
     op.stop();
@@ -637,47 +555,44 @@ async fn a_spec_change_mid_run_cancels_it_keeps_its_report_and_starts_anew() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_step_redeploy_restarts_the_mesh_before_each_later_step() {
-    let api = FakeApi::new();
+    let ns = cluster().namespace("bench-redeploy", &[]).await;
     let (mesh, mut bench) = documents();
     bench["spec"]["redeploy"] = json!("perStep");
     bench["spec"]["loadgen"]["parallelism"] = json!(1);
-    api.create(MB, "servicemeshes", mesh);
-    api.create(MB, "benchmarks", bench);
+    apply(&ns, Some(mesh), bench).await;
     let volumes = tempfile::tempdir().unwrap();
     let data = volumes.path().join("reports");
-    let scratch = tempfile::tempdir().unwrap();
-    let op = Operator::start(&api, &data, 0).await;
-    let mut cluster = Cluster::default();
-    for _ in 0..600 {
-        reconcile_all(&api, &op).await;
-        cluster.deployments(&api).await;
-        if bench_of(&api)
-            .status
-            .unwrap_or_default()
-            .phase
-            .is_terminal()
-        {
+    let op = Operator::start(&data, 0).await;
+    let mut kubelet = Kubelet::new(cluster().admin().await, &ns);
+    for _ in 0..900 {
+        reconcile_all(&ns, &op).await;
+        if status_of(&ns).await.phase.is_terminal() {
             break;
         }
-        cluster.jobs(&api, scratch.path()).await;
+        kubelet.sync().await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let status = bench_of(&api).status.unwrap();
-    assert_eq!(
-        status.phase,
-        meshbench_crds::benchmark::Phase::Succeeded,
-        "{status:?}"
-    );
+    let status = status_of(&ns).await;
+    assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
     // The Deployment was restarted (by its own field manager, so the mesh controller's
     // apply keeps the annotation) before the second step, and waited for again.
-    let dep = api.get("apps", "deployments", NS, "shop-api").unwrap();
+    let dep = Api::<Deployment>::namespaced(cluster().admin().await, &ns)
+        .get("shop-api")
+        .await
+        .unwrap();
+    let annotations = dep
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
     assert!(
-        dep["spec"]["template"]["metadata"]["annotations"]["meshbench.io/restarted-at"].is_string(),
-        "{dep}"
+        annotations.contains_key("meshbench.io/restarted-at"),
+        "{annotations:?}"
     );
     let run = status.run_id.unwrap();
     let run_json: Value = serde_json::from_str(
-        &std::fs::read_to_string(data.join(NS).join(&run).join("run.json")).unwrap(),
+        &std::fs::read_to_string(data.join(&ns).join(&run).join("run.json")).unwrap(),
     )
     .unwrap();
     let names: Vec<&str> = run_json["phases"]
