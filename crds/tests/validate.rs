@@ -889,3 +889,26 @@ fn document_that_is_not_a_mapping() {
     assert!(d.message.contains("expected a mapping"), "{d}");
     assert_eq!(d.position, pos(1, 1));
 }
+
+/// `spec.report` was accepted and ignored; it is not part of the API any more, and a
+/// document that still has it is told so instead of silently losing the setting.
+#[test]
+fn a_report_block_is_rejected_not_ignored() {
+    let text = r#"
+apiVersion: meshbench.io/v1alpha1
+kind: Benchmark
+metadata: { name: b }
+spec:
+  meshes: [m]
+  target: { service: api, path: / }
+  profile: { stages: [{ rate: 10, duration: 5s }] }
+  report: { formats: [csv] }
+"#;
+    let b = Bundle::from_str("bench.yaml", text);
+    let d = at_path(&b, "spec.report");
+    assert!(
+        d.message.contains("unknown field `report`"),
+        "{}",
+        render(&b)
+    );
+}

@@ -75,6 +75,10 @@ pub struct LoadgenArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// How long to keep retrying the POST to `--results-url` while the receiver is
+    /// unreachable or answers 5xx/429 (an operator restarting): 0.5 s doubling to 30 s.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub results_retry_for: Duration,
     /// Serve live Prometheus metrics at http://ADDR/metrics during the run.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
@@ -264,8 +268,16 @@ fn write_out(path: &Path, text: &str) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-/// POSTs the result JSON to `url` with an optional bearer token.
-pub async fn post_result(url: &str, token: Option<&str>, body: String) -> Result<()> {
+/// POSTs the result JSON to `url` with an optional bearer token, retrying for up to
+/// `retry_for` while the receiver is unreachable or answers 5xx, 408 or 429 (what an
+/// operator being restarted looks like). Any other answer is final. The receiver accepts
+/// the same result twice, so a retry after a lost reply is harmless.
+pub async fn post_result(
+    url: &str,
+    token: Option<&str>,
+    body: String,
+    retry_for: Duration,
+) -> Result<()> {
     let fail = |reason: String| Error::Upload {
         url: url.to_owned(),
         reason,
@@ -274,18 +286,39 @@ pub async fn post_result(url: &str, token: Option<&str>, body: String) -> Result
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| fail(error_chain(&e)))?;
-    let mut rb = client
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body);
-    if let Some(t) = token {
-        rb = rb.bearer_auth(t);
+    let deadline = tokio::time::Instant::now() + retry_for;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let mut rb = client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        let retryable = match rb.send().await {
+            Ok(resp) if resp.status().is_success() => return Ok(()),
+            Ok(resp) => {
+                let s = resp.status();
+                let text = resp.text().await.unwrap_or_default();
+                let reason = format!("the server answered {s}: {}", text.trim());
+                if !(s.is_server_error() || s.as_u16() == 408 || s.as_u16() == 429) {
+                    return Err(fail(reason));
+                }
+                reason
+            }
+            Err(e) => error_chain(&e),
+        };
+        let now = tokio::time::Instant::now();
+        if now + backoff > deadline {
+            return Err(fail(format!(
+                "{retryable} (gave up after retrying for {retry_for:?})"
+            )));
+        }
+        tracing::warn!(url, error = %retryable, retry_in = ?backoff, "posting the result failed; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
-    let resp = rb.send().await.map_err(|e| fail(error_chain(&e)))?;
-    if !resp.status().is_success() {
-        return Err(fail(format!("the server answered {}", resp.status())));
-    }
-    Ok(())
 }
 
 /// Runs the load the arguments describe: builds and validates the plan, stops on
@@ -315,7 +348,7 @@ pub async fn run(args: LoadgenArgs) -> Result<LoadResult> {
     .map_err(|e| Error::Goose(format!("cannot serialise the result: {e}")))?;
     write_out(&args.out, &text)?;
     if let Some(url) = &args.results_url {
-        post_result(url, args.token.as_deref(), text).await?;
+        post_result(url, args.token.as_deref(), text, args.results_retry_for).await?;
     }
     Ok(result)
 }

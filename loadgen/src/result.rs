@@ -208,27 +208,72 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// Adds every field of `o`.
+    /// Adds every field of `o`; a sum past `u64::MAX` stays at the maximum (use
+    /// [`Counts::try_add`] for counts from outside).
     pub fn add(&mut self, o: &Counts) {
-        self.planned += o.planned;
-        self.sent += o.sent;
-        self.completed += o.completed;
-        self.ok += o.ok;
-        self.status_1xx += o.status_1xx;
-        self.status_2xx += o.status_2xx;
-        self.status_3xx += o.status_3xx;
-        self.status_4xx += o.status_4xx;
-        self.status_5xx += o.status_5xx;
-        self.timeouts += o.timeouts;
-        self.connection_errors += o.connection_errors;
-        self.other_errors += o.other_errors;
-        self.late += o.late;
-        self.dropped += o.dropped;
+        let mut sum = *self;
+        for (a, b) in sum.fields_mut().into_iter().zip(o.fields()) {
+            *a = a.saturating_add(b);
+        }
+        *self = sum;
+    }
+
+    /// Adds every field of `o`, failing without a change when a sum overflows: counts in a
+    /// result POSTed over the network are not trusted.
+    pub fn try_add(&mut self, o: &Counts) -> Result<()> {
+        let mut sum = *self;
+        for (a, b) in sum.fields_mut().into_iter().zip(o.fields()) {
+            *a = a.checked_add(b).ok_or_else(|| {
+                ResultError::Merge("a count overflows when results are added".into())
+            })?;
+        }
+        *self = sum;
+        Ok(())
+    }
+
+    fn fields(&self) -> [u64; 14] {
+        [
+            self.planned,
+            self.sent,
+            self.completed,
+            self.ok,
+            self.status_1xx,
+            self.status_2xx,
+            self.status_3xx,
+            self.status_4xx,
+            self.status_5xx,
+            self.timeouts,
+            self.connection_errors,
+            self.other_errors,
+            self.late,
+            self.dropped,
+        ]
+    }
+
+    fn fields_mut(&mut self) -> [&mut u64; 14] {
+        [
+            &mut self.planned,
+            &mut self.sent,
+            &mut self.completed,
+            &mut self.ok,
+            &mut self.status_1xx,
+            &mut self.status_2xx,
+            &mut self.status_3xx,
+            &mut self.status_4xx,
+            &mut self.status_5xx,
+            &mut self.timeouts,
+            &mut self.connection_errors,
+            &mut self.other_errors,
+            &mut self.late,
+            &mut self.dropped,
+        ]
     }
 
     /// Requests that failed: sent but not ok (non-2xx, timeouts, errors), plus dropped.
     pub fn failed(&self) -> u64 {
-        (self.sent - self.ok.min(self.sent)) + self.dropped
+        self.sent
+            .saturating_sub(self.ok)
+            .saturating_add(self.dropped)
     }
 
     /// Sent requests still without an outcome (in flight when the run stopped).
@@ -376,7 +421,7 @@ impl StageResult {
             }
         };
         let c = &self.counts;
-        let due = c.sent + c.dropped;
+        let due = c.sent.saturating_add(c.dropped);
         self.summary = StageSummary {
             elapsed_s,
             target_rate: self.target_rate,
@@ -584,7 +629,7 @@ fn merge_stage(a: &mut StageResult, b: &StageResult) -> Result<()> {
     a.ended_unix_ms = a.ended_unix_ms.max(b.ended_unix_ms);
     a.last_ok_unix_ms = a.last_ok_unix_ms.max(b.last_ok_unix_ms);
     a.partial |= b.partial;
-    a.counts.add(&b.counts);
+    a.counts.try_add(&b.counts)?;
     a.latency_ok = add_encoded(&a.latency_ok, &b.latency_ok)?;
     a.latency_failed = add_encoded(&a.latency_failed, &b.latency_failed)?;
     a.lateness = add_encoded(&a.lateness, &b.lateness)?;
@@ -595,7 +640,7 @@ fn merge_stage(a: &mut StageResult, b: &StageResult) -> Result<()> {
         match by_second.get_mut(&s.second) {
             Some(t) => {
                 t.start_unix_ms = t.start_unix_ms.min(s.start_unix_ms);
-                t.counts.add(&s.counts);
+                t.counts.try_add(&s.counts)?;
                 t.latency_ok = add_encoded(&t.latency_ok, &s.latency_ok)?;
                 t.latency_failed = add_encoded(&t.latency_failed, &s.latency_failed)?;
             }

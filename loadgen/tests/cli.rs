@@ -262,3 +262,130 @@ fn out_to_a_fifo_writes_through_it_instead_of_replacing_it() {
         20
     );
 }
+
+/// A results receiver that answers `statuses` in turn (the last one from then on) and
+/// counts the POSTs; it lives until the test process exits.
+fn start_receiver(
+    statuses: Vec<u16>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let app = axum::Router::new().route(
+                "/r",
+                axum::routing::post(move |body: String| {
+                    let c = c.clone();
+                    let statuses = statuses.clone();
+                    async move {
+                        assert!(
+                            LoadResult::from_json(&body).is_ok(),
+                            "a whole result each time"
+                        );
+                        let n = c.fetch_add(1, Ordering::SeqCst);
+                        let s = statuses[n.min(statuses.len() - 1)];
+                        axum::http::StatusCode::from_u16(s).unwrap()
+                    }
+                }),
+            );
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(l.local_addr().unwrap()).unwrap();
+            axum::serve(l, app).await.unwrap();
+        });
+    });
+    (rx.recv().unwrap(), count)
+}
+
+#[test]
+fn the_result_post_is_retried_while_the_receiver_restarts_and_not_after_a_refusal() {
+    let _g = common::serial();
+    let addr = common::start_target();
+    let run = |receiver: std::net::SocketAddr| {
+        loadgen()
+            .args([
+                "--url",
+                &format!("http://{addr}/"),
+                "--rate",
+                "20",
+                "--duration",
+                "1s",
+            ])
+            .args([
+                "--out",
+                "-",
+                "--quiet",
+                "--results-url",
+                &format!("http://{receiver}/r"),
+            ])
+            .args(["--results-retry-for", "20s"])
+            .output()
+            .unwrap()
+    };
+    // Two 503s (an operator restarting), then accepted: exit 0 after three POSTs.
+    let (receiver, count) = start_receiver(vec![503, 503, 204]);
+    let out = run(receiver);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3);
+    // A 400 is final: one POST, exit 5 (written but not posted).
+    let (receiver, count) = start_receiver(vec![400]);
+    let out = run(receiver);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Nobody listening at all: retried until the deadline, then exit 5.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let started = Instant::now();
+    let out = loadgen()
+        .args([
+            "--url",
+            &format!("http://{addr}/"),
+            "--rate",
+            "20",
+            "--duration",
+            "1s",
+        ])
+        .args([
+            "--out",
+            "-",
+            "--quiet",
+            "--results-url",
+            &format!("http://{closed}/r"),
+        ])
+        .args(["--results-retry-for", "2s"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gave up after retrying"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -45,7 +45,7 @@ pub enum Error {
     Client(kube::Error),
     /// The CRDs are not installed.
     #[error(
-        "the ServiceMesh CRD is not installed ({0}); install it with `meshbench crds | kubectl apply -f -` or `kubectl apply -k deploy/base`"
+        "the ServiceMesh CRD is not installed ({0}); install it with `meshbench crds | kubectl apply -f -` or `kubectl apply -k deploy/`"
     )]
     MissingCrd(kube::Error),
     /// The health/metrics address could not be bound.
@@ -77,9 +77,13 @@ pub struct OperatorArgs {
     /// and the results endpoint (`/v1/...`).
     #[arg(long, env = "MESHBENCH_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
-    /// Image of workers and load generators.
+    /// Image of the workers (and of the load generators unless --loadgen-image is set).
     #[arg(long, env = "MESHBENCH_IMAGE", default_value_t = default_image())]
     pub image: String,
+    /// Image of the load generators, when the worker image has no loadgen (the
+    /// worker-only image of deploy/docker/Dockerfile.worker).
+    #[arg(long, env = "MESHBENCH_LOADGEN_IMAGE")]
+    pub loadgen_image: Option<String>,
     /// Command that starts a worker in the image.
     #[arg(
         long,
@@ -204,6 +208,7 @@ fn init_tracing(json: bool) {
 pub fn render_options(args: &OperatorArgs) -> RenderOptions {
     RenderOptions {
         image: args.image.clone(),
+        loadgen_image: args.loadgen_image.clone(),
         worker_command: args.worker_command.clone(),
         results_base_url: args.results_url.clone().unwrap_or_else(|| {
             format!(

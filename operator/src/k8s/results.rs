@@ -5,7 +5,11 @@
 //! `<benchmark>-results-token`, as `Authorization: Bearer` or `X-Meshbench-Token` — the
 //! latter because the API server's service proxy consumes `Authorization` itself):
 //! - `POST /v1/results/{namespace}/{benchmark}/{run}/{ordinal}`: one loadgen instance's
-//!   result JSON, at most 16 MiB; stored on the report volume by instance index.
+//!   result JSON, at most 16 MiB; stored on the report volume by instance index. Only for
+//!   a run of that benchmark, the step whose Job runs now, an instance index within the
+//!   Job's parallelism, and a result that merges with the other instances'; a repeated
+//!   POST of the same result is accepted once (idempotent), a different one is refused
+//!   (409); at most 512 MiB of results per run (413).
 //! - `GET /v1/reports/{namespace}/{benchmark}/{run}`: the report's file list (JSON).
 //! - `GET /v1/reports/{namespace}/{benchmark}/{run}/{*file}`: one file of it.
 //!
@@ -27,7 +31,7 @@ use kube::api::Api;
 use meshbench_loadgen::LoadResult;
 
 use super::render::{TOKEN_KEY, token_secret_name};
-use super::store::{Store, valid_component};
+use super::store::{SpecSnapshot, Store, valid_component};
 
 /// Largest accepted result body.
 pub const MAX_RESULT_BYTES: usize = 16 * 1024 * 1024;
@@ -138,6 +142,100 @@ async fn authorize(
     }
 }
 
+/// Largest total of stored instance results of one run (every step, every instance).
+pub const MAX_RUN_RESULT_BYTES: u64 = 512 * 1024 * 1024;
+
+/// A refused request: the status and the message sent back.
+type Refusal = (StatusCode, String);
+
+/// The run's spec snapshot, when the run exists and belongs to `benchmark`: a token is
+/// per benchmark, so it must not reach another benchmark's runs in the namespace.
+fn run_of(
+    state: &ResultsState,
+    namespace: &str,
+    benchmark: &str,
+    run: &str,
+) -> Result<SpecSnapshot, Refusal> {
+    let not_found = || {
+        (
+            StatusCode::NOT_FOUND,
+            format!("no run {run} of benchmark {benchmark} in {namespace}"),
+        )
+    };
+    if !state.store.has_run(namespace, run) {
+        return Err(not_found());
+    }
+    match state.store.spec(namespace, run) {
+        Ok(s) if s.benchmark.metadata.name.as_deref() == Some(benchmark) => Ok(s),
+        Ok(_) => Err(not_found()),
+        Err(e) => {
+            tracing::error!(error = %e, namespace, run, "cannot read a run's spec");
+            Err((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot read the run".into(),
+            ))
+        }
+    }
+}
+
+/// Checks a POSTed result against the run: the step must be the one running now, the
+/// instance index within the Job's parallelism, and the result must merge with the other
+/// instances' (same stages; counts that do not overflow).
+fn check_result(
+    state: &ResultsState,
+    snapshot: &SpecSnapshot,
+    (namespace, run, ordinal): (&str, &str, usize),
+    result: &LoadResult,
+) -> Result<(), Refusal> {
+    let internal = |e: super::store::Error| {
+        tracing::error!(error = %e, "cannot read the run's results");
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot read the run's results".to_string(),
+        )
+    };
+    match state.store.current_step(namespace, run).map_err(internal)? {
+        Some(c) if c == ordinal => {}
+        _ => {
+            return Err((
+                StatusCode::CONFLICT,
+                format!("step {ordinal} of run {run} is not the running step"),
+            ));
+        }
+    }
+    let parallelism = snapshot
+        .benchmark
+        .spec
+        .loadgen
+        .as_ref()
+        .and_then(|l| l.parallelism)
+        .unwrap_or(1)
+        .max(1) as u32;
+    let inst = &result.plan.instance;
+    if inst.count != parallelism || inst.index >= parallelism {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!(
+                "instance {} of {}: the Job runs instances 0..{parallelism}",
+                inst.index, inst.count
+            ),
+        ));
+    }
+    let mut all = state
+        .store
+        .instance_results(namespace, run, ordinal)
+        .map_err(internal)?;
+    all.retain(|r| r.plan.instance.index != inst.index);
+    all.push(result.clone());
+    if let Err(e) = LoadResult::merge(&all) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!("the result does not merge with the other instances': {e}"),
+        ));
+    }
+    Ok(())
+}
+
 async fn post_result(
     State(state): State<Arc<ResultsState>>,
     Path((namespace, benchmark, run, ordinal)): Path<(String, String, String, String)>,
@@ -150,12 +248,10 @@ async fn post_result(
     let Ok(ordinal) = ordinal.parse::<usize>() else {
         return reject(StatusCode::BAD_REQUEST, "the step ordinal is not a number");
     };
-    if !state.store.has_run(&namespace, &run) {
-        return reject(
-            StatusCode::NOT_FOUND,
-            format!("no run {run} in {namespace}"),
-        );
-    }
+    let snapshot = match run_of(&state, &namespace, &benchmark, &run) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
     let Ok(text) = std::str::from_utf8(&body) else {
         return reject(StatusCode::BAD_REQUEST, "the body is not UTF-8");
     };
@@ -175,6 +271,43 @@ async fn post_result(
         );
     }
     let index = result.plan.instance.index;
+    // A retried POST of the same result is idempotent; a different one for the same
+    // instance is refused, so the first one counts.
+    match state
+        .store
+        .instance_result(&namespace, &run, ordinal, index)
+    {
+        Ok(Some(existing)) if existing == result => return StatusCode::NO_CONTENT.into_response(),
+        Ok(Some(_)) => {
+            return reject(
+                StatusCode::CONFLICT,
+                format!("instance {index} of step {ordinal} already posted a different result"),
+            );
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read a stored result");
+            return reject(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot read the stored results",
+            );
+        }
+    }
+    if let Err(r) = check_result(&state, &snapshot, (&namespace, &run, ordinal), &result) {
+        return r.into_response();
+    }
+    let stored = state
+        .store
+        .results_bytes(&namespace, &run)
+        .unwrap_or(u64::MAX);
+    if stored.saturating_add(body.len() as u64) > MAX_RUN_RESULT_BYTES {
+        return reject(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "run {run} already stores {stored} bytes of results; the limit is {MAX_RUN_RESULT_BYTES}"
+            ),
+        );
+    }
     match state
         .store
         .save_instance_result(&namespace, &run, ordinal, index, &result)
@@ -205,11 +338,8 @@ async fn list_report(
     if let Err(r) = authorize(&state, &headers, &namespace, &benchmark, &run).await {
         return r;
     }
-    if !state.store.has_run(&namespace, &run) {
-        return reject(
-            StatusCode::NOT_FOUND,
-            format!("no run {run} in {namespace}"),
-        );
+    if let Err(r) = run_of(&state, &namespace, &benchmark, &run) {
+        return r.into_response();
     }
     match state.store.report_files(&namespace, &run) {
         Ok(files) => axum::Json(serde_json::json!({ "run": run, "files": files })).into_response(),
@@ -224,6 +354,9 @@ async fn get_report_file(
 ) -> Response {
     if let Err(r) = authorize(&state, &headers, &namespace, &benchmark, &run).await {
         return r;
+    }
+    if let Err(r) = run_of(&state, &namespace, &benchmark, &run) {
+        return r.into_response();
     }
     // Only files the listing names are served: no path escapes the run directory.
     let path = match state.store.report_file(&namespace, &run, &file) {

@@ -128,6 +128,54 @@ impl Store {
         write_json(&dir.join(format!("{ordinal}-{index}.json")), result)
     }
 
+    /// Whether instance `index` of step `ordinal` has a stored result, and it.
+    pub fn instance_result(
+        &self,
+        ns: &str,
+        run: &str,
+        ordinal: usize,
+        index: u32,
+    ) -> Result<Option<LoadResult>> {
+        let path = self
+            .inputs(ns, run)?
+            .join("results")
+            .join(format!("{ordinal}-{index}.json"));
+        if !path.exists() {
+            return Ok(None);
+        }
+        read_json(&path).map(Some)
+    }
+
+    /// Bytes of every instance result stored for run `run`.
+    pub fn results_bytes(&self, ns: &str, run: &str) -> Result<u64> {
+        let dir = self.inputs(ns, run)?.join("results");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io(&dir)(e)),
+        };
+        Ok(entries
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .fold(0u64, u64::saturating_add))
+    }
+
+    /// Records that step `ordinal` is the one whose load Job runs now: the results
+    /// endpoint accepts results for it only.
+    pub fn set_current_step(&self, ns: &str, run: &str, ordinal: usize) -> Result<()> {
+        write_json(&self.inputs(ns, run)?.join("current-step.json"), &ordinal)
+    }
+
+    /// The step whose load Job runs now, if one does.
+    pub fn current_step(&self, ns: &str, run: &str) -> Result<Option<usize>> {
+        let path = self.inputs(ns, run)?.join("current-step.json");
+        if !path.exists() {
+            return Ok(None);
+        }
+        read_json(&path).map(Some)
+    }
+
     /// The instance results of step `ordinal` received so far, by instance index.
     pub fn instance_results(&self, ns: &str, run: &str, ordinal: usize) -> Result<Vec<LoadResult>> {
         let dir = self.inputs(ns, run)?.join("results");

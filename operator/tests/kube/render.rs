@@ -370,3 +370,35 @@ fn restricted_check_catches_violations() {
         );
     }
 }
+
+/// Load Jobs take their own image when one is set (a worker-only image has no loadgen);
+/// the workers keep theirs.
+#[test]
+fn load_jobs_use_the_loadgen_image_when_set() {
+    let bundle = Bundle::load_files(&[root().join("../experiments/quickstart.yaml")]);
+    let opts = RenderOptions {
+        image: "registry.example/meshbench-worker:1".into(),
+        loadgen_image: Some("registry.example/meshbench:1".into()),
+        ..RenderOptions::default()
+    };
+    let yaml = render_bundle_yaml_with(&bundle, &opts).unwrap();
+    let mut images = Vec::new();
+    for doc in yaml.split("\n---\n").filter(|d| !d.trim().is_empty()) {
+        let v: Value = serde_yaml::from_str(doc).unwrap();
+        let kind = v["kind"].as_str().unwrap_or_default().to_string();
+        if let Some(c) = v["spec"]["template"]["spec"]["containers"].as_array() {
+            images.push((kind, c[0]["image"].as_str().unwrap().to_string()));
+        }
+    }
+    assert!(
+        images.contains(&("Job".into(), "registry.example/meshbench:1".into())),
+        "{images:?}"
+    );
+    assert!(
+        images
+            .iter()
+            .filter(|(k, _)| k == "Deployment")
+            .all(|(_, i)| i == "registry.example/meshbench-worker:1"),
+        "{images:?}"
+    );
+}
