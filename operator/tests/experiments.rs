@@ -297,6 +297,17 @@ fn chain_flattens_at_the_back_ends_predicted_capacity() {
     assert_eq!(o.status.code(), Some(0), "{all}");
     let a = load(&dir);
     assert_knee(&a, "chain", &all);
+    // The knee is stated, not left to inference: 40 rps is marked saturated at the back
+    // end, and the run says where the mesh saturated.
+    let s40 = step(&a, "chain", "rate-40");
+    assert_eq!(s40.saturated, Some(true), "{all}");
+    let why = s40.saturation.clone().unwrap_or_default();
+    assert!(why.contains("predicted bottleneck backend"), "{why}");
+    assert_eq!(step(&a, "chain", "rate-10").saturated, Some(false), "{all}");
+    let summary = &a.run.saturation[0].summary;
+    assert!(summary.starts_with("mesh chain saturates at ~"), "{summary}");
+    let html = std::fs::read_to_string(dir.join("report.html")).expect("report.html");
+    assert!(html.contains(summary.as_str()), "report.html states: {summary}");
     // The light front ends stay far below their limit; the back end sits at its limit.
     let backend = service(&a, "chain", "rate-40", "backend");
     let front = service(&a, "chain", "rate-40", "front-b");
