@@ -320,23 +320,6 @@ fn second_figures(b: &SecondBucket) -> Option<LatencyFigures> {
         .and_then(latency_figures)
 }
 
-/// Served throughput (vegeta's definition): successes per second from the stage's start
-/// until its last success, at least the stage's length. Recomputed here rather than read
-/// from the summary so that results of older loadgens, whose summary lacks it, agree.
-pub fn served_throughput(l: &StageResult) -> f64 {
-    let elapsed_s = l.summary.elapsed_s;
-    let span_s = l
-        .last_ok_unix_ms
-        .map(|t| t.saturating_sub(l.started_unix_ms) as f64 / 1000.0)
-        .unwrap_or(0.0)
-        .max(elapsed_s);
-    if span_s > 0.0 {
-        l.counts.ok as f64 / span_s
-    } else {
-        0.0
-    }
-}
-
 /// Per-second medians of successes (ms), in order, for seconds that had successes.
 fn second_medians(seconds: &[SecondBucket]) -> Vec<f64> {
     seconds
@@ -435,7 +418,7 @@ pub fn analyze(data: &RunData) -> Analysis {
         let lat = hist.as_ref().and_then(latency_figures);
         let pred = step_prediction(s);
         let throughput = load
-            .map(served_throughput)
+            .map(|l| l.served_throughput(l.summary.elapsed_s))
             .filter(|t| *t > 0.0 || counts.is_some_and(|c| c.ok == 0));
         let growth = load.and_then(|l| Growth::of(&second_medians(&l.seconds)));
         let sweep = (s.mesh.as_str(), s.repetition);

@@ -215,7 +215,11 @@ fn latency_growing_through_the_step_is_saturation_even_at_the_target_rate() {
     );
     let r = &rows[0];
     assert!(close(r.throughput_rps, 30.0), "{r:?}");
-    assert!(r.latency_growth.is_some_and(|g| (g - 1770.0 / 270.0).abs() < 0.05), "{r:?}");
+    assert!(
+        r.latency_growth
+            .is_some_and(|g| (g - 1770.0 / 270.0).abs() < 0.05),
+        "{r:?}"
+    );
     assert_eq!(r.saturated, Some(true));
     assert!(r.saturation.as_deref().unwrap().contains("queue build-up"));
 }

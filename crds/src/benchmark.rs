@@ -78,6 +78,17 @@ pub struct BenchmarkSpec {
     // field is rejected as unknown rather than accepted and ignored.
 }
 
+impl BenchmarkSpec {
+    /// Load generator instances per step (`spec.loadgen.parallelism`, at least 1).
+    pub fn parallelism(&self) -> u32 {
+        self.loadgen
+            .as_ref()
+            .and_then(|l| l.parallelism)
+            .unwrap_or(1)
+            .max(1) as u32
+    }
+}
+
 /// The request the load generator sends.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

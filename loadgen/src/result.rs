@@ -405,6 +405,21 @@ impl StageResult {
         })
     }
 
+    /// Served throughput (vegeta's definition): successes per second from the stage's
+    /// start until its last success, over at least `elapsed_s`; 0 without time.
+    pub fn served_throughput(&self, elapsed_s: f64) -> f64 {
+        let span_s = self
+            .last_ok_unix_ms
+            .map(|t| t.saturating_sub(self.started_unix_ms) as f64 / 1000.0)
+            .unwrap_or(0.0)
+            .max(elapsed_s);
+        if span_s > 0.0 {
+            self.counts.ok as f64 / span_s
+        } else {
+            0.0
+        }
+    }
+
     /// Recomputes [`StageResult::summary`] from counts and histograms.
     pub fn recompute_summary(&mut self) -> Result<()> {
         let elapsed_s = (self.ended_unix_ms.saturating_sub(self.started_unix_ms) as f64 / 1000.0)
@@ -429,18 +444,7 @@ impl StageResult {
             sent_rate: per_s(c.sent),
             completed_rate: per_s(c.completed),
             ok_rate: per_s(c.ok),
-            throughput: {
-                let span_s = self
-                    .last_ok_unix_ms
-                    .map(|t| t.saturating_sub(self.started_unix_ms) as f64 / 1000.0)
-                    .unwrap_or(0.0)
-                    .max(elapsed_s);
-                if span_s > 0.0 {
-                    c.ok as f64 / span_s
-                } else {
-                    0.0
-                }
-            },
+            throughput: self.served_throughput(elapsed_s),
             success_ratio: if due > 0 {
                 c.ok as f64 / due as f64
             } else {

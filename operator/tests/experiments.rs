@@ -305,9 +305,15 @@ fn chain_flattens_at_the_back_ends_predicted_capacity() {
     assert!(why.contains("predicted bottleneck backend"), "{why}");
     assert_eq!(step(&a, "chain", "rate-10").saturated, Some(false), "{all}");
     let summary = &a.run.saturation[0].summary;
-    assert!(summary.starts_with("mesh chain saturates at ~"), "{summary}");
+    assert!(
+        summary.starts_with("mesh chain saturates at ~"),
+        "{summary}"
+    );
     let html = std::fs::read_to_string(dir.join("report.html")).expect("report.html");
-    assert!(html.contains(summary.as_str()), "report.html states: {summary}");
+    assert!(
+        html.contains(summary.as_str()),
+        "report.html states: {summary}"
+    );
     // The light front ends stay far below their limit; the back end sits at its limit.
     let backend = service(&a, "chain", "rate-40", "backend");
     let front = service(&a, "chain", "rate-40", "front-b");

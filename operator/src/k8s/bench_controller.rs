@@ -829,15 +829,7 @@ impl Run<'_> {
         let ord = ordinal(&self.plan, cursor);
         let jobs: Api<Job> = Api::namespaced(self.ctx.client.clone(), &self.ns);
         let cms: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &self.ns);
-        let parallelism = self
-            .snapshot
-            .benchmark
-            .spec
-            .loadgen
-            .as_ref()
-            .and_then(|l| l.parallelism)
-            .unwrap_or(1)
-            .max(1) as usize;
+        let parallelism = self.snapshot.benchmark.spec.parallelism() as usize;
         let Some(job_name) = state.job.clone() else {
             let (Some(mesh), Some(step)) =
                 (self.mesh(cursor.mesh), self.plan.steps.get(cursor.step))

@@ -203,14 +203,7 @@ fn check_result(
             ));
         }
     }
-    let parallelism = snapshot
-        .benchmark
-        .spec
-        .loadgen
-        .as_ref()
-        .and_then(|l| l.parallelism)
-        .unwrap_or(1)
-        .max(1) as u32;
+    let parallelism = snapshot.benchmark.spec.parallelism();
     let inst = &result.plan.instance;
     if inst.count != parallelism || inst.index >= parallelism {
         return Err((
