@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use tokio::net::TcpListener;
 
 use crate::config::{ConfigError, WorkerConfig};
+use crate::health::{HealthError, HealthServer};
 use crate::server::{self, ServerError, WorkerState};
 
 /// Errors of a worker run.
@@ -23,6 +24,9 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The health listener (`--health-port`) could not be started.
+    #[error(transparent)]
+    Health(#[from] HealthError),
     /// Serving failed.
     #[error(transparent)]
     Server(#[from] ServerError),
@@ -56,6 +60,11 @@ pub struct WorkerArgs {
     /// Listen address, overriding `0.0.0.0:<port>` from the config (e.g. 127.0.0.1:0).
     #[arg(long, env = "MESHBENCH_WORKER_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Also serve /live on this port (same IP as the listen address; 0 = any free port)
+    /// from a dedicated thread that load on the main port cannot starve; point liveness
+    /// probes here, as the operator's pods do. Without it, /live is on the main port only.
+    #[arg(long, env = "MESHBENCH_WORKER_HEALTH_PORT", value_name = "PORT")]
+    pub health_port: Option<u16>,
     /// Pod (replica) name, overriding the config's `pod`; default: hostname.
     #[arg(long, env = "POD_NAME", value_name = "NAME")]
     pub pod: Option<String>,
@@ -129,7 +138,10 @@ fn raise_fd_limit() {
 }
 
 /// Runs a worker until SIGTERM/SIGINT, then drains: validates the config (before
-/// binding), binds, prints `meshbench-worker listening on <addr>` on stdout, serves.
+/// binding), binds the main and (with `--health-port`) the health listener, prints
+/// `meshbench-worker health on <addr>` when there is one, then
+/// `meshbench-worker listening on <addr>` on stdout, and serves. The listening line comes
+/// last, so a reader that stops at it has seen both.
 pub async fn run(args: WorkerArgs) -> Result<()> {
     let config = args.load_config()?;
     if args.check {
@@ -150,15 +162,26 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
     let local = listener
         .local_addr()
         .map_err(|source| Error::Bind { addr, source })?;
+    // Kept until the main server has drained: liveness must hold during the drain too.
+    let health = args
+        .health_port
+        .map(|port| HealthServer::start(SocketAddr::new(local.ip(), port)))
+        .transpose()?;
+    let health_addr = health.as_ref().map(HealthServer::local_addr);
     state.start_background()?;
     tracing::info!(
         service = %state.config().service,
         pod = %state.pod(),
         addr = %local,
+        health_addr = health_addr.map(|a| a.to_string()),
         endpoints = state.config().endpoints.len(),
         "worker listening"
     );
+    if let Some(h) = health_addr {
+        println!("meshbench-worker health on {h}");
+    }
     println!("meshbench-worker listening on {local}");
     server::serve_state(state, listener, shutdown).await?;
+    drop(health);
     Ok(())
 }

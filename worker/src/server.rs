@@ -230,6 +230,14 @@ fn method_filter(m: Method) -> MethodFilter {
 
 /// The worker's router: the configured endpoints plus `/live`, `/ready` and `/metrics`;
 /// unknown paths answer 404 and other methods 405, both with a JSON body.
+///
+/// `/ready` stays here, on the port that carries the load, while liveness probes go to
+/// the health listener ([`crate::health`]): readiness is meant to answer "can this replica
+/// take traffic now", so a replica too saturated to answer in time, or over
+/// `readiness_max_in_flight`, is rightly taken out of its Service, as Kubernetes users
+/// expect and as the readiness experiments measure. That costs traffic, not the replica;
+/// a failed liveness probe costs the replica. `/live` is kept here for callers that probe
+/// the main port.
 pub fn app(state: Arc<WorkerState>) -> Router {
     let mut by_path: Vec<(String, MethodRouter)> = Vec::new();
     for ep in &state.endpoints {
@@ -248,10 +256,7 @@ pub fn app(state: Arc<WorkerState>) -> Router {
     let (s_ready, s_metrics, s_404, s_405) =
         (state.clone(), state.clone(), state.clone(), state.clone());
     router
-        .route(
-            "/live",
-            get(|| async { json(StatusCode::OK, r#"{"status":"live"}"#.into()) }),
-        )
+        .route(crate::health::LIVE_PATH, get(crate::health::live))
         .route("/ready", get(move || ready(s_ready)))
         .route("/metrics", get(move || metrics_handler(s_metrics)))
         .fallback(move |req: Request| unmatched(s_404, req, StatusCode::NOT_FOUND))

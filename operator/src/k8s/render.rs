@@ -431,20 +431,77 @@ fn loadgen_resources(r: Option<&LoadgenResources>) -> Option<ResourceRequirement
     })
 }
 
-fn http_probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
+/// Name of the worker container's port serving the mesh traffic (and `/ready`).
+const HTTP_PORT_NAME: &str = "http";
+/// Name of the worker container's port serving only `/live`, from its own thread.
+const HEALTH_PORT_NAME: &str = "health";
+
+/// An HTTP GET probe of `path` on the named container port.
+fn http_probe(path: &str, port: &str, period: i32, timeout: i32, failure_threshold: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::String("http".into()),
+            port: IntOrString::String(port.into()),
             scheme: Some("HTTP".into()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
-        timeout_seconds: Some(1),
+        timeout_seconds: Some(timeout),
         success_threshold: Some(1),
         failure_threshold: Some(failure_threshold),
         ..Probe::default()
     }
+}
+
+/// The worker's health port (its `--health-port`): the usual one, or the next when the
+/// service itself listens there.
+fn worker_health_port(svc: &ResolvedService) -> i32 {
+    let usual = i32::from(meshbench_worker::health::POD_HEALTH_PORT);
+    if svc.port == usual { usual + 1 } else { usual }
+}
+
+/// The worker container's arguments: its config, and the health listener's port.
+fn worker_args(svc: &ResolvedService) -> Vec<String> {
+    vec![
+        "--config".into(),
+        WORKER_CONFIG_PATH.into(),
+        "--health-port".into(),
+        worker_health_port(svc).to_string(),
+    ]
+}
+
+/// The worker container's ports: the service's, and the health listener's (not in the
+/// Service, and not scraped: the PodMonitor and scrape config select `http`).
+fn worker_ports(svc: &ResolvedService) -> Vec<ContainerPort> {
+    let port = |name: &str, number: i32| ContainerPort {
+        name: Some(name.into()),
+        container_port: number,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    };
+    vec![
+        port(HTTP_PORT_NAME, svc.port),
+        port(HEALTH_PORT_NAME, worker_health_port(svc)),
+    ]
+}
+
+/// Readiness on the service port, so it reflects what the traffic sees: a replica too
+/// saturated to answer within 1 s (or over `readiness.maxInFlight`) leaves the Service
+/// until it recovers. That costs traffic, not the replica, and it is the Kubernetes
+/// behaviour a benchmark of a mesh should reproduce.
+fn worker_readiness_probe(svc: &ResolvedService) -> Probe {
+    let period = i32::try_from(svc.readiness_period.as_secs().max(1)).unwrap_or(i32::MAX);
+    http_probe("/ready", HTTP_PORT_NAME, period, 1, 1)
+}
+
+/// Liveness on the health port, answered by a thread of its own that the load cannot
+/// starve, with a budget saturation cannot exhaust: 5 s per probe (under a CPU limit the
+/// whole container is throttled, the health thread included, for up to a CFS period per
+/// wake-up) and 6 misses in a row at a 10 s period, so only a worker that has not
+/// answered for about a minute is restarted. A restart never cures overload; it loses
+/// the requests in flight and puts a cold replica back into the same load mid-step.
+fn worker_liveness_probe() -> Probe {
+    http_probe("/live", HEALTH_PORT_NAME, 10, 5, 6)
 }
 
 fn env(name: &str, value: &str) -> EnvVar {
@@ -509,7 +566,7 @@ pub fn render_mesh(mesh: &ServiceMesh, opts: &RenderOptions) -> Result<MeshObjec
                     .unwrap_or_else(|| "IfNotPresent".into()),
             ),
             command: Some(opts.worker_command.clone()),
-            args: Some(vec!["--config".into(), WORKER_CONFIG_PATH.into()]),
+            args: Some(worker_args(svc)),
             env: Some(vec![EnvVar {
                 name: "POD_NAME".into(),
                 value: None,
@@ -521,18 +578,9 @@ pub fn render_mesh(mesh: &ServiceMesh, opts: &RenderOptions) -> Result<MeshObjec
                     ..EnvVarSource::default()
                 }),
             }]),
-            ports: Some(vec![ContainerPort {
-                name: Some("http".into()),
-                container_port: svc.port,
-                protocol: Some("TCP".into()),
-                ..ContainerPort::default()
-            }]),
-            readiness_probe: Some(http_probe(
-                "/ready",
-                i32::try_from(svc.readiness_period.as_secs().max(1)).unwrap_or(i32::MAX),
-                1,
-            )),
-            liveness_probe: Some(http_probe("/live", 10, 3)),
+            ports: Some(worker_ports(svc)),
+            readiness_probe: Some(worker_readiness_probe(svc)),
+            liveness_probe: Some(worker_liveness_probe()),
             resources: Some(worker_resources(svc)),
             security_context: Some(container_security_context()),
             volume_mounts: Some(mounts("config", WORKER_CONFIG_PATH, WORKER_CONFIG_KEY)),
