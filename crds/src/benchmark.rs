@@ -290,6 +290,35 @@ pub struct Collection {
     pub extra: Vec<ExtraQuery>,
 }
 
+/// The names `spec.collection.queries` may override: the collector's built-in PromQL
+/// templates, each named after the metric it yields. The collector lives in the operator,
+/// which this crate cannot depend on, so the list is kept here and a test of the operator
+/// (`k8s::promql`) keeps it equal to its templates.
+pub const COLLECTION_QUERY_NAMES: &[&str] = &[
+    "replicas",
+    "replicas_ready",
+    "replicas_desired",
+    "hpa_target_utilization",
+    "cpu_request_cores",
+    "cpu_limit_cores",
+    "cpu_cores",
+    "memory_bytes",
+    "worker_requests_per_s",
+    "worker_errors_per_s",
+    "worker_latency_mean_ms",
+    "worker_latency_p99_ms",
+];
+
+/// The placeholders a `spec.collection.queries` override may use, filled in per mesh by
+/// the collector (`k8s::promql::Vars::fill` in the operator, tested to fill exactly these).
+pub const COLLECTION_QUERY_PLACEHOLDERS: &[&str] = &[
+    "$namespace",
+    "$mesh",
+    "$deployments",
+    "$pod_deployment",
+    "$window",
+];
+
 /// An additional PromQL query to collect.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

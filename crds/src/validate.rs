@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use crate::benchmark::{Benchmark, LoadKind};
+use crate::benchmark::{
+    Benchmark, COLLECTION_QUERY_NAMES, COLLECTION_QUERY_PLACEHOLDERS, LoadKind,
+};
 use crate::diag::suggest;
 use crate::mesh::{Delay, EndpointBehavior, Resources, ServiceMesh, limits};
 use crate::resolve::{endpoint_path, resolved_resources};
@@ -910,6 +912,7 @@ pub fn validate_benchmark(bench: &Benchmark, meshes: &[&ServiceMesh]) -> Vec<Iss
         if let Some(i) = &c.interval {
             check_duration(&mut out, "spec.collection.interval", i, true);
         }
+        check_query_overrides(&mut out, &c.queries);
     }
     if let Some(s) = &spec.slos {
         for (i, l) in s.latency.iter().enumerate() {
@@ -929,6 +932,70 @@ pub fn validate_benchmark(bench: &Benchmark, meshes: &[&ServiceMesh]) -> Vec<Iss
         check_probability(&mut out, "spec.slos.minAchievedRatio", s.min_achieved_ratio);
     }
     out
+}
+
+/// Every `spec.collection.queries` override must name a built-in query and use only the
+/// collector's placeholders: an unknown name would otherwise be refused only when the
+/// first step is collected, and an unknown placeholder would reach Prometheus as-is.
+fn check_query_overrides(out: &mut Vec<Issue>, queries: &BTreeMap<String, String>) {
+    for (name, expr) in queries {
+        let path = format!("spec.collection.queries.{name}");
+        if !COLLECTION_QUERY_NAMES.contains(&name.as_str()) {
+            out.push(unknown_query(&path, name));
+        }
+        // Each unknown placeholder once, however often it is used.
+        let unknown: BTreeSet<&str> = placeholders(expr)
+            .filter(|p| !COLLECTION_QUERY_PLACEHOLDERS.contains(p))
+            .collect();
+        out.extend(unknown.into_iter().map(|p| unknown_placeholder(&path, p)));
+    }
+}
+
+fn unknown_query(path: &str, name: &str) -> Issue {
+    let issue = Issue::new(
+        path,
+        format!(
+            "{name:?} is not a built-in query; expected one of {}",
+            COLLECTION_QUERY_NAMES.join(", ")
+        ),
+    );
+    match suggest(name, COLLECTION_QUERY_NAMES.iter().copied()) {
+        Some(s) => issue.hint(format!("did you mean {s:?}?")),
+        None => issue,
+    }
+}
+
+fn unknown_placeholder(path: &str, placeholder: &str) -> Issue {
+    let issue = Issue::new(
+        path,
+        format!(
+            "uses the unknown placeholder {placeholder}; expected one of {}",
+            COLLECTION_QUERY_PLACEHOLDERS.join(", ")
+        ),
+    );
+    match placeholder {
+        // Pod names cannot be predicted from Deployment names (long ones are truncated),
+        // so the pod regex placeholder was replaced by a join on the pods' owners.
+        "$pods" => issue.hint(
+            "select pods by their owner: `<expr> * on (namespace, pod) group_left (deployment) $pod_deployment`",
+        ),
+        _ => match suggest(placeholder, COLLECTION_QUERY_PLACEHOLDERS.iter().copied()) {
+            Some(s) => issue.hint(format!("did you mean {s}?")),
+            None => issue,
+        },
+    }
+}
+
+/// The `$name` placeholders of a PromQL template, in order. `$1` and `${1}` (capture
+/// references in `label_replace`) are not placeholders.
+pub fn placeholders(expr: &str) -> impl Iterator<Item = &str> {
+    expr.match_indices('$').filter_map(move |(i, _)| {
+        let rest = &expr[i + 1..];
+        let len = rest
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(rest.len());
+        (len > 0).then(|| &expr[i..=i + len])
+    })
 }
 
 fn check_load_amount(

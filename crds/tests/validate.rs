@@ -533,6 +533,48 @@ fn zero_cpu_limit_with_cpu_burning_endpoint() {
 }
 
 #[test]
+fn query_overrides_must_name_a_built_in_query_and_known_placeholders() {
+    let b = load_with_tiny("invalid/query-overrides.yaml");
+    // `memory_bytes` is valid: a known name, `$pod_deployment`, and `$1` of label_replace.
+    assert_eq!(b.diagnostics.len(), 2, "{}", render(&b));
+    let file = "invalid/query-overrides.yaml";
+    let name = at_path(&b, "spec.collection.queries.replica");
+    check(
+        name,
+        file,
+        1,
+        "Benchmark/queries",
+        pos(15, 7),
+        &[
+            "\"replica\" is not a built-in query",
+            "expected one of replicas, replicas_ready, replicas_desired",
+            "worker_latency_p99_ms",
+        ],
+    );
+    assert_eq!(name.hint.as_deref(), Some("did you mean \"replicas\"?"));
+    let placeholder = at_path(&b, "spec.collection.queries.cpu_cores");
+    check(
+        placeholder,
+        file,
+        1,
+        "Benchmark/queries",
+        pos(16, 7),
+        &[
+            "unknown placeholder $pods",
+            "expected one of $namespace, $mesh, $deployments, $pod_deployment, $window",
+        ],
+    );
+    // The removed pod regex placeholder points at its replacement.
+    assert!(
+        placeholder
+            .hint
+            .as_deref()
+            .is_some_and(|h| h.contains("group_left (deployment) $pod_deployment")),
+        "{placeholder}"
+    );
+}
+
+#[test]
 fn duration_without_unit_gets_a_hint() {
     let b = load(&["invalid/duration-without-unit.yaml"]);
     // No second, spurious "missing field" for the field that was reported.

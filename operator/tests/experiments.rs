@@ -631,7 +631,7 @@ fn collects_through_a_real_prometheus() {
         "{back:?}"
     );
     // ~20 rps reached the back end. The step's mean includes the seconds where the
-    // 3 s rate window still reaches back before the load began, so judge the median
+    // 4 s rate window still reaches back before the load began, so judge the median
     // of the per-second rates PromQL returned for the step.
     let mut rps: Vec<f64> = csv
         .lines()

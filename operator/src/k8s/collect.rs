@@ -1,8 +1,12 @@
 //! The Prometheus collector: runs every [`promql`](super::promql) template over a run's
 //! time window with prometheus-http-query and turns the series into the analysis crate's
-//! [`Sample`]s, with exactly its metric names and units.
+//! [`Sample`]s, with exactly its metric names and units. Every request is bounded by
+//! [`Timeouts`], so an unreachable or overloaded Prometheus fails a collection (naming the
+//! query) instead of holding up the run.
 
 use std::collections::BTreeMap;
+use std::error::Error as StdError;
+use std::time::Duration;
 
 use meshbench_analysis::samples::Sample;
 use prometheus_http_query::Client;
@@ -20,6 +24,9 @@ pub enum Error {
         /// Why.
         message: String,
     },
+    /// The HTTP client could not be built (e.g. no TLS backend).
+    #[error("cannot build the HTTP client for Prometheus: {0}")]
+    Client(String),
     /// A query failed.
     #[error("query {name} failed: {message}\n  query: {query}")]
     Query {
@@ -28,6 +35,16 @@ pub enum Error {
         /// The PromQL sent.
         query: String,
         /// Prometheus' or the client's message.
+        message: String,
+    },
+    /// A query got no answer in time.
+    #[error("query {name} timed out: {message}\n  query: {query}")]
+    Timeout {
+        /// Template name.
+        name: String,
+        /// The PromQL sent.
+        query: String,
+        /// Which limit was reached, and the client's message.
         message: String,
     },
     /// A template override is invalid.
@@ -52,50 +69,85 @@ pub struct Window {
     pub step: f64,
 }
 
+/// How long the collector waits for Prometheus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// To open a connection.
+    pub connect: Duration,
+    /// For one query's whole answer, connection included. Prometheus is asked to give up
+    /// evaluating at the same time, so a query nobody waits for does not keep it busy.
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    /// 5 s to connect (a healthy in-cluster Prometheus answers in milliseconds) and 30 s
+    /// per query (a run's window over a few dozen series takes well under a second).
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            request: Duration::from_secs(30),
+        }
+    }
+}
+
 /// A collector bound to one Prometheus.
 #[derive(Clone)]
 pub struct Collector {
     client: Client,
     url: String,
+    timeouts: Timeouts,
 }
 
 impl std::fmt::Debug for Collector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Collector").field("url", &self.url).finish()
+        f.debug_struct("Collector")
+            .field("url", &self.url)
+            .field("timeouts", &self.timeouts)
+            .finish()
     }
 }
 
 impl Collector {
-    /// A collector for the Prometheus at `url` (e.g. `http://prometheus:9090`).
+    /// A collector for the Prometheus at `url` (e.g. `http://prometheus:9090`), with the
+    /// default [`Timeouts`].
     pub fn new(url: &str) -> Result<Self> {
-        let client = Client::try_from(url).map_err(|e| Error::Url {
+        Self::with_timeouts(url, Timeouts::default())
+    }
+
+    /// A collector for the Prometheus at `url` that gives up after `timeouts`.
+    pub fn with_timeouts(url: &str, timeouts: Timeouts) -> Result<Self> {
+        // The reqwest prometheus-http-query re-exports, so the versions cannot differ.
+        let http = prometheus_http_query::reqwest::Client::builder()
+            .connect_timeout(timeouts.connect)
+            .timeout(timeouts.request)
+            .build()
+            .map_err(|e| Error::Client(error_chain(&e)))?;
+        let client = Client::from(http, url).map_err(|e| Error::Url {
             url: url.to_string(),
             message: e.to_string(),
         })?;
         Ok(Self {
             client,
             url: url.to_string(),
+            timeouts,
         })
     }
 
     /// Runs one PromQL expression over `window`; returns (labels, [(ts_ms, value)]) per
     /// series.
     pub async fn range(&self, name: &str, query: &str, window: Window) -> Result<Vec<Series>> {
-        let err = |message: String| Error::Query {
-            name: name.to_string(),
-            query: query.to_string(),
-            message,
-        };
         let result = self
             .client
             .query_range(query, window.start, window.end, window.step)
+            .timeout(millis(self.timeouts.request))
             .get()
             .await
-            .map_err(|e| err(e.to_string()))?;
-        let matrix = result
-            .data()
-            .as_matrix()
-            .ok_or_else(|| err("expected a range vector (matrix) result".into()))?;
+            .map_err(|e| self.query_error(name, query, &e))?;
+        let matrix = result.data().as_matrix().ok_or_else(|| Error::Query {
+            name: name.to_string(),
+            query: query.to_string(),
+            message: "expected a range vector (matrix) result".into(),
+        })?;
         Ok(matrix
             .iter()
             .map(|series| {
@@ -113,6 +165,48 @@ impl Collector {
                 (labels, points)
             })
             .collect())
+    }
+
+    /// The error of a failed query; a timeout says which of [`Timeouts`] ran out.
+    fn query_error(&self, name: &str, query: &str, e: &prometheus_http_query::Error) -> Error {
+        let (name, query, message) = (name.to_string(), query.to_string(), error_chain(e));
+        match self.expired(e) {
+            Some((what, after)) => Error::Timeout {
+                name,
+                query,
+                message: format!("{what} ({after:?}): {message}"),
+            },
+            None => Error::Query {
+                name,
+                query,
+                message,
+            },
+        }
+    }
+
+    /// Which timeout `e` reports the expiry of, if any, and its length.
+    fn expired(&self, e: &prometheus_http_query::Error) -> Option<(&'static str, Duration)> {
+        use prometheus_http_query::Error as E;
+        let request = (
+            "no answer within the request timeout",
+            self.timeouts.request,
+        );
+        match e {
+            E::Client(c) => {
+                let cause = c.inner().filter(|r| r.is_timeout())?;
+                Some(if cause.is_connect() {
+                    (
+                        "no connection within the connect timeout",
+                        self.timeouts.connect,
+                    )
+                } else {
+                    request
+                })
+            }
+            // Prometheus was given the request timeout as its evaluation timeout.
+            E::Prometheus(p) if p.is_timeout() => Some(request),
+            _ => None,
+        }
     }
 
     /// Collects every metric of one mesh over `window`, with `overrides` of the
@@ -140,6 +234,28 @@ impl Collector {
     }
 }
 
+/// A duration in whole milliseconds, as Prometheus's `timeout` parameter takes it.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// `e` and its sources, `: `-separated: the client's own message alone ("failed to send
+/// request to server") does not say what went wrong.
+fn error_chain(e: &(dyn StdError + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        // Wrappers often repeat their source's message.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 /// Maps result series to samples of `metric`; series that belong to no service of the
 /// mesh are dropped.
 pub fn to_samples(
@@ -149,58 +265,197 @@ pub fn to_samples(
     series: &[Series],
     step: Option<u32>,
 ) -> Vec<Sample> {
-    let mut per_service: BTreeMap<(String, i64), f64> = BTreeMap::new();
     let mut out = Vec::new();
     for (labels, points) in series {
-        let by_object = |label: &str| labels.get(label).and_then(|d| vars.objects.get(d)).cloned();
-        match subject {
-            Subject::Deployment | Subject::Hpa | Subject::WorkerService => {
-                let service = match subject {
-                    Subject::Deployment => by_object("deployment"),
-                    Subject::Hpa => by_object("horizontalpodautoscaler"),
-                    _ => labels
-                        .get("service")
-                        .filter(|s| vars.objects.values().any(|v| v == *s))
-                        .cloned(),
-                };
-                let Some(service) = service else { continue };
-                for &(ts, v) in points {
-                    out.push(Sample {
-                        step,
-                        ..Sample::service(ts, &vars.mesh, &service, metric, v)
-                    });
-                }
-            }
-            Subject::Pod => {
-                let Some(pod) = labels.get("pod") else {
-                    continue;
-                };
-                let Some(service) = vars.service_of_pod(pod) else {
-                    continue;
-                };
-                for &(ts, v) in points {
-                    out.push(Sample {
-                        step,
-                        ..Sample::pod(ts, &vars.mesh, service, pod, metric, v)
-                    });
-                }
-            }
-            Subject::PodToService => {
-                let Some(service) = labels.get("pod").and_then(|p| vars.service_of_pod(p)) else {
-                    continue;
-                };
-                for &(ts, v) in points {
-                    let e = per_service.entry((service.to_string(), ts)).or_insert(v);
-                    *e = e.max(v);
-                }
-            }
+        let Some(service) = service_of(vars, subject, labels) else {
+            continue;
+        };
+        let pod = labels.get("pod").map(String::as_str);
+        if subject == Subject::Pod && pod.is_none() {
+            continue;
+        }
+        for &(ts, v) in points {
+            let sample = match (subject, pod) {
+                (Subject::Pod, Some(pod)) => Sample::pod(ts, &vars.mesh, service, pod, metric, v),
+                _ => Sample::service(ts, &vars.mesh, service, metric, v),
+            };
+            out.push(Sample { step, ..sample });
         }
     }
-    for ((service, ts), v) in per_service {
-        out.push(Sample {
-            step,
-            ..Sample::service(ts, &vars.mesh, &service, metric, v)
-        });
-    }
     out
+}
+
+/// The service a series belongs to, read from the label its subject names; `None` when
+/// it names no object of the run.
+fn service_of<'v>(
+    vars: &'v Vars,
+    subject: Subject,
+    labels: &BTreeMap<String, String>,
+) -> Option<&'v str> {
+    let object_label = match subject {
+        // Pod series carry their Deployment from the owner join (see `promql`).
+        Subject::Deployment | Subject::Pod => "deployment",
+        Subject::Hpa => "horizontalpodautoscaler",
+        Subject::WorkerService => {
+            let service = labels.get("service")?;
+            return vars
+                .objects
+                .values()
+                .find(|s| *s == service)
+                .map(String::as_str);
+        }
+    };
+    vars.service_of(labels.get(object_label)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use meshbench_analysis::samples::metric;
+
+    use super::*;
+
+    fn vars() -> Vars {
+        Vars {
+            namespace: "bench".into(),
+            mesh: "quickstart".into(),
+            objects: BTreeMap::from([
+                ("quickstart-frontend".into(), "frontend".into()),
+                ("quickstart-backend".into(), "backend".into()),
+            ]),
+            window: "2m".into(),
+        }
+    }
+
+    fn series(labels: &[(&str, &str)], value: f64) -> Series {
+        let labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        (labels, vec![(1_000, value)])
+    }
+
+    #[test]
+    fn pods_map_to_services_by_their_deployment_label_not_their_name() {
+        let v = vars();
+        let s = [
+            // A truncated pod name that does not start with its Deployment's.
+            series(
+                &[
+                    ("pod", "quickstart-backen-x7k2p"),
+                    ("deployment", "quickstart-backend"),
+                ],
+                0.5,
+            ),
+            series(
+                &[
+                    ("pod", "quickstart-frontend-5d8f7c9b4-abcde"),
+                    ("deployment", "quickstart-frontend"),
+                ],
+                0.2,
+            ),
+            // Another mesh's pod, and a pod series without its Deployment: dropped.
+            series(
+                &[
+                    ("pod", "quickstart-2-frontend-6b5a4c3d2-pqrst"),
+                    ("deployment", "quickstart-2-frontend"),
+                ],
+                9.0,
+            ),
+            series(&[("pod", "quickstart-backend-7c6d5b4a3-fghij")], 9.0),
+        ];
+        let out = to_samples(&v, metric::CPU_CORES, Subject::Pod, &s, Some(2));
+        let got: Vec<(&str, Option<&str>, f64)> = out
+            .iter()
+            .map(|s| (s.service.as_str(), s.pod.as_deref(), s.value))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("backend", Some("quickstart-backen-x7k2p"), 0.5),
+                ("frontend", Some("quickstart-frontend-5d8f7c9b4-abcde"), 0.2),
+            ]
+        );
+        assert!(
+            out.iter()
+                .all(|s| s.step == Some(2) && s.mesh == "quickstart")
+        );
+    }
+
+    /// (service, pod) of the samples of one series.
+    fn one(subject: Subject, labels: &[(&str, &str)]) -> Vec<(String, Option<String>)> {
+        to_samples(&vars(), "m", subject, &[series(labels, 1.0)], None)
+            .into_iter()
+            .map(|s| (s.service, s.pod))
+            .collect()
+    }
+
+    #[test]
+    fn service_level_subjects_read_their_own_label() {
+        let backend: Vec<(String, Option<String>)> = vec![("backend".to_string(), None)];
+        assert_eq!(
+            one(Subject::Deployment, &[("deployment", "quickstart-backend")]),
+            backend
+        );
+        assert_eq!(
+            one(
+                Subject::Hpa,
+                &[("horizontalpodautoscaler", "quickstart-backend")]
+            ),
+            backend
+        );
+        assert_eq!(
+            one(Subject::WorkerService, &[("service", "backend")]),
+            backend
+        );
+        assert!(
+            one(
+                Subject::Deployment,
+                &[("deployment", "quickstart-2-backend")]
+            )
+            .is_empty()
+        );
+        assert!(one(Subject::WorkerService, &[("service", "payments")]).is_empty());
+    }
+
+    #[test]
+    fn timeouts_default_to_5_s_connect_and_30_s_per_query() {
+        let t = Timeouts::default();
+        assert_eq!(
+            (t.connect, t.request),
+            (Duration::from_secs(5), Duration::from_secs(30))
+        );
+        assert_eq!(millis(t.request), 30_000);
+    }
+
+    #[tokio::test]
+    async fn a_query_that_gets_no_answer_times_out_and_says_which() {
+        // A listener that accepts connections and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let _held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+            }
+        });
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(5),
+            request: Duration::from_millis(300),
+        };
+        let collector = Collector::with_timeouts(&url, timeouts).unwrap();
+        let window = Window {
+            start: 0,
+            end: 60,
+            step: 15.0,
+        };
+        let err = collector
+            .range(metric::CPU_CORES, "up", window)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.starts_with("query cpu_cores timed out"), "{text}");
+        assert!(text.contains("request timeout (300ms)"), "{text}");
+        assert!(text.contains("query: up"), "{text}");
+    }
 }

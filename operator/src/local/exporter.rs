@@ -1,10 +1,12 @@
 //! The runner's own `/metrics`, for a Prometheus watching a local run.
 //!
 //! In a cluster the collector's PromQL reads kube-state-metrics (replicas, HPA state,
-//! requests and limits) and cAdvisor (CPU, working set). Locally this exporter stands in
-//! for both, with the same metric names and labels (namespace `local`, Deployment and
-//! HPA named `<mesh>-<service>`, pods `<mesh>-<service>-local-<index>`, container
-//! `worker`), so one set of queries serves both platforms.
+//! requests and limits, and the owner chain that maps a pod to its Deployment) and
+//! cAdvisor (CPU, working set). Locally this exporter stands in for both, with the same
+//! metric names and labels (namespace `local`, Deployment and HPA named
+//! `<mesh>-<service>`, one ReplicaSet `<mesh>-<service>-local` owned by it, pods
+//! `<mesh>-<service>-local-<index>` owned by that, container `worker`), so one set of
+//! queries serves both platforms.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -26,10 +28,21 @@ pub fn deployment_name(mesh: &str, service: &str) -> String {
     format!("{mesh}-{service}")
 }
 
-/// The pod name of a local replica, shaped like a cluster pod of that Deployment
-/// (`<deployment>-<hash>-<suffix>`) so the cluster's pod regex matches it.
+/// The one ReplicaSet of a local service's Deployment (in `kube_replicaset_owner`).
+pub fn replicaset_name(mesh: &str, service: &str) -> String {
+    format!("{}-local", deployment_name(mesh, service))
+}
+
+/// The pod name of a local replica: `<replicaset>-<index>`, like a cluster pod of that
+/// ReplicaSet (`kube_pod_owner` says which, as in a cluster).
 pub fn pod_name(mesh: &str, service: &str, index: u32) -> String {
-    format!("{mesh}-{service}-local-{index}")
+    format!("{}-{index}", replicaset_name(mesh, service))
+}
+
+/// The ReplicaSet of a pod named by [`pod_name`].
+fn replicaset_of_pod(pod: &str) -> &str {
+    pod.rsplit_once('-')
+        .map_or(pod, |(replicaset, _)| replicaset)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,6 +63,46 @@ struct HpaTargetLabels {
     horizontalpodautoscaler: String,
     metric_name: String,
     metric_target_type: String,
+}
+
+/// Labels of `kube_pod_owner`: a pod and its ReplicaSet.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PodOwnerLabels {
+    namespace: String,
+    pod: String,
+    owner_kind: String,
+    owner_name: String,
+}
+
+impl PodOwnerLabels {
+    fn new(pod: &str) -> Self {
+        Self {
+            namespace: NAMESPACE.into(),
+            pod: pod.into(),
+            owner_kind: "ReplicaSet".into(),
+            owner_name: replicaset_of_pod(pod).into(),
+        }
+    }
+}
+
+/// Labels of `kube_replicaset_owner`: a ReplicaSet and its Deployment.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaSetOwnerLabels {
+    namespace: String,
+    replicaset: String,
+    owner_kind: String,
+    owner_name: String,
+}
+
+impl ReplicaSetOwnerLabels {
+    fn new(mesh: &str, service: &str) -> Self {
+        Self {
+            namespace: NAMESPACE.into(),
+            replicaset: replicaset_name(mesh, service),
+            owner_kind: "Deployment".into(),
+            owner_name: deployment_name(mesh, service),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -100,6 +153,8 @@ struct Families {
     hpa_target: Family<HpaTargetLabels, FGauge>,
     requests: Family<ResourceLabels, FGauge>,
     limits: Family<ResourceLabels, FGauge>,
+    pod_owner: Family<PodOwnerLabels, Gauge>,
+    replicaset_owner: Family<ReplicaSetOwnerLabels, Gauge>,
     cpu: Family<PodLabels, Counter<f64, AtomicU64>>,
     memory: Family<PodLabels, FGauge>,
 }
@@ -160,6 +215,16 @@ impl Exporter {
             f.limits.clone(),
         );
         registry.register(
+            "kube_pod_owner",
+            "The replica's ReplicaSet",
+            f.pod_owner.clone(),
+        );
+        registry.register(
+            "kube_replicaset_owner",
+            "The ReplicaSet's Deployment",
+            f.replicaset_owner.clone(),
+        );
+        registry.register(
             "container_cpu_usage_seconds",
             "CPU time used by the replica (cgroup accounting, else /proc)",
             f.cpu.clone(),
@@ -189,6 +254,9 @@ impl Exporter {
             };
             f.spec_replicas.get_or_create(&d).set(i64::from(s.replicas));
             f.ready_replicas.get_or_create(&d).set(i64::from(s.ready));
+            f.replicaset_owner
+                .get_or_create(&ReplicaSetOwnerLabels::new(&s.mesh, &s.service))
+                .set(1);
             if let Some(desired) = s.desired {
                 f.hpa_desired
                     .get_or_create(&HpaLabels {
@@ -227,6 +295,7 @@ impl Exporter {
                 if let Some(l) = s.cpu_limit_cores {
                     f.limits.get_or_create(&res("cpu")).set(l);
                 }
+                f.pod_owner.get_or_create(&PodOwnerLabels::new(&pod)).set(1);
                 f.memory.get_or_create(&labels).set(memory);
                 if let Ok(mut seen) = self.cpu_seen.lock() {
                     let prev = seen.insert(pod.clone(), cpu_s);
@@ -267,6 +336,7 @@ impl Exporter {
             };
             f.requests.remove(&res);
             f.limits.remove(&res);
+            f.pod_owner.remove(&PodOwnerLabels::new(&pod));
             if let Ok(mut seen) = self.cpu_seen.lock() {
                 seen.remove(&pod);
             }
@@ -284,6 +354,8 @@ impl Exporter {
             };
             f.spec_replicas.remove(&d);
             f.ready_replicas.remove(&d);
+            f.replicaset_owner
+                .remove(&ReplicaSetOwnerLabels::new(mesh, s));
             f.hpa_desired.remove(&HpaLabels {
                 namespace: NAMESPACE.into(),
                 horizontalpodautoscaler: deployment.clone(),
@@ -365,6 +437,8 @@ mod tests {
             r#"container_cpu_usage_seconds_total{namespace="local",pod="m-back-local-0",container="worker"} 1.5"#,
             r#"container_memory_working_set_bytes{namespace="local",pod="m-back-local-1",container="worker"} 2000.0"#,
             r#"kube_pod_container_resource_requests{namespace="local",pod="m-back-local-0",container="worker",resource="cpu"} 0.25"#,
+            r#"kube_pod_owner{namespace="local",pod="m-back-local-1",owner_kind="ReplicaSet",owner_name="m-back-local"} 1"#,
+            r#"kube_replicaset_owner{namespace="local",replicaset="m-back-local",owner_kind="Deployment",owner_name="m-back"} 1"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
