@@ -142,6 +142,13 @@ pub enum Outcome {
     Cancelled,
 }
 
+/// How many failure messages a [`Machine`] keeps; later ones are counted.
+pub const MAX_FAILURE_MESSAGES: usize = 20;
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 /// The persisted state of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -152,8 +159,13 @@ pub struct Machine {
     pub cursor: Cursor,
     /// Mesh currently deployed, if any.
     pub deployed: Option<usize>,
-    /// Failures recorded so far, human readable.
+    /// The first [`MAX_FAILURE_MESSAGES`] failures, human readable. Bounded because the
+    /// machine lives in a Benchmark's status: a run of many failing steps must stay far
+    /// below etcd's object size limit.
     pub failures: Vec<String>,
+    /// Failures past the first [`MAX_FAILURE_MESSAGES`], counted only.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures_omitted: usize,
     /// Steps completed (collected).
     pub completed_steps: usize,
     /// The run stopped early (failure with `onStepFailure: stop`, fatal error, cancel).
@@ -176,6 +188,7 @@ impl Machine {
             cursor: Cursor::default(),
             deployed: None,
             failures: Vec::new(),
+            failures_omitted: 0,
             completed_steps: 0,
             stopped_early: false,
             cancelled: false,
@@ -213,6 +226,18 @@ impl Machine {
         self.stopped_early || !self.failures.is_empty()
     }
 
+    /// Every failure message kept, then a line counting the omitted ones.
+    pub fn failure_lines(&self) -> Vec<String> {
+        let mut lines = self.failures.clone();
+        if self.failures_omitted > 0 {
+            lines.push(format!(
+                "… and {} more failed phase(s), not listed",
+                self.failures_omitted
+            ));
+        }
+        lines
+    }
+
     /// Takes the outcome of [`Machine::action`] and moves to the next phase.
     pub fn advance(&mut self, plan: &ExperimentPlan, outcome: Outcome) {
         let action = self.action(plan);
@@ -235,8 +260,12 @@ impl Machine {
             return;
         }
         if let Outcome::Failed(msg) = &outcome {
-            self.failures
-                .push(format!("{}: {msg}", describe(&action, plan)));
+            if self.failures.len() < MAX_FAILURE_MESSAGES {
+                self.failures
+                    .push(format!("{}: {msg}", describe(&action, plan)));
+            } else {
+                self.failures_omitted += 1;
+            }
         }
         let ok = outcome == Outcome::Ok;
         match action {

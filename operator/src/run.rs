@@ -438,7 +438,7 @@ pub async fn run(args: RunArgs) -> u8 {
                 Action::Analyse => {
                     data.meta.finished_at = Some(Utc::now());
                     data.meta.partial = machine.stopped_early;
-                    data.meta.warnings.extend(machine.failures.iter().cloned());
+                    data.meta.warnings.extend(machine.failure_lines());
                     match run_dir.finish(&data) {
                         Ok(files) => {
                             eprintln!("report: {}", files.html.display());
@@ -509,7 +509,7 @@ async fn collect_prometheus(
     interval: Duration,
 ) -> Result<(Vec<meshbench_analysis::Sample>, i64), String> {
     use crate::k8s::collect::{Collector, Window};
-    use crate::k8s::promql::Vars;
+    use crate::k8s::promql::{Vars, rate_window};
     use crate::local::exporter::{NAMESPACE, deployment_name};
     // Let the last scrapes of the step land before asking for them.
     tokio::time::sleep(interval * 2).await;
@@ -522,8 +522,7 @@ async fn collect_prometheus(
             .iter()
             .map(|s| (deployment_name(mesh, s), s.clone()))
             .collect(),
-        // Three scrapes at least, so a rate always has two points.
-        window: format!("{}s", (interval.as_secs_f64() * 3.0).ceil().max(3.0) as u64),
+        window: rate_window(interval),
     };
     let window = Window {
         start: from,

@@ -2,52 +2,55 @@
 //! ([`crate::experiment::Machine`]) one reconcile at a time.
 //!
 //! The machine, the current load Job and the phase timers live in the Benchmark's status
-//! (`status.state`); the measured data lives on the report volume ([`Store`]). A reconcile
-//! therefore only needs the object the runtime hands over: it carries out actions whose
-//! outcome is known at once (deploy, collect, analyse), and for actions that take time
-//! (wait for ready, a load Job, settle) it checks progress and requeues. After every
-//! transition the status is written, so an operator restart resumes at the last one; every
-//! action is idempotent (server-side apply, files rewritten whole), so repeating the
-//! interrupted one is harmless.
+//! (`status.state`); the measured data and the run's history live on the report volume
+//! ([`Store`]). A reconcile therefore only needs the object the runtime hands over: it
+//! carries out actions whose outcome is known at once (deploy, collect, analyse), and for
+//! actions that take time (wait for ready, a load Job, settle) it checks progress and
+//! requeues. After every transition the status is written — over the resourceVersion the
+//! reconcile read, so a stale view never rolls it back — and an operator restart resumes
+//! at the last transition; every action is idempotent (server-side apply, files rewritten
+//! whole), so repeating the interrupted one is harmless.
 //!
-//! A changed spec (new `metadata.generation`) cancels a running run — its report is
-//! written, marked partial — and then starts a new run with the new spec.
+//! A reconcile is a pipeline: [`decide`] (pure) from the status and the generation, then
+//! start a run (fetch and validate its meshes, claim them, record the spec), or drive the
+//! machine, or fail a run that cannot be resumed (its state unreadable, its report volume
+//! lost). A changed spec (new `metadata.generation`) cancels a running run — its report is
+//! written, marked partial — and then starts a new run with the new spec; so does deleting
+//! the Benchmark mid-run (a finalizer, held only while a run goes on, lets the partial
+//! report be written first).
 
-use std::collections::BTreeMap;
+mod claims;
+mod run;
+mod status;
+
+pub use claims::{Held, claim_name};
+pub use status::STATUS_STEPS;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
-use meshbench_analysis::{
-    Enforcement, LimitsEnforcement, Phase as ReportPhase, Platform, RunData, RunDir, RunMeta,
-};
-use meshbench_crds::benchmark::{BenchmarkStatus, Phase, StepSummary};
+use meshbench_crds::benchmark::{BenchmarkStatus, Phase};
 use meshbench_crds::validate::{Issue, validate_benchmark};
 use meshbench_crds::{Benchmark, ServiceMesh};
-use meshbench_loadgen::LoadResult;
 use serde::{Deserialize, Serialize};
 
-use super::FIELD_MANAGER;
-use super::collect::{Collector, Window};
 use super::export::Exporter;
 use super::keys;
-use super::mesh_controller::{invalid_message, observe, set_condition};
 use super::metrics::Metrics;
-use super::promql::Vars;
-use super::render::{self, LoadStep, RenderOptions};
-use super::shared::{self, Failures};
+use super::render::{self, RenderOptions};
+use super::shared::{self, Failures, invalid_message, set_condition};
 use super::store::{self, SpecSnapshot, Store};
-use crate::convert;
-use crate::experiment::{self as exp, Cursor, ExperimentPlan, Machine, Outcome};
+use super::token::TokenKey;
+use crate::experiment::{Cursor, ExperimentPlan, Machine, Outcome};
+use status::StatusWriter;
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "benchmark";
@@ -80,6 +83,10 @@ pub enum Error {
     /// The benchmark is not namespaced (the CRD is; this means a broken object).
     #[error("Benchmark {0} has no namespace")]
     NoNamespace(String),
+    /// The Benchmark changed since this reconcile read it (a stale cache): nothing was
+    /// written; the next reconcile starts from the fresh object.
+    #[error("Benchmark {0} changed since it was read")]
+    Stale(String),
 }
 
 impl Error {
@@ -90,6 +97,7 @@ impl Error {
             Error::Render(_) => "render",
             Error::Store(_) => "store",
             Error::NoNamespace(_) => "no_namespace",
+            Error::Stale(_) => "stale",
         }
     }
 }
@@ -127,7 +135,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             prometheus_url: None,
-            scrape_interval: Duration::from_secs(15),
+            scrape_interval: Duration::from_secs(30),
             ready_timeout: Duration::from_secs(600),
             start_delay: Duration::from_secs(20),
             location_prefix: "pvc://meshbench-reports".into(),
@@ -150,6 +158,8 @@ pub struct Context {
     pub settings: Settings,
     /// The operator's metrics.
     pub metrics: Arc<Metrics>,
+    /// Derives the benchmarks' results tokens.
+    pub token_key: TokenKey,
     failures: Failures,
 }
 
@@ -170,6 +180,7 @@ impl Context {
         store: Store,
         settings: Settings,
         metrics: Arc<Metrics>,
+        token_key: TokenKey,
         instance: Option<String>,
     ) -> Self {
         let reporter = kube::runtime::events::Reporter {
@@ -183,6 +194,7 @@ impl Context {
             store,
             settings,
             metrics,
+            token_key,
             failures: Failures::default(),
         }
     }
@@ -207,12 +219,6 @@ pub struct RunState {
     /// Collected up to here (UTC unix ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collected_until_ms: Option<i64>,
-    /// The run's phases so far, for the report.
-    #[serde(default)]
-    pub phases: Vec<ReportPhase>,
-    /// Warnings for the report (collection skipped, …).
-    #[serde(default)]
-    pub warnings: Vec<String>,
 }
 
 impl RunState {
@@ -224,8 +230,6 @@ impl RunState {
             job: None,
             deployed_at_ms: now_ms,
             collected_until_ms: None,
-            phases: Vec::new(),
-            warnings: Vec::new(),
         }
     }
 }
@@ -244,14 +248,6 @@ pub fn cursor_of(plan: &ExperimentPlan, ordinal: usize) -> Cursor {
         repetition: ((ordinal % per_mesh) / steps) as u32,
         step: ordinal % steps,
     }
-}
-
-/// A fresh bearer token for the results endpoint: 32 random bytes, hex.
-fn new_token() -> std::io::Result<String> {
-    use std::io::Read as _;
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// What an action came to in this reconcile.
@@ -274,15 +270,47 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// The per-run facts a reconcile works with.
-struct Run<'a> {
-    ctx: &'a Context,
-    ns: String,
-    name: String,
-    bench: &'a Benchmark,
-    run_id: String,
-    snapshot: SpecSnapshot,
-    plan: ExperimentPlan,
+/// Finalizer held while a run goes on: deleting the Benchmark then first writes the
+/// run's partial report.
+pub const FINALIZER: &str = "meshbench.io/report";
+
+/// Field manager of [`FINALIZER`]: its own, so applying `[]` removes only this entry.
+const FINALIZER_MANAGER: &str = "meshbench-finalizer";
+
+/// What a reconcile does, decided from the status alone.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Finished (or never startable) with this spec: nothing to do.
+    Idle,
+    /// A new Benchmark or a new spec with no run going on: validate and start one.
+    Start,
+    /// A run goes on: drive it; `cancel` when the spec changed under it.
+    Continue {
+        /// The run's state from the status.
+        state: Box<RunState>,
+        /// Stop the run, keeping what it measured.
+        cancel: bool,
+    },
+    /// A run goes on but this operator cannot read its state: fail it, saying why.
+    Unresumable(String),
+}
+
+/// The pure first step of a reconcile.
+pub fn decide(status: &BenchmarkStatus, generation: Option<i64>) -> Decision {
+    let current = status.observed_generation.is_some() && status.observed_generation == generation;
+    let running = !status.phase.is_terminal();
+    match status.state.clone().map(serde_json::from_value::<RunState>) {
+        Some(Ok(state)) if running => Decision::Continue {
+            state: Box::new(state),
+            cancel: !current,
+        },
+        Some(Err(e)) if running => Decision::Unresumable(format!(
+            "status.state of run {} cannot be read by this operator version ({e}); the run cannot be resumed",
+            status.run_id.as_deref().unwrap_or("?")
+        )),
+        _ if current => Decision::Idle,
+        _ => Decision::Start,
+    }
 }
 
 /// Reconciles one benchmark.
@@ -290,11 +318,23 @@ struct Run<'a> {
 pub async fn reconcile(bench: Arc<Benchmark>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let result = reconcile_inner(&bench, &ctx).await;
-    match &result {
-        Ok(_) => ctx.failures.clear(&*bench),
-        Err(e) => ctx.metrics.failure(CONTROLLER, e.metric_label()),
+    if let Err(e) = &result {
+        ctx.metrics.failure(CONTROLLER, e.metric_label());
     }
-    result
+    match result {
+        Ok(action) => {
+            ctx.failures.clear(&*bench);
+            Ok(action)
+        }
+        // A stale view: the watch delivers the fresh object shortly.
+        Err(Error::Stale(_)) => Ok(Action::requeue(Duration::from_secs(1))),
+        // Retrying cannot heal it.
+        Err(e @ Error::NoNamespace(_)) => {
+            tracing::error!(error = %e, "ignoring a Benchmark that cannot be reconciled");
+            Ok(Action::await_change())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 async fn reconcile_inner(bench: &Benchmark, ctx: &Context) -> Result<Action> {
@@ -302,201 +342,162 @@ async fn reconcile_inner(bench: &Benchmark, ctx: &Context) -> Result<Action> {
     let ns = bench
         .namespace()
         .ok_or_else(|| Error::NoNamespace(name.clone()))?;
-    if bench.metadata.deletion_timestamp.is_some() {
-        // Owned Jobs, ConfigMaps and the Secret go with it; the report stays on the volume.
-        return Ok(Action::await_change());
-    }
     let api: Api<Benchmark> = Api::namespaced(ctx.client.clone(), &ns);
-    let old = bench.status.clone().unwrap_or_default();
-    let mut status = old.clone();
-    let generation = bench.metadata.generation;
-    let state: Option<RunState> = old
-        .state
-        .clone()
-        .and_then(|v| serde_json::from_value(v).ok());
-    let running = state.is_some() && !old.phase.is_terminal();
-    let current = old.observed_generation == generation && old.observed_generation.is_some();
-
-    if !running {
-        if current {
-            // Finished (or never startable) with this spec: nothing to do.
-            return Ok(Action::await_change());
+    let mut writer = StatusWriter::new(api.clone(), bench);
+    let deleting = bench.metadata.deletion_timestamp.is_some();
+    let status = writer.current().clone();
+    match decide(&status, bench.metadata.generation) {
+        Decision::Idle | Decision::Start if deleting => {
+            // Owned Jobs, ConfigMaps, the Secret and claims go with it; the report stays.
+            release_finalizer(&api, bench).await?;
+            Ok(Action::await_change())
         }
-        // A new spec, or a new Benchmark: validate against the meshes in the namespace.
-        let meshes_api: Api<ServiceMesh> = Api::namespaced(ctx.client.clone(), &ns);
-        let mut meshes = Vec::new();
-        let mut missing = Vec::new();
-        for (i, m) in bench.spec.meshes.iter().enumerate() {
-            match meshes_api
-                .get_opt(m)
-                .await
-                .map_err(kube_err(format!("reading ServiceMesh {m}")))?
-            {
-                Some(mesh) => meshes.push(mesh),
-                // Said in cluster terms; `validate_benchmark` speaks of input files.
-                None => missing.push(
-                    Issue::new(
-                        format!("spec.meshes[{i}]"),
-                        format!("ServiceMesh {m:?} does not exist in namespace {ns}"),
-                    )
-                    .hint("apply it; the run starts once it exists"),
-                ),
-            }
-        }
-        let issues = if missing.is_empty() {
-            let refs: Vec<&ServiceMesh> = meshes.iter().collect();
-            validate_benchmark(bench, &refs)
-        } else {
-            missing
-        };
-        let now = k8s_now();
-        if !issues.is_empty() {
-            let message = invalid_message(&issues);
-            let changed = set_condition(
-                &mut status.conditions,
-                "Valid",
-                false,
-                "InvalidSpec",
-                message.clone(),
-                generation,
-                &now,
-            );
-            if status != old {
-                patch_status(&api, &name, &status).await?;
-            }
-            if changed {
-                publish(
-                    ctx,
-                    bench,
-                    EventType::Warning,
-                    "InvalidSpec",
-                    "Validate",
-                    message,
-                )
-                .await;
-            }
-            // A mesh created later makes the spec valid; meshes are not watched.
-            return Ok(Action::requeue(Duration::from_secs(30)));
-        }
-        return start_run(ctx, bench, &api, status, meshes, generation).await;
-    }
-
-    let mut state = state.unwrap_or_else(|| RunState::new(now_ms()));
-    let run_id = old.run_id.clone().unwrap_or_default();
-    let snapshot = ctx.store.spec(&ns, &run_id)?;
-    let plan = ExperimentPlan::new(&name, &snapshot.benchmark.spec);
-    let run = Run {
-        ctx,
-        ns: ns.clone(),
-        name: name.clone(),
-        bench,
-        run_id,
-        snapshot,
-        plan,
-    };
-    // A new spec mid-run: stop this run (keeping what it measured), then start anew.
-    let cancel = !current;
-    if cancel && let Some(job) = state.job.take() {
-        // Its load would overlap the next run's.
-        run.remove_job(&job).await?;
-    }
-    for _ in 0..MAX_TRANSITIONS {
-        let action = state.machine.action(&run.plan);
-        if action == exp::Action::Finished {
-            break;
-        }
-        let outcome =
-            if cancel && !matches!(action, exp::Action::Teardown { .. } | exp::Action::Analyse) {
-                Outcome::Cancelled
-            } else {
-                match run.execute(&action, &mut state, &mut status).await? {
-                    Progress::Done(o) => o,
-                    Progress::Wait(delay) => {
-                        write_state(&api, &name, &old, &mut status, &state, &run.plan).await?;
-                        return Ok(Action::requeue(delay));
-                    }
-                }
+        Decision::Idle => Ok(Action::await_change()),
+        Decision::Start => start(ctx, bench, &mut writer).await,
+        Decision::Unresumable(why) => fail_unresumable(ctx, bench, &mut writer, why).await,
+        Decision::Continue { state, cancel } => {
+            let run_id = status.run_id.clone().unwrap_or_default();
+            let run = match run::Run::open(ctx, bench, &ns, &run_id) {
+                Ok(run) => run,
+                Err(why) => return fail_unresumable(ctx, bench, &mut writer, why).await,
             };
-        if let Outcome::Failed(msg) = &outcome {
-            publish(
-                ctx,
-                bench,
-                EventType::Warning,
-                "StepFailed",
-                "Run",
-                format!("{}: {msg}", exp::phase_label(&action, &run.plan)),
-            )
-            .await;
+            let action = run.drive(*state, cancel || deleting, &mut writer).await?;
+            if writer.current().phase.is_terminal() {
+                claims::release(&ctx.client, bench, &bench.spec.meshes).await?;
+                release_finalizer(&api, bench).await?;
+            }
+            Ok(action)
         }
-        let label = exp::phase_label(&action, &run.plan);
-        let started = DateTime::from_timestamp_millis(state.phase_started_ms).unwrap_or_default();
-        state.phases.push(ReportPhase {
-            name: label,
-            started_at: started,
-            finished_at: Some(Utc::now()),
-        });
-        state.machine.advance(&run.plan, outcome);
-        state.phase_started_ms = now_ms();
-        if state.machine.phase.is_terminal() {
-            finish_status(&mut status, &state, generation);
-            publish(
-                ctx,
-                bench,
-                if state.machine.phase == Phase::Succeeded {
-                    EventType::Normal
-                } else {
-                    EventType::Warning
-                },
-                "Finished",
-                "Run",
-                format!(
-                    "run {} {}: {} step(s) completed{}",
-                    run.run_id,
-                    if state.machine.phase == Phase::Succeeded {
-                        "succeeded"
-                    } else {
-                        "failed"
-                    },
-                    state.machine.completed_steps,
-                    status
-                        .report_location
-                        .as_deref()
-                        .map(|l| format!(", report at {l}"))
-                        .unwrap_or_default()
-                ),
-            )
-            .await;
-        }
-        write_state(&api, &name, &old, &mut status, &state, &run.plan).await?;
     }
-    if state.machine.phase.is_terminal() {
-        // A spec changed mid-run gets its own run now.
-        return Ok(if cancel {
-            Action::requeue(Duration::from_secs(1))
-        } else {
-            Action::await_change()
-        });
-    }
-    Ok(Action::requeue(Duration::from_secs(1)))
 }
 
-/// Starts a run: the token Secret, the run directory with the spec snapshot, the status.
+/// Validates a new spec against the meshes in the namespace, claims the meshes, and
+/// starts a run; or says why it cannot start yet.
+async fn start(ctx: &Context, bench: &Benchmark, writer: &mut StatusWriter) -> Result<Action> {
+    let (meshes, issues) = fetch_meshes(ctx, bench).await?;
+    let issues = if issues.is_empty() {
+        let refs: Vec<&ServiceMesh> = meshes.iter().collect();
+        validate_benchmark(bench, &refs)
+    } else {
+        issues
+    };
+    if !issues.is_empty() {
+        return invalid(ctx, bench, writer, &issues).await;
+    }
+    let run_id = render::dns_name(&[
+        &bench.name_any(),
+        &meshbench_analysis::analyze::compact_timestamp(Utc::now()).to_ascii_lowercase(),
+    ]);
+    if let Some(held) = claims::acquire(&ctx.client, bench, &run_id, &bench.spec.meshes).await? {
+        return waiting(ctx, bench, writer, &held).await;
+    }
+    start_run(ctx, bench, writer, meshes, run_id).await
+}
+
+/// The meshes the benchmark names, and an issue per mesh that does not exist.
+async fn fetch_meshes(ctx: &Context, bench: &Benchmark) -> Result<(Vec<ServiceMesh>, Vec<Issue>)> {
+    let ns = bench.namespace().unwrap_or_default();
+    let api: Api<ServiceMesh> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut meshes = Vec::new();
+    let mut missing = Vec::new();
+    for (i, m) in bench.spec.meshes.iter().enumerate() {
+        match api
+            .get_opt(m)
+            .await
+            .map_err(kube_err(format!("reading ServiceMesh {m}")))?
+        {
+            Some(mesh) => meshes.push(mesh),
+            // Said in cluster terms; `validate_benchmark` speaks of input files.
+            None => missing.push(
+                Issue::new(
+                    format!("spec.meshes[{i}]"),
+                    format!("ServiceMesh {m:?} does not exist in namespace {ns}"),
+                )
+                .hint("apply it; the run starts once it exists"),
+            ),
+        }
+    }
+    Ok((meshes, missing))
+}
+
+/// `Valid=False` with every problem, and a Warning Event when that is news.
+async fn invalid(
+    ctx: &Context,
+    bench: &Benchmark,
+    writer: &mut StatusWriter,
+    issues: &[Issue],
+) -> Result<Action> {
+    let mut status = writer.current().clone();
+    let message = invalid_message(issues);
+    let changed = set_condition(
+        &mut status.conditions,
+        "Valid",
+        false,
+        "InvalidSpec",
+        message.clone(),
+        bench.metadata.generation,
+        &k8s_now(),
+    );
+    writer.write(&status).await?;
+    if changed {
+        publish(
+            ctx,
+            bench,
+            EventType::Warning,
+            "InvalidSpec",
+            "Validate",
+            message,
+        )
+        .await;
+    }
+    // A mesh created later makes the spec valid; meshes are not watched.
+    Ok(Action::requeue(Duration::from_secs(30)))
+}
+
+/// `Waiting=True` naming the run that holds a mesh; looks again shortly.
+async fn waiting(
+    ctx: &Context,
+    bench: &Benchmark,
+    writer: &mut StatusWriter,
+    held: &Held,
+) -> Result<Action> {
+    let mut status = writer.current().clone();
+    let message = format!("{held}; this run starts when that one ends");
+    let changed = set_condition(
+        &mut status.conditions,
+        "Waiting",
+        true,
+        "MeshInUse",
+        message.clone(),
+        bench.metadata.generation,
+        &k8s_now(),
+    );
+    writer.write(&status).await?;
+    if changed {
+        publish(ctx, bench, EventType::Normal, "MeshInUse", "Claim", message).await;
+    }
+    Ok(Action::requeue(Duration::from_secs(10)))
+}
+
+/// Starts a run: the finalizer, the token Secret, the run directory with the spec
+/// snapshot, the status (written over the version read: of two reconciles starting a run
+/// from one view, only one succeeds).
 async fn start_run(
     ctx: &Context,
     bench: &Benchmark,
-    api: &Api<Benchmark>,
-    mut status: BenchmarkStatus,
+    writer: &mut StatusWriter,
     meshes: Vec<ServiceMesh>,
-    generation: Option<i64>,
+    run_id: String,
 ) -> Result<Action> {
     let name = bench.name_any();
     let ns = bench.namespace().unwrap_or_default();
+    let generation = bench.metadata.generation;
+    let api: Api<Benchmark> = Api::namespaced(ctx.client.clone(), &ns);
+    // Over the version read, as the status write: a stale view stops here. The finalizer
+    // moves the resourceVersion; the status write goes over the new one.
+    let resource_version = set_finalizer(&api, &name, writer.resource_version()).await?;
+    writer.set_resource_version(resource_version);
     ensure_token(ctx, bench, &ns).await?;
-    let started = Utc::now();
-    let run_id = render::dns_name(&[
-        &name,
-        &meshbench_analysis::analyze::compact_timestamp(started).to_ascii_lowercase(),
-    ]);
     // The spec as the API server has it, stripped of the status and managed fields.
     let mut snap_bench = bench.clone();
     snap_bench.status = None;
@@ -515,43 +516,14 @@ async fn start_run(
     };
     ctx.store.start_run(&ns, &run_id, &snapshot)?;
     let plan = ExperimentPlan::new(&name, &bench.spec);
-    let state = RunState::new(started.timestamp_millis());
-    let now = k8s_now();
-    set_condition(
-        &mut status.conditions,
-        "Valid",
-        true,
-        "SpecValid",
-        "the spec passed validation".into(),
-        generation,
-        &now,
-    );
-    // As a Job's: `Complete` and `Failed` are each True only in their own outcome, so
-    // `kubectl wait --for=condition=Complete` never passes a failed run.
-    for type_ in ["Complete", "Failed"] {
-        set_condition(
-            &mut status.conditions,
-            type_,
-            false,
-            "Running",
-            format!("run {run_id} started"),
-            generation,
-            &now,
-        );
+    let mut status = writer.current().clone();
+    started_status(&mut status, &run_id, generation);
+    let state = RunState::new(Utc::now().timestamp_millis());
+    if let Err(e) = writer.write_state(&mut status, &state, &plan).await {
+        // Nobody will run it: leave no directory behind.
+        let _ = std::fs::remove_dir_all(ctx.store.run_dir(&ns, &run_id)?);
+        return Err(e);
     }
-    status.observed_generation = generation;
-    status.run_id = Some(run_id.clone());
-    status.started_at = Some(rfc3339(started));
-    status.finished_at = None;
-    status.steps.clear();
-    status.throughput_rps = None;
-    status.saturation = Vec::new();
-    status.p99_ms = None;
-    status.slo_verdict = None;
-    status.report_location = None;
-    status.next_step = 0;
-    let old = bench.status.clone().unwrap_or_default();
-    write_state(api, &name, &old, &mut status, &state, &plan).await?;
     publish(
         ctx,
         bench,
@@ -569,30 +541,146 @@ async fn start_run(
     Ok(Action::requeue(Duration::from_millis(100)))
 }
 
-/// Creates the benchmark's results token Secret unless it exists. Never rotated while
-/// the Benchmark lives: Jobs of a resumed run must still be accepted.
+/// The status of a run that just started.
+fn started_status(status: &mut BenchmarkStatus, run_id: &str, generation: Option<i64>) {
+    let now = k8s_now();
+    set_condition(
+        &mut status.conditions,
+        "Valid",
+        true,
+        "SpecValid",
+        "the spec passed validation".into(),
+        generation,
+        &now,
+    );
+    if status.conditions.iter().any(|c| c.type_ == "Waiting") {
+        set_condition(
+            &mut status.conditions,
+            "Waiting",
+            false,
+            "MeshesClaimed",
+            format!("run {run_id} holds its meshes"),
+            generation,
+            &now,
+        );
+    }
+    status.conditions.retain(|c| c.type_ != "Degraded");
+    // As a Job's: `Complete` and `Failed` are each True only in their own outcome, so
+    // `kubectl wait --for=condition=Complete` never passes a failed run.
+    for type_ in ["Complete", "Failed"] {
+        set_condition(
+            &mut status.conditions,
+            type_,
+            false,
+            "Running",
+            format!("run {run_id} started"),
+            generation,
+            &now,
+        );
+    }
+    status.observed_generation = generation;
+    status.run_id = Some(run_id.to_string());
+    status.started_at = Some(rfc3339(Utc::now()));
+    status.finished_at = None;
+    status.steps.clear();
+    status.throughput_rps = None;
+    status.saturation = Vec::new();
+    status.p99_ms = None;
+    status.slo_verdict = None;
+    status.report_location = None;
+    status.next_step = 0;
+}
+
+/// Ends a run that cannot go on (state unreadable, report volume lost): `Failed` with
+/// the reason, a Warning Event, its claims and finalizer released.
+async fn fail_unresumable(
+    ctx: &Context,
+    bench: &Benchmark,
+    writer: &mut StatusWriter,
+    why: String,
+) -> Result<Action> {
+    let mut status = writer.current().clone();
+    status.phase = Phase::Failed;
+    status.state = None;
+    status.current_step = None;
+    status.finished_at = Some(rfc3339(Utc::now()));
+    status::set_outcome(
+        &mut status,
+        false,
+        "Unresumable",
+        why.clone(),
+        bench.metadata.generation,
+    );
+    writer.write(&status).await?;
+    publish(ctx, bench, EventType::Warning, "Unresumable", "Run", why).await;
+    claims::release(&ctx.client, bench, &bench.spec.meshes).await?;
+    let api: Api<Benchmark> =
+        Api::namespaced(ctx.client.clone(), &bench.namespace().unwrap_or_default());
+    release_finalizer(&api, bench).await?;
+    // A newer spec gets its own run.
+    Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+/// Adds [`FINALIZER`] (when `add` is the resourceVersion to add it over) or removes it
+/// (`None`), as its own field manager; returns the Benchmark's resourceVersion after.
+async fn set_finalizer(
+    api: &Api<Benchmark>,
+    name: &str,
+    add: Option<&str>,
+) -> Result<Option<String>> {
+    let on = add.is_some();
+    let patch = match add {
+        Some(rv) => serde_json::json!({
+            "apiVersion": "meshbench.io/v1alpha1",
+            "kind": "Benchmark",
+            "metadata": { "name": name, "finalizers": [FINALIZER], "resourceVersion": rv },
+        }),
+        None => serde_json::json!({
+            "apiVersion": "meshbench.io/v1alpha1",
+            "kind": "Benchmark",
+            "metadata": { "name": name, "finalizers": [] },
+        }),
+    };
+    match api
+        .patch(
+            name,
+            &PatchParams::apply(FINALIZER_MANAGER),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(b) => Ok(b.metadata.resource_version),
+        Err(kube::Error::Api(s)) if s.code == 404 && !on => Ok(None),
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Stale(name.to_string())),
+        Err(e) => Err(kube_err(format!(
+            "setting the finalizer of Benchmark {name}"
+        ))(e)),
+    }
+}
+
+async fn release_finalizer(api: &Api<Benchmark>, bench: &Benchmark) -> Result<()> {
+    if bench.finalizers().iter().any(|f| f == FINALIZER) {
+        set_finalizer(api, &bench.name_any(), None).await?;
+    }
+    Ok(())
+}
+
+/// Applies the benchmark's results token Secret (for the load Jobs' environment). The
+/// token is derived from the operator key and the Benchmark's UID, so applying it again
+/// is harmless and checking it needs no Secret read.
 async fn ensure_token(ctx: &Context, bench: &Benchmark, ns: &str) -> Result<()> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let name = render::token_secret_name(&bench.name_any());
-    if secrets
-        .get_opt(&name)
-        .await
-        .map_err(kube_err(format!("reading Secret {name}")))?
-        .is_some()
-    {
-        return Ok(());
-    }
-    let token = new_token().map_err(|e| {
-        Error::Store(store::Error::Io {
-            path: "/dev/urandom".into(),
-            message: e.to_string(),
-        })
-    })?;
+    let token = ctx.token_key.token(
+        ns,
+        &bench.name_any(),
+        bench.metadata.uid.as_deref().unwrap_or_default(),
+    );
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some(name.clone()),
             namespace: Some(ns.to_string()),
-            labels: Some(BTreeMap::from([
+            labels: Some(std::collections::BTreeMap::from([
                 (keys::BENCHMARK.to_string(), bench.name_any()),
                 (
                     keys::APP_MANAGED_BY.to_string(),
@@ -602,96 +690,24 @@ async fn ensure_token(ctx: &Context, bench: &Benchmark, ns: &str) -> Result<()> 
             owner_references: bench.controller_owner_ref(&()).map(|o| vec![o]),
             ..ObjectMeta::default()
         },
-        data: Some(BTreeMap::from([(
+        data: Some(std::collections::BTreeMap::from([(
             render::TOKEN_KEY.to_string(),
             ByteString(token.into_bytes()),
         )])),
         type_: Some("Opaque".into()),
         ..Secret::default()
     };
-    match secrets.create(&PostParams::default(), &secret).await {
-        Ok(_) => Ok(()),
-        // Created concurrently: keep that one.
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(kube_err(format!("creating Secret {name}"))(e)),
-    }
-}
-
-/// The status fields derived from the machine, then the status itself when it changed.
-async fn write_state(
-    api: &Api<Benchmark>,
-    name: &str,
-    old: &BenchmarkStatus,
-    status: &mut BenchmarkStatus,
-    state: &RunState,
-    plan: &ExperimentPlan,
-) -> Result<()> {
-    status.phase = state.machine.phase;
-    status.next_step = i32::try_from(state.machine.completed_steps).unwrap_or(i32::MAX);
-    status.current_step = (!state.machine.phase.is_terminal()).then(|| {
-        format!(
-            "{} (step {}/{})",
-            state.machine.describe_position(plan),
-            state.machine.completed_steps + 1,
-            plan.total_steps()
+    let mut patch = serde_json::to_value(&secret).unwrap_or_default();
+    patch["apiVersion"] = "v1".into();
+    patch["kind"] = "Secret".into();
+    secrets
+        .patch(
+            &name,
+            &PatchParams::apply(super::FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
         )
-    });
-    status.state = serde_json::to_value(state).ok();
-    if status != old {
-        patch_status(api, name, status).await?;
-    }
-    Ok(())
-}
-
-fn finish_status(status: &mut BenchmarkStatus, state: &RunState, generation: Option<i64>) {
-    status.finished_at = Some(rfc3339(Utc::now()));
-    let ok = state.machine.phase == Phase::Succeeded;
-    let reason = if state.machine.cancelled {
-        "Cancelled"
-    } else if ok {
-        "Succeeded"
-    } else {
-        "Failed"
-    };
-    let message = if state.machine.failures.is_empty() {
-        format!("{} step(s) completed", state.machine.completed_steps)
-    } else {
-        state.machine.failures.join("; ")
-    };
-    let now = k8s_now();
-    set_condition(
-        &mut status.conditions,
-        "Complete",
-        ok,
-        reason,
-        message.clone(),
-        generation,
-        &now,
-    );
-    set_condition(
-        &mut status.conditions,
-        "Failed",
-        !ok,
-        reason,
-        message,
-        generation,
-        &now,
-    );
-}
-
-async fn patch_status(api: &Api<Benchmark>, name: &str, status: &BenchmarkStatus) -> Result<()> {
-    let patch = serde_json::json!({
-        "apiVersion": "meshbench.io/v1alpha1",
-        "kind": "Benchmark",
-        "status": status,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(kube_err(format!("writing the status of Benchmark {name}")))?;
+        .await
+        .map_err(kube_err(format!("applying Secret {name}")))?;
     Ok(())
 }
 
@@ -710,527 +726,71 @@ fn elapsed_ms(since_ms: i64) -> Duration {
     Duration::from_millis(u64::try_from(now_ms() - since_ms).unwrap_or(0))
 }
 
-impl Run<'_> {
-    fn mesh(&self, index: usize) -> Option<&ServiceMesh> {
-        let name = self.plan.meshes.get(index)?;
-        self.snapshot
-            .meshes
-            .iter()
-            .find(|m| m.metadata.name.as_deref() == Some(name.as_str()))
-    }
-
-    fn worker_selector(&self, mesh: &str) -> String {
-        format!("{}={mesh},{}=worker", keys::MESH, keys::APP_COMPONENT)
-    }
-
-    async fn execute(
-        &self,
-        action: &exp::Action,
-        state: &mut RunState,
-        status: &mut BenchmarkStatus,
-    ) -> Result<Progress> {
-        Ok(match action {
-            exp::Action::Deploy { mesh } => self.deploy(*mesh, state).await?,
-            exp::Action::WaitReady { mesh } => self.wait_ready(*mesh, state).await?,
-            exp::Action::WarmUp { .. } => {
-                // The warm-up runs in the next step's Job, before its measured stage, so
-                // it reaches the mesh with no gap.
-                state.warmup_pending = true;
-                Progress::Done(Outcome::Ok)
-            }
-            exp::Action::RunStep { cursor } => self.run_step(*cursor, state).await?,
-            exp::Action::Settle { duration } => {
-                let done = elapsed_ms(state.phase_started_ms);
-                if done >= *duration {
-                    Progress::Done(Outcome::Ok)
-                } else {
-                    Progress::Wait(*duration - done)
-                }
-            }
-            exp::Action::Collect { cursor } => self.collect(*cursor, state, status).await?,
-            // The mesh is the user's object: a run never deletes it.
-            exp::Action::Teardown { .. } => Progress::Done(Outcome::Ok),
-            exp::Action::Analyse => self.analyse(state, status).await?,
-            exp::Action::Finished => Progress::Done(Outcome::Ok),
-        })
-    }
-
-    /// The mesh controller deploys meshes; a redeploy (after the first step) restarts
-    /// the mesh's Deployments so every step after it starts from fresh pods.
-    async fn deploy(&self, mesh: usize, state: &mut RunState) -> Result<Progress> {
-        let Some(m) = self.mesh(mesh) else {
-            return Ok(Progress::Done(Outcome::Failed(format!(
-                "ServiceMesh {:?} is not part of the run's spec",
-                self.plan.meshes.get(mesh)
-            ))));
-        };
-        let mesh_name = m.name_any();
-        state.deployed_at_ms = now_ms();
-        state.collected_until_ms = None;
-        if state.machine.completed_steps > 0 {
-            let deps: Api<Deployment> = Api::namespaced(self.ctx.client.clone(), &self.ns);
-            let list = deps
-                .list(&ListParams::default().labels(&self.worker_selector(&mesh_name)))
-                .await
-                .map_err(kube_err(format!("listing Deployments of mesh {mesh_name}")))?;
-            let patch = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {
-                "meshbench.io/restarted-at": rfc3339(Utc::now()),
-            }}}}});
-            let pp = PatchParams {
-                field_manager: Some(RESTART_MANAGER.into()),
-                ..PatchParams::default()
-            };
-            for d in list.items {
-                let dn = d.name_any();
-                deps.patch(&dn, &pp, &Patch::Merge(&patch))
-                    .await
-                    .map_err(kube_err(format!("restarting Deployment {dn}")))?;
-            }
-        }
-        Ok(Progress::Done(Outcome::Ok))
-    }
-
-    async fn wait_ready(&self, mesh: usize, state: &RunState) -> Result<Progress> {
-        let mesh_name = self.plan.meshes.get(mesh).cloned().unwrap_or_default();
-        let services = self.mesh(mesh).map(|m| m.spec.services.len()).unwrap_or(0);
-        let deps: Api<Deployment> = Api::namespaced(self.ctx.client.clone(), &self.ns);
-        let list = deps
-            .list(&ListParams::default().labels(&self.worker_selector(&mesh_name)))
-            .await
-            .map_err(kube_err(format!("listing Deployments of mesh {mesh_name}")))?;
-        let waiting: Vec<String> = list
-            .items
-            .iter()
-            .map(|d| observe(&d.name_any(), d))
-            .filter(|o| !(o.up_to_date && o.ready >= o.desired))
-            .map(|o| format!("{} ({}/{} ready)", o.service, o.ready, o.desired))
-            .collect();
-        if list.items.len() >= services && waiting.is_empty() {
-            return Ok(Progress::Done(Outcome::Ok));
-        }
-        if elapsed_ms(state.phase_started_ms) > self.ctx.settings.ready_timeout {
-            let what = if list.items.len() < services {
-                format!(
-                    "{} of {services} Deployments exist (is the ServiceMesh valid?)",
-                    list.items.len()
-                )
-            } else {
-                format!("waiting for {}", waiting.join(", "))
-            };
-            return Ok(Progress::Done(Outcome::Failed(format!(
-                "mesh {mesh_name} not ready within {:?}: {what}",
-                self.ctx.settings.ready_timeout
-            ))));
-        }
-        Ok(Progress::Wait(Duration::from_secs(5)))
-    }
-
-    async fn run_step(&self, cursor: Cursor, state: &mut RunState) -> Result<Progress> {
-        let ord = ordinal(&self.plan, cursor);
-        let jobs: Api<Job> = Api::namespaced(self.ctx.client.clone(), &self.ns);
-        let cms: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &self.ns);
-        let parallelism = self.snapshot.benchmark.spec.parallelism() as usize;
-        let Some(job_name) = state.job.clone() else {
-            let (Some(mesh), Some(step)) =
-                (self.mesh(cursor.mesh), self.plan.steps.get(cursor.step))
-            else {
-                return Ok(Progress::Done(Outcome::Failed(
-                    "step not in the plan".into(),
-                )));
-            };
-            let start_at = (parallelism > 1).then(|| {
-                u64::try_from(now_ms()).unwrap_or(0)
-                    + self.ctx.settings.start_delay.as_millis() as u64
-            });
-            let objects = render::render_load_job(
-                &LoadStep {
-                    benchmark: &self.snapshot_owner(),
-                    mesh,
-                    run_id: &self.run_id,
-                    step,
-                    ordinal: ord,
-                    repetition: cursor.repetition,
-                    with_warmup: state.warmup_pending,
-                    start_at_unix_ms: start_at,
-                },
-                &self.ctx.render,
-            )?;
-            let pp = PatchParams::apply(FIELD_MANAGER).force();
-            let name = objects.job.name_any();
-            self.ctx
-                .store
-                .set_current_step(&self.ns, &self.run_id, ord)?;
-            cms.patch(&name, &pp, &Patch::Apply(&objects.plan_config_map))
-                .await
-                .map_err(kube_err(format!("applying ConfigMap {name}")))?;
-            jobs.patch(&name, &pp, &Patch::Apply(&objects.job))
-                .await
-                .map_err(kube_err(format!("applying Job {name}")))?;
-            state.job = Some(name);
-            state.warmup_pending = false;
-            return Ok(Progress::Wait(Duration::from_secs(2)));
-        };
-        let results = self
-            .ctx
-            .store
-            .instance_results(&self.ns, &self.run_id, ord)?;
-        let finish = |outcome: Outcome| Progress::Done(outcome);
-        if results.len() >= parallelism {
-            let merged = match LoadResult::merge(&results) {
-                Ok(m) => m,
-                Err(e) => {
-                    self.remove_job(&job_name).await?;
-                    state.job = None;
-                    return Ok(finish(Outcome::Failed(format!(
-                        "the load generators' results do not merge: {e}"
-                    ))));
-                }
-            };
-            self.ctx
-                .store
-                .save_step_result(&self.ns, &self.run_id, ord, &merged)?;
-            self.remove_job(&job_name).await?;
-            state.job = None;
-            return Ok(finish(if merged.partial {
-                Outcome::Failed("the load generators stopped early (partial result)".into())
-            } else {
-                Outcome::Ok
-            }));
-        }
-        let job = jobs
-            .get_opt(&job_name)
-            .await
-            .map_err(kube_err(format!("reading Job {job_name}")))?;
-        let Some(job) = job else {
-            state.job = None;
-            return Ok(finish(Outcome::Failed(format!(
-                "load Job {job_name} disappeared before its results arrived"
-            ))));
-        };
-        let js = job.status.clone().unwrap_or_default();
-        let failed_condition = js
-            .conditions
-            .iter()
-            .flatten()
-            .find(|c| c.type_ == "Failed" && c.status == "True");
-        if js.failed.unwrap_or(0) > 0 || failed_condition.is_some() {
-            let why = failed_condition
-                .map(|c| {
-                    format!(
-                        "{}: {}",
-                        c.reason.clone().unwrap_or_default(),
-                        c.message.clone().unwrap_or_default()
-                    )
-                })
-                .unwrap_or_else(|| format!("{} instance(s) failed", js.failed.unwrap_or(0)));
-            self.remove_job(&job_name).await?;
-            state.job = None;
-            return Ok(finish(Outcome::Failed(format!(
-                "load Job {job_name} failed ({why}); {}/{parallelism} results arrived",
-                results.len()
-            ))));
-        }
-        let succeeded = js.succeeded.unwrap_or(0) as usize >= parallelism;
-        if succeeded && elapsed_ms(state.phase_started_ms).as_secs() > 0 {
-            // Results are posted before the instance exits; allow a minute for stragglers
-            // counted from the completion.
-            let completed_ms = js
-                .completion_time
-                .as_ref()
-                .map(|t| t.0.as_millisecond())
-                .unwrap_or(state.phase_started_ms);
-            if now_ms() - completed_ms > 60_000 {
-                self.remove_job(&job_name).await?;
-                state.job = None;
-                return Ok(finish(Outcome::Failed(format!(
-                    "load Job {job_name} completed but only {}/{parallelism} results arrived",
-                    results.len()
-                ))));
-            }
-        }
-        Ok(Progress::Wait(Duration::from_secs(5)))
-    }
-
-    /// The Benchmark the Job is owned by: the live object (its uid), with the spec the
-    /// run started with.
-    fn snapshot_owner(&self) -> Benchmark {
-        let mut b = self.snapshot.benchmark.clone();
-        b.metadata.uid = self.bench.metadata.uid.clone();
-        b.metadata.name = Some(self.name.clone());
-        b.metadata.namespace = Some(self.ns.clone());
-        b
-    }
-
-    async fn remove_job(&self, name: &str) -> Result<()> {
-        let jobs: Api<Job> = Api::namespaced(self.ctx.client.clone(), &self.ns);
-        let cms: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &self.ns);
-        // Background propagation removes the Job's pods too.
-        match jobs.delete(name, &DeleteParams::background()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(kube_err(format!("deleting Job {name}"))(e)),
-        }
-        match cms.delete(name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(kube_err(format!("deleting ConfigMap {name}"))(e)),
-        }
-        Ok(())
-    }
-
-    async fn collect(
-        &self,
-        cursor: Cursor,
-        state: &mut RunState,
-        status: &mut BenchmarkStatus,
-    ) -> Result<Progress> {
-        let ord = ordinal(&self.plan, cursor);
-        let scrape = self.ctx.settings.scrape_interval;
-        match &self.ctx.settings.prometheus_url {
-            Some(url) => {
-                // Let Prometheus scrape the step's last seconds.
-                let waited = elapsed_ms(state.phase_started_ms);
-                if waited < scrape * 2 {
-                    return Ok(Progress::Wait(scrape * 2 - waited));
-                }
-                let mesh_name = self
-                    .plan
-                    .meshes
-                    .get(cursor.mesh)
-                    .cloned()
-                    .unwrap_or_default();
-                let objects = self
-                    .mesh(cursor.mesh)
-                    .map(|m| {
-                        m.spec
-                            .services
-                            .iter()
-                            .map(|s| (render::object_name(&mesh_name, &s.name), s.name.clone()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let vars = Vars {
-                    namespace: self.ns.clone(),
-                    mesh: mesh_name,
-                    objects,
-                    window: format!("{}s", (scrape.as_secs() * 4).max(4)),
-                };
-                let until = now_ms();
-                let from = state.collected_until_ms.unwrap_or(state.deployed_at_ms);
-                let window = Window {
-                    start: from / 1000,
-                    end: until / 1000,
-                    step: (scrape.as_secs_f64() / 3.0).max(1.0),
-                };
-                let overrides = self
-                    .snapshot
-                    .benchmark
-                    .spec
-                    .collection
-                    .as_ref()
-                    .map(|c| c.queries.clone())
-                    .unwrap_or_default();
-                let collected = match Collector::new(url) {
-                    Ok(c) => c.collect(&vars, &overrides, window, None).await,
-                    Err(e) => Err(e),
-                };
-                match collected {
-                    Ok(samples) => {
-                        self.ctx
-                            .store
-                            .save_samples(&self.ns, &self.run_id, ord, &samples)?;
-                        state.collected_until_ms = Some(until + 1000);
-                    }
-                    Err(e) => {
-                        state
-                            .warnings
-                            .push(format!("step {ord}: Prometheus collection failed: {e}"));
-                    }
-                }
-            }
-            None => {
-                let w = "no Prometheus configured (--prometheus-url): replicas, CPU and memory are not in the report".to_string();
-                if !state.warnings.contains(&w) {
-                    state.warnings.push(w);
-                }
-            }
-        }
-        // The report is rebuilt after every step, so a partial one is always there.
-        let data = self.run_data(state, None)?;
-        let dir = self.ctx.store.run_dir(&self.ns, &self.run_id)?;
-        match off_runtime(move || RunDir::open(&dir).update(&data)).await {
-            Ok(analysis) => {
-                let verdicts = |row: &meshbench_analysis::tables::StepRow| {
-                    let (mesh, repetition, step) = (row.mesh.clone(), row.repetition, row.step);
-                    analysis.run.slo.steps.iter().filter(move |s| {
-                        s.mesh == mesh && s.repetition == repetition && s.step == step
-                    })
-                };
-                status.steps = analysis
-                    .steps
-                    .iter()
-                    .map(|row| StepSummary {
-                        mesh: row.mesh.clone(),
-                        repetition: row.repetition as i32,
-                        step: row.step as i32,
-                        target: row
-                            .target_rate_rps
-                            .or(row.users.map(f64::from))
-                            .unwrap_or_default(),
-                        throughput_rps: row.throughput_rps.unwrap_or_default(),
-                        sent_rps: row.sent_rate_rps.unwrap_or_default(),
-                        saturation: row.saturation.clone(),
-                        error_rate: row.error_ratio.unwrap_or_default(),
-                        p50_ms: row.latency_p50_ms.unwrap_or_default(),
-                        p99_ms: row.latency_p99_ms.unwrap_or_default(),
-                        slo_passed: verdicts(row).all(|s| s.pass),
-                        violations: verdicts(row)
-                            .flat_map(|s| s.violations.iter().map(|v| v.to_string()))
-                            .collect(),
-                    })
-                    .collect();
-                status.saturation = analysis
-                    .run
-                    .saturation
-                    .iter()
-                    .map(|m| m.summary.clone())
-                    .collect();
-                if let Some(last) = status.steps.last() {
-                    status.throughput_rps = Some(last.throughput_rps);
-                    status.p99_ms = Some(last.p99_ms);
-                }
-                Ok(Progress::Done(Outcome::Ok))
-            }
-            Err(e) => Ok(Progress::Done(Outcome::Failed(format!(
-                "writing the report: {e}"
-            )))),
-        }
-    }
-
-    async fn analyse(&self, state: &RunState, status: &mut BenchmarkStatus) -> Result<Progress> {
-        let data = self.run_data(state, Some(Utc::now()))?;
-        let dir = self.ctx.store.run_dir(&self.ns, &self.run_id)?;
-        let written = {
-            let dir = dir.clone();
-            off_runtime(move || RunDir::open(&dir).finish(&data)).await
-        };
-        match written {
-            Ok(_) => {
-                let run = meshbench_analysis::rundir::read_run_json(&dir).ok();
-                status.slo_verdict = run.and_then(|r| r.slo.pass).map(|p| {
-                    if p {
-                        "Pass".to_string()
-                    } else {
-                        "Fail".to_string()
-                    }
-                });
-                status.report_location = Some(format!(
-                    "{}/{}/{}",
-                    self.ctx.settings.location_prefix.trim_end_matches('/'),
-                    self.ns,
-                    self.run_id
-                ));
-                if let Some(export) = &self.ctx.settings.export {
-                    match export
-                        .upload_run(&self.ctx.store, &self.ns, &self.run_id)
-                        .await
-                    {
-                        Ok(location) => status.report_location = Some(location),
-                        // The report is safe on the volume; the export is retried by
-                        // nobody, so say so loudly.
-                        Err(e) => {
-                            publish(
-                                self.ctx,
-                                self.bench,
-                                EventType::Warning,
-                                "ExportFailed",
-                                "Export",
-                                format!("the report stays on the volume only: {e}"),
-                            )
-                            .await;
-                        }
-                    }
-                }
-                Ok(Progress::Done(Outcome::Ok))
-            }
-            Err(e) => Ok(Progress::Done(Outcome::Failed(format!(
-                "writing the report: {e}"
-            )))),
-        }
-    }
-
-    /// The analysis input, rebuilt from the report volume and the state.
-    fn run_data(&self, state: &RunState, finished: Option<DateTime<Utc>>) -> Result<RunData> {
-        let spec = &self.snapshot.benchmark.spec;
-        let started = DateTime::from_timestamp_millis(
-            state
-                .phases
-                .first()
-                .map(|p| p.started_at.timestamp_millis())
-                .unwrap_or(state.deployed_at_ms),
-        )
-        .unwrap_or_default();
-        let mut warnings = state.warnings.clone();
-        warnings.extend(state.machine.failures.iter().cloned());
-        let mut data = RunData::new(RunMeta {
-            benchmark: self.name.clone(),
-            spec: serde_json::json!({
-                "benchmark": self.snapshot.benchmark,
-                "meshes": self.snapshot.meshes,
-            }),
-            meshbench_version: env!("CARGO_PKG_VERSION").to_string(),
-            platform: Platform::Kubernetes,
-            limits: LimitsEnforcement {
-                mode: Enforcement::Enforced,
-                reason: "the kubelet enforces the pods' resources (CFS quota, memory limit)".into(),
-            },
-            warnings,
-            phases: state.phases.clone(),
-            started_at: started,
-            finished_at: finished,
-            steps_planned: Some(self.plan.total_steps() as u32),
-            partial: finished.is_some() && state.machine.stopped_early,
-        });
-        for m in &self.snapshot.meshes {
-            data.models
-                .insert(m.name_any(), convert::capacity_input(m, spec));
-        }
-        data.slos = convert::slos(spec);
-        let total = self.plan.total_steps();
-        for ord in 0..total {
-            let Some(result) = self.ctx.store.step_result(&self.ns, &self.run_id, ord)? else {
-                continue;
-            };
-            let c = cursor_of(&self.plan, ord);
-            let (Some(step), Some(stage)) =
-                (self.plan.steps.get(c.step), result.measured_stages().next())
-            else {
-                continue;
-            };
-            let mesh = self.plan.meshes.get(c.mesh).cloned().unwrap_or_default();
-            convert::record_step(&mut data, &mesh, c, step, stage);
-        }
-        data.samples = self.ctx.store.samples(&self.ns, &self.run_id, total)?;
-        Ok(data)
-    }
-}
-
-/// Runs report building on the blocking pool: polars and the plots take CPU seconds that
-/// would otherwise stall the runtime's workers (and the health endpoint with them).
-async fn off_runtime<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, String>
-where
-    T: Send + 'static,
-    E: std::fmt::Display + Send + 'static,
-{
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("the report task failed: {e}")),
-    }
-}
-
 /// Backoff after a failed reconcile: 5 s doubling per consecutive failure, at most 5 min.
 pub fn error_policy(bench: Arc<Benchmark>, error: &Error, ctx: Arc<Context>) -> Action {
     let (n, delay) = ctx.failures.record(&*bench);
     tracing::warn!(benchmark = %bench.name_any(), error = %error, failures = n, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(
+        phase: Phase,
+        generation: Option<i64>,
+        state: Option<serde_json::Value>,
+    ) -> BenchmarkStatus {
+        BenchmarkStatus {
+            phase,
+            observed_generation: generation,
+            run_id: Some("r".into()),
+            state,
+            ..BenchmarkStatus::default()
+        }
+    }
+
+    fn running() -> Option<serde_json::Value> {
+        serde_json::to_value(RunState::new(0)).ok()
+    }
+
+    #[test]
+    fn decide_follows_the_status_and_the_generation() {
+        assert_eq!(
+            decide(&BenchmarkStatus::default(), Some(1)),
+            Decision::Start
+        );
+        assert_eq!(
+            decide(&status(Phase::Succeeded, Some(1), running()), Some(1)),
+            Decision::Idle
+        );
+        assert_eq!(
+            decide(&status(Phase::Failed, Some(1), None), Some(2)),
+            Decision::Start
+        );
+        // Invalid or waiting: never observed, so validated again.
+        assert_eq!(
+            decide(&status(Phase::Pending, None, None), Some(1)),
+            Decision::Start
+        );
+        match decide(&status(Phase::Running, Some(1), running()), Some(1)) {
+            Decision::Continue { cancel, .. } => assert!(!cancel),
+            other => panic!("{other:?}"),
+        }
+        match decide(&status(Phase::Running, Some(1), running()), Some(2)) {
+            Decision::Continue { cancel, .. } => assert!(cancel, "a new spec cancels"),
+            other => panic!("{other:?}"),
+        }
+        let garbage = Some(serde_json::json!({ "machine": "from the future" }));
+        match decide(&status(Phase::Running, Some(1), garbage.clone()), Some(1)) {
+            Decision::Unresumable(why) => assert!(why.contains("status.state"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // A finished run's leftover state is never read.
+        assert_eq!(
+            decide(&status(Phase::Failed, Some(1), garbage), Some(1)),
+            Decision::Idle
+        );
+    }
 }

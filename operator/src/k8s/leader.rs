@@ -3,6 +3,12 @@
 //! free or when its record has not changed for `lease_duration` (judged by this process's
 //! own clock, so clock skew between nodes does not matter), renews it every
 //! `renew_every`, and every write is a compare-and-swap on `resourceVersion`.
+//!
+//! The holder steps down when it has not renewed for `renew_deadline`, which is shorter
+//! than the lease: it stops before another candidate can judge the Lease expired, so two
+//! leaders never overlap. Every API call is bounded by a timeout within that budget (a
+//! hung connection must not outlast the lease), and a holder shutting down releases the
+//! Lease so the next one takes over at once.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +27,30 @@ pub enum Error {
         /// The client error.
         source: kube::Error,
     },
+    /// A Lease request did not complete in time.
+    #[error("lease {name}: no answer from the API server within {after:?}")]
+    Timeout {
+        /// Lease name.
+        name: String,
+        /// The time allowed.
+        after: Duration,
+    },
+    /// Another candidate holds the Lease now.
+    #[error("lease {name}: another replica took the lease")]
+    Lost {
+        /// Lease name.
+        name: String,
+    },
+    /// Renewals failed for the whole renew deadline: this replica stepped down.
+    #[error("lease {name}: not renewed within {deadline:?} (last error: {last}); stepped down")]
+    SteppedDown {
+        /// Lease name.
+        name: String,
+        /// The renew deadline.
+        deadline: Duration,
+        /// The last renewal's error.
+        last: Box<Error>,
+    },
 }
 
 /// Result alias of this module.
@@ -35,7 +65,10 @@ pub struct LeaseSettings {
     pub identity: String,
     /// How long a record may stay unchanged before another candidate takes over.
     pub lease_duration: Duration,
-    /// How often the holder renews.
+    /// How long the holder keeps trying to renew before it steps down; shorter than
+    /// `lease_duration`.
+    pub renew_deadline: Duration,
+    /// How often the holder renews (and a candidate retries).
     pub renew_every: Duration,
 }
 
@@ -50,6 +83,20 @@ pub struct LeaderElector {
 
 fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+/// `fut`, or [`Error::Timeout`] after `budget`.
+async fn bounded<T>(
+    name: String,
+    budget: Duration,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(budget, fut)
+        .await
+        .unwrap_or(Err(Error::Timeout {
+            name,
+            after: budget,
+        }))
 }
 
 fn now() -> MicroTime {
@@ -78,8 +125,14 @@ impl LeaderElector {
         }
     }
 
-    /// Takes or renews the Lease if possible; true when this candidate holds it now.
+    /// Takes or renews the Lease if possible; true when this candidate holds it now. The
+    /// whole attempt is bounded by the renew deadline.
     pub async fn try_acquire_or_renew(&mut self) -> Result<bool> {
+        let (name, budget) = (self.settings.name.clone(), self.settings.renew_deadline);
+        bounded(name, budget, self.attempt()).await
+    }
+
+    async fn attempt(&mut self) -> Result<bool> {
         let me = self.settings.identity.clone();
         // Whole seconds, rounded up and at least 1: the API server rejects 0.
         let d = self.settings.lease_duration;
@@ -171,32 +224,79 @@ impl LeaderElector {
         }
     }
 
-    /// Renews the Lease until a renewal fails for longer than the lease duration (then
-    /// another replica may already lead) and returns the reason.
+    /// Renews the Lease until another replica takes it or renewals fail for the renew
+    /// deadline (then this replica must stop leading), and returns the reason.
     pub async fn hold(&mut self) -> Error {
         let mut last_ok = Instant::now();
         loop {
             tokio::time::sleep(self.settings.renew_every).await;
-            match self.try_acquire_or_renew().await {
+            let deadline = self.settings.renew_deadline;
+            let Some(left) = deadline.checked_sub(last_ok.elapsed()) else {
+                return self.stepped_down(Error::Timeout {
+                    name: self.settings.name.clone(),
+                    after: deadline,
+                });
+            };
+            // No attempt may run past the deadline.
+            let name = self.settings.name.clone();
+            match bounded(name, left, self.attempt()).await {
                 Ok(true) => last_ok = Instant::now(),
                 Ok(false) => {
-                    return Error::Api {
+                    return Error::Lost {
                         name: self.settings.name.clone(),
-                        source: kube::Error::Api(
-                            kube::core::Status::failure(
-                                "another replica took the lease",
-                                "Conflict",
-                            )
-                            .with_code(409)
-                            .boxed(),
-                        ),
                     };
                 }
-                Err(e) if last_ok.elapsed() < self.settings.lease_duration => {
+                Err(e) if last_ok.elapsed() < deadline => {
                     tracing::warn!(error = %e, "lease renewal failed; retrying");
                 }
-                Err(e) => return e,
+                Err(e) => return self.stepped_down(e),
             }
+        }
+    }
+
+    fn stepped_down(&self, last: Error) -> Error {
+        Error::SteppedDown {
+            name: self.settings.name.clone(),
+            deadline: self.settings.renew_deadline,
+            last: Box::new(last),
+        }
+    }
+
+    /// Gives the Lease up if this candidate holds it (client-go's `ReleaseOnCancel`): the
+    /// holder is cleared and the duration set to 1 s, so a successor takes over at once.
+    pub async fn release(&mut self) -> Result<()> {
+        let (name, budget) = (self.settings.name.clone(), self.settings.renew_deadline);
+        bounded(name, budget, self.release_now()).await
+    }
+
+    async fn release_now(&mut self) -> Result<()> {
+        let Some(mut lease) = self
+            .api
+            .get_opt(&self.settings.name)
+            .await
+            .map_err(|e| self.err(e))?
+        else {
+            return Ok(());
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.settings.identity.as_str()) {
+            return Ok(());
+        }
+        lease.spec = Some(LeaseSpec {
+            holder_identity: None,
+            lease_duration_seconds: Some(1),
+            renew_time: Some(now()),
+            ..spec
+        });
+        match self
+            .api
+            .replace(&self.settings.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Someone else wrote it meanwhile: it is not ours to release any more.
+            Err(e) if is_conflict(&e) => Ok(()),
+            Err(e) => Err(self.err(e)),
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
@@ -28,7 +28,7 @@ use super::FIELD_MANAGER;
 use super::keys;
 use super::metrics::Metrics;
 use super::render::{self, RenderOptions, ServiceObjects};
-use super::shared::{self, Failures};
+use super::shared::{self, Failures, invalid_message, set_condition};
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "servicemesh";
@@ -113,61 +113,6 @@ impl Context {
             failures: Failures::default(),
         }
     }
-}
-
-/// The message of a `Valid=False` condition: every problem, as `meshbench validate`
-/// prints it after the file position (field path, message, hint).
-pub fn invalid_message(issues: &[Issue]) -> String {
-    let lines: Vec<String> = issues
-        .iter()
-        .map(|i| {
-            let mut s = if i.path.is_empty() {
-                i.message.clone()
-            } else {
-                format!("{}: {}", i.path, i.message)
-            };
-            if let Some(h) = &i.hint {
-                s.push_str(&format!(" (hint: {h})"));
-            }
-            s
-        })
-        .collect();
-    lines.join("; ")
-}
-
-/// Sets condition `type_` in `conditions`, keeping its transition time when its status
-/// does not change. Returns true when the status changed (or the condition is new).
-pub fn set_condition(
-    conditions: &mut Vec<Condition>,
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-    now: &Time,
-) -> bool {
-    let status_text = if status { "True" } else { "False" };
-    let previous = conditions.iter().position(|c| c.type_ == type_);
-    let changed = previous
-        .map(|i| conditions[i].status != status_text)
-        .unwrap_or(true);
-    let last_transition_time = match previous {
-        Some(i) if !changed => conditions[i].last_transition_time.clone(),
-        _ => now.clone(),
-    };
-    let condition = Condition {
-        type_: type_.to_string(),
-        status: status_text.to_string(),
-        reason: reason.to_string(),
-        message,
-        observed_generation: generation,
-        last_transition_time,
-    };
-    match previous {
-        Some(i) => conditions[i] = condition,
-        None => conditions.push(condition),
-    }
-    changed
 }
 
 /// The status of a mesh whose spec is invalid: `Valid=False` with every problem, `Ready`

@@ -24,6 +24,7 @@ pub mod render;
 pub mod results;
 pub mod shared;
 pub mod store;
+pub mod token;
 
 /// Chooses rustls's crypto provider for the process, before any TLS connection (to the
 /// API server, or S3). Both `ring` and `aws-lc-rs` are compiled in (kube uses the first,

@@ -2,9 +2,13 @@
 //! Benchmark controllers, and an HTTP server with health endpoints, the operator's
 //! metrics and the results endpoint ([`super::results`]).
 //!
-//! Every replica serves `/healthz`, `/readyz`, `/metrics` and `/v1/...`; only the Lease
-//! holder runs the controllers. A replica that loses the Lease exits so its restart starts clean
-//! (controller caches and in-flight reconciles cannot be handed over safely).
+//! Every replica serves `/healthz`, `/readyz`, `/metrics` and the report downloads
+//! (`GET /v1/reports/...`) on `--listen`, and the load Jobs' uploads (`POST
+//! /v1/results/...`) on `--results-listen` — a port of their own so a NetworkPolicy can
+//! open it to load pods only. Only the Lease holder runs the controllers. A replica that
+//! loses the Lease exits so its restart starts clean (controller caches and in-flight
+//! reconciles cannot be handed over safely); one shutting down releases the Lease so its
+//! successor need not wait for it to expire.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +40,7 @@ use super::metrics::Metrics;
 use super::render::{RenderOptions, default_image};
 use super::results::{self, ResultsState};
 use super::store::Store;
+use super::token::TokenKey;
 
 /// Errors of the operator process.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +70,9 @@ pub enum Error {
     /// Leader election failed or the Lease was lost.
     #[error("leader election: {0}")]
     Leader(#[from] super::leader::Error),
+    /// The results token key could not be read or created.
+    #[error(transparent)]
+    TokenKey(#[from] super::token::Error),
 }
 
 /// Result alias of this module.
@@ -77,6 +85,10 @@ pub struct OperatorArgs {
     /// and the results endpoint (`/v1/...`).
     #[arg(long, env = "MESHBENCH_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// Address of the results upload endpoint (`POST /v1/results/...`), for the load
+    /// Jobs only: deploy/operator/networkpolicy.yaml lets only load pods reach it.
+    #[arg(long, env = "MESHBENCH_RESULTS_LISTEN", default_value = "0.0.0.0:8081")]
+    pub results_listen: SocketAddr,
     /// Image of the workers (and of the load generators unless --loadgen-image is set).
     #[arg(long, env = "MESHBENCH_IMAGE", default_value_t = default_image())]
     pub image: String,
@@ -119,7 +131,7 @@ pub struct OperatorArgs {
     )]
     pub data_dir: std::path::PathBuf,
     /// This operator's URL as load Jobs reach it, for their results
-    /// (default `http://meshbench-operator.<lease namespace>.svc:<listen port>`).
+    /// (default `http://meshbench-operator.<lease namespace>.svc:<results-listen port>`).
     #[arg(long, env = "MESHBENCH_RESULTS_URL")]
     pub results_url: Option<String>,
     /// Prometheus to collect replicas, CPU, memory and latency from (e.g.
@@ -131,9 +143,15 @@ pub struct OperatorArgs {
     /// the `AWS_*` variables) or `file:///path`.
     #[arg(long, env = "MESHBENCH_EXPORT_URL")]
     pub export_url: Option<String>,
-    /// Prometheus's scrape interval (collection waits two after each step).
-    #[arg(long, env = "MESHBENCH_SCRAPE_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    /// Prometheus's scrape interval, the longest of the series collected (30s, the default
+    /// of kube-prometheus-stack, which scrapes kube-state-metrics at it): collection waits
+    /// two after each step, and rates use a window of four.
+    #[arg(long, env = "MESHBENCH_SCRAPE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub scrape_interval: Duration,
+    /// Remove reports not written to for this long (e.g. `30d`) from the report volume,
+    /// checked hourly; runs in progress are kept. Default: keep every report.
+    #[arg(long, env = "MESHBENCH_REPORT_RETENTION", value_parser = parse_duration)]
+    pub report_retention: Option<Duration>,
     /// How long a mesh may take to become ready before its run fails.
     #[arg(long, env = "MESHBENCH_READY_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub ready_timeout: Duration,
@@ -214,7 +232,7 @@ pub fn render_options(args: &OperatorArgs) -> RenderOptions {
             format!(
                 "http://meshbench-operator.{}.svc:{}",
                 args.lease_namespace,
-                args.listen.port()
+                args.results_listen.port()
             )
         }),
         ..RenderOptions::default()
@@ -226,6 +244,7 @@ async fn run_controllers(
     args: &OperatorArgs,
     metrics: Arc<Metrics>,
     export: Option<Arc<Exporter>>,
+    token_key: TokenKey,
 ) {
     let render = render_options(args);
     let ctx = Arc::new(Context::new(
@@ -246,6 +265,7 @@ async fn run_controllers(
             ..bench_controller::Settings::default()
         },
         metrics,
+        token_key,
         Some(args.identity.clone()),
     ));
     fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
@@ -292,7 +312,50 @@ async fn run_controllers(
                 Err(e) => tracing::debug!(error = %e, "reconcile error"),
             }
         });
-    futures::join!(meshes, benchmarks);
+    let store = Store::new(&args.data_dir);
+    tokio::select! {
+        _ = futures::future::join(meshes, benchmarks) => {}
+        () = prune_reports(api::<Benchmark>(&client, ns), store, args.report_retention) => {}
+    }
+}
+
+/// Every hour, removes the reports older than `retention` (never one of a run in
+/// progress). Runs until the process ends; without a retention it only waits.
+async fn prune_reports(benchmarks: Api<Benchmark>, store: Store, retention: Option<Duration>) {
+    let Some(retention) = retention else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let list = match benchmarks.list(&ListParams::default()).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list Benchmarks; not pruning reports now");
+                continue;
+            }
+        };
+        let active = list
+            .items
+            .iter()
+            .filter_map(|b| {
+                let status = b.status.as_ref()?;
+                let running = !status.phase.is_terminal() && status.state.is_some();
+                let run = (b.metadata.namespace.clone()?, status.run_id.clone()?);
+                running.then_some(run)
+            })
+            .collect();
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(retention)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let store = store.clone();
+        let removed = tokio::task::spawn_blocking(move || store.prune(cutoff, &active))
+            .await
+            .unwrap_or_default();
+        for dir in removed {
+            tracing::info!(dir = %dir.display(), "removed a report past its retention");
+        }
+    }
 }
 
 /// Runs the operator until SIGTERM/Ctrl-C or until the Lease is lost.
@@ -317,45 +380,86 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         registry,
         ready: AtomicBool::new(false),
     });
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: args.listen,
-            source,
-        })?;
-    tracing::info!(listen = %args.listen, "serving health and metrics");
+    let token_key = TokenKey::load_or_create(client.clone(), &args.lease_namespace).await?;
     let results = Arc::new(ResultsState {
         client: client.clone(),
         store: Store::new(&args.data_dir),
+        token_key: token_key.clone(),
     });
-    let router = app(state.clone()).merge(results::routes(results));
-    let server =
-        tokio::spawn(async move { axum::serve(listener, router.into_make_service()).await });
+    let main = app(state.clone()).merge(results::report_routes(results.clone()));
+    let servers = [
+        serve(args.listen, main, "health, metrics and report downloads").await?,
+        serve(
+            args.results_listen,
+            results::upload_routes(results),
+            "results uploads",
+        )
+        .await?,
+    ];
     // The client works and the CRDs exist: a follower is ready to take over.
     state.ready.store(true, Ordering::Relaxed);
 
     let result = if args.no_leader_election {
-        run_controllers(client, &args, metrics, export).await;
+        run_controllers(client, &args, metrics, export, token_key).await;
         Ok(())
     } else {
-        let mut elector = LeaderElector::new(
-            Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
-            LeaseSettings {
-                name: args.lease_name.clone(),
-                identity: args.identity.clone(),
-                lease_duration: Duration::from_secs(15),
-                renew_every: Duration::from_secs(5),
-            },
-        );
-        tracing::info!(lease = %args.lease_name, identity = %args.identity, "waiting for leadership");
-        elector.acquire().await?;
-        metrics.leader.set(1);
-        tracing::info!("leading; starting controllers");
-        tokio::select! {
-            () = run_controllers(client, &args, metrics.clone(), export) => Ok(()),
-            lost = elector.hold() => Err(Error::Leader(lost)),
-        }
+        lead(client, &args, metrics, export, token_key).await
     };
-    server.abort();
+    for s in servers {
+        s.abort();
+    }
+    result
+}
+
+/// Serves `router` on `addr` in a task of its own.
+async fn serve(
+    addr: SocketAddr,
+    router: Router,
+    what: &str,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+    tracing::info!(listen = %addr, "serving {what}");
+    Ok(tokio::spawn(async move {
+        axum::serve(listener, router.into_make_service()).await
+    }))
+}
+
+/// Runs the controllers while holding the Lease; gives it back on shutdown.
+async fn lead(
+    client: Client,
+    args: &OperatorArgs,
+    metrics: Arc<Metrics>,
+    export: Option<Arc<Exporter>>,
+    token_key: TokenKey,
+) -> Result<()> {
+    // client-go's defaults: a 15 s lease renewed every 2 s, given up after 10 s of failed
+    // renewals, before another replica can take it.
+    let mut elector = LeaderElector::new(
+        Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
+        LeaseSettings {
+            name: args.lease_name.clone(),
+            identity: args.identity.clone(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            renew_every: Duration::from_secs(2),
+        },
+    );
+    tracing::info!(lease = %args.lease_name, identity = %args.identity, "waiting for leadership");
+    elector.acquire().await?;
+    metrics.leader.set(1);
+    tracing::info!("leading; starting controllers");
+    let result = tokio::select! {
+        () = run_controllers(client, args, metrics.clone(), export, token_key) => Ok(()),
+        lost = elector.hold() => Err(Error::Leader(lost)),
+    };
+    metrics.leader.set(0);
+    if result.is_ok() {
+        // Shut down cleanly: the next replica need not wait out the lease.
+        if let Err(e) = elector.release().await {
+            tracing::warn!(error = %e, "could not release the Lease; it expires by itself");
+        }
+    }
     result
 }

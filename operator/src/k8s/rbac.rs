@@ -1,16 +1,16 @@
 //! Every Kubernetes permission the operator's code uses, in one table.
 //!
 //! `deploy/operator/rbac.yaml` grants exactly these (a test compares the two), and the
-//! mocked-API controller tests map every request the code makes to a
-//! (group, resource, verb) and fail when the table does not hold it — so the table, the
-//! manifests and the code cannot drift apart.
+//! controller tests run as the operator's ServiceAccount on a real API server, so a
+//! request the table does not hold fails them with a 403 — the table, the manifests and
+//! the code cannot drift apart.
 
 /// Where a permission is granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Scope {
     /// In every namespace the operator watches (ClusterRole).
     Cluster,
-    /// Only in the operator's own namespace (Role), e.g. its leader-election Lease.
+    /// Only in the operator's own namespace (Role), e.g. its token key Secret.
     OperatorNamespace,
 }
 
@@ -49,11 +49,13 @@ pub const PERMISSIONS: &[Permission] = &[
         verbs: &["patch"],
         scope: Scope::Cluster,
     },
-    // The Benchmark controller watches benchmarks and keeps its run state in their status.
+    // The Benchmark controller watches benchmarks and keeps its run state in their status;
+    // it applies its finalizer while a run goes on (PATCH), reads a benchmark by name to
+    // check a results token (its UID) and whether a mesh claim's holder still runs.
     Permission {
         group: "meshbench.io",
         resource: "benchmarks",
-        verbs: &["list", "watch"],
+        verbs: &["get", "list", "watch", "patch"],
         scope: Scope::Cluster,
     },
     Permission {
@@ -69,11 +71,12 @@ pub const PERMISSIONS: &[Permission] = &[
         verbs: &["get", "list", "watch", "create", "patch", "delete"],
         scope: Scope::Cluster,
     },
-    // The per-benchmark results token: created once, read to check uploads and downloads.
+    // The per-benchmark results token Secret, for the load Jobs: applied (PATCH, create
+    // when the apply creates). Never read: tokens are checked by HMAC.
     Permission {
         group: "",
         resource: "secrets",
-        verbs: &["get", "create"],
+        verbs: &["create", "patch"],
         scope: Scope::Cluster,
     },
     // Objects of a mesh: applied (PATCH; create is checked when the apply creates),
@@ -109,11 +112,18 @@ pub const PERMISSIONS: &[Permission] = &[
         verbs: &["create", "patch"],
         scope: Scope::Cluster,
     },
-    // Leader election.
+    // Leader election, and the claims a run holds on its meshes (released by delete).
     Permission {
         group: "coordination.k8s.io",
         resource: "leases",
-        verbs: &["get", "create", "update"],
+        verbs: &["get", "create", "update", "delete"],
+        scope: Scope::Cluster,
+    },
+    // The operator's token key (one Secret, created on first start).
+    Permission {
+        group: "",
+        resource: "secrets",
+        verbs: &["get", "create"],
         scope: Scope::OperatorNamespace,
     },
 ];

@@ -1,9 +1,10 @@
 //! The operator's results endpoint: load Jobs POST their results here, and
 //! `meshbench results` downloads finished reports from here.
 //!
-//! Routes (all under `/v1`, all requiring the benchmark's token from its Secret
-//! `<benchmark>-results-token`, as `Authorization: Bearer` or `X-Meshbench-Token` — the
-//! latter because the API server's service proxy consumes `Authorization` itself):
+//! Routes (all under `/v1`, all requiring the benchmark's token — in its Secret
+//! `<benchmark>-results-token`, derived from the operator key and the Benchmark's UID
+//! ([`super::token`]) — as `Authorization: Bearer` or `X-Meshbench-Token`, the latter
+//! because the API server's service proxy consumes `Authorization` itself):
 //! - `POST /v1/results/{namespace}/{benchmark}/{run}/{ordinal}`: one loadgen instance's
 //!   result JSON, at most 16 MiB; stored on the report volume by instance index. Only for
 //!   a run of that benchmark, the step whose Job runs now, an instance index within the
@@ -25,13 +26,13 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::Api;
+use meshbench_crds::Benchmark;
 use meshbench_loadgen::LoadResult;
 
-use super::render::{TOKEN_KEY, token_secret_name};
 use super::store::{SpecSnapshot, Store, valid_component};
+use super::token::TokenKey;
 
 /// Largest accepted result body.
 pub const MAX_RESULT_BYTES: usize = 16 * 1024 * 1024;
@@ -42,10 +43,12 @@ pub const TOKEN_HEADER: &str = "x-meshbench-token";
 /// Shared state of the results routes.
 #[derive(Clone)]
 pub struct ResultsState {
-    /// Reads the token Secrets.
+    /// Reads the Benchmarks (their UIDs).
     pub client: Client,
     /// The report volume.
     pub store: Store,
+    /// Checks the tokens.
+    pub token_key: TokenKey,
 }
 
 impl std::fmt::Debug for ResultsState {
@@ -56,13 +59,25 @@ impl std::fmt::Debug for ResultsState {
     }
 }
 
-/// The results routes.
+/// Both route sets on one router (tests, development).
 pub fn routes(state: Arc<ResultsState>) -> Router {
+    upload_routes(state.clone()).merge(report_routes(state))
+}
+
+/// The load Jobs' uploads: `POST /v1/results/...`.
+pub fn upload_routes(state: Arc<ResultsState>) -> Router {
     Router::new()
         .route(
             "/v1/results/{namespace}/{benchmark}/{run}/{ordinal}",
             post(post_result),
         )
+        .layer(DefaultBodyLimit::max(MAX_RESULT_BYTES))
+        .with_state(state)
+}
+
+/// The report downloads of `meshbench results`: `GET /v1/reports/...`.
+pub fn report_routes(state: Arc<ResultsState>) -> Router {
+    Router::new()
         .route(
             "/v1/reports/{namespace}/{benchmark}/{run}",
             get(list_report),
@@ -71,7 +86,6 @@ pub fn routes(state: Arc<ResultsState>) -> Router {
             "/v1/reports/{namespace}/{benchmark}/{run}/{*file}",
             get(get_report_file),
         )
-        .layer(DefaultBodyLimit::max(MAX_RESULT_BYTES))
         .with_state(state)
 }
 
@@ -90,19 +104,15 @@ fn presented_token(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Compares without an early exit, so response times say nothing about the token.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Checks the names in the path and the token; `Err` is the response to send.
+/// Checks the names in the path and the token; `Ok` is the Benchmark's UID, `Err` the
+/// response to send.
 async fn authorize(
     state: &ResultsState,
     headers: &HeaderMap,
     namespace: &str,
     benchmark: &str,
     run: &str,
-) -> Result<(), Response> {
+) -> Result<String, Response> {
     for n in [namespace, benchmark, run] {
         if !valid_component(n) {
             return Err(reject(
@@ -117,23 +127,25 @@ async fn authorize(
             "missing token (Authorization: Bearer or X-Meshbench-Token)",
         ));
     };
-    let secrets: Api<Secret> = Api::namespaced(state.client.clone(), namespace);
-    let secret = match secrets.get_opt(&token_secret_name(benchmark)).await {
-        Ok(s) => s,
+    let benchmarks: Api<Benchmark> = Api::namespaced(state.client.clone(), namespace);
+    let uid = match benchmarks.get_opt(benchmark).await {
+        Ok(b) => b.and_then(|b| b.metadata.uid),
         Err(e) => {
-            tracing::warn!(error = %e, namespace, benchmark, "cannot read the token Secret");
+            tracing::warn!(error = %e, namespace, benchmark, "cannot read the Benchmark");
             return Err(reject(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "cannot read the benchmark's token",
+                "cannot read the benchmark",
             ));
         }
     };
-    let expected = secret
-        .and_then(|s| s.data)
-        .and_then(|mut d| d.remove(TOKEN_KEY))
-        .map(|b| b.0);
-    match expected {
-        Some(e) if same(&e, presented.as_bytes()) => Ok(()),
+    match uid {
+        Some(uid)
+            if state
+                .token_key
+                .verify(namespace, benchmark, &uid, presented) =>
+        {
+            Ok(uid)
+        }
         // Unknown benchmark and wrong token answer alike.
         _ => Err(reject(
             StatusCode::FORBIDDEN,
@@ -148,12 +160,13 @@ pub const MAX_RUN_RESULT_BYTES: u64 = 512 * 1024 * 1024;
 /// A refused request: the status and the message sent back.
 type Refusal = (StatusCode, String);
 
-/// The run's spec snapshot, when the run exists and belongs to `benchmark`: a token is
-/// per benchmark, so it must not reach another benchmark's runs in the namespace.
+/// The run's spec snapshot, when the run exists and belongs to `benchmark` with `uid`: a
+/// token is per benchmark, so it must not reach another benchmark's runs in the
+/// namespace, nor the runs of an earlier Benchmark of the same name.
 fn run_of(
     state: &ResultsState,
     namespace: &str,
-    benchmark: &str,
+    (benchmark, uid): (&str, &str),
     run: &str,
 ) -> Result<SpecSnapshot, Refusal> {
     let not_found = || {
@@ -166,7 +179,12 @@ fn run_of(
         return Err(not_found());
     }
     match state.store.spec(namespace, run) {
-        Ok(s) if s.benchmark.metadata.name.as_deref() == Some(benchmark) => Ok(s),
+        Ok(s)
+            if s.benchmark.metadata.name.as_deref() == Some(benchmark)
+                && s.benchmark.metadata.uid.as_deref() == Some(uid) =>
+        {
+            Ok(s)
+        }
         Ok(_) => Err(not_found()),
         Err(e) => {
             tracing::error!(error = %e, namespace, run, "cannot read a run's spec");
@@ -235,13 +253,14 @@ async fn post_result(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, &namespace, &benchmark, &run).await {
-        return r;
-    }
+    let uid = match authorize(&state, &headers, &namespace, &benchmark, &run).await {
+        Ok(uid) => uid,
+        Err(r) => return r,
+    };
     let Ok(ordinal) = ordinal.parse::<usize>() else {
         return reject(StatusCode::BAD_REQUEST, "the step ordinal is not a number");
     };
-    let snapshot = match run_of(&state, &namespace, &benchmark, &run) {
+    let snapshot = match run_of(&state, &namespace, (&benchmark, &uid), &run) {
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
@@ -328,10 +347,11 @@ async fn list_report(
     Path((namespace, benchmark, run)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, &namespace, &benchmark, &run).await {
-        return r;
-    }
-    if let Err(r) = run_of(&state, &namespace, &benchmark, &run) {
+    let uid = match authorize(&state, &headers, &namespace, &benchmark, &run).await {
+        Ok(uid) => uid,
+        Err(r) => return r,
+    };
+    if let Err(r) = run_of(&state, &namespace, (&benchmark, &uid), &run) {
         return r.into_response();
     }
     match state.store.report_files(&namespace, &run) {
@@ -345,10 +365,11 @@ async fn get_report_file(
     Path((namespace, benchmark, run, file)): Path<(String, String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, &namespace, &benchmark, &run).await {
-        return r;
-    }
-    if let Err(r) = run_of(&state, &namespace, &benchmark, &run) {
+    let uid = match authorize(&state, &headers, &namespace, &benchmark, &run).await {
+        Ok(uid) => uid,
+        Err(r) => return r,
+    };
+    if let Err(r) = run_of(&state, &namespace, (&benchmark, &uid), &run) {
         return r.into_response();
     }
     // Only files the listing names are served: no path escapes the run directory.

@@ -1,11 +1,14 @@
-//! What both controllers share: per-object failure backoff and Event publishing.
+//! What both controllers share: per-object failure backoff, Event publishing and
+//! status conditions.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
+use meshbench_crds::validate::Issue;
 
 /// Consecutive reconcile failures per object (`namespace/name`), for an error policy's
 /// backoff.
@@ -64,4 +67,59 @@ pub async fn publish<K>(
     if let Err(e) = recorder.publish(&event, &obj.object_ref(&())).await {
         tracing::warn!(error = %e, reason, "cannot publish event");
     }
+}
+
+/// The message of a `Valid=False` condition: every problem, as `meshbench validate`
+/// prints it after the file position (field path, message, hint).
+pub fn invalid_message(issues: &[Issue]) -> String {
+    let lines: Vec<String> = issues
+        .iter()
+        .map(|i| {
+            let mut s = if i.path.is_empty() {
+                i.message.clone()
+            } else {
+                format!("{}: {}", i.path, i.message)
+            };
+            if let Some(h) = &i.hint {
+                s.push_str(&format!(" (hint: {h})"));
+            }
+            s
+        })
+        .collect();
+    lines.join("; ")
+}
+
+/// Sets condition `type_` in `conditions`, keeping its transition time when its status
+/// does not change. Returns true when the status changed (or the condition is new).
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> bool {
+    let status_text = if status { "True" } else { "False" };
+    let previous = conditions.iter().position(|c| c.type_ == type_);
+    let changed = previous
+        .map(|i| conditions[i].status != status_text)
+        .unwrap_or(true);
+    let last_transition_time = match previous {
+        Some(i) if !changed => conditions[i].last_transition_time.clone(),
+        _ => now.clone(),
+    };
+    let condition = Condition {
+        type_: type_.to_string(),
+        status: status_text.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    };
+    match previous {
+        Some(i) => conditions[i] = condition,
+        None => conditions.push(condition),
+    }
+    changed
 }

@@ -7,10 +7,12 @@
 //! controller can rebuild the report at any reconcile, after a restart too. Every file is
 //! written atomically.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
-use meshbench_analysis::Sample;
 use meshbench_analysis::rundir::write_atomic;
+use meshbench_analysis::{Phase as ReportPhase, Sample};
 use meshbench_crds::{Benchmark, ServiceMesh};
 use meshbench_loadgen::LoadResult;
 use serde::{Deserialize, Serialize};
@@ -42,6 +44,17 @@ pub struct SpecSnapshot {
     pub benchmark: Benchmark,
     /// Its meshes, in the order of `spec.meshes`.
     pub meshes: Vec<ServiceMesh>,
+}
+
+/// One line of a run's history (`inputs/history.jsonl`): what the report lists of the run's
+/// course. It grows with every phase, so it lives on the volume, not in the status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HistoryEntry {
+    /// A phase of the run ended.
+    Phase(ReportPhase),
+    /// A warning for the report.
+    Warning(String),
 }
 
 /// The report volume.
@@ -253,6 +266,93 @@ impl Store {
         Ok(out)
     }
 
+    /// Appends to the run's history. Appending is atomic per line up to the page size;
+    /// a line cut short by a crash is skipped when read.
+    pub fn append_history(&self, ns: &str, run: &str, entry: &HistoryEntry) -> Result<()> {
+        let path = self.inputs(ns, run)?.join("history.jsonl");
+        let mut line = serde_json::to_vec(entry).map_err(|e| Error::Io {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        line.push(b'\n');
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(&line))
+            .map_err(io(&path))
+    }
+
+    /// The run's phases and warnings, in order. A transition repeated after a failed
+    /// status write appends the same entry twice: repeats are dropped.
+    pub fn history(&self, ns: &str, run: &str) -> Result<(Vec<ReportPhase>, Vec<String>)> {
+        let path = self.inputs(ns, run)?.join("history.jsonl");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let (mut phases, mut warnings) = (Vec::<ReportPhase>::new(), Vec::<String>::new());
+        for entry in text.lines().filter_map(|l| serde_json::from_str(l).ok()) {
+            match entry {
+                HistoryEntry::Phase(p) => {
+                    let repeat = phases
+                        .last()
+                        .is_some_and(|q| q.name == p.name && q.started_at == p.started_at);
+                    if !repeat {
+                        phases.push(p);
+                    }
+                }
+                HistoryEntry::Warning(w) => {
+                    if !warnings.contains(&w) {
+                        warnings.push(w);
+                    }
+                }
+            }
+        }
+        Ok((phases, warnings))
+    }
+
+    /// Removes the run directories not written to since `cutoff`, except the `active`
+    /// ones (`(namespace, run id)` of runs in progress). Returns the removed directories.
+    pub fn prune(&self, cutoff: SystemTime, active: &HashSet<(String, String)>) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        for (ns, run, dir) in self.runs() {
+            if active.contains(&(ns, run)) || last_write(&dir) >= cutoff {
+                continue;
+            }
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => removed.push(dir),
+                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot prune a report"),
+            }
+        }
+        removed
+    }
+
+    /// Every run directory on the volume: `(namespace, run id, path)`.
+    fn runs(&self) -> Vec<(String, String, PathBuf)> {
+        let dirs = |d: &Path| -> Vec<(String, PathBuf)> {
+            std::fs::read_dir(d)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                        .filter(|(name, _)| valid_component(name))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        dirs(&self.root)
+            .into_iter()
+            .flat_map(|(ns, ns_dir)| {
+                dirs(&ns_dir)
+                    .into_iter()
+                    .map(move |(run, dir)| (ns.clone(), run, dir))
+            })
+            .collect()
+    }
+
     /// The report's files of a run, relative to its directory, sorted; `inputs/` is not
     /// part of the report.
     pub fn report_files(&self, ns: &str, run: &str) -> Result<Vec<String>> {
@@ -292,6 +392,19 @@ impl Store {
     }
 }
 
+/// The latest modification time of a run directory's report and inputs.
+fn last_write(dir: &Path) -> SystemTime {
+    ["run.json", "inputs", "inputs/history.jsonl", "."]
+        .iter()
+        .filter_map(|f| {
+            std::fs::metadata(dir.join(f))
+                .and_then(|m| m.modified())
+                .ok()
+        })
+        .max()
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
 fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
     write_atomic(path, |w| {
         serde_json::to_writer(&mut *w, value).map_err(|e| e.to_string())?;
@@ -309,4 +422,67 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
         path: path.to_owned(),
         message: format!("not the expected JSON: {e}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    fn phase(name: &str, secs: i64) -> ReportPhase {
+        ReportPhase {
+            name: name.into(),
+            started_at: Utc.timestamp_opt(secs, 0).unwrap(),
+            finished_at: Some(Utc.timestamp_opt(secs + 1, 0).unwrap()),
+        }
+    }
+
+    #[test]
+    fn history_survives_repeats_and_a_torn_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        std::fs::create_dir_all(store.inputs("ns", "run").unwrap()).unwrap();
+        let (a, b) = (phase("deploy", 0), phase("step 1", 5));
+        for e in [
+            HistoryEntry::Phase(a.clone()),
+            // A transition repeated after a failed status write.
+            HistoryEntry::Phase(a.clone()),
+            HistoryEntry::Warning("no Prometheus".into()),
+            HistoryEntry::Phase(b.clone()),
+            HistoryEntry::Warning("no Prometheus".into()),
+        ] {
+            store.append_history("ns", "run", &e).unwrap();
+        }
+        let path = store.inputs("ns", "run").unwrap().join("history.jsonl");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"{\"phase\":{\"name\":\"cut sh").unwrap();
+        let (phases, warnings) = store.history("ns", "run").unwrap();
+        assert_eq!(phases, vec![a, b]);
+        assert_eq!(warnings, vec!["no Prometheus".to_string()]);
+        assert_eq!(store.history("ns", "other").unwrap().0, vec![]);
+    }
+
+    #[test]
+    fn prune_removes_old_runs_but_never_an_active_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        for run in ["old", "active"] {
+            std::fs::create_dir_all(store.inputs("ns", run).unwrap()).unwrap();
+        }
+        std::fs::write(dir.path().join("ns").join("not-a-run.txt"), "x").unwrap();
+        let active = HashSet::from([("ns".to_string(), "active".to_string())]);
+        // Everything was written before "now + 1 h".
+        let future = SystemTime::now() + std::time::Duration::from_secs(3600);
+        assert!(
+            store.prune(SystemTime::UNIX_EPOCH, &active).is_empty(),
+            "all recent"
+        );
+        let removed = store.prune(future, &active);
+        assert_eq!(removed, vec![dir.path().join("ns").join("old")]);
+        assert!(store.has_run("ns", "active"));
+        assert!(!store.has_run("ns", "old"));
+    }
 }

@@ -29,12 +29,13 @@ use meshbench_operator::k8s::metrics::Metrics;
 use meshbench_operator::k8s::render::{RenderOptions, TOKEN_KEY, token_secret_name};
 use meshbench_operator::k8s::results::{self, ResultsState};
 use meshbench_operator::k8s::store::Store;
+use meshbench_operator::k8s::token::TokenKey;
 use serde_json::{Value, json};
 
 use crate::cluster::cluster;
 use crate::kubelet::Kubelet;
 
-const SPEC: &str = r#"
+pub(crate) const SPEC: &str = r#"
 apiVersion: meshbench.io/v1alpha1
 kind: ServiceMesh
 metadata: { name: shop }
@@ -69,7 +70,7 @@ spec:
     maxErrorRate: 0.01
 "#;
 
-fn documents() -> (Value, Value) {
+pub(crate) fn documents() -> (Value, Value) {
     let docs: Vec<Value> = SPEC
         .split("\n---\n")
         .map(|d| serde_yaml::from_str(d).unwrap())
@@ -78,7 +79,7 @@ fn documents() -> (Value, Value) {
 }
 
 /// Creates the mesh (when given) and the benchmark in `ns` as the admin would apply them.
-async fn apply(ns: &str, mesh: Option<Value>, bench: Value) {
+pub(crate) async fn apply(ns: &str, mesh: Option<Value>, bench: Value) {
     let admin = cluster().admin().await;
     if let Some(m) = mesh {
         let m: ServiceMesh = serde_json::from_value(m).unwrap();
@@ -96,16 +97,25 @@ async fn apply(ns: &str, mesh: Option<Value>, bench: Value) {
 
 /// The operator process: both controllers' contexts (as its ServiceAccount) and the
 /// results endpoint.
-struct Operator {
-    mesh: Arc<mesh_controller::Context>,
-    bench: Arc<bench_controller::Context>,
+pub(crate) struct Operator {
+    pub(crate) mesh: Arc<mesh_controller::Context>,
+    pub(crate) bench: Arc<bench_controller::Context>,
     server: tokio::task::JoinHandle<()>,
     port: u16,
 }
 
 impl Operator {
     /// Starts on `port` (0: any free port); the report volume is `data`.
-    async fn start(data: &Path, port: u16) -> Operator {
+    pub(crate) async fn start(data: &Path, port: u16) -> Operator {
+        Self::start_with(data, port, |_| {}).await
+    }
+
+    /// Starts with the controller settings changed by `tweak`.
+    pub(crate) async fn start_with(
+        data: &Path,
+        port: u16,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Operator {
         // Reports are also exported, to a file:// store beside the volume.
         let export_url = format!("file://{}/exported", data.parent().unwrap().display());
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
@@ -119,9 +129,18 @@ impl Operator {
         };
         let metrics = Arc::new(Metrics::default());
         let store = Store::new(data);
+        let mut settings = Settings {
+            start_delay: Duration::from_millis(1500),
+            export: Some(Arc::new(Exporter::new(&export_url).expect("export URL"))),
+            ..Settings::default()
+        };
+        tweak(&mut settings);
+        // The same key across restarts, as the operator reads it from its Secret.
+        let token_key = TokenKey::new(&[7u8; 32]);
         let router = results::routes(Arc::new(ResultsState {
             client: client.clone(),
             store: store.clone(),
+            token_key: token_key.clone(),
         }));
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, router.into_make_service()).await;
@@ -134,36 +153,27 @@ impl Operator {
                 None,
             )),
             bench: Arc::new(bench_controller::Context::new(
-                client,
-                render,
-                store,
-                Settings {
-                    start_delay: Duration::from_millis(1500),
-                    export: Some(Arc::new(Exporter::new(&export_url).expect("export URL"))),
-                    ..Settings::default()
-                },
-                metrics,
-                None,
+                client, render, store, settings, metrics, token_key, None,
             )),
             server,
             port,
         }
     }
 
-    fn stop(self) -> u16 {
+    pub(crate) fn stop(self) -> u16 {
         self.server.abort();
         self.port
     }
 }
 
-async fn bench_of(ns: &str) -> Benchmark {
+pub(crate) async fn bench_of(ns: &str) -> Benchmark {
     Api::<Benchmark>::namespaced(cluster().admin().await, ns)
         .get("ramp")
         .await
         .expect("benchmark")
 }
 
-async fn status_of(ns: &str) -> BenchmarkStatus {
+pub(crate) async fn status_of(ns: &str) -> BenchmarkStatus {
     bench_of(ns).await.status.unwrap_or_default()
 }
 
@@ -175,7 +185,7 @@ async fn token(ns: &str) -> String {
     String::from_utf8(s.data.unwrap()[TOKEN_KEY].0.clone()).unwrap()
 }
 
-async fn jobs(ns: &str) -> Vec<Job> {
+pub(crate) async fn jobs(ns: &str) -> Vec<Job> {
     Api::<Job>::namespaced(cluster().admin().await, ns)
         .list(&ListParams::default())
         .await
@@ -185,7 +195,7 @@ async fn jobs(ns: &str) -> Vec<Job> {
 
 /// What the controller runtime would do on every change: reconcile the mesh and the
 /// benchmark, as the operator (a 403 from the RBAC fails here).
-async fn reconcile_all(ns: &str, op: &Operator) {
+pub(crate) async fn reconcile_all(ns: &str, op: &Operator) {
     let admin = cluster().admin().await;
     if let Some(mesh) = Api::<ServiceMesh>::namespaced(admin, ns)
         .get_opt("shop")
@@ -612,5 +622,73 @@ async fn per_step_redeploy_restarts_the_mesh_before_each_later_step() {
         "{names:?}"
     );
     assert_eq!(status.steps.len(), 2);
+    op.stop();
+}
+
+/// Prometheus unreachable: each step's collection fails, the run goes on (the load
+/// generators' figures are still measured), and the status says `Degraded` with one
+/// Warning Event; the report lists each failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_collection_marks_the_benchmark_degraded() {
+    let ns = cluster().namespace("bench-degraded", &[]).await;
+    let (mesh, mut bench) = documents();
+    bench["spec"]["loadgen"]["parallelism"] = json!(1);
+    apply(&ns, Some(mesh), bench).await;
+    let volumes = tempfile::tempdir().unwrap();
+    let data = volumes.path().join("reports");
+    // A port nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let op = Operator::start_with(&data, 0, |s| {
+        s.prometheus_url = Some(url);
+        s.scrape_interval = Duration::from_millis(500);
+    })
+    .await;
+    let mut kubelet = Kubelet::new(cluster().admin().await, &ns);
+    for _ in 0..900 {
+        reconcile_all(&ns, &op).await;
+        if status_of(&ns).await.phase.is_terminal() {
+            break;
+        }
+        kubelet.sync().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = status_of(&ns).await;
+    assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .expect("Degraded condition");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "CollectionFailed")
+    );
+    assert!(
+        degraded.message.contains("Prometheus collection failed"),
+        "{degraded:?}"
+    );
+    let events: Vec<Event> = Api::<Event>::namespaced(cluster().admin().await, &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("CollectionFailed"))
+        .collect();
+    assert_eq!(events.len(), 1, "one Event when it became degraded");
+    let run = status.run_id.unwrap();
+    let run_json: Value = serde_json::from_str(
+        &std::fs::read_to_string(data.join(&ns).join(&run).join("run.json")).unwrap(),
+    )
+    .unwrap();
+    let failures = run_json["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w.as_str().unwrap().contains("Prometheus collection failed"))
+        .count();
+    assert_eq!(failures, 2, "one per step: {run_json}");
     op.stop();
 }

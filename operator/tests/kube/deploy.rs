@@ -7,9 +7,13 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use meshbench_crds::Bundle;
 use meshbench_operator::k8s::pss::restricted_violations;
 use meshbench_operator::k8s::rbac::{self, Scope};
+use meshbench_operator::k8s::render::{RenderOptions, render_bundle_yaml_with};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -126,6 +130,7 @@ fn operator_manifests_are_strict_and_restricted() {
         .into_iter()
         .chain(docs("operator/namespace.yaml"))
         .chain(docs("operator/rbac.yaml"))
+        .chain(docs("operator/networkpolicy.yaml"))
     {
         match d["kind"].as_str().unwrap() {
             "Deployment" => {
@@ -155,6 +160,9 @@ fn operator_manifests_are_strict_and_restricted() {
             "RoleBinding" => {
                 strict::<RoleBinding>(&d);
             }
+            "NetworkPolicy" => {
+                strict::<NetworkPolicy>(&d);
+            }
             "ClusterRole" | "Role" => {}
             other => panic!("unexpected kind {other}"),
         }
@@ -165,4 +173,85 @@ fn operator_manifests_are_strict_and_restricted() {
 fn crds_in_deploy_match_the_generated_ones() {
     let committed = std::fs::read_to_string(deploy().join("crds/meshbench.io_crds.yaml")).unwrap();
     assert_eq!(committed, meshbench_crds::crds_yaml());
+}
+
+/// Whether `selector` (matchLabels only, as the kit uses) selects `labels`.
+fn selects(selector: &LabelSelector, labels: &Value) -> bool {
+    assert!(selector.match_expressions.is_none(), "matchLabels only");
+    selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels[k].as_str() == Some(v.as_str()))
+}
+
+/// The NetworkPolicy lets exactly the load pods the operator renders reach the results
+/// port, and leaves the http port (probes, metrics, the API server's service proxy for
+/// `meshbench results`) open; both ports exist on the operator's pod and Service.
+#[test]
+fn network_policy_opens_the_results_port_to_load_pods_only() {
+    let policy: NetworkPolicy = strict(&docs("operator/networkpolicy.yaml")[0]);
+    let operator = docs("operator/operator.yaml");
+    let deployment = operator.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let service = operator.iter().find(|d| d["kind"] == "Service").unwrap();
+    let spec = policy.spec.unwrap();
+    assert!(selects(
+        &spec.pod_selector.unwrap_or_default(),
+        &deployment["spec"]["template"]["metadata"]["labels"]
+    ));
+    let ports: Vec<&str> = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(ports, ["http", "results"]);
+    let service_ports: Vec<&str> = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["targetPort"].as_str().unwrap())
+        .collect();
+    assert_eq!(service_ports, ["http", "results"]);
+
+    // A load pod and a worker pod as the operator renders them.
+    let bundle = Bundle::load_files(&[deploy().join("../experiments/quickstart.yaml")]);
+    let yaml = render_bundle_yaml_with(&bundle, &RenderOptions::default()).unwrap();
+    let pod_labels = |kind: &str| -> Value {
+        yaml.split("\n---\n")
+            .map(|d| serde_yaml::from_str::<Value>(d).unwrap())
+            .find(|v| v["kind"] == kind)
+            .unwrap()["spec"]["template"]["metadata"]["labels"]
+            .clone()
+    };
+    let (load_pod, worker_pod) = (pod_labels("Job"), pod_labels("Deployment"));
+    let rules = spec.ingress.unwrap();
+    let port_of = |r: &k8s_openapi::api::networking::v1::NetworkPolicyIngressRule| {
+        let ports = r.ports.clone().unwrap();
+        assert_eq!(ports.len(), 1);
+        match ports[0].port.clone().unwrap() {
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => s,
+            other => panic!("ports by name, not {other:?}"),
+        }
+    };
+    let results: Vec<_> = rules.iter().filter(|r| port_of(r) == "results").collect();
+    assert_eq!(results.len(), 1);
+    let peers = results[0].from.clone().unwrap();
+    assert!(
+        peers.iter().all(|p| p.namespace_selector.is_some()),
+        "load pods run in the benchmarks' namespaces"
+    );
+    let admitted = |labels: &Value| {
+        peers
+            .iter()
+            .any(|p| p.pod_selector.as_ref().is_some_and(|s| selects(s, labels)))
+    };
+    assert!(admitted(&load_pod), "load pods: {load_pod}");
+    assert!(!admitted(&worker_pod), "worker pods: {worker_pod}");
+    let http: Vec<_> = rules.iter().filter(|r| port_of(r) == "http").collect();
+    assert_eq!(http.len(), 1);
+    assert!(
+        http[0].from.is_none(),
+        "the http port takes the API server's proxy"
+    );
 }

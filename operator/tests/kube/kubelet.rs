@@ -134,15 +134,22 @@ impl Kubelet {
             .await;
     }
 
+    /// Reports a pod's status; a pod deleted meanwhile (its Job removed by the
+    /// operator) has none to report, as for a real kubelet.
     async fn set_status(&self, name: &str, status: Value) {
-        self.pods()
+        let written = self
+            .pods()
             .patch_status(
                 name,
                 &PatchParams::default(),
                 &Patch::Merge(json!({ "status": status })),
             )
-            .await
-            .unwrap_or_else(|e| panic!("pod {name} status: {e}"));
+            .await;
+        match written {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => panic!("pod {name} status: {e}"),
+        }
     }
 
     async fn worker_pod(&mut self, pod: &Pod) {

@@ -19,6 +19,7 @@ async fn candidate(lease: &str, who: &str) -> LeaderElector {
             name: lease.into(),
             identity: who.into(),
             lease_duration: Duration::from_millis(400),
+            renew_deadline: Duration::from_millis(300),
             renew_every: Duration::from_millis(100),
         },
     )
@@ -87,4 +88,59 @@ async fn hold_returns_when_another_replica_took_the_lease() {
         .await
         .expect("hold() returns once the Lease is lost");
     assert!(lost.to_string().contains("another replica"), "{lost}");
+}
+
+#[tokio::test]
+async fn a_released_lease_is_taken_at_once() {
+    let lease = "leader-release";
+    let mut a = candidate(lease, "pod-a").await;
+    let mut b = candidate(lease, "pod-b").await;
+    a.acquire().await.unwrap();
+    assert!(!b.try_acquire_or_renew().await.unwrap());
+    // pod-a shuts down cleanly: pod-b need not wait out the lease duration.
+    a.release().await.unwrap();
+    assert!(
+        b.try_acquire_or_renew().await.unwrap(),
+        "taken without waiting for expiry"
+    );
+    assert_eq!(holder(lease).await, ("pod-b".into(), 1));
+    // Releasing a Lease one no longer holds changes nothing.
+    a.release().await.unwrap();
+    assert_eq!(holder(lease).await.0, "pod-b");
+}
+
+/// An API server that accepts connections and never answers: a renewal that hangs must
+/// not outlast the lease. The holder steps down after the renew deadline, before any other
+/// candidate could judge the lease expired.
+#[tokio::test]
+async fn a_holder_whose_renewals_hang_steps_down_before_the_lease_expires() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let silent = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            open.push(conn);
+        }
+    });
+    let config = kube::Config::new(url.parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let settings = LeaseSettings {
+        name: "hung".into(),
+        identity: "pod-a".into(),
+        lease_duration: Duration::from_secs(3),
+        renew_deadline: Duration::from_secs(1),
+        renew_every: Duration::from_millis(200),
+    };
+    let mut elector = LeaderElector::new(Api::<Lease>::namespaced(client, "x"), settings);
+    let began = std::time::Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(10), elector.hold())
+        .await
+        .expect("hold() returns");
+    let took = began.elapsed();
+    assert!(err.to_string().contains("stepped down"), "{err}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        "stepped down after {took:?}"
+    );
+    silent.abort();
 }

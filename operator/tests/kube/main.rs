@@ -15,6 +15,7 @@ mod collect;
 mod crds;
 mod deploy;
 mod leader;
+mod lifecycle;
 mod mesh_controller;
 mod render;
 mod results;

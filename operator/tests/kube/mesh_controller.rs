@@ -393,8 +393,9 @@ async fn an_invalid_spec_only_sets_valid_false() {
     let ns = cluster().namespace("invalid", &[]).await;
     let mut mesh = quickstart();
     mesh.spec.services[0].endpoints[0].calls[0].service = "nowhere".into();
-    let expected =
-        mesh_controller::invalid_message(&meshbench_crds::validate::validate_mesh(&mesh));
+    let expected = meshbench_operator::k8s::shared::invalid_message(
+        &meshbench_crds::validate::validate_mesh(&mesh),
+    );
     put(&ns, mesh).await;
     reconcile(&ns, "quickstart").await;
     let admin = cluster().admin().await;

@@ -1,20 +1,19 @@
 //! The results endpoint treats what reaches it as hostile: every rejection of a POSTed
-//! result, request by request through the router (`oneshot`), with the tokens in real
-//! Secrets on the real API server and results from real `meshbench loadgen` processes.
+//! result, request by request through the router (`oneshot`), with tokens checked against
+//! real Benchmarks (their UIDs) on the real API server and results from real
+//! `meshbench loadgen` processes.
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::routing::get;
 use http::{Request, StatusCode};
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use meshbench_crds::Benchmark;
 use meshbench_loadgen::LoadResult;
-use meshbench_operator::k8s::render::{TOKEN_KEY, token_secret_name};
 use meshbench_operator::k8s::results::{self, ResultsState};
 use meshbench_operator::k8s::store::{SpecSnapshot, Store};
+use meshbench_operator::k8s::token::TokenKey;
 use serde_json::Value;
 use tower::ServiceExt as _;
 
@@ -38,14 +37,14 @@ spec:
       - { rate: 40, duration: 1s }
 "#;
 
-async fn secret(ns: &str, bench: &str, token: &str) {
-    let mut s = Secret::default();
-    s.metadata.name = Some(token_secret_name(bench));
-    s.data = Some([(TOKEN_KEY.to_string(), ByteString(token.as_bytes().to_vec()))].into());
-    Api::<Secret>::namespaced(cluster().admin().await, ns)
-        .create(&PostParams::default(), &s)
+/// Creates Benchmark `name` in `ns` (the admin's apply); returns it as stored (with UID).
+async fn create(ns: &str, name: &str) -> Benchmark {
+    let mut b: Benchmark = serde_yaml::from_str(BENCH).expect("benchmark");
+    b.metadata.name = Some(name.into());
+    Api::<Benchmark>::namespaced(cluster().admin().await, ns)
+        .create(&PostParams::default(), &b)
         .await
-        .expect("token Secret");
+        .expect("create benchmark")
 }
 
 /// Results of two real loadgen instances against a local HTTP server.
@@ -106,18 +105,20 @@ async fn post(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_result_is_refused_and_a_retry_is_idempotent() {
     let ns = cluster().namespace("results", &[]).await;
-    secret(&ns, "ramp", "ramp-token").await;
-    secret(&ns, "other", "other-token").await;
+    let key = TokenKey::new(&[42u8; 32]);
+    let benchmark = create(&ns, "ramp").await;
+    let other = create(&ns, "other").await;
+    let uid = |b: &Benchmark| b.metadata.uid.clone().expect("uid");
+    let ramp_token = key.token(&ns, "ramp", &uid(&benchmark));
+    let other_token = key.token(&ns, "other", &uid(&other));
     let dir = tempfile::tempdir().unwrap();
     let store = Store::new(dir.path());
-    let mut benchmark: Benchmark = serde_yaml::from_str(BENCH).expect("benchmark");
-    benchmark.metadata.namespace = Some(ns.clone());
     store
         .start_run(
             &ns,
             RUN,
             &SpecSnapshot {
-                benchmark,
+                benchmark: benchmark.clone(),
                 meshes: vec![],
             },
         )
@@ -125,12 +126,14 @@ async fn every_bad_result_is_refused_and_a_retry_is_idempotent() {
     let router = results::routes(Arc::new(ResultsState {
         client: cluster().operator().await,
         store: store.clone(),
+        token_key: key.clone(),
     }));
+    let ramp_token = ramp_token.as_str();
     let (r0, r1) = two_instances().await;
     let at = |step: usize| format!("/v1/results/{ns}/ramp/{RUN}/{step}");
 
     // No Job runs yet: nothing is accepted.
-    let (code, msg) = post(&router, &at(0), "ramp-token", &r0).await;
+    let (code, msg) = post(&router, &at(0), ramp_token, &r0).await;
     assert_eq!(code, StatusCode::CONFLICT, "{msg}");
     store.set_current_step(&ns, RUN, 0).unwrap();
 
@@ -146,26 +149,38 @@ async fn every_bad_result_is_refused_and_a_retry_is_idempotent() {
         post(&router, &at(0), "guess", &r0).await.0,
         StatusCode::FORBIDDEN
     );
-    let other = format!("/v1/results/{ns}/other/{RUN}/0");
+    // The token of an earlier Benchmark of the same name (another UID), or of another
+    // operator key, opens nothing.
+    let earlier = key.token(&ns, "ramp", "00000000-0000-0000-0000-000000000000");
     assert_eq!(
-        post(&router, &other, "other-token", &r0).await.0,
+        post(&router, &at(0), &earlier, &r0).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let foreign = TokenKey::new(&[1u8; 32]).token(&ns, "ramp", &uid(&benchmark));
+    assert_eq!(
+        post(&router, &at(0), &foreign, &r0).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let other_path = format!("/v1/results/{ns}/other/{RUN}/0");
+    assert_eq!(
+        post(&router, &other_path, &other_token, &r0).await.0,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        post(&router, &other, "ramp-token", &r0).await.0,
+        post(&router, &other_path, ramp_token, &r0).await.0,
         StatusCode::FORBIDDEN
     );
 
     // A step that is not the running one.
     assert_eq!(
-        post(&router, &at(1), "ramp-token", &r0).await.0,
+        post(&router, &at(1), ramp_token, &r0).await.0,
         StatusCode::CONFLICT
     );
     // An instance outside the Job's 0..2.
     let mut outside = r0.clone();
     outside["plan"]["instance"]["index"] = 2.into();
     assert_eq!(
-        post(&router, &at(0), "ramp-token", &outside).await.0,
+        post(&router, &at(0), ramp_token, &outside).await.0,
         StatusCode::BAD_REQUEST
     );
     // Not a result at all; a path name that cannot be a name.
@@ -173,7 +188,7 @@ async fn every_bad_result_is_refused_and_a_retry_is_idempotent() {
         post(
             &router,
             &at(0),
-            "ramp-token",
+            ramp_token,
             &serde_json::json!({"version": 1})
         )
         .await
@@ -183,7 +198,7 @@ async fn every_bad_result_is_refused_and_a_retry_is_idempotent() {
     let (code, _) = post(
         &router,
         &format!("/v1/results/{ns}/ramp/..%2F..%2Fetc/0"),
-        "ramp-token",
+        ramp_token,
         &r0,
     )
     .await;
@@ -194,30 +209,30 @@ async fn every_bad_result_is_refused_and_a_retry_is_idempotent() {
 
     // The first result; a retry of it is accepted once; a different one is refused.
     assert_eq!(
-        post(&router, &at(0), "ramp-token", &r0).await.0,
+        post(&router, &at(0), ramp_token, &r0).await.0,
         StatusCode::NO_CONTENT
     );
     assert_eq!(
-        post(&router, &at(0), "ramp-token", &r0).await.0,
+        post(&router, &at(0), ramp_token, &r0).await.0,
         StatusCode::NO_CONTENT
     );
     let mut changed = r0.clone();
     changed["stages"][0]["counts"]["ok"] = 1.into();
     assert_eq!(
-        post(&router, &at(0), "ramp-token", &changed).await.0,
+        post(&router, &at(0), ramp_token, &changed).await.0,
         StatusCode::CONFLICT
     );
 
     // Counts that overflow when added to instance 0's: refused with a clear message, no panic.
     let mut huge = r1.clone();
     huge["stages"][0]["counts"]["ok"] = u64::MAX.into();
-    let (code, msg) = post(&router, &at(0), "ramp-token", &huge).await;
+    let (code, msg) = post(&router, &at(0), ramp_token, &huge).await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{msg}");
     assert!(msg.contains("overflow"), "{msg}");
 
     // The second instance completes the step: two distinct indexes.
     assert_eq!(
-        post(&router, &at(0), "ramp-token", &r1).await.0,
+        post(&router, &at(0), ramp_token, &r1).await.0,
         StatusCode::NO_CONTENT
     );
     let stored = store.instance_results(&ns, RUN, 0).unwrap();
