@@ -239,3 +239,37 @@ async fn every_bad_result_is_refused_and_a_retry_is_idempotent() {
     assert_eq!(stored.len(), 2);
     assert!(LoadResult::merge(&stored).is_ok());
 }
+
+/// The operator's key: created once in its own namespace as its ServiceAccount, then read
+/// back by every start (so tokens survive restarts); and that ServiceAccount can read no
+/// Secret anywhere else, tokens being checked by HMAC.
+#[tokio::test]
+async fn the_token_key_is_created_once_and_other_secrets_stay_unreadable() {
+    use k8s_openapi::api::core::v1::Secret;
+    use meshbench_operator::k8s::token::KEY_SECRET;
+
+    let operator = cluster().operator().await;
+    let own_ns = crate::cluster::OPERATOR_SA.0;
+    let first = TokenKey::load_or_create(operator.clone(), own_ns)
+        .await
+        .unwrap();
+    let again = TokenKey::load_or_create(operator.clone(), own_ns)
+        .await
+        .unwrap();
+    assert_eq!(first.token("ns", "b", "u"), again.token("ns", "b", "u"));
+    let secret = Api::<Secret>::namespaced(cluster().admin().await, own_ns)
+        .get(KEY_SECRET)
+        .await
+        .expect("the key Secret");
+    assert!(secret.data.unwrap()["key"].0.len() >= 32);
+
+    let ns = cluster().namespace("results-rbac", &[]).await;
+    let denied = Api::<Secret>::namespaced(operator, &ns)
+        .get_opt("anything")
+        .await
+        .expect_err("no Secret reads outside the operator's namespace");
+    assert!(
+        matches!(&denied, kube::Error::Api(s) if s.code == 403),
+        "{denied}"
+    );
+}
