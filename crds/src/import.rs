@@ -15,8 +15,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
 use crate::benchmark::{
-    Benchmark, BenchmarkSpec, Collection, LoadKind, LoadModel, Profile, RedeployPolicy, Sweep,
-    Target, Warmup,
+    Benchmark, BenchmarkSpec, Collection, LoadKind, LoadModel, Profile, RedeployPolicy, Stage,
+    Sweep, Target, Warmup,
 };
 use crate::diag::Diagnostic;
 use crate::mesh::{
@@ -499,15 +499,7 @@ pub fn import(
                     max_in_flight: m.load.users,
                     think_time: None,
                 },
-                profile: Profile {
-                    stages: None,
-                    sweep: Some(Sweep {
-                        from: m.qps.from,
-                        to: m.qps.to,
-                        step: m.qps.granularity,
-                        step_duration: secs(m.load.time),
-                    }),
-                },
+                profile: imported_profile(&m.qps, secs(m.load.time), &mut notes),
                 warmup: m.load.preheat.filter(|p| *p > 0.0).map(|p| Warmup {
                     duration: secs(p),
                     rate: None,
@@ -539,6 +531,57 @@ pub fn import(
         benchmark,
         notes,
     })
+}
+
+/// Most stages a profile may have (the CRD's bound).
+const MAX_STAGES: usize = 200;
+
+/// The prototype's QPS sweep as meshbench runs it. Its script sent a `From: 0` step at
+/// 1 rps (0 meant "as fast as possible" to vegeta, which it never wanted), so such a
+/// sweep becomes explicit stages starting at 1 rps, and the output says so.
+fn imported_profile(qps: &Qps, step_duration: Duration, notes: &mut Vec<String>) -> Profile {
+    let sweep = |from: f64| Profile {
+        stages: None,
+        sweep: Some(Sweep {
+            from,
+            to: qps.to,
+            step: qps.granularity,
+            step_duration: step_duration.clone(),
+        }),
+    };
+    let usable = qps.granularity.is_finite() && qps.granularity > 0.0 && qps.to.is_finite();
+    if qps.from != 0.0 || !usable || qps.to < qps.granularity {
+        return sweep(qps.from);
+    }
+    // 1 rps, then granularity, 2×granularity, … up to To (as the prototype's loop).
+    let count = (qps.to / qps.granularity + 1e-9).floor();
+    if count + 1.0 > MAX_STAGES as f64 {
+        notes.push(format!(
+            "QPS.From 0: the prototype sent that step at 1 rps; {} steps exceed the {MAX_STAGES} a profile may hold, so the sweep starts at {} rps instead",
+            count + 1.0,
+            qps.granularity
+        ));
+        return sweep(qps.granularity);
+    }
+    let rates =
+        std::iter::once(1.0).chain((1..=count as u32).map(|i| f64::from(i) * qps.granularity));
+    notes.push(format!(
+        "QPS.From 0: the prototype's script sent that step at 1 rps (0 means \"as fast as possible\" to vegeta); imported as a first stage at 1 rps, then {} to {} rps in steps of {}",
+        qps.granularity, qps.to, qps.granularity
+    ));
+    Profile {
+        stages: Some(
+            rates
+                .map(|rate| Stage {
+                    name: None,
+                    rate: Some(rate),
+                    users: None,
+                    duration: step_duration.clone(),
+                })
+                .collect(),
+        ),
+        sweep: None,
+    }
 }
 
 /// `service:port/path` (scheme optional) → (service, `/path`).

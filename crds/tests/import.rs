@@ -191,7 +191,11 @@ fn target_falls_back_to_the_first_node() {
 
 #[test]
 fn output_reloads_as_valid_documents() {
-    for m in ["measurement.yaml", "measurement-first-node.yaml"] {
+    for m in [
+        "measurement.yaml",
+        "measurement-first-node.yaml",
+        "measurement-from-zero.yaml",
+    ] {
         let i = imported(Some(m));
         let yaml = i.to_yaml();
         assert!(
@@ -346,4 +350,44 @@ fn huge_and_odd_numbers_do_not_panic() {
     let i = import("g.yaml", &read("servicegraph.yaml"), Some(("m.yaml", m))).expect("converts");
     let b = Bundle::from_str("out.yaml", &i.to_yaml());
     assert!(!b.is_valid(), "an absurd sweep must not validate");
+}
+
+/// The prototype's configs mostly start at `QPS.From: 0`, which its script sent at 1 rps:
+/// imported as that, said in the output, and valid (a sweep from 0 is not).
+#[test]
+fn a_sweep_from_zero_is_imported_as_the_prototype_ran_it() {
+    let i = imported(Some("measurement-from-zero.yaml"));
+    let b = i.benchmark.as_ref().expect("benchmark");
+    let rates: Vec<f64> = b
+        .spec
+        .profile
+        .stages
+        .as_ref()
+        .expect("stages")
+        .iter()
+        .map(|s| s.rate.unwrap())
+        .collect();
+    assert_eq!(rates, [1.0, 10.0, 20.0, 30.0]);
+    assert!(b.spec.profile.sweep.is_none());
+    assert!(
+        b.spec
+            .profile
+            .stages
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|s| s.duration.as_str() == "20s")
+    );
+    let yaml = i.to_yaml();
+    assert!(
+        yaml.contains("QPS.From 0") && yaml.contains("1 rps"),
+        "{yaml}"
+    );
+    // Other sweeps are kept as sweeps.
+    let sweep = imported(Some("measurement.yaml"))
+        .benchmark
+        .unwrap()
+        .spec
+        .profile;
+    assert!(sweep.stages.is_none() && sweep.sweep.is_some());
 }
