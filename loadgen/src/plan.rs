@@ -51,6 +51,11 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> PlanError {
     }
 }
 
+/// Furthest in the future `startAtUnixMs` may lie: instances of one run start within
+/// seconds of each other, so a start further out is a wrong value or a wrong clock, and
+/// waiting for it would look like a hang.
+pub const MAX_START_AHEAD: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Highest open-loop rate a plan may ask for (requests per second, all instances).
 pub const MAX_RATE: f64 = 1_000_000.0;
 /// Highest number of closed-loop users or open-loop in-flight slots per instance.
@@ -495,6 +500,30 @@ impl LoadPlan {
             });
         }
         Ok(out)
+    }
+
+    /// Checks `startAtUnixMs` against the clock `now`: at most [`MAX_START_AHEAD`] ahead.
+    /// (A past start begins at once.)
+    pub fn check_start_at(&self, now: std::time::SystemTime) -> Result<()> {
+        let Some(ms) = self.start_at_unix_ms else {
+            return Ok(());
+        };
+        let now_ms = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let ahead_ms = u128::from(ms).saturating_sub(now_ms);
+        if ahead_ms > MAX_START_AHEAD.as_millis() {
+            return Err(invalid(
+                "startAtUnixMs",
+                format!(
+                    "{ms} is {} s in the future; at most {} s ahead is accepted (is the value or this machine's clock wrong?)",
+                    ahead_ms / 1000,
+                    MAX_START_AHEAD.as_secs()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks every field; the error names the field path, the value and the expectation.

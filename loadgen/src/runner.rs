@@ -671,6 +671,7 @@ async fn supervise(
 pub async fn run_plan(plan: &LoadPlan, opts: RunOptions) -> Result<LoadResult> {
     quiet_goose_log();
     plan.validate()?;
+    plan.check_start_at(SystemTime::now())?;
     let stages = plan.stages()?;
     let request = prepare(plan)?;
     let mut warnings = Vec::new();

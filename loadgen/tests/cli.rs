@@ -219,6 +219,33 @@ fn invalid_plan_is_exit_2_with_the_field_named() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+
+    // A start far in the future is refused at once rather than waited for.
+    let far = (SystemTime::now() + Duration::from_secs(86_400))
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    let began = std::time::Instant::now();
+    let out = loadgen()
+        .args([
+            "--url",
+            "http://127.0.0.1:9/",
+            "--rate",
+            "1",
+            "--duration",
+            "1s",
+        ])
+        .args(["--start-at", &far])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("startAtUnixMs") && err.contains("in the future"),
+        "{err}"
+    );
+    assert!(began.elapsed() < Duration::from_secs(10));
 }
 
 /// `--out /dev/null` once replaced the machine's /dev/null with a plain file (the result was
