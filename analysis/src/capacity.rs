@@ -650,8 +650,9 @@ impl Model {
     pub fn best_allocation(&self, budget: Budget) -> Result<Allocation> {
         let n = self.services.len();
         let cores: Vec<f64> = (0..n).map(|s| self.cores_per_replica(s)).collect();
-        let cost = |replicas: &[u32]| -> (u32, f64) {
-            let pods = replicas.iter().sum();
+        // Pods in u64: a budget near u32::MAX summed over services must not overflow.
+        let cost = |replicas: &[u32]| -> (u64, f64) {
+            let pods = replicas.iter().map(|&r| u64::from(r)).sum();
             let c = replicas
                 .iter()
                 .zip(&cores)
@@ -662,7 +663,7 @@ impl Model {
         let fits = |replicas: &[u32]| -> bool {
             let (pods, c) = cost(replicas);
             match budget {
-                Budget::Pods(p) => pods <= p,
+                Budget::Pods(p) => pods <= u64::from(p),
                 Budget::Cores(b) => c <= b + 1e-9,
             }
         };
@@ -727,7 +728,8 @@ impl Model {
                 .zip(&replicas)
                 .map(|(s, r)| (s.name.clone(), *r))
                 .collect(),
-            pods,
+            // Within a pod budget (a u32) or a sum of u32 replica counts far below it.
+            pods: u32::try_from(pods).unwrap_or(u32::MAX),
             cores: c,
             throughput_rps,
             bottleneck,
@@ -1109,6 +1111,21 @@ mod tests {
                 svc("back", 3, vec![ep("/work", 0.100, vec![])]),
             ],
         }
+    }
+
+    /// A large pod budget over services of very different cost once summed replica
+    /// counts past u32::MAX (a panic in debug builds, a wrong answer in release).
+    #[test]
+    fn a_large_pod_budget_does_not_overflow_the_pod_count() {
+        let mut input = reference();
+        input.services[0] = svc(
+            "front",
+            3,
+            vec![ep("/", 1e-6, vec![vec![call("back", "/work", 1.0, 1)]])],
+        );
+        let best = best_allocation(&input, Budget::Pods(1_000_000)).expect("fits");
+        assert!(best.pods <= 1_000_000, "{best:?}");
+        assert_eq!(best.replicas[0].1 + best.replicas[1].1, best.pods);
     }
 
     #[test]
