@@ -195,13 +195,15 @@ impl Collector {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A request is leaving: count it, with its send delay and lateness (open loop).
+    /// A request is leaving in second `second` of its stage: count it, with its send delay
+    /// and its lateness (open loop; every request's, from 0 — a request later than
+    /// [`crate::runner::LATE_TOLERANCE`] also counts as late).
     pub fn sent(
         &self,
         stage: usize,
         second: u32,
         send_delay: Option<Duration>,
-        late: Option<Duration>,
+        lateness: Option<Duration>,
     ) {
         let mut g = self.lock();
         let st = &mut g.stages[stage];
@@ -209,13 +211,16 @@ impl Collector {
         if let Some(d) = send_delay {
             record(&mut st.send_delay, us(d).max(1));
         }
-        if let Some(l) = late {
-            st.counts.late += 1;
+        let late = lateness.is_some_and(|l| l > crate::runner::LATE_TOLERANCE);
+        if let Some(l) = lateness {
             record(&mut st.lateness, us(l).max(1));
+        }
+        if late {
+            st.counts.late += 1;
         }
         let sec = st.second(second);
         sec.counts.sent += 1;
-        if late.is_some() {
+        if late {
             sec.counts.late += 1;
         }
     }

@@ -21,6 +21,8 @@ mod collector;
 #[cfg(feature = "runner")]
 pub mod live;
 #[cfg(feature = "runner")]
+mod pacer;
+#[cfg(feature = "runner")]
 pub mod runner;
 #[cfg(feature = "runner")]
 mod schedule;

@@ -332,7 +332,7 @@ pub struct StageSummary {
     pub latency: LatencySummary,
     /// Latency of failures with a response or a timeout.
     pub failed_latency: LatencySummary,
-    /// How late late requests were.
+    /// How late requests left (every open-loop request, from 0).
     pub lateness: LatencySummary,
     /// Actual send time minus planned time of every sent request (timer and scheduling
     /// jitter of the loadgen itself).
@@ -369,7 +369,9 @@ pub struct StageResult {
     pub latency_ok: EncodedHistogram,
     /// Latency of failures with a response or a timeout (µs).
     pub latency_failed: EncodedHistogram,
-    /// Lateness of late requests (µs between the planned time and when a slot took it).
+    /// Lateness of every open-loop request, from 0: µs between its planned time and when
+    /// it left, whether it waited for a free slot or the sender was slow (below 1 µs
+    /// recorded as 1). `counts.late` counts those later than the runner's tolerance.
     pub lateness: EncodedHistogram,
     /// Send delay of every sent open-loop request (µs between planned and actual send).
     pub send_delay: EncodedHistogram,

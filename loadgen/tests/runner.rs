@@ -326,3 +326,75 @@ fn preflight_refuses_an_unreachable_target() {
     assert_eq!(err.exit_code(), 3);
     assert!(err.to_string().contains("preflight"), "{err}");
 }
+
+/// The sending thread stalls for 200 ms across a second boundary: the requests due
+/// meanwhile leave late, in a burst counted in the second they actually left, and the
+/// stall shows in the lateness histogram. (Counts by planned second, or lateness below a
+/// threshold ignored, would hide all three.)
+#[test]
+fn a_stalled_sender_shows_as_late_requests_a_burst_and_lateness() {
+    let _g = common::serial();
+    let addr = common::start_target();
+    let mut plan = LoadPlan::single_stage(
+        format!("http://{addr}"),
+        open(100, None),
+        stage(Some(200.0), None, 3000),
+    );
+    let start = std::time::SystemTime::now() + Duration::from_millis(800);
+    let start_ms = start
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    plan.start_at_unix_ms = Some(start_ms);
+    // One thread: blocking it stalls every sender, as a descheduled process would.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = rt
+        .block_on(async {
+            let stall_at = start + Duration::from_millis(900);
+            tokio::spawn(async move {
+                let wait = stall_at
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default();
+                tokio::time::sleep(wait).await;
+                std::thread::sleep(Duration::from_millis(200));
+            });
+            run_plan(&plan, quiet()).await
+        })
+        .unwrap();
+    let s = &r.stages[0];
+    check_consistent(&r);
+    assert_eq!(s.counts.sent, 600);
+    assert!(s.counts.late >= 25, "late {}", s.counts.late);
+    assert!(
+        s.summary.lateness.max_us >= 150_000,
+        "{:?}",
+        s.summary.lateness
+    );
+    let sent: Vec<u64> = s.seconds.iter().map(|b| b.counts.sent).collect();
+    let planned: Vec<u64> = s.seconds.iter().map(|b| b.counts.planned).collect();
+    assert_eq!(&planned[..3], [200, 200, 200]);
+    assert!(sent[0] <= 190 && sent[1] >= 210, "sent per second {sent:?}");
+}
+
+/// Sends leave at their planned time within a fraction of a millisecond (tokio's timer
+/// alone is ~1 ms late): the pacing that latency is measured from.
+#[test]
+fn open_loop_sends_leave_at_their_planned_time() {
+    let _g = common::serial();
+    let addr = common::start_target();
+    let plan = LoadPlan::single_stage(
+        format!("http://{addr}"),
+        open(100, None),
+        stage(Some(500.0), None, 2000),
+    );
+    let r = common::runtime()
+        .block_on(run_plan(&plan, quiet()))
+        .unwrap();
+    let d = &r.stages[0].summary.send_delay;
+    assert!(d.p50_us < 400, "{d:?}");
+    let l = &r.stages[0].summary.lateness;
+    assert!(l.p50_us < 400, "lateness is recorded from 0: {l:?}");
+}
