@@ -90,6 +90,7 @@ pub fn stage(
         lateness: EncodedHistogram::default(),
         send_delay: EncodedHistogram::default(),
         last_ok_unix_ms: None,
+        last_sent_unix_ms: None,
         seconds: buckets,
         summary: StageSummary::default(),
     };

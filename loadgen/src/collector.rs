@@ -134,6 +134,8 @@ struct StageAcc {
     sealed_below: usize,
     /// Wall-clock time (UTC unix ms) the latest success arrived.
     last_ok_unix_ms: Option<u64>,
+    /// Wall-clock time (UTC unix ms) the latest request left.
+    last_sent_unix_ms: Option<u64>,
 }
 
 impl StageAcc {
@@ -165,6 +167,12 @@ pub(crate) fn record(h: &mut Histogram<u64>, v: u64) {
     }
 }
 
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn us(d: Duration) -> u64 {
     d.as_micros().min(u128::from(u64::MAX)) as u64
 }
@@ -182,6 +190,7 @@ impl Collector {
                 seconds: Vec::new(),
                 sealed_below: 0,
                 last_ok_unix_ms: None,
+                last_sent_unix_ms: None,
             })
             .collect();
         Self {
@@ -205,9 +214,11 @@ impl Collector {
         send_delay: Option<Duration>,
         lateness: Option<Duration>,
     ) {
+        let now = unix_ms_now();
         let mut g = self.lock();
         let st = &mut g.stages[stage];
         st.counts.sent += 1;
+        st.last_sent_unix_ms = st.last_sent_unix_ms.max(Some(now));
         if let Some(d) = send_delay {
             record(&mut st.send_delay, us(d).max(1));
         }
@@ -288,10 +299,7 @@ impl Collector {
         delta.ok = u64::from(ok);
         st.counts.add(&delta);
         if ok {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            st.last_ok_unix_ms = st.last_ok_unix_ms.max(Some(now));
+            st.last_ok_unix_ms = st.last_ok_unix_ms.max(Some(unix_ms_now()));
         }
         let measured = outcome != Outcome::Aborted;
         if measured {
@@ -376,6 +384,7 @@ impl Collector {
             lateness: EncodedHistogram::encode(&st.lateness),
             send_delay: EncodedHistogram::encode(&st.send_delay),
             last_ok_unix_ms: st.last_ok_unix_ms,
+            last_sent_unix_ms: st.last_sent_unix_ms,
             seconds: st
                 .seconds
                 .iter()
@@ -397,6 +406,7 @@ pub(crate) struct StageData {
     pub lateness: EncodedHistogram,
     pub send_delay: EncodedHistogram,
     pub last_ok_unix_ms: Option<u64>,
+    pub last_sent_unix_ms: Option<u64>,
     /// Indexed by second of the stage.
     pub seconds: Vec<SecondData>,
 }

@@ -312,7 +312,9 @@ pub struct StageSummary {
     pub target_rate: Option<f64>,
     /// Planned requests per second of the instances merged here.
     pub planned_rate: f64,
-    /// Sent requests per second.
+    /// Sent requests per second, over the time they took to leave: from the stage's start
+    /// until its last send, at least the stage's length (a sender that fell behind shows
+    /// a lower rate, not the planned one).
     pub sent_rate: f64,
     /// Completed requests (any status) per second.
     pub completed_rate: f64,
@@ -380,6 +382,10 @@ pub struct StageResult {
     /// merge, the latest. Absent when nothing succeeded (or in results of older versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_ok_unix_ms: Option<u64>,
+    /// Wall-clock time (UTC unix ms) the stage's last request left; after a merge, the
+    /// latest. Sends that slip past the stage's end lower its sent rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sent_unix_ms: Option<u64>,
     /// Per second of the stage, in order of `second`.
     pub seconds: Vec<SecondBucket>,
     /// Derived figures.
@@ -422,6 +428,21 @@ impl StageResult {
         }
     }
 
+    /// Sent requests per second from the stage's start until its last send, over at
+    /// least `elapsed_s`; 0 without time.
+    pub fn sent_rate(&self, elapsed_s: f64) -> f64 {
+        let span_s = self
+            .last_sent_unix_ms
+            .map(|t| t.saturating_sub(self.started_unix_ms) as f64 / 1000.0)
+            .unwrap_or(0.0)
+            .max(elapsed_s);
+        if span_s > 0.0 {
+            self.counts.sent as f64 / span_s
+        } else {
+            0.0
+        }
+    }
+
     /// Recomputes [`StageResult::summary`] from counts and histograms.
     pub fn recompute_summary(&mut self) -> Result<()> {
         let elapsed_s = (self.ended_unix_ms.saturating_sub(self.started_unix_ms) as f64 / 1000.0)
@@ -443,7 +464,7 @@ impl StageResult {
             elapsed_s,
             target_rate: self.target_rate,
             planned_rate: per_s(c.planned),
-            sent_rate: per_s(c.sent),
+            sent_rate: self.sent_rate(elapsed_s),
             completed_rate: per_s(c.completed),
             ok_rate: per_s(c.ok),
             throughput: self.served_throughput(elapsed_s),
@@ -634,6 +655,7 @@ fn merge_stage(a: &mut StageResult, b: &StageResult) -> Result<()> {
     a.started_unix_ms = a.started_unix_ms.min(b.started_unix_ms);
     a.ended_unix_ms = a.ended_unix_ms.max(b.ended_unix_ms);
     a.last_ok_unix_ms = a.last_ok_unix_ms.max(b.last_ok_unix_ms);
+    a.last_sent_unix_ms = a.last_sent_unix_ms.max(b.last_sent_unix_ms);
     a.partial |= b.partial;
     a.counts.try_add(&b.counts)?;
     a.latency_ok = add_encoded(&a.latency_ok, &b.latency_ok)?;
@@ -695,6 +717,7 @@ mod tests {
             lateness: EncodedHistogram::default(),
             send_delay: EncodedHistogram::default(),
             last_ok_unix_ms: None,
+            last_sent_unix_ms: None,
             seconds: vec![SecondBucket {
                 second: 0,
                 start_unix_ms: second_start,
@@ -724,6 +747,23 @@ mod tests {
         other.last_ok_unix_ms = Some(1_003_000);
         merge_stage(&mut s, &other).unwrap();
         assert_eq!(s.last_ok_unix_ms, Some(1_003_000));
+    }
+
+    #[test]
+    fn sent_rate_spans_until_the_last_send() {
+        // 10 requests of a 1 s stage; a sender that fell behind sent the last at 2.5 s.
+        let mut s = stage_with(&[1000; 10], 1_000_000);
+        s.last_sent_unix_ms = Some(1_002_500);
+        s.recompute_summary().unwrap();
+        assert_eq!(s.summary.sent_rate, 4.0);
+        // On time: the planned rate.
+        s.last_sent_unix_ms = Some(1_000_900);
+        s.recompute_summary().unwrap();
+        assert_eq!(s.summary.sent_rate, 10.0);
+        let mut other = stage_with(&[1000; 10], 1_000_000);
+        other.last_sent_unix_ms = Some(1_001_000);
+        merge_stage(&mut s, &other).unwrap();
+        assert_eq!(s.last_sent_unix_ms, Some(1_001_000));
     }
 
     fn result(index: u32, values: &[u64]) -> LoadResult {

@@ -1015,6 +1015,7 @@ fn assemble(
             lateness: data.lateness,
             send_delay: data.send_delay,
             last_ok_unix_ms: data.last_ok_unix_ms,
+            last_sent_unix_ms: data.last_sent_unix_ms,
             seconds: buckets,
             summary: StageSummary::default(),
         };
