@@ -83,7 +83,13 @@ fn service_groups<'a>(rows: &'a [ServiceRow], steps: &[StepRow]) -> Groups<'a, S
     g
 }
 
-fn mesh_pairs(a: &[StepRow], b: &[StepRow], notes: &mut Vec<String>) -> Vec<(String, String)> {
+/// Pairs the meshes of two runs: every mesh they share, or their only meshes when each has
+/// one (with a note).
+pub(crate) fn mesh_pairs(
+    a: &[StepRow],
+    b: &[StepRow],
+    notes: &mut Vec<String>,
+) -> Vec<(String, String)> {
     let ma: BTreeSet<&str> = a.iter().map(|r| r.mesh.as_str()).collect();
     let mb: BTreeSet<&str> = b.iter().map(|r| r.mesh.as_str()).collect();
     let common: Vec<(String, String)> = ma

@@ -1,10 +1,12 @@
 //! The `meshbench` command line: argument definitions and dispatch.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use meshbench_analysis::gate::{self, Baseline, GateError};
+use meshbench_analysis::{Rule, RunTables, ci};
 use meshbench_crds::Bundle;
 
 use crate::exit;
@@ -78,16 +80,16 @@ pub enum Command {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
-    /// Compare two run directories step by step and say which differences are outside
-    /// the noise.
-    Compare {
-        /// The baseline run directory.
-        #[arg(value_name = "DIR1")]
-        baseline: PathBuf,
-        /// The run directory compared with it.
-        #[arg(value_name = "DIR2")]
-        candidate: PathBuf,
-    },
+    /// Compare a run with a baseline step by step, say which differences are outside the
+    /// noise, and gate on them.
+    ///
+    /// BASELINE is a run directory (the differences are printed; `--fail-on` rules turn
+    /// them into a verdict) or an expectations file of fixed bounds per step (see
+    /// examples/ci/quickstart-expectations.yaml). Exit status: 0 every gate held, 1 a
+    /// directory or the expectations file cannot be read or names a mesh or service the run
+    /// lacks, 2 usage error (a malformed rule), 3 a gate failed, 4 a --junit or --summary-md
+    /// file could not be written.
+    Compare(Box<CompareArgs>),
     /// Run one worker (the generic microservice), as a pod's container does.
     Worker(Box<meshbench_worker::WorkerArgs>),
     /// Run the Kubernetes operator: reconciles ServiceMesh resources into Deployments,
@@ -102,8 +104,9 @@ pub enum Command {
     /// with your kubeconfig's credentials, then fetches every report file through the API
     /// server's service proxy (or `--url`) into `<out>/<run id>/`. Exit status: 0 done,
     /// 1 no such Benchmark or its run has not finished, 2 usage error, 4 the download
-    /// failed (nothing is left under the run's name).
-    Results(Box<crate::k8s::fetch::ResultsArgs>),
+    /// failed (nothing is left under the run's name). With `--check`, as `meshbench run`
+    /// for the downloaded run: 3 an SLO was violated, 4 the run failed or was cancelled.
+    Results(Box<ResultsCommand>),
     /// Print, as YAML, every object the operator would apply for the given files: the
     /// ConfigMap, Deployment, Service and HPA of each ServiceMesh service, and for each
     /// Benchmark the plan ConfigMap and Indexed Job of its first step.
@@ -143,6 +146,110 @@ pub enum Command {
         #[arg(value_name = "MEASUREMENT")]
         measurement: Option<PathBuf>,
     },
+}
+
+/// Where to write what CI systems read (`run`, `compare`, `results`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CiArgs {
+    /// Write the verdicts as JUnit XML (GitHub, GitLab, Jenkins): one test case per step
+    /// and SLO, or per gate check; a failure carries the measured value and the bound.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Write a Markdown summary: the steps with pass/fail, the gate checks, and the path
+    /// of report.html. Also appended to $GITHUB_STEP_SUMMARY when that is set (GitHub
+    /// Actions' job summary; set it empty to skip).
+    #[arg(long, value_name = "FILE")]
+    pub summary_md: Option<PathBuf>,
+}
+
+impl CiArgs {
+    /// GitHub Actions' job summary file, when set.
+    fn step_summary() -> Option<PathBuf> {
+        std::env::var_os("GITHUB_STEP_SUMMARY")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    }
+
+    fn wanted(&self) -> bool {
+        self.junit.is_some() || self.summary_md.is_some() || Self::step_summary().is_some()
+    }
+
+    /// Writes `doc` where asked; false, after saying why, when a file could not be written.
+    pub fn write(&self, doc: &ci::Document) -> bool {
+        let step_summary = Self::step_summary();
+        match doc.write(
+            self.junit.as_deref(),
+            self.summary_md.as_deref(),
+            step_summary.as_deref(),
+        ) {
+            Ok(_) => true,
+            Err(e) => {
+                eprintln!("error: writing the CI reports: {e}");
+                false
+            }
+        }
+    }
+}
+
+/// Writes the CI reports of a run directory (`run`, `results`). Returns `code`, or 4 when
+/// a report could not be written: a pipeline must not pass on a missing file.
+pub fn run_reports(ci: &CiArgs, dir: &Path, code: u8) -> u8 {
+    if !ci.wanted() {
+        return code;
+    }
+    let doc = match RunTables::read(dir) {
+        Ok(t) => ci::Document::for_run(&t),
+        // The file is still written, with a failing case saying why, so a pipeline that
+        // collects it reports the failure instead of a missing file.
+        Err(e) => ci::Document::for_unreadable_run(dir, &e.to_string()),
+    };
+    if ci.write(&doc) {
+        code
+    } else {
+        code.max(exit::RUN_FAILED)
+    }
+}
+
+/// Arguments of `meshbench compare`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CompareArgs {
+    /// The baseline: a run directory, or an expectations file (YAML: per step, figures
+    /// with `min` and/or `max`).
+    #[arg(value_name = "BASELINE")]
+    pub baseline: PathBuf,
+    /// The run directory judged against it.
+    #[arg(value_name = "NEW")]
+    pub candidate: PathBuf,
+    /// Gates against a baseline run, comma-separated or repeated:
+    /// `[run.]FIGURE[@SERVICE]:(+|-)AMOUNT[%]`, e.g. `latency_p99_ms:+10%`,
+    /// `throughput_rps:-5%`, `run.replica_seconds:+15%`, `error_ratio:+0.005`. `+` fails a
+    /// rise beyond the tolerance, `-` a fall; `%` is relative to the baseline, a bare
+    /// number is in the figure's unit. Each step is judged, or with `run.` the figure over
+    /// the whole run; a services figure without `@SERVICE` is summed over the services
+    /// (utilization and reaction times: the largest). A difference inside the noise of the
+    /// repetitions never fails.
+    #[arg(
+        long = "fail-on",
+        value_name = "RULES",
+        value_delimiter = ',',
+        value_parser = Rule::parse
+    )]
+    pub fail_on: Vec<Rule>,
+    #[command(flatten)]
+    pub ci: CiArgs,
+}
+
+/// Arguments of `meshbench results`: the download, then what to judge and write.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ResultsCommand {
+    #[command(flatten)]
+    pub fetch: crate::k8s::fetch::ResultsArgs,
+    /// After the download, exit as `meshbench run` would have for the run: 0 it succeeded
+    /// and every SLO held, 3 an SLO was violated, 4 it failed or was cancelled.
+    #[arg(long)]
+    pub check: bool,
+    #[command(flatten)]
+    pub ci: CiArgs,
 }
 
 /// Parses the process arguments and runs the command.
@@ -202,19 +309,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 exit::code(exit::INVALID)
             }
         },
-        Command::Compare {
-            baseline,
-            candidate,
-        } => match meshbench_analysis::compare(&baseline, &candidate) {
-            Ok(c) => {
-                exit::out(c.to_string());
-                exit::code(exit::OK)
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                exit::code(exit::INVALID)
-            }
-        },
+        Command::Compare(args) => exit::code(compare(&args)),
         Command::Worker(args) => {
             init_tracing("info");
             let Some(rt) = runtime() else {
@@ -274,15 +369,23 @@ pub fn run(cli: Cli) -> ExitCode {
                     eprintln!("error: cannot configure the Kubernetes client: {e}");
                     exit::RUN_FAILED
                 })?;
-                crate::k8s::fetch::fetch(&client, &args).await.map_err(|e| {
-                    eprintln!("error: {e}");
-                    e.exit_code()
-                })
+                let dir = crate::k8s::fetch::fetch(&client, &args.fetch)
+                    .await
+                    .map_err(|e| {
+                        eprintln!("error: {e}");
+                        e.exit_code()
+                    })?;
+                let code = if args.check {
+                    crate::k8s::fetch::check(&client, &args.fetch, &dir).await
+                } else {
+                    exit::OK
+                };
+                Ok::<_, u8>((dir, code))
             });
             match result {
-                Ok(dir) => {
+                Ok((dir, code)) => {
                     eprintln!("report: {}", dir.join("report.html").display());
-                    exit::code(exit::OK)
+                    exit::code(run_reports(&args.ci, &dir, code))
                 }
                 Err(code) => exit::code(code),
             }
@@ -318,6 +421,69 @@ pub fn run(cli: Cli) -> ExitCode {
             measurement,
         } => import(&servicegraph, measurement.as_deref()),
     }
+}
+
+/// `meshbench compare`: the comparison (against a run), the gates, the CI reports; returns
+/// the exit code.
+fn compare(args: &CompareArgs) -> u8 {
+    let baseline = match Baseline::load(&args.baseline) {
+        Ok(b) => b,
+        Err(e) => return gate_error(e),
+    };
+    if matches!(baseline, Baseline::Expectations(_)) && !args.fail_on.is_empty() {
+        eprintln!(
+            "error: --fail-on needs a run directory as BASELINE; {} is an expectations file, \
+             whose bounds are the gates",
+            args.baseline.display()
+        );
+        return exit::USAGE;
+    }
+    let new = match RunTables::read(&args.candidate) {
+        Ok(t) => t,
+        Err(e) => return gate_error(e.into()),
+    };
+    let judged = match &baseline {
+        Baseline::Run(a) => {
+            match meshbench_analysis::compare(&args.baseline, &args.candidate) {
+                Ok(c) => exit::out(c.to_string()),
+                Err(e) => return gate_error(e.into()),
+            }
+            gate::judge_runs(&args.fail_on, a, &new)
+        }
+        Baseline::Expectations(exp) => gate::judge_expectations(exp, &args.baseline, &new),
+    };
+    let report = match judged {
+        Ok(r) => r,
+        Err(e) => return gate_error(e),
+    };
+    if !report.checks.is_empty() {
+        exit::out(format!("\n{report}"));
+    }
+    if !args.ci.write(&ci::Document::for_gates(&report, Some(&new))) {
+        return exit::RUN_FAILED;
+    }
+    if report.passed() {
+        exit::OK
+    } else {
+        exit::SLO_FAILED
+    }
+}
+
+/// Prints why a comparison cannot be made (expectation problems at file:line:column, as
+/// `meshbench validate` places spec problems) and returns exit code 1.
+fn gate_error(e: GateError) -> u8 {
+    match e {
+        GateError::Expectations(mut x) => {
+            let docs = meshbench_crds::locate::index_documents(&x.text);
+            if let Some(doc) = docs.first() {
+                x.locate(|path| doc.find(path).map(|p| (p.line, p.column)));
+            }
+            eprintln!("{x}");
+            eprintln!("{} problem(s) in {}", x.problems.len(), x.file);
+        }
+        other => eprintln!("error: {other}"),
+    }
+    exit::INVALID
 }
 
 fn validate(files: &[PathBuf], quiet: bool) -> ExitCode {

@@ -54,6 +54,8 @@ pub struct RunArgs {
     /// cgroups; run.json then records that limits were not enforced.
     #[arg(long)]
     pub no_limits: bool,
+    #[command(flatten)]
+    pub ci: crate::cli::CiArgs,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -473,7 +475,9 @@ pub async fn run(args: RunArgs) -> u8 {
         .ok()
         .and_then(|r| r.slo.pass);
     print_summary(run_dir.path());
-    if !report_ok || machine.stopped_early || machine.cancelled || !machine.failures.is_empty() {
+    let failed =
+        !report_ok || machine.stopped_early || machine.cancelled || !machine.failures.is_empty();
+    let code = if failed {
         exit::RUN_FAILED
     } else if verdict == Some(false) {
         eprintln!("SLO: FAIL");
@@ -483,7 +487,8 @@ pub async fn run(args: RunArgs) -> u8 {
             eprintln!("SLO: PASS");
         }
         exit::OK
-    }
+    };
+    crate::cli::run_reports(&args.ci, run_dir.path(), code)
 }
 
 /// Takes the runner's samples except those Prometheus provides.

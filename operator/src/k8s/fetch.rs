@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::Api;
 use meshbench_crds::Benchmark;
+use meshbench_crds::benchmark::Phase;
 use serde::Deserialize;
 
 use super::render::{TOKEN_KEY, token_secret_name};
@@ -279,4 +280,80 @@ pub async fn fetch(client: &Client, args: &ResultsArgs) -> Result<PathBuf, Error
         let _ = std::fs::remove_dir_all(&staging);
     }
     result.map(|()| target)
+}
+
+/// `meshbench results --check`, after the download: the exit code `meshbench run` gives such
+/// a run. 4 when the Benchmark's run failed or was cancelled (its phase, or a partial
+/// report), else 3 when the downloaded `run.json` records a violated SLO, else 0.
+pub async fn check(client: &Client, args: &ResultsArgs, dir: &Path) -> u8 {
+    use crate::exit;
+    use meshbench_analysis::gate::{Outcome, RunTables};
+    let run = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match run_failure(client, args, &run).await {
+        Ok(Some(why)) => {
+            eprintln!("run {run} failed: {why}");
+            return exit::RUN_FAILED;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::RUN_FAILED;
+        }
+    }
+    match RunTables::read(dir).map(|t| t.outcome()) {
+        Ok(Outcome::Passed) => {
+            eprintln!("run {run}: completed, SLO: PASS");
+            exit::OK
+        }
+        Ok(Outcome::SloFailed) => {
+            eprintln!("run {run}: SLO: FAIL");
+            exit::SLO_FAILED
+        }
+        Ok(Outcome::Incomplete) => {
+            eprintln!("run {run}: the report is partial");
+            exit::RUN_FAILED
+        }
+        Err(e) => {
+            eprintln!("error: the downloaded report cannot be read: {e}");
+            exit::RUN_FAILED
+        }
+    }
+}
+
+/// Why the Benchmark's run `run` failed when its phase is `Failed` (the `Failed`
+/// condition's reason and message); `None` when it succeeded or the Benchmark has moved on
+/// to another run (the report then speaks for itself).
+async fn run_failure(
+    client: &Client,
+    args: &ResultsArgs,
+    run: &str,
+) -> Result<Option<String>, Error> {
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let benches: Api<Benchmark> = Api::namespaced(client.clone(), &namespace);
+    let bench = benches
+        .get_opt(&args.name)
+        .await
+        .map_err(|source| Error::Kube {
+            action: format!("reading Benchmark {}", args.name),
+            source,
+        })?;
+    let Some(status) = bench.and_then(|b| b.status) else {
+        return Ok(None);
+    };
+    if status.run_id.as_deref() != Some(run) || status.phase != Phase::Failed {
+        return Ok(None);
+    }
+    let why = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Failed")
+        .map(|c| format!("{}: {}", c.reason, c.message))
+        .unwrap_or_else(|| "phase Failed".into());
+    Ok(Some(why))
 }
