@@ -414,6 +414,8 @@ async fn a_benchmark_runs_from_apply_to_downloaded_report_across_an_operator_res
     // A second download never overwrites the first.
     let again = fetch::fetch(&user, &args).await;
     assert!(again.is_err(), "{again:?}");
+    // What a pipeline gates on: the run succeeded and its SLOs held.
+    assert_eq!(fetch::check(&user, &args, &got).await, 0);
 
     // A changed spec starts a new run.
     change_spec(&ns).await;
@@ -561,6 +563,22 @@ async fn a_spec_change_mid_run_cancels_it_keeps_its_report_and_starts_anew() {
     assert_ne!(status.run_id.as_deref(), Some(first.as_str()));
     assert!(!status.phase.is_terminal());
     op.stop();
+    // `results --check` on the cancelled run's report: partial, so the run failed (4)
+    // whatever its SLOs say.
+    let args = ResultsArgs {
+        name: "ramp".into(),
+        namespace: Some(ns.clone()),
+        out: volumes.path().join("download"),
+        url: None,
+        operator_namespace: "meshbench".into(),
+        operator_service: "meshbench-operator:http".into(),
+        partial: true,
+    };
+    let user: Client = cluster().admin().await;
+    assert_eq!(
+        fetch::check(&user, &args, &data.join(&ns).join(&first)).await,
+        4
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
