@@ -91,6 +91,7 @@ pub fn stage(
         send_delay: EncodedHistogram::default(),
         last_ok_unix_ms: None,
         last_sent_unix_ms: None,
+        response_time_ok: Default::default(),
         seconds: buckets,
         summary: StageSummary::default(),
     };

@@ -129,6 +129,8 @@ struct StageAcc {
     failed: Histogram<u64>,
     lateness: Histogram<u64>,
     send_delay: Histogram<u64>,
+    /// Successes' response time from their actual send (µs).
+    response_ok: Histogram<u64>,
     seconds: Vec<SecondAcc>,
     /// Seconds below this index are sealed.
     sealed_below: usize,
@@ -151,6 +153,17 @@ impl StageAcc {
 struct Inner {
     stages: Vec<StageAcc>,
     records: Option<Sender<RequestRecord>>,
+}
+
+/// How long a finished request took.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Elapsed {
+    /// From its planned time (open loop) or its send (closed loop): the latency a user
+    /// waiting for it saw, free of coordinated omission.
+    pub from_planned: Duration,
+    /// From when it actually left: the target's response time, without what the client
+    /// added before sending.
+    pub from_sent: Duration,
 }
 
 /// Shared recorder of one run.
@@ -187,6 +200,7 @@ impl Collector {
                 failed: new_histogram(),
                 lateness: new_histogram(),
                 send_delay: new_histogram(),
+                response_ok: new_histogram(),
                 seconds: Vec::new(),
                 sealed_below: 0,
                 last_ok_unix_ms: None,
@@ -261,11 +275,11 @@ impl Collector {
         stage: usize,
         second: u32,
         outcome: Outcome,
-        latency: Duration,
+        elapsed: Elapsed,
         planned_us: u64,
         late: Duration,
     ) {
-        let latency_us = us(latency);
+        let latency_us = us(elapsed.from_planned);
         let mut g = self.lock();
         let st = &mut g.stages[stage];
         let mut delta = Counts::default();
@@ -305,6 +319,7 @@ impl Collector {
         if measured {
             if ok {
                 record(&mut st.ok, latency_us.max(1));
+                record(&mut st.response_ok, us(elapsed.from_sent).max(1));
             } else {
                 record(&mut st.failed, latency_us.max(1));
             }
@@ -383,6 +398,7 @@ impl Collector {
             failed: EncodedHistogram::encode(&st.failed),
             lateness: EncodedHistogram::encode(&st.lateness),
             send_delay: EncodedHistogram::encode(&st.send_delay),
+            response_ok: EncodedHistogram::encode(&st.response_ok),
             last_ok_unix_ms: st.last_ok_unix_ms,
             last_sent_unix_ms: st.last_sent_unix_ms,
             seconds: st
@@ -405,6 +421,7 @@ pub(crate) struct StageData {
     pub failed: EncodedHistogram,
     pub lateness: EncodedHistogram,
     pub send_delay: EncodedHistogram,
+    pub response_ok: EncodedHistogram,
     pub last_ok_unix_ms: Option<u64>,
     pub last_sent_unix_ms: Option<u64>,
     /// Indexed by second of the stage.
@@ -460,7 +477,10 @@ mod tests {
                 0,
                 i % 2,
                 outcome,
-                Duration::from_millis(u64::from(i) + 1),
+                Elapsed {
+                    from_planned: Duration::from_millis(u64::from(i) + 1),
+                    from_sent: Duration::from_millis(u64::from(i) + 1),
+                },
                 0,
                 Duration::ZERO,
             );

@@ -330,8 +330,11 @@ pub struct StageSummary {
     pub success_ratio: f64,
     /// Late / sent.
     pub late_ratio: f64,
-    /// Latency of successes.
+    /// Latency of successes (from the planned time: what a user waiting saw).
     pub latency: LatencySummary,
+    /// Response time of successes (from the actual send: what the target took).
+    #[serde(default)]
+    pub response_time: LatencySummary,
     /// Latency of failures with a response or a timeout.
     pub failed_latency: LatencySummary,
     /// How late requests left (every open-loop request, from 0).
@@ -377,6 +380,10 @@ pub struct StageResult {
     pub lateness: EncodedHistogram,
     /// Send delay of every sent open-loop request (µs between planned and actual send).
     pub send_delay: EncodedHistogram,
+    /// Response time of successes (µs from when each actually left): the target's part of
+    /// `latency_ok`, without the wait before sending. Empty in results of older versions.
+    #[serde(default)]
+    pub response_time_ok: EncodedHistogram,
     /// Wall-clock time (UTC unix ms) the stage's last success arrived, which may be
     /// after [`StageResult::ended_unix_ms`] when requests were still queued; after a
     /// merge, the latest. Absent when nothing succeeded (or in results of older versions).
@@ -479,6 +486,7 @@ impl StageResult {
                 0.0
             },
             latency: self.latency_ok.summary()?,
+            response_time: self.response_time_ok.summary()?,
             failed_latency: self.latency_failed.summary()?,
             lateness: self.lateness.summary()?,
             send_delay: self.send_delay.summary()?,
@@ -662,6 +670,7 @@ fn merge_stage(a: &mut StageResult, b: &StageResult) -> Result<()> {
     a.latency_failed = add_encoded(&a.latency_failed, &b.latency_failed)?;
     a.lateness = add_encoded(&a.lateness, &b.lateness)?;
     a.send_delay = add_encoded(&a.send_delay, &b.send_delay)?;
+    a.response_time_ok = add_encoded(&a.response_time_ok, &b.response_time_ok)?;
     let mut by_second: BTreeMap<u32, SecondBucket> =
         a.seconds.drain(..).map(|s| (s.second, s)).collect();
     for s in &b.seconds {
@@ -716,6 +725,7 @@ mod tests {
             latency_failed: EncodedHistogram::default(),
             lateness: EncodedHistogram::default(),
             send_delay: EncodedHistogram::default(),
+            response_time_ok: EncodedHistogram::default(),
             last_ok_unix_ms: None,
             last_sent_unix_ms: None,
             seconds: vec![SecondBucket {

@@ -39,7 +39,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::LoadClient;
-use crate::collector::{Collector, Outcome, RequestRecord, SecondData, bucket};
+use crate::collector::{Collector, Elapsed, Outcome, RequestRecord, SecondData, bucket};
 use crate::live::{LiveMetrics, Progress};
 use crate::pacer::Pacer;
 use crate::plan::{LoadModel, LoadPlan, ModelKind, PlanError, ResolvedStage};
@@ -540,6 +540,7 @@ async fn send(
         timing.send_delay,
         timing.lateness,
     );
+    let sent_at = Instant::now();
     sh.in_flight.fetch_add(1, Ordering::Relaxed);
     let exchange = async {
         match sh.client.send().await {
@@ -552,13 +553,16 @@ async fn send(
         o = exchange => o,
         _ = stopped => Outcome::Aborted,
     };
-    let latency = start.elapsed();
+    let elapsed = Elapsed {
+        from_planned: start.elapsed(),
+        from_sent: sent_at.elapsed(),
+    };
     sh.in_flight.fetch_sub(1, Ordering::Relaxed);
     sh.collector.finished(
         stage,
         timing.planned_second,
         outcome,
-        latency,
+        elapsed,
         at.as_micros() as u64,
         timing.lateness.unwrap_or_default(),
     );
@@ -1014,6 +1018,7 @@ fn assemble(
             latency_failed: data.failed,
             lateness: data.lateness,
             send_delay: data.send_delay,
+            response_time_ok: data.response_ok,
             last_ok_unix_ms: data.last_ok_unix_ms,
             last_sent_unix_ms: data.last_sent_unix_ms,
             seconds: buckets,

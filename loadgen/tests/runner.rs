@@ -174,6 +174,10 @@ fn busy_slots_make_requests_late_and_past_the_limit_dropped() {
         "{:?}",
         s.summary.latency
     );
+    // The response time from the actual send does not: the target took ~200 ms.
+    let rt = &s.summary.response_time;
+    assert!((200_000..400_000).contains(&rt.max_us), "{rt:?}");
+    assert!(rt.max_us < s.summary.latency.max_us / 2, "{rt:?}");
     assert!(
         r.warnings.iter().any(|w| w.contains("late")),
         "{:?}",
