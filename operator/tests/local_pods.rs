@@ -70,6 +70,7 @@ fn sh(service: &str, index: u32, script: &str) -> ReplicaSpec {
         env: vec![],
         cpu_limit_millis: None,
         memory_limit_bytes: None,
+        cpu_request_millis: None,
     }
 }
 
@@ -254,6 +255,7 @@ fn groups_are_removed_on_panic_unwind() {
                 Limits {
                     cpu_millis: Some(500),
                     memory_bytes: Some(64 << 20),
+                    cpu_request_millis: None,
                 },
             )
             .expect("replica group");
@@ -312,6 +314,7 @@ fn stale_helper() {
             env: vec![],
             cpu_limit_millis: None,
             memory_limit_bytes: None,
+            cpu_request_millis: None,
         })
         .expect("start");
         let (replica, _) = started(&mut events).await;
@@ -414,6 +417,7 @@ async fn crashed_replica_restarts_with_exponential_backoff() {
         env: vec![],
         cpu_limit_millis: Some(100),
         memory_limit_bytes: Some(64 << 20),
+        cpu_request_millis: None,
     };
     pods.start(spec).expect("start");
     let (pid1, addr1) = started(&mut events).await;
@@ -865,6 +869,7 @@ async fn supervised_servers_behind_the_proxy() {
             env: vec![],
             cpu_limit_millis: Some(500),
             memory_limit_bytes: Some(256 << 20),
+            cpu_request_millis: None,
         })
         .expect("start");
         let (_, addr) = started(&mut events).await;
@@ -892,4 +897,51 @@ async fn supervised_servers_behind_the_proxy() {
     .await;
     root.cleanup().expect("cleanup");
     let _ = std::fs::remove_dir_all(logs);
+}
+
+/// CPU requests weigh contended CPU as on a node (`cpu.shares` / `cpu.weight` from the
+/// kubelet's formula): two spinning replicas pinned to one core, with requests of 200m and
+/// 800m, split it about 1 : 4. (Without the weights they split it evenly.)
+#[test]
+fn contended_cpu_is_split_by_the_replicas_requests() {
+    let Some(root) = enforced_root("contended_cpu_is_split_by_the_replicas_requests") else {
+        return;
+    };
+    let group = |name: &str, request: u64| {
+        root.replica(
+            name,
+            Limits {
+                cpu_millis: None,
+                memory_bytes: None,
+                cpu_request_millis: Some(request),
+            },
+        )
+        .expect("replica group")
+    };
+    let (small, large) = (group("small-0", 200), group("large-0", 800));
+    let spin = || {
+        std::process::Command::new("taskset")
+            .args(["-c", "0", "sh", "-c", "while :; do :; done"])
+            .spawn()
+            .expect("spawn a spinning process (taskset)")
+    };
+    let (mut a, mut b) = (spin(), spin());
+    small.add_pid(a.id()).expect("add pid");
+    large.add_pid(b.id()).expect("add pid");
+    let usage = |g: &cgroup::Cgroup| g.stats().ok().flatten().and_then(|s| s.cpu_usage);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = (usage(&small), usage(&large));
+    std::thread::sleep(Duration::from_secs(3));
+    let after = (usage(&small), usage(&large));
+    let _ = (a.kill(), b.kill(), a.wait(), b.wait());
+    let (Some(s0), Some(l0), Some(s1), Some(l1)) = (before.0, before.1, after.0, after.1) else {
+        eprintln!("SKIPPED: no CPU accounting for the groups");
+        return;
+    };
+    let (small_cpu, large_cpu) = ((s1 - s0).as_secs_f64(), (l1 - l0).as_secs_f64());
+    let ratio = large_cpu / small_cpu;
+    assert!(
+        (3.0..=5.5).contains(&ratio),
+        "800m : 200m got {large_cpu:.2} s : {small_cpu:.2} s of CPU (ratio {ratio:.2}, expected ~4)"
+    );
 }

@@ -65,6 +65,7 @@ fn limited_group() -> Option<(CgroupRoot, Cgroup)> {
     let limits = Limits {
         cpu_millis: Some(CPU_LIMIT_MILLIS),
         memory_bytes: None,
+        cpu_request_millis: None,
     };
     let group = root
         .replica("worker-0", limits)

@@ -117,13 +117,33 @@ impl Enforcement {
     }
 }
 
-/// Resource limits of one replica (Kubernetes `resources.limits`).
+/// Resource settings of one replica (Kubernetes `resources.limits`, and the CPU request
+/// that weighs its share of contended CPU).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Limits {
     /// CPU limit in millicores; `None` = unlimited.
     pub cpu_millis: Option<u64>,
     /// Memory limit in bytes; `None` = unlimited.
     pub memory_bytes: Option<u64>,
+    /// CPU request in millicores; `None` = none (the kubelet's minimum weight).
+    pub cpu_request_millis: Option<u64>,
+}
+
+/// The kubelet's `cpu.shares` for a CPU request (`MilliCPUToShares`): 1024 per core, at
+/// least 2 (also without a request), at most 262144.
+pub fn cpu_shares(request_millis: Option<u64>) -> u64 {
+    const MIN_SHARES: u64 = 2;
+    const MAX_SHARES: u64 = 262_144;
+    request_millis
+        .map(|m| m.saturating_mul(1024) / 1000)
+        .unwrap_or(0)
+        .clamp(MIN_SHARES, MAX_SHARES)
+}
+
+/// cgroup v2 `cpu.weight` for v1 shares, as runc converts them
+/// (`ConvertCPUSharesToCgroupV2Value`): 2..262144 maps linearly onto 1..10000.
+pub fn cpu_weight(shares: u64) -> u64 {
+    1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142
 }
 
 /// CFS quota (µs per [`CFS_PERIOD_US`]) for a limit in millicores.
@@ -809,6 +829,8 @@ impl Cgroup {
                     None => format!("max {CFS_PERIOD_US}"),
                 };
                 write_file(&dir.join("cpu.max"), &cpu)?;
+                let weight = cpu_weight(cpu_shares(limits.cpu_request_millis));
+                write_file(&dir.join("cpu.weight"), &weight.to_string())?;
                 let mem = limits
                     .memory_bytes
                     .map_or_else(|| "max".to_string(), |b| b.to_string());
@@ -830,6 +852,8 @@ impl Cgroup {
                     .cpu_millis
                     .map_or_else(|| "-1".to_string(), |m| cfs_quota_us(m).to_string());
                 write_file(&cpu.join("cpu.cfs_quota_us"), &quota)?;
+                let shares = cpu_shares(limits.cpu_request_millis);
+                write_file(&cpu.join("cpu.shares"), &shares.to_string())?;
                 let memsw = memory.join("memory.memsw.limit_in_bytes");
                 let value = limits
                     .memory_bytes
@@ -1050,6 +1074,22 @@ mod tests {
         let all = d.problems.join("; ");
         assert!(all.contains("lacks the cpu, memory controller(s)"), "{all}");
         assert!(all.contains("no usable cgroup v1 cpu"), "{all}");
+    }
+
+    /// The kubelet's and runc's conversions, values from their sources and tests.
+    #[test]
+    fn cpu_requests_become_shares_and_weights_as_on_a_node() {
+        assert_eq!(cpu_shares(None), 2);
+        assert_eq!(cpu_shares(Some(0)), 2);
+        assert_eq!(cpu_shares(Some(1)), 2);
+        assert_eq!(cpu_shares(Some(100)), 102);
+        assert_eq!(cpu_shares(Some(250)), 256);
+        assert_eq!(cpu_shares(Some(1000)), 1024);
+        assert_eq!(cpu_shares(Some(4000)), 4096);
+        assert_eq!(cpu_shares(Some(u64::MAX)), 262_144);
+        assert_eq!(cpu_weight(2), 1);
+        assert_eq!(cpu_weight(1024), 39);
+        assert_eq!(cpu_weight(262_144), 10_000);
     }
 
     #[test]

@@ -508,6 +508,7 @@ fn start_replica(pods: &Pods, opts: &LocalOptions, s: &mut Service) -> Result<()
         env: vec![("RUST_LOG".into(), "warn".into())],
         cpu_limit_millis: s.resolved.resources.cpu_limit_millis,
         memory_limit_bytes: s.resolved.resources.memory_limit_bytes,
+        cpu_request_millis: s.resolved.resources.cpu_request_millis,
     };
     let status = pods.start(spec).map_err(|source| Error::Replica {
         service: s.resolved.name.clone(),

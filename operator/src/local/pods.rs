@@ -119,6 +119,8 @@ pub struct ReplicaSpec {
     pub cpu_limit_millis: Option<u64>,
     /// Memory limit in bytes.
     pub memory_limit_bytes: Option<u64>,
+    /// CPU request in millicores: the replica's weight when CPU is contended.
+    pub cpu_request_millis: Option<u64>,
 }
 
 impl ReplicaSpec {
@@ -131,6 +133,7 @@ impl ReplicaSpec {
         Limits {
             cpu_millis: self.cpu_limit_millis,
             memory_bytes: self.memory_limit_bytes,
+            cpu_request_millis: self.cpu_request_millis,
         }
     }
 }
@@ -873,6 +876,7 @@ mod tests {
             env: vec![],
             cpu_limit_millis: None,
             memory_limit_bytes: None,
+            cpu_request_millis: None,
         };
         assert_eq!(spec.pod_name(), "front-3");
     }
