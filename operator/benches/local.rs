@@ -63,6 +63,7 @@ fn platform(run_id: &str, dir: &std::path::Path) -> LocalPlatform {
             hpa_sync: Duration::from_secs(15),
             ready_timeout: Duration::from_secs(60),
             enforce_limits: true,
+            balance: Default::default(),
         },
         run_id,
     )

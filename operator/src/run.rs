@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// cgroups; run.json then records that limits were not enforced.
     #[arg(long)]
     pub no_limits: bool,
+    /// How each Service picks an endpoint for a new connection: `random` as kube-proxy's
+    /// iptables/nftables rules (the default), or `round-robin` as IPVS `rr`.
+    #[arg(long, value_enum, default_value = "random", value_name = "MODE")]
+    pub service_balance: crate::local::proxy::Balance,
     #[command(flatten)]
     pub ci: crate::cli::CiArgs,
 }
@@ -142,6 +146,7 @@ pub async fn run(args: RunArgs) -> u8 {
             hpa_sync: args.hpa_sync,
             ready_timeout: args.ready_timeout,
             enforce_limits: !args.no_limits,
+            balance: args.service_balance,
         },
         &run_id,
     );

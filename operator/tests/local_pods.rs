@@ -18,7 +18,7 @@ use meshbench_operator::local::cgroup::{self, CgroupRoot, Limits};
 use meshbench_operator::local::pods::{
     PodEvent, PodEventKind, PodPhase, Pods, PodsConfig, ReplicaSpec,
 };
-use meshbench_operator::local::proxy::{Backend, ProbeConfig, ProxyConfig, ServiceProxy};
+use meshbench_operator::local::proxy::{Backend, Balance, ProbeConfig, ProxyConfig, ServiceProxy};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -633,10 +633,14 @@ async fn pair() -> Pair {
     let a = named_server("a", Arc::new(AtomicBool::new(true))).await;
     let b_ready = Arc::new(AtomicBool::new(true));
     let b = named_server("b", b_ready.clone()).await;
+    // Round robin makes the tests below deterministic; random has its own test.
     let proxy = ServiceProxy::bind(
         "svc",
         "127.0.0.1:0".parse().expect("addr"),
-        ProxyConfig::default(),
+        ProxyConfig {
+            balance: Balance::RoundRobin,
+            ..ProxyConfig::default()
+        },
     )
     .await
     .expect("proxy");
@@ -677,6 +681,43 @@ async fn new_connections_are_spread_round_robin() {
     assert_eq!(stats.backends["svc-b"].connections, 5);
     wait_until("connections to close", || p.proxy.stats().active == 0).await;
     assert!(p.proxy.stats().backends["svc-a"].bytes_from_backend > 0);
+}
+
+/// The default, as kube-proxy: each connection picks an endpoint at random — both get a
+/// fair share, but not in strict alternation.
+#[tokio::test]
+async fn new_connections_pick_a_random_endpoint_by_default() {
+    let p = pair().await;
+    let proxy = ServiceProxy::bind(
+        "rand",
+        "127.0.0.1:0".parse().expect("addr"),
+        ProxyConfig::default(),
+    )
+    .await
+    .expect("proxy");
+    proxy.set_endpoints(vec![
+        Backend {
+            pod: "rand-a".into(),
+            addr: p.a,
+            ready: true,
+        },
+        Backend {
+            pod: "rand-b".into(),
+            addr: p.b,
+            ready: true,
+        },
+    ]);
+    let mut picks = Vec::new();
+    for _ in 0..200 {
+        picks.push(one_shot(proxy.local_addr()).await);
+    }
+    let a = picks.iter().filter(|n| *n == "a").count();
+    // Binomial(200, 0.5): outside 60..=140 with probability ~1e-8.
+    assert!((60..=140).contains(&a), "a got {a} of 200");
+    let alternating = picks.windows(2).all(|w| w[0] != w[1]);
+    assert!(!alternating, "strict alternation is round robin");
+    let repeats = picks.windows(2).filter(|w| w[0] == w[1]).count();
+    assert!(repeats >= 60, "{repeats} repeats of 199 (random: ~100)");
 }
 
 #[tokio::test]
@@ -757,10 +798,14 @@ async fn refused_backend_is_skipped() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr")
     };
+    // Round robin: every other connection tries the dead endpoint first.
     let proxy = ServiceProxy::bind(
         "svc",
         "127.0.0.1:0".parse().expect("addr"),
-        ProxyConfig::default(),
+        ProxyConfig {
+            balance: Balance::RoundRobin,
+            ..ProxyConfig::default()
+        },
     )
     .await
     .expect("proxy");
@@ -880,8 +925,9 @@ async fn supervised_servers_behind_the_proxy() {
         proxy.endpoints().iter().all(|b| b.ready)
     })
     .await;
+    // Random picks: 40 connections all on one replica has probability 2^-39.
     let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..4 {
+    for _ in 0..40 {
         let mut s = TcpStream::connect(proxy.local_addr())
             .await
             .expect("connect");

@@ -22,7 +22,7 @@ use super::exporter::{Exporter, NAMESPACE, ServiceState, pod_name};
 use super::hpa::{Hpa, HpaConfig, PodSample};
 use super::pods::{PORT_PLACEHOLDER, PodEvent, PodPhase, Pods, PodsConfig, ReplicaSpec};
 use super::prometheus::{Target, write_targets};
-use super::proxy::{ProbeConfig, ProxyConfig, ServiceProxy};
+use super::proxy::{Balance, ProbeConfig, ProxyConfig, ServiceProxy};
 use super::sampler::{WorkerCounters, parse_worker_metrics, proc_usage, scrape};
 use crate::worker_config::worker_config;
 
@@ -76,6 +76,8 @@ pub struct LocalOptions {
     pub ready_timeout: Duration,
     /// Put replicas in cgroups with their limits (when the host allows it).
     pub enforce_limits: bool,
+    /// How Services pick an endpoint per connection (random, as kube-proxy).
+    pub balance: Balance,
 }
 
 struct Service {
@@ -280,7 +282,10 @@ impl LocalPlatform {
             let proxy = ServiceProxy::bind(
                 &svc.name,
                 SocketAddr::from(([127, 0, 0, 1], 0)),
-                ProxyConfig::default(),
+                ProxyConfig {
+                    balance: self.opts.balance,
+                    ..ProxyConfig::default()
+                },
             )
             .await
             .map_err(|source| Error::Proxy {

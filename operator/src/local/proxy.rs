@@ -1,10 +1,12 @@
 //! A per-service TCP proxy standing in for a ClusterIP Service, plus the readiness
 //! prober that decides which endpoints it may use.
 //!
-//! Like kube-proxy (iptables mode), the proxy balances per TCP connection: each new
-//! client connection goes to the next READY endpoint in round-robin order and stays
-//! there for its whole life, so an HTTP keep-alive connection keeps hitting the replica
-//! it first reached. Bytes are copied both ways until both sides closed. If the chosen
+//! Like kube-proxy (iptables and nftables modes), the proxy balances per TCP connection:
+//! each new client connection goes to a READY endpoint picked at random (or, as an
+//! option, the next in round-robin order) and stays there for its whole life, so an HTTP
+//! keep-alive connection keeps hitting the replica it first reached. Random is the
+//! default because it is what a cluster does: a few long-lived connections land unevenly
+//! on the replicas, which round robin would hide (flattering tail latency). Bytes are copied both ways until both sides closed. If the chosen
 //! backend refuses the connection, the next ready one is tried; with no ready endpoint
 //! the client connection is reset at once (a Service without endpoints rejects
 //! connections).
@@ -53,18 +55,33 @@ pub struct Backend {
     pub ready: bool,
 }
 
+/// How a new connection picks its endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Uniformly at random among the ready endpoints, as kube-proxy's iptables and
+    /// nftables rules do.
+    #[default]
+    Random,
+    /// The next ready endpoint in turn (kube-proxy's IPVS `rr`).
+    RoundRobin,
+}
+
 /// Proxy settings.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     /// Give up on a backend that neither accepts nor refuses within this time (a full
     /// accept backlog) and try the next one.
     pub connect_timeout: Duration,
+    /// How a new connection picks its endpoint.
+    pub balance: Balance,
 }
 
 impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_secs(3),
+            balance: Balance::default(),
         }
     }
 }
@@ -97,6 +114,24 @@ pub struct ProxyStats {
     pub backends: HashMap<String, BackendStats>,
 }
 
+/// A uniform pick in `0..n` from a splitmix64 of the turn counter and a per-process
+/// seed: statistically random per connection, with no lock and no crate for ten lines.
+fn random_index(turn: usize, n: usize) -> usize {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        t ^ u64::from(std::process::id()).rotate_left(32)
+    });
+    let mut z = seed.wrapping_add((turn as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    // Multiply-shift instead of `%`: no modulo bias worth mentioning for small n.
+    ((u128::from(z) * n as u128) >> 64) as usize
+}
+
 struct Inner {
     service: String,
     config: ProxyConfig,
@@ -115,7 +150,7 @@ impl Inner {
         f(map.entry(pod.to_string()).or_default());
     }
 
-    /// Connects to the next ready backend in round-robin order, trying the others in
+    /// Connects to a ready backend picked by the balance setting, trying the others in
     /// turn on failure.
     async fn connect(&self) -> Option<(Backend, TcpStream)> {
         let snapshot = self.endpoints.borrow().clone();
@@ -123,7 +158,11 @@ impl Inner {
         if ready.is_empty() {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = match self.config.balance {
+            Balance::RoundRobin => turn,
+            Balance::Random => random_index(turn, ready.len()),
+        };
         for i in 0..ready.len() {
             let b = ready[(start + i) % ready.len()];
             match tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(b.addr))
