@@ -3,12 +3,14 @@
 //! tokio's timer wheel has 1 ms ticks and fires a sleep at the first tick after its
 //! deadline, so a request paced by `sleep_until` alone leaves 0–1 ms (and more under
 //! load) after its planned time — an error every latency measured from the planned time
-//! carries. Here a slot sleeps on tokio until shortly before its planned time (cheap, no
-//! thread per request), then hands the last stretch to one pacing thread: it sleeps on a
-//! condition variable with a 1 µs timer slack (the default 50 µs slack of a normal thread
-//! would undo the precision), spins the final few microseconds, and wakes every slot whose
-//! time has come. The spin is bounded by [`SPIN`] per wake-up, so the CPU cost per request
-//! stays a few microseconds.
+//! carries. Here a slot hands its wait to one pacing thread: it sleeps on a condition
+//! variable with a 1 µs timer slack (the default 50 µs slack of a normal thread would undo
+//! the precision), spins at most [`SPIN`] before the deadline, and wakes every slot whose
+//! time has come. A wait costs a lock, a timed futex wait and one wake-up of the runtime;
+//! the spin is kept short because at thousands of requests per second it dominates the
+//! cost (measured with `cargo bench -p meshbench-loadgen --bench loadgen` at 5000 rps:
+//! a 30 µs spin after a tokio pre-sleep, 85 ms of CPU per 1000 requests; a 5 µs spin and
+//! no pre-sleep, 61 ms; tokio's timer alone, ~30 ms but ~1 ms late).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -18,11 +20,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-/// How early a slot leaves tokio's timer for the pacing thread: more than one tick of
-/// the wheel plus its usual lateness.
-const COARSE_MARGIN: Duration = Duration::from_micros(2500);
 /// How close to a deadline the pacing thread stops sleeping and spins.
-const SPIN: Duration = Duration::from_micros(30);
+const SPIN: Duration = Duration::from_micros(5);
 
 struct Entry {
     at: Instant,
@@ -83,9 +82,6 @@ impl Pacer {
         let now = Instant::now();
         if at <= now {
             return;
-        }
-        if at - now > COARSE_MARGIN {
-            tokio::time::sleep_until((at - COARSE_MARGIN).into()).await;
         }
         let (wake, woken) = oneshot::channel();
         let entry = Entry {
