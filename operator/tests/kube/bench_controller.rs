@@ -193,6 +193,19 @@ pub(crate) async fn jobs(ns: &str) -> Vec<Job> {
         .items
 }
 
+/// Reconciles and plays the kubelet until the run ends (at most 90 s).
+async fn run_to_the_end(ns: &str, op: &Operator) {
+    let mut kubelet = Kubelet::new(cluster().admin().await, ns);
+    for _ in 0..900 {
+        reconcile_all(ns, op).await;
+        if status_of(ns).await.phase.is_terminal() {
+            break;
+        }
+        kubelet.sync().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// What the controller runtime would do on every change: reconcile the mesh and the
 /// benchmark, as the operator (a 403 from the RBAC fails here).
 pub(crate) async fn reconcile_all(ns: &str, op: &Operator) {
@@ -591,15 +604,7 @@ async fn per_step_redeploy_restarts_the_mesh_before_each_later_step() {
     let volumes = tempfile::tempdir().unwrap();
     let data = volumes.path().join("reports");
     let op = Operator::start(&data, 0).await;
-    let mut kubelet = Kubelet::new(cluster().admin().await, &ns);
-    for _ in 0..900 {
-        reconcile_all(&ns, &op).await;
-        if status_of(&ns).await.phase.is_terminal() {
-            break;
-        }
-        kubelet.sync().await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    run_to_the_end(&ns, &op).await;
     let status = status_of(&ns).await;
     assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
     // The Deployment was restarted (by its own field manager, so the mesh controller's
@@ -663,15 +668,7 @@ async fn failed_collection_marks_the_benchmark_degraded() {
         s.scrape_interval = Duration::from_millis(500);
     })
     .await;
-    let mut kubelet = Kubelet::new(cluster().admin().await, &ns);
-    for _ in 0..900 {
-        reconcile_all(&ns, &op).await;
-        if status_of(&ns).await.phase.is_terminal() {
-            break;
-        }
-        kubelet.sync().await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    run_to_the_end(&ns, &op).await;
     let status = status_of(&ns).await;
     assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
     let degraded = status

@@ -70,6 +70,17 @@ async fn claim(ns: &str, mesh: &str) -> Option<Lease> {
         .unwrap()
 }
 
+/// A namespace with the mesh and Benchmark `ramp` of the controller tests, and an
+/// operator whose report volume is `<volumes>/reports`.
+async fn started_ramp(test: &str) -> (String, tempfile::TempDir, Operator) {
+    let ns = cluster().namespace(test, &[]).await;
+    let (mesh, bench) = documents();
+    apply(&ns, Some(mesh), bench).await;
+    let volumes = tempfile::tempdir().unwrap();
+    let op = Operator::start(&volumes.path().join("reports"), 0).await;
+    (ns, volumes, op)
+}
+
 /// The mesh and Benchmark `ramp` of the controller tests, plus Benchmark `second` with
 /// the same spec on the same mesh.
 async fn two_on_one_mesh(ns: &str) {
@@ -141,12 +152,8 @@ async fn two_benchmarks_on_one_mesh_take_turns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_view_neither_starts_a_second_run_nor_rolls_the_status_back() {
-    let ns = cluster().namespace("bench-stale", &[]).await;
-    let (mesh, bench) = documents();
-    apply(&ns, Some(mesh), bench).await;
-    let volumes = tempfile::tempdir().unwrap();
+    let (ns, volumes, op) = started_ramp("bench-stale").await;
     let data = volumes.path().join("reports");
-    let op = Operator::start(&data, 0).await;
 
     // A cache that has not seen the run start yet.
     let before_start = get(&ns, "ramp").await.unwrap();
@@ -180,11 +187,7 @@ async fn a_stale_view_neither_starts_a_second_run_nor_rolls_the_status_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_whose_state_is_unreadable_fails_with_a_reason_and_an_event() {
-    let ns = cluster().namespace("bench-unreadable", &[]).await;
-    let (mesh, bench) = documents();
-    apply(&ns, Some(mesh), bench).await;
-    let volumes = tempfile::tempdir().unwrap();
-    let op = Operator::start(&volumes.path().join("reports"), 0).await;
+    let (ns, _volumes, op) = started_ramp("bench-unreadable").await;
     reconcile(&op, &ns, "ramp", None).await;
     assert!(
         get(&ns, "ramp")
@@ -223,12 +226,8 @@ async fn a_run_whose_state_is_unreadable_fails_with_a_reason_and_an_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_whose_report_volume_was_lost_fails_instead_of_retrying() {
-    let ns = cluster().namespace("bench-lost-volume", &[]).await;
-    let (mesh, bench) = documents();
-    apply(&ns, Some(mesh), bench).await;
-    let volumes = tempfile::tempdir().unwrap();
+    let (ns, volumes, op) = started_ramp("bench-lost-volume").await;
     let data = volumes.path().join("reports");
-    let op = Operator::start(&data, 0).await;
     reconcile(&op, &ns, "ramp", None).await;
     assert!(!status(&ns, "ramp").await.phase.is_terminal());
     std::fs::remove_dir_all(&data).unwrap();
@@ -243,12 +242,8 @@ async fn a_run_whose_report_volume_was_lost_fails_instead_of_retrying() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_benchmark_mid_run_writes_its_partial_report_first() {
-    let ns = cluster().namespace("bench-delete", &[]).await;
-    let (mesh, bench) = documents();
-    apply(&ns, Some(mesh), bench).await;
-    let volumes = tempfile::tempdir().unwrap();
+    let (ns, volumes, op) = started_ramp("bench-delete").await;
     let data = volumes.path().join("reports");
-    let op = Operator::start(&data, 0).await;
     reconcile(&op, &ns, "ramp", None).await;
     let run = status(&ns, "ramp").await.run_id.expect("started");
     let bench = get(&ns, "ramp").await.unwrap();
