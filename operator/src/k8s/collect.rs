@@ -313,18 +313,7 @@ mod tests {
     use meshbench_analysis::samples::metric;
 
     use super::*;
-
-    fn vars() -> Vars {
-        Vars {
-            namespace: "bench".into(),
-            mesh: "quickstart".into(),
-            objects: BTreeMap::from([
-                ("quickstart-frontend".into(), "frontend".into()),
-                ("quickstart-backend".into(), "backend".into()),
-            ]),
-            window: "2m".into(),
-        }
-    }
+    use crate::k8s::promql::tests::vars;
 
     fn series(labels: &[(&str, &str)], value: f64) -> Series {
         let labels = labels

@@ -170,8 +170,11 @@ fn safe_relative(rel: &str) -> bool {
             .all(|c| matches!(c, std::path::Component::Normal(n) if valid_component(&n.to_string_lossy())))
 }
 
-/// Downloads the report; returns its directory.
-pub async fn fetch(client: &Client, args: &ResultsArgs) -> Result<PathBuf, Error> {
+/// The Benchmark `args` names, with the namespace it was looked up in.
+async fn read_benchmark(
+    client: &Client,
+    args: &ResultsArgs,
+) -> Result<(String, Option<Benchmark>), Error> {
     let namespace = args
         .namespace
         .clone()
@@ -183,11 +186,17 @@ pub async fn fetch(client: &Client, args: &ResultsArgs) -> Result<PathBuf, Error
         .map_err(|source| Error::Kube {
             action: format!("reading Benchmark {}", args.name),
             source,
-        })?
-        .ok_or_else(|| Error::NotFound {
-            name: args.name.clone(),
-            namespace: namespace.clone(),
         })?;
+    Ok((namespace, bench))
+}
+
+/// Downloads the report; returns its directory.
+pub async fn fetch(client: &Client, args: &ResultsArgs) -> Result<PathBuf, Error> {
+    let (namespace, bench) = read_benchmark(client, args).await?;
+    let bench = bench.ok_or_else(|| Error::NotFound {
+        name: args.name.clone(),
+        namespace: namespace.clone(),
+    })?;
     let status = bench.status.unwrap_or_default();
     let Some(run) = status.run_id.clone() else {
         return Err(Error::NotReady(format!(
@@ -331,18 +340,7 @@ async fn run_failure(
     args: &ResultsArgs,
     run: &str,
 ) -> Result<Option<String>, Error> {
-    let namespace = args
-        .namespace
-        .clone()
-        .unwrap_or_else(|| client.default_namespace().to_string());
-    let benches: Api<Benchmark> = Api::namespaced(client.clone(), &namespace);
-    let bench = benches
-        .get_opt(&args.name)
-        .await
-        .map_err(|source| Error::Kube {
-            action: format!("reading Benchmark {}", args.name),
-            source,
-        })?;
+    let (_, bench) = read_benchmark(client, args).await?;
     let Some(status) = bench.and_then(|b| b.status) else {
         return Ok(None);
     };

@@ -238,12 +238,13 @@ impl Vars {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use meshbench_crds::validate::placeholders;
 
     use super::*;
 
-    fn vars() -> Vars {
+    /// The quickstart's objects in namespace `bench` (also the collector's tests' fixture).
+    pub(crate) fn vars() -> Vars {
         Vars {
             namespace: "bench".into(),
             mesh: "quickstart".into(),
