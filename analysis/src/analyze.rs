@@ -336,6 +336,12 @@ fn second_medians(seconds: &[SecondBucket]) -> Vec<f64> {
         .collect()
 }
 
+/// (predicted − measured) ÷ measured; `None` unless both are known and the measurement > 0.
+fn relative_error(predicted: Option<f64>, measured: Option<f64>) -> Option<f64> {
+    let (p, m) = (predicted?, measured?);
+    (m > 0.0 && p.is_finite()).then(|| (p - m) / m)
+}
+
 fn errors_of(c: &Counts) -> u64 {
     c.sent.saturating_sub(c.ok).saturating_sub(c.timeouts)
 }
@@ -510,6 +516,19 @@ pub fn analyze(data: &RunData) -> Analysis {
             predicted_bottleneck: pred.as_ref().and_then(|p| p.bottleneck.clone()),
             predicted_throughput_rps: pred.as_ref().and_then(|p| p.achieved_rps),
             predicted_latency_mean_ms: pred.as_ref().and_then(|p| p.latency_mean_ms),
+            predicted_latency_p99_ms: pred.as_ref().and_then(|p| p.latency_p99_ms),
+            predicted_throughput_error: relative_error(
+                pred.as_ref().and_then(|p| p.achieved_rps),
+                throughput,
+            ),
+            predicted_latency_mean_error: relative_error(
+                pred.as_ref().and_then(|p| p.latency_mean_ms),
+                lat.as_ref().map(|l| l.mean),
+            ),
+            predicted_latency_p99_error: relative_error(
+                pred.as_ref().and_then(|p| p.latency_p99_ms),
+                lat.as_ref().map(|l| l.p99),
+            ),
             slo_pass: (!data.slos.is_empty()).then_some(pass),
             slo_violations: violations_text,
             partial: load.is_none_or(|l| l.partial),
@@ -575,9 +594,11 @@ pub fn analyze(data: &RunData) -> Analysis {
                 .copied()
                 .unwrap_or(0);
             let mut row = service_row(s, name, ser, samples, data.options.settle_window_ms);
-            if let Some((r, u)) = pred.as_ref().and_then(|p| p.services.get(*name)) {
-                row.predicted_replicas = Some(*r);
-                row.predicted_cpu_utilization = Some(*u);
+            if let Some(p) = pred.as_ref().and_then(|p| p.services.get(*name)) {
+                row.predicted_replicas = Some(p.replicas);
+                row.predicted_replicas_low = p.replicas_band.map(|b| b.0);
+                row.predicted_replicas_high = p.replicas_band.map(|b| b.1);
+                row.predicted_cpu_utilization = Some(p.request_utilization);
             }
             services.push(row);
         }
@@ -723,6 +744,8 @@ fn service_row(
         direction_changes: fig.map(|f| f.direction_changes),
         replica_seconds: fig.map(|f| f.replica_seconds),
         predicted_replicas: None,
+        predicted_replicas_low: None,
+        predicted_replicas_high: None,
         predicted_cpu_utilization: None,
     }
 }

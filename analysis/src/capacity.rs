@@ -6,21 +6,36 @@
 //!   callers of `caller visits × probability × repeat`;
 //! - **CPU demand** of a service = Σ over its endpoints of `visits × cpu_seconds`, in CPU
 //!   seconds per entry request;
-//! - **capacity** of a service = `replicas × cores per replica ÷ demand` (cores per replica is
-//!   the CPU limit; a service without a limit falls back to its request, which the plan notes);
+//! - **capacity** of a service = `replicas × usable cores per replica ÷ demand`; usable cores
+//!   are what the worker's request threads can use under the CFS quota (see [`queue`]): the
+//!   limit below one core, ⌊limit⌋ above (a service without a limit falls back to its
+//!   request, which the plan notes). Demand includes the worker's own CPU per request
+//!   ([`Overhead`]);
 //! - the **bottleneck** is the service with the smallest capacity at its largest replica
 //!   count, and its capacity is the **predicted maximum throughput**;
-//! - a service with an HPA settles at `ceil(λ · demand ÷ (request · target))` replicas within
-//!   `[min, max]` at an entry rate λ (the upstream HPA's steady state);
-//! - **latency** is an open queueing approximation: every service is an M/M/c station (Erlang
-//!   C), a request's response time is its queueing delay plus its CPU time plus its added
-//!   delay plus its downstream calls (groups in parallel, calls in a group in sequence). It
-//!   is a model, labelled as such wherever it is shown.
+//! - a service with an HPA settles at the fewest replicas whose utilization (per-request
+//!   demand plus the idle replica's CPU) is within the target, inside `[min, max]`; because
+//!   the upstream controller does not act within its 10 % tolerance, it can rest anywhere
+//!   in a band around that count, depending on whether the load rose or fell;
+//! - **latency**: each replica is its own station fed over its connections
+//!   ([`queue`]: Allen–Cunneen waits with the arrivals' and service times' variability, the
+//!   CFS quota's rate below one core); a visit takes its wait, its CPU time at full speed,
+//!   the hop's own cost, its downstream calls (call groups in parallel as the expected
+//!   maximum of their branches, calls in a group in sequence) and its delay (after the
+//!   work, or as a minimum total time). Response times are carried as mean, variance and
+//!   floor ([`moments`]), which gives the p99. It is a model, labelled as such wherever
+//!   it is shown.
+
+mod moments;
+mod queue;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+use moments::Moments;
+use queue::Station;
 
 /// Errors of the capacity model: all are problems of the input, named precisely.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +89,58 @@ pub struct EntryPoint {
 pub struct CapacityInput {
     pub entry: EntryPoint,
     pub services: Vec<ServiceModel>,
+    /// What the worker and the platform add to every request (defaults: measured).
+    #[serde(default)]
+    pub overhead: Overhead,
 }
+
+/// The cost of the harness itself, measured rather than specified: without it a mesh of
+/// cheap endpoints would be predicted to carry any rate.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Overhead {
+    /// CPU seconds a worker spends per request beyond the endpoint's CPU (HTTP, metrics,
+    /// the calls it makes). `cargo bench -p meshbench-worker`: 83 µs per hop.
+    pub request_cpu_seconds: f64,
+    /// Wall time one hop adds beyond the endpoint's work (client, network, server).
+    /// `cargo bench -p meshbench-worker`: p50 +89 µs per hop.
+    pub hop_latency_seconds: f64,
+    /// CPU an idle replica uses (runtime, probes, metrics scrapes), in cores; the HPA sees it.
+    pub idle_cores: f64,
+    /// Squared coefficient of variation of the entry arrivals: 0 for the open loop's paced
+    /// sends, 1 for Poisson arrivals.
+    pub entry_ca2: f64,
+}
+
+impl Default for Overhead {
+    fn default() -> Self {
+        Overhead {
+            request_cpu_seconds: 83e-6,
+            hop_latency_seconds: 89e-6,
+            idle_cores: IDLE_CORES,
+            entry_ca2: 0.0,
+        }
+    }
+}
+
+impl Overhead {
+    /// No overhead at all: the spec's figures alone (for checking the model's arithmetic).
+    pub const NONE: Overhead = Overhead {
+        request_cpu_seconds: 0.0,
+        hop_latency_seconds: 0.0,
+        idle_cores: 0.0,
+        entry_ca2: 0.0,
+    };
+}
+
+/// CPU of an idle worker replica, in cores: 30 ms of CPU time in 21 s with a `/ready`
+/// probe every 0.5 s and a `/metrics` scrape every second (release build, this repo's
+/// 2-core machine), rounded up.
+const IDLE_CORES: f64 = 0.0015;
+
+/// The HPA's tolerance: it does not act while |usage ratio − 1| ≤ 0.1 (upstream default
+/// `--horizontal-pod-autoscaler-tolerance`).
+const HPA_TOLERANCE: f64 = 0.1;
 
 /// One service of the mesh.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +153,10 @@ pub struct ServiceModel {
     /// CPU limit per pod in cores; `None` means unlimited (the model then uses the request).
     pub cpu_limit_cores: Option<f64>,
     pub hpa: Option<HpaModel>,
+    /// CPU each replica burns with no requests (the spec's `idle.cpu`), in cores: it takes
+    /// quota from the requests and counts toward the HPA's utilization.
+    #[serde(default)]
+    pub idle_cpu_cores: f64,
     pub endpoints: Vec<EndpointModel>,
 }
 
@@ -100,13 +170,23 @@ pub struct HpaModel {
 }
 
 /// One endpoint of a service.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EndpointModel {
     pub path: String,
     /// CPU time burned per request, in seconds.
     pub cpu_seconds: f64,
     /// Mean of the added (non-CPU) delay per request, in seconds.
     pub delay_seconds_mean: f64,
+    /// Variance of the added delay, in s² (0 for a fixed delay).
+    #[serde(default)]
+    pub delay_seconds_variance: f64,
+    /// Smallest value the delay takes (a fixed delay, a uniform delay's minimum), seconds.
+    #[serde(default)]
+    pub delay_seconds_min: f64,
+    /// The delay is a minimum total response time (`mode: minimumTotal`), which the work
+    /// and calls overlap, rather than time added after them.
+    #[serde(default)]
+    pub delay_minimum_total: bool,
     /// Downstream calls: groups run in parallel, calls inside a group in sequence.
     pub call_groups: Vec<Vec<CallModel>>,
 }
@@ -149,8 +229,11 @@ pub struct ServicePlan {
     pub visit_ratio: f64,
     /// CPU seconds this service burns per entry request.
     pub cpu_demand_seconds: f64,
-    /// Cores one replica can use (the limit, or the request when there is no limit).
+    /// Cores one replica may use (the limit, or the request when there is no limit).
     pub cores_per_replica: f64,
+    /// Cores its request threads can use at once: the limit below one core, ⌊limit⌋ above.
+    #[serde(default)]
+    pub usable_cores_per_replica: f64,
     /// Replicas without scaling (the configured count, or the HPA minimum).
     pub replicas: u32,
     /// Largest replica count (the HPA maximum, or the configured count).
@@ -168,11 +251,15 @@ pub struct ServiceAtRate {
     pub name: String,
     /// Replicas at this rate: the HPA's steady state, or the configured count.
     pub replicas: u32,
+    /// Fewest and most replicas an HPA can rest at for this rate (its tolerance band):
+    /// reached from fewer replicas it stops at the low end, from more at the high end.
+    #[serde(default)]
+    pub replicas_band: Option<(u32, u32)>,
     /// CPU used ÷ CPU available at these replicas (≥ 1 means saturated).
     pub utilization: f64,
     /// CPU used ÷ CPU requested, the figure the HPA compares to its target.
     pub request_utilization: f64,
-    /// Mean time a visit waits for a CPU (Erlang C), in ms; `None` when saturated.
+    /// Mean time a visit waits for a CPU thread or the CPU quota, in ms; `None` when saturated.
     pub queueing_ms: Option<f64>,
 }
 
@@ -185,8 +272,11 @@ pub struct RatePlan {
     pub capacity_rps: Option<f64>,
     /// The service that limits `capacity_rps`.
     pub bottleneck: Option<String>,
-    /// Predicted mean latency of an entry request (M/M/c model); `None` when saturated.
+    /// Predicted mean latency of an entry request; `None` when saturated.
     pub latency_mean_ms: Option<f64>,
+    /// Predicted 99th percentile latency of an entry request; `None` when saturated.
+    #[serde(default)]
+    pub latency_p99_ms: Option<f64>,
     /// True when some service would need more CPU than its replicas have.
     pub saturated: bool,
 }
@@ -224,8 +314,9 @@ pub struct CapacityPlan {
 }
 
 /// Label shown beside every modelled latency.
-pub const LATENCY_MODEL: &str = "model: open network of M/M/c stations (Erlang C), \
-     exponential service times, parallel groups as the max of their means";
+pub const LATENCY_MODEL: &str = "model: one G/G/c station per replica (Allen–Cunneen; \
+     CFS quota below one core), paced arrivals kept per connection, parallel call groups as \
+     the expected maximum (Clark), p99 from a log-normal tail above the fixed part";
 
 /// A validated mesh with visit ratios computed, ready to evaluate at any rate.
 #[derive(Debug, Clone)]
@@ -238,6 +329,7 @@ pub struct Model {
     topo: Vec<(usize, usize)>,
     /// callees[s][e]: resolved downstream calls per group.
     callees: Vec<Vec<Vec<Vec<ResolvedCall>>>>,
+    overhead: Overhead,
     notes: Vec<String>,
 }
 
@@ -245,6 +337,8 @@ pub struct Model {
 struct ResolvedCall {
     service: usize,
     endpoint: usize,
+    probability: f64,
+    repeat: u32,
     expected_calls: f64,
 }
 
@@ -270,6 +364,15 @@ impl Model {
     pub fn new(input: &CapacityInput) -> Result<Model> {
         let mut index: HashMap<&str, usize> = HashMap::new();
         let mut notes = Vec::new();
+        let o = &input.overhead;
+        for (what, v) in [
+            ("overhead.request_cpu_seconds", o.request_cpu_seconds),
+            ("overhead.hop_latency_seconds", o.hop_latency_seconds),
+            ("overhead.idle_cores", o.idle_cores),
+            ("overhead.entry_ca2", o.entry_ca2),
+        ] {
+            check(|| what.to_string(), v, v >= 0.0, "a finite number ≥ 0")?;
+        }
         for (i, s) in input.services.iter().enumerate() {
             if index.insert(s.name.as_str(), i).is_some() {
                 return Err(CapacityError::DuplicateService(s.name.clone()));
@@ -351,6 +454,18 @@ impl Model {
                     e.delay_seconds_mean >= 0.0,
                     "seconds ≥ 0",
                 )?;
+                check(
+                    || format!("{name} {p}: delay_seconds_variance"),
+                    e.delay_seconds_variance,
+                    e.delay_seconds_variance >= 0.0,
+                    "s² ≥ 0",
+                )?;
+                check(
+                    || format!("{name} {p}: delay_seconds_min"),
+                    e.delay_seconds_min,
+                    (0.0..=e.delay_seconds_mean).contains(&e.delay_seconds_min),
+                    "seconds between 0 and the delay's mean",
+                )?;
                 for c in e.call_groups.iter().flatten() {
                     check(
                         || format!("{name} {p}: call to {} {} probability", c.service, c.path),
@@ -393,6 +508,8 @@ impl Model {
                         calls.push(ResolvedCall {
                             service: cs,
                             endpoint: ce,
+                            probability: c.probability,
+                            repeat: c.repeat,
                             expected_calls: c.probability * f64::from(c.repeat),
                         });
                     }
@@ -421,6 +538,7 @@ impl Model {
             visits,
             topo,
             callees,
+            overhead: input.overhead,
             notes,
         })
     }
@@ -429,18 +547,31 @@ impl Model {
         self.visits[s].iter().sum()
     }
 
+    /// CPU time of one visit to endpoint `e` of service `s`, the worker's own share included.
+    fn visit_cpu(&self, s: usize, e: usize) -> f64 {
+        self.services[s].endpoints[e].cpu_seconds + self.overhead.request_cpu_seconds
+    }
+
+    /// CPU seconds service `s` burns per entry request.
     fn demand(&self, s: usize) -> f64 {
-        self.services[s]
-            .endpoints
-            .iter()
-            .zip(&self.visits[s])
-            .map(|(e, v)| e.cpu_seconds * v)
+        (0..self.services[s].endpoints.len())
+            .map(|e| self.visits[s][e] * self.visit_cpu(s, e))
             .sum()
     }
 
     fn cores_per_replica(&self, s: usize) -> f64 {
         let svc = &self.services[s];
         svc.cpu_limit_cores.unwrap_or(svc.cpu_request_cores)
+    }
+
+    /// A replica of `s` as a queueing station; the idle load runs on threads of its own, so
+    /// it takes only from the quota, not from the request threads.
+    fn station(&self, s: usize) -> Station {
+        let limit = self.cores_per_replica(s);
+        Station {
+            cores: (limit - self.idle_cores(s)).max(0.0),
+            ..Station::with_cores(limit)
+        }
     }
 
     fn base_replicas(&self, s: usize) -> u32 {
@@ -453,10 +584,21 @@ impl Model {
         svc.hpa.as_ref().map_or(svc.replicas, |h| h.max)
     }
 
-    /// Entry requests per second one replica of service `s` carries; `None` if it burns no CPU.
+    /// CPU a replica of `s` burns whatever the load: the worker's and the spec's idle load.
+    fn idle_cores(&self, s: usize) -> f64 {
+        self.overhead.idle_cores + self.services[s].idle_cpu_cores
+    }
+
+    /// Cores left for requests in one replica of `s`.
+    fn request_cores(&self, s: usize) -> f64 {
+        self.station(s).usable_cores()
+    }
+
+    /// Entry requests per second one replica of service `s` carries; `None` if it is never
+    /// visited.
     fn per_replica_capacity(&self, s: usize) -> Option<f64> {
         let d = self.demand(s);
-        (d > 0.0).then(|| self.cores_per_replica(s) / d)
+        (d > 0.0).then(|| self.request_cores(s) / d)
     }
 
     fn capacity_at(&self, s: usize, replicas: u32) -> Option<f64> {
@@ -469,20 +611,45 @@ impl Model {
         self.services.iter().map(|s| s.name.as_str())
     }
 
-    /// The replica count an HPA settles on at entry rate `rate_rps`, or the configured count
-    /// for a service without an HPA.
+    /// Replicas needed for the per-pod usage (entry rate × demand ÷ replicas, plus the idle
+    /// replica's CPU) to be at `ratio` × the HPA's target; `None` when idle CPU alone
+    /// exceeds that (no replica count gets there).
+    fn replicas_for_ratio(&self, s: usize, h: &HpaModel, rate_rps: f64, ratio: f64) -> Option<f64> {
+        let per_pod = self.services[s].cpu_request_cores * h.target_utilization_percent / 100.0;
+        let room = ratio * per_pod - self.idle_cores(s);
+        (room > 0.0).then(|| rate_rps.max(0.0) * self.demand(s) / room)
+    }
+
+    /// The replica count an HPA settles on at entry rate `rate_rps` (the fewest replicas at
+    /// or under the target), or the configured count for a service without an HPA.
     pub fn hpa_replicas(&self, service: usize, rate_rps: f64) -> u32 {
         let svc = &self.services[service];
         match &svc.hpa {
             None => svc.replicas,
             Some(h) => {
-                let target = h.target_utilization_percent / 100.0;
-                let needed =
-                    rate_rps.max(0.0) * self.demand(service) / (svc.cpu_request_cores * target);
-                let replicas = ceil_tolerant(needed);
-                replicas.clamp(f64::from(h.min), f64::from(h.max)) as u32
+                let needed = self
+                    .replicas_for_ratio(service, h, rate_rps, 1.0)
+                    .map_or(f64::from(h.max), ceil_tolerant);
+                needed.clamp(f64::from(h.min), f64::from(h.max)) as u32
             }
         }
+    }
+
+    /// The counts an HPA can rest at for entry rate `rate_rps`: it does not act while the
+    /// usage ratio is within its tolerance of 1, so a load that rose leaves it at the first
+    /// count with a ratio ≤ 1.1 and a load that fell at the last with a ratio ≥ 0.9.
+    /// `None` without an HPA.
+    pub fn hpa_band(&self, service: usize, rate_rps: f64) -> Option<(u32, u32)> {
+        let h = self.services[service].hpa.as_ref()?;
+        let clamp = |x: f64| x.clamp(f64::from(h.min), f64::from(h.max)) as u32;
+        let point = self.hpa_replicas(service, rate_rps);
+        let low = self
+            .replicas_for_ratio(service, h, rate_rps, 1.0 + HPA_TOLERANCE)
+            .map_or(h.max, |r| clamp(ceil_tolerant(r)));
+        let high = self
+            .replicas_for_ratio(service, h, rate_rps, 1.0 - HPA_TOLERANCE)
+            .map_or(h.max, |r| clamp((r + 1e-9).floor()));
+        Some((low.min(point), high.max(point)))
     }
 
     /// Per-service plans (visit ratio, demand, capacity).
@@ -493,6 +660,7 @@ impl Model {
                 visit_ratio: self.visit_ratio(s),
                 cpu_demand_seconds: self.demand(s),
                 cores_per_replica: self.cores_per_replica(s),
+                usable_cores_per_replica: self.request_cores(s),
                 replicas: self.base_replicas(s),
                 max_replicas: self.max_replicas(s),
                 capacity_rps: self.capacity_at(s, self.base_replicas(s)),
@@ -528,119 +696,172 @@ impl Model {
 
     /// Evaluates the mesh at entry rate `rate_rps` with the given replicas (input order).
     pub fn at_rate_with(&self, rate_rps: f64, replicas: &[u32]) -> RatePlan {
-        let n = self.services.len();
-        let mut services = Vec::with_capacity(n);
-        let mut wait = vec![None; n];
-        let mut saturated = false;
-        for s in 0..n {
-            let svc = &self.services[s];
-            let r = replicas[s];
-            let demand = self.demand(s);
-            let cores = self.cores_per_replica(s);
-            let used = rate_rps * demand;
-            let available = f64::from(r) * cores;
-            let utilization = if used == 0.0 {
-                0.0
-            } else if available > 0.0 {
-                used / available
-            } else {
-                f64::INFINITY
-            };
-            let requested = f64::from(r) * svc.cpu_request_cores;
-            let request_utilization = if used == 0.0 {
-                0.0
-            } else if requested > 0.0 {
-                used / requested
-            } else {
-                f64::INFINITY
-            };
-            let q = self.queueing_delay(s, rate_rps, r);
-            if used > 0.0 && q.is_none() {
-                saturated = true;
-            }
-            wait[s] = q;
-            services.push(ServiceAtRate {
-                name: svc.name.clone(),
-                replicas: r,
-                utilization,
-                request_utilization,
-                queueing_ms: q.map(|w| w * 1000.0),
-            });
-        }
-        let latency_mean_ms = if saturated {
-            None
-        } else {
-            Some(self.response_time(&wait) * 1000.0)
-        };
+        let waits = self.waits(rate_rps, replicas);
+        let services: Vec<ServiceAtRate> = (0..self.services.len())
+            .map(|s| self.service_at_rate(s, rate_rps, replicas[s], waits[s]))
+            .collect();
+        let saturated = waits.iter().any(Option::is_none);
+        let response = (!saturated).then(|| {
+            let waits: Vec<Moments> = waits.iter().map(|w| w.unwrap_or(Moments::ZERO)).collect();
+            self.response(&waits)
+        });
         let (bottleneck, capacity_rps) = self.bottleneck_for(replicas);
         RatePlan {
             rate_rps,
             services,
             capacity_rps,
             bottleneck,
-            latency_mean_ms,
+            latency_mean_ms: response.map(|r| r.mean * 1000.0),
+            latency_p99_ms: response.map(|r| r.p99() * 1000.0),
             saturated,
         }
     }
 
-    /// Servers per replica and per-server speed: a replica with a limit of L cores runs
-    /// max(1, ⌊L⌋) requests at once, each at L ÷ servers cores.
-    fn servers(&self, s: usize) -> (u32, f64) {
-        let cores = self.cores_per_replica(s);
-        let k = cores.floor().max(1.0);
-        (k as u32, cores / k)
+    fn service_at_rate(
+        &self,
+        s: usize,
+        rate_rps: f64,
+        r: u32,
+        wait: Option<Moments>,
+    ) -> ServiceAtRate {
+        let svc = &self.services[s];
+        let used = rate_rps * self.demand(s);
+        let ratio = |capacity: f64| {
+            if used == 0.0 {
+                0.0
+            } else if capacity > 0.0 {
+                used / capacity
+            } else {
+                f64::INFINITY
+            }
+        };
+        let requested = f64::from(r) * svc.cpu_request_cores;
+        let idle = f64::from(r) * self.idle_cores(s);
+        ServiceAtRate {
+            name: svc.name.clone(),
+            replicas: r,
+            replicas_band: self.hpa_band(s, rate_rps),
+            utilization: ratio(f64::from(r) * self.request_cores(s)),
+            request_utilization: if requested > 0.0 {
+                (used + idle) / requested
+            } else {
+                ratio(0.0)
+            },
+            queueing_ms: wait.map(|w| w.mean * 1000.0),
+        }
     }
 
-    /// Mean wait in queue (seconds) of a visit to service `s`; `Some(0)` when it burns no
-    /// CPU; `None` when the station is saturated.
-    fn queueing_delay(&self, s: usize, rate_rps: f64, replicas: u32) -> Option<f64> {
+    /// Squared coefficient of variation of each service's arrivals, before they are split
+    /// over its replicas: the entry stream's, thinned by every call's probability and
+    /// merged over callers by rate (Whitt's QNA superposition).
+    fn arrival_ca2(&self) -> Vec<f64> {
+        let mut num: Vec<Vec<f64>> = self.visits.iter().map(|v| vec![0.0; v.len()]).collect();
+        let mut den = num.clone();
+        num[self.entry.0][self.entry.1] = self.overhead.entry_ca2;
+        den[self.entry.0][self.entry.1] = 1.0;
+        for &(s, e) in &self.topo {
+            let c2 = if den[s][e] > 0.0 {
+                num[s][e] / den[s][e]
+            } else {
+                1.0
+            };
+            for c in self.callees[s][e].iter().flatten() {
+                let flow = self.visits[s][e] * c.expected_calls;
+                num[c.service][c.endpoint] += flow * queue::thinned(c2, c.probability);
+                den[c.service][c.endpoint] += flow;
+            }
+        }
+        num.iter()
+            .zip(&den)
+            .map(|(n, d)| {
+                let total: f64 = d.iter().sum();
+                if total > 0.0 {
+                    n.iter().sum::<f64>() / total
+                } else {
+                    1.0
+                }
+            })
+            .collect()
+    }
+
+    /// Mean CPU per visit of service `s` and the squared coefficient of variation of the
+    /// visits' CPU times (their mix over endpoints; each endpoint's CPU is fixed).
+    fn service_time(&self, s: usize) -> (f64, f64) {
         let visits = self.visit_ratio(s);
-        let demand = self.demand(s);
-        if demand == 0.0 || visits == 0.0 || rate_rps <= 0.0 {
-            return Some(0.0);
+        if visits <= 0.0 {
+            return (0.0, 0.0);
         }
-        let (k, speed) = self.servers(s);
-        let c = replicas.checked_mul(k)?;
-        if c == 0 {
-            return None;
+        let (mut m1, mut m2) = (0.0, 0.0);
+        for (e, v) in self.visits[s].iter().enumerate() {
+            let t = self.visit_cpu(s, e);
+            m1 += v / visits * t;
+            m2 += v / visits * t * t;
         }
-        let arrival = rate_rps * visits;
-        let service_time = demand / visits / speed;
-        let offered = arrival * service_time;
-        let rho = offered / f64::from(c);
-        if rho >= 1.0 {
-            return None;
-        }
-        let p_wait = erlang_c(c, offered);
-        Some(p_wait * service_time / (f64::from(c) * (1.0 - rho)))
+        let cs2 = if m1 > 0.0 {
+            (m2 / (m1 * m1) - 1.0).max(0.0)
+        } else {
+            0.0
+        };
+        (m1, cs2)
     }
 
-    /// Mean response time (seconds) of an entry request given per-service queueing delays.
-    fn response_time(&self, wait: &[Option<f64>]) -> f64 {
-        let mut resp: Vec<Vec<f64>> = self
+    /// The wait of a visit to each service at its replicas: `None` when it cannot keep up.
+    fn waits(&self, rate_rps: f64, replicas: &[u32]) -> Vec<Option<Moments>> {
+        let ca2 = self.arrival_ca2();
+        (0..self.services.len())
+            .map(|s| {
+                let visits = self.visit_ratio(s);
+                if visits <= 0.0 || rate_rps <= 0.0 {
+                    return Some(Moments::ZERO);
+                }
+                let r = replicas[s];
+                if r == 0 {
+                    return None;
+                }
+                // Each replica gets its share of the visits, but not a random sample of them:
+                // Services balance per connection and a caller's keep-alive connections each
+                // carry runs of consecutive requests, so a replica sees stretches of the
+                // caller's stream with that stream's variability. (Measured: a paced 40 rps
+                // over 2–3 back-end replicas queues no more than over one.)
+                let (service, cs2) = self.service_time(s);
+                self.station(s)
+                    .wait(rate_rps * visits / f64::from(r), service, ca2[s], cs2)
+            })
+            .collect()
+    }
+
+    /// Response time of an entry request given every service's wait.
+    fn response(&self, waits: &[Moments]) -> Moments {
+        let mut resp: Vec<Vec<Moments>> = self
             .services
             .iter()
-            .map(|s| vec![0.0; s.endpoints.len()])
+            .map(|s| vec![Moments::ZERO; s.endpoints.len()])
             .collect();
         for &(s, e) in self.topo.iter().rev() {
             let ep = &self.services[s].endpoints[e];
-            let (_, speed) = self.servers(s);
-            let own = wait[s].unwrap_or(0.0)
-                + if ep.cpu_seconds > 0.0 {
-                    ep.cpu_seconds / speed
-                } else {
-                    0.0
-                }
-                + ep.delay_seconds_mean;
+            let work = waits[s].then(Moments::fixed(
+                ep.cpu_seconds + self.overhead.hop_latency_seconds,
+            ));
             let downstream = self.callees[s][e]
                 .iter()
                 .map(|g| {
-                    g.iter()
-                        .map(|c| c.expected_calls * resp[c.service][c.endpoint])
-                        .sum::<f64>()
+                    g.iter().fold(Moments::ZERO, |acc, c| {
+                        acc.then(resp[c.service][c.endpoint].call(c.probability, c.repeat))
+                    })
                 })
-                .fold(0.0, f64::max);
-            resp[s][e] = own + downstream;
+                .reduce(Moments::max)
+                .unwrap_or(Moments::ZERO);
+            let busy = work.then(downstream);
+            let delay = Moments {
+                mean: ep.delay_seconds_mean,
+                variance: ep.delay_seconds_variance,
+                floor: ep.delay_seconds_min,
+            };
+            resp[s][e] = if ep.delay_minimum_total {
+                busy.max(delay)
+            } else {
+                busy.then(delay)
+            };
         }
         resp[self.entry.0][self.entry.1]
     }
@@ -917,7 +1138,8 @@ impl fmt::Display for CapacityPlan {
             writeln!(f)?;
             writeln!(
                 f,
-                "At entry rates (HPA steady state; latency is a {})",
+                "At entry rates (HPA steady state, its tolerance band in parentheses; latency \
+                 is a {})",
                 self.latency_model
             )?;
             let mut header = vec!["rate rps".to_string()];
@@ -925,25 +1147,30 @@ impl fmt::Display for CapacityPlan {
             header.extend([
                 "capacity rps".into(),
                 "bottleneck".into(),
-                "latency ms (model)".into(),
+                "mean ms (model)".into(),
+                "p99 ms (model)".into(),
             ]);
             let mut rows = vec![header];
             for r in &self.rates {
                 let mut row = vec![format!("{:.1}", r.rate_rps)];
                 row.extend(r.services.iter().map(|s| {
+                    let count = match s.replicas_band {
+                        Some((lo, hi)) if lo != hi => format!("{} ({lo}–{hi})", s.replicas),
+                        _ => s.replicas.to_string(),
+                    };
                     if s.utilization > 1.0 {
-                        format!("{} ({:.0}% cpu!)", s.replicas, s.utilization * 100.0)
+                        format!("{count} ({:.0}% cpu!)", s.utilization * 100.0)
                     } else {
-                        s.replicas.to_string()
+                        count
                     }
                 }));
                 row.push(opt(r.capacity_rps, 1));
                 row.push(r.bottleneck.clone().unwrap_or_else(|| "–".into()));
-                row.push(if r.saturated {
-                    "saturated".into()
+                if r.saturated {
+                    row.extend(["saturated".into(), "saturated".into()]);
                 } else {
-                    opt(r.latency_mean_ms, 1)
-                });
+                    row.extend([opt(r.latency_mean_ms, 1), opt(r.latency_p99_ms, 1)]);
+                }
                 rows.push(row);
             }
             write_table(f, &rows)?;
@@ -1020,8 +1247,20 @@ pub struct StepPrediction {
     /// min(target rate, maximum throughput).
     pub achieved_rps: Option<f64>,
     pub latency_mean_ms: Option<f64>,
-    /// Per service: (replicas, CPU utilization of the request).
-    pub services: BTreeMap<String, (u32, f64)>,
+    pub latency_p99_ms: Option<f64>,
+    /// Per service at the step's rate.
+    pub services: BTreeMap<String, ServicePrediction>,
+}
+
+/// What the model expects of one service during a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServicePrediction {
+    /// The HPA's steady state (or the configured count).
+    pub replicas: u32,
+    /// The HPA's tolerance band around it; `None` without an HPA.
+    pub replicas_band: Option<(u32, u32)>,
+    /// CPU used ÷ CPU requested at `replicas`.
+    pub request_utilization: f64,
 }
 
 impl Model {
@@ -1039,10 +1278,18 @@ impl Model {
                     max_throughput_rps,
                     bottleneck,
                     latency_mean_ms: at.latency_mean_ms,
+                    latency_p99_ms: at.latency_p99_ms,
                     services: at
                         .services
                         .iter()
-                        .map(|s| (s.name.clone(), (s.replicas, s.request_utilization)))
+                        .map(|s| {
+                            let p = ServicePrediction {
+                                replicas: s.replicas,
+                                replicas_band: s.replicas_band,
+                                request_utilization: s.request_utilization,
+                            };
+                            (s.name.clone(), p)
+                        })
                         .collect(),
                 }
             }
@@ -1051,6 +1298,7 @@ impl Model {
                 bottleneck,
                 achieved_rps: None,
                 latency_mean_ms: None,
+                latency_p99_ms: None,
                 services: BTreeMap::new(),
             },
         }
@@ -1066,6 +1314,9 @@ mod tests {
             path: path.into(),
             cpu_seconds: cpu,
             delay_seconds_mean: 0.0,
+            delay_seconds_variance: 0.0,
+            delay_seconds_min: 0.0,
+            delay_minimum_total: false,
             call_groups: groups,
         }
     }
@@ -1090,6 +1341,7 @@ mod tests {
                 max: hpa_max,
                 target_utilization_percent: 70.0,
             }),
+            idle_cpu_cores: 0.0,
             endpoints,
         }
     }
@@ -1110,6 +1362,7 @@ mod tests {
                 ),
                 svc("back", 3, vec![ep("/work", 0.100, vec![])]),
             ],
+            overhead: Overhead::NONE,
         }
     }
 
@@ -1193,6 +1446,7 @@ mod tests {
                 ),
                 svc("c", 1, vec![ep("/", 0.001, vec![])]),
             ],
+            overhead: Overhead::NONE,
         };
         let p = plan(&input, &[]).expect("valid");
         assert_eq!(p.services[1].visit_ratio, 1.0);
@@ -1212,22 +1466,105 @@ mod tests {
         assert_eq!(erlang_c(3, 0.0), 0.0);
     }
 
-    #[test]
-    fn mm1_latency_of_a_single_service() {
-        // One replica, 10 ms per request, 50 rps → ρ = 0.5, R = S/(1-ρ) = 20 ms.
-        let input = CapacityInput {
+    fn single(cores: f64, entry_ca2: f64) -> CapacityInput {
+        CapacityInput {
             entry: EntryPoint {
                 service: "a".into(),
                 path: "/".into(),
             },
             services: vec![ServiceModel {
                 hpa: None,
+                cpu_limit_cores: Some(cores),
                 ..svc("a", 1, vec![ep("/", 0.010, vec![])])
             }],
-        };
-        let p = plan(&input, &[50.0, 100.0]).expect("valid");
-        assert!((p.rates[0].latency_mean_ms.unwrap() - 20.0).abs() < 1e-9);
+            overhead: Overhead {
+                entry_ca2,
+                ..Overhead::NONE
+            },
+        }
+    }
+
+    #[test]
+    fn one_service_waits_only_when_arrivals_vary() {
+        // One replica, 10 ms per request, 50 rps: ρ = 0.5. Paced arrivals never queue
+        // (D/D/1: 10 ms); Poisson arrivals wait ρS ÷ 2(1 − ρ) = 5 ms (M/D/1: 15 ms).
+        let paced = plan(&single(1.0, 0.0), &[50.0, 100.0]).expect("valid");
+        assert!((paced.rates[0].latency_mean_ms.unwrap() - 10.0).abs() < 1e-9);
+        assert!((paced.rates[0].latency_p99_ms.unwrap() - 10.0).abs() < 1e-9);
+        assert!(paced.rates[1].saturated);
+        let poisson = plan(&single(1.0, 1.0), &[50.0]).expect("valid");
+        let r = &poisson.rates[0];
+        assert!((r.latency_mean_ms.unwrap() - 15.0).abs() < 1e-9, "{r:?}");
+        assert!(r.latency_p99_ms.unwrap() > 30.0, "{r:?}");
+    }
+
+    #[test]
+    fn a_limit_below_one_core_runs_a_request_at_full_speed_and_caps_the_rate() {
+        // 500m: 10 ms of CPU takes 10 ms (not 20), but only 50 rps fit in the quota.
+        let p = plan(&single(0.5, 0.0), &[10.0, 60.0]).expect("valid");
+        assert!((p.rates[0].latency_mean_ms.unwrap() - 10.0).abs() < 1e-9);
+        assert!((p.max_throughput_rps.unwrap() - 50.0).abs() < 1e-9);
         assert!(p.rates[1].saturated);
+        // 1.5 cores: one request thread, so 100 rps, not 150.
+        let p = plan(&single(1.5, 0.0), &[]).expect("valid");
+        assert!((p.max_throughput_rps.unwrap() - 100.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn each_replica_queues_on_its_own() {
+        // Two replicas at 80 Poisson rps, 10 ms: each is an M/D/1 at ρ = 0.4, which waits
+        // ρ·S ÷ 2(1 − ρ) ≈ 3.33 ms; one pooled M/D/2 station would wait about a sixth of that.
+        let mut input = single(1.0, 1.0);
+        input.services[0].replicas = 2;
+        let p = plan(&input, &[80.0]).expect("valid");
+        let w = p.rates[0].services[0].queueing_ms.unwrap();
+        assert!((w - 0.4 * 10.0 / 0.6 * 0.5).abs() < 1e-9, "{w}");
+    }
+
+    #[test]
+    fn parallel_groups_take_the_expected_maximum_and_minimum_total_overlaps() {
+        let mut input = reference();
+        input.services[0].endpoints[0].cpu_seconds = 0.0;
+        let mut delayed = ep("/work", 0.0, vec![]);
+        delayed.delay_seconds_mean = 0.010;
+        delayed.delay_seconds_variance = 1e-4; // exponential, mean 10 ms
+        input.services[1].endpoints = vec![delayed];
+        input.services[0].endpoints[0].call_groups = vec![
+            vec![call("back", "/work", 1.0, 1)],
+            vec![call("back", "/work", 1.0, 1)],
+        ];
+        let p = plan(&input, &[1.0]).expect("valid");
+        let mean = p.rates[0].latency_mean_ms.unwrap();
+        // Two exponential branches of 10 ms: the max of means says 10, the truth is 15.
+        assert!(mean > 13.0 && mean < 16.0, "{mean}");
+
+        // minimumTotal 20 ms over 5 ms of work: 20 ms, not 25.
+        let mut input = single(1.0, 0.0);
+        let e = &mut input.services[0].endpoints[0];
+        e.cpu_seconds = 0.005;
+        e.delay_seconds_mean = 0.020;
+        e.delay_seconds_min = 0.020;
+        e.delay_minimum_total = true;
+        let p = plan(&input, &[1.0]).expect("valid");
+        assert!((p.rates[0].latency_mean_ms.unwrap() - 20.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_hpa_rests_in_a_band_around_its_target() {
+        // back: 100 ms per request, request 1 core, target 70 %: at 14 rps it needs 2.0
+        // replicas; within the 10 % tolerance it stays at 2 coming from either side, at
+        // 15 rps (2.14) from below it stops at 2 (ratio 1.07) and from above at 3.
+        let model = Model::new(&reference()).expect("valid");
+        assert_eq!(model.hpa_band(1, 14.0), Some((2, 2)));
+        assert_eq!(model.hpa_replicas(1, 15.0), 3);
+        assert_eq!(model.hpa_band(1, 15.0), Some((2, 3)));
+        // At 18.5 rps (2.64) both ends are 3: 2 is over 1.1 and 4 under 0.9 (and the max).
+        assert_eq!(model.hpa_band(1, 18.5), Some((3, 3)));
+        // Idle CPU counts toward utilization, as the HPA sees it.
+        let mut input = reference();
+        input.overhead.idle_cores = 0.35;
+        let model = Model::new(&input).expect("valid");
+        assert_eq!(model.hpa_replicas(1, 7.0), 2, "7 × 0.1 ÷ (0.7 − 0.35) = 2");
     }
 
     #[test]

@@ -119,6 +119,10 @@ pub struct RunMeta {
     /// True when the run stopped before its plan ended (failure, cancellation).
     #[serde(default)]
     pub partial: bool,
+    /// Where the platform differs from Kubernetes (a shortened timing, something it does
+    /// not emulate), one line each; empty in a cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deviations: Vec<String>,
 }
 
 /// The load result of one step: the loadgen stage that ran during it.

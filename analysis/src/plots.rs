@@ -467,7 +467,7 @@ pub fn sweep_charts(a: &Analysis) -> Vec<Chart> {
         let predicted = by_rate(a, m, |s| s.predicted_latency_mean_ms);
         if !predicted.is_empty() {
             lat_lines.push(Line {
-                name: label(m, "mean, predicted (M/M/c model)"),
+                name: label(m, "mean, predicted (model)"),
                 points: predicted,
                 style: Style::Dashed,
                 color: c + 2,

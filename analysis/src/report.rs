@@ -26,6 +26,14 @@ pub fn escape(s: &str) -> String {
     out
 }
 
+/// A prediction with the model's relative error beside it, e.g. `15.20 (−11 %)`.
+fn with_error(value: String, error: Option<f64>) -> String {
+    match error {
+        Some(e) if e.is_finite() => format!("{value} ({:+.0} %)", e * 100.0),
+        _ => value,
+    }
+}
+
 fn num(v: Option<f64>, digits: usize) -> String {
     match v {
         Some(x) if x.is_finite() => format!("{x:.digits$}"),
@@ -163,7 +171,7 @@ pub fn render_html(a: &Analysis, charts: &[(Chart, String)]) -> String {
         o.push_str("</ul>");
     }
 
-    o.push_str("<h2>Steps</h2><p class=\"note\">Served rps is the served throughput: successes per second until the step's last success arrived (vegeta's definition); sent rps is what the load generator sent, which an open loop keeps at the target whatever the mesh serves. Shaded columns are predictions of the capacity model, not measurements.</p>");
+    o.push_str("<h2>Steps</h2><p class=\"note\">Served rps is the served throughput: successes per second until the step's last success arrived (vegeta's definition); sent rps is what the load generator sent, which an open loop keeps at the target whatever the mesh serves. Shaded columns are predictions of the capacity model, not measurements; the model's error beside each, (predicted − measured) ÷ measured.</p>");
     let header = [
         ("mesh", false),
         ("rep", false),
@@ -172,13 +180,14 @@ pub fn render_html(a: &Analysis, charts: &[(Chart, String)]) -> String {
         ("target rps", false),
         ("served rps", false),
         ("served/target", false),
-        ("predicted rps", true),
+        ("predicted rps (error)", true),
         ("sent rps", false),
         ("error ratio", false),
         ("p50 ms", false),
         ("p99 ms", false),
         ("mean ms", false),
-        ("predicted mean ms", true),
+        ("predicted mean ms (error)", true),
+        ("predicted p99 ms (error)", true),
         ("bottleneck", true),
         ("saturated", false),
         ("SLO", false),
@@ -199,13 +208,23 @@ pub fn render_html(a: &Analysis, charts: &[(Chart, String)]) -> String {
                 r(num(s.target_rate_rps, 1)),
                 r(num(s.throughput_rps, 1)),
                 r(num(s.throughput_ratio, 2)),
-                r(num(s.predicted_throughput_rps, 1)),
+                r(with_error(
+                    num(s.predicted_throughput_rps, 1),
+                    s.predicted_throughput_error,
+                )),
                 r(num(s.sent_rate_rps, 1)),
                 r(num(s.error_ratio, 4)),
                 r(num(s.latency_p50_ms, 2)),
                 r(num(s.latency_p99_ms, 2)),
                 r(num(s.latency_mean_ms, 2)),
-                r(num(s.predicted_latency_mean_ms, 2)),
+                r(with_error(
+                    num(s.predicted_latency_mean_ms, 2),
+                    s.predicted_latency_mean_error,
+                )),
+                r(with_error(
+                    num(s.predicted_latency_p99_ms, 2),
+                    s.predicted_latency_p99_error,
+                )),
                 l(s.predicted_bottleneck.clone().unwrap_or_else(|| "–".into())),
                 l(match (s.saturated, &s.saturation) {
                     (Some(true), why) => format!("SATURATED: {}", why.as_deref().unwrap_or("")),
@@ -267,7 +286,16 @@ pub fn render_html(a: &Analysis, charts: &[(Chart, String)]) -> String {
                 r(num(s.replicas_avg, 2)),
                 r(num(s.replicas_max, 0)),
                 r(num(s.replicas_final, 0)),
-                r(int(s.predicted_replicas)),
+                r(
+                    match (
+                        s.predicted_replicas,
+                        s.predicted_replicas_low,
+                        s.predicted_replicas_high,
+                    ) {
+                        (Some(p), Some(lo), Some(hi)) if lo != hi => format!("{p} ({lo}–{hi})"),
+                        (p, ..) => int(p),
+                    },
+                ),
                 r(num(s.cpu_cores_avg, 3)),
                 r(num(s.cpu_utilization_avg, 3)),
                 r(num(s.predicted_cpu_utilization, 3)),

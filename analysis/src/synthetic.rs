@@ -164,6 +164,7 @@ pub fn chain_mesh(services: u32, max_pods: u32) -> CapacityInput {
                     max: max_pods.max(1),
                     target_utilization_percent: 70.0,
                 }),
+                idle_cpu_cores: 0.0,
                 endpoints: vec![EndpointModel {
                     path: "/".into(),
                     cpu_seconds: 0.005 * f64::from(i + 1),
@@ -178,9 +179,11 @@ pub fn chain_mesh(services: u32, max_pods: u32) -> CapacityInput {
                     } else {
                         Vec::new()
                     },
+                    ..Default::default()
                 }],
             })
             .collect(),
+        overhead: Default::default(),
     }
 }
 
@@ -325,6 +328,7 @@ pub fn run(size: &Size, mesh: &str, start: DateTime<Utc>) -> RunData {
             finished_at: DateTime::from_timestamp_millis(t),
             steps_planned: Some(size.steps * size.repetitions),
             partial: false,
+            deviations: Vec::new(),
         },
         steps,
         samples,

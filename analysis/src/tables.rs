@@ -395,8 +395,16 @@ table! {
         /// Model: min(target rate, predicted maximum throughput), the served throughput the
         /// model expects, rps.
         pub predicted_throughput_rps: Option<f64>,
-        /// Model (M/M/c, Erlang C): mean latency at the target rate with the HPAs' steady-state replicas, ms; null when saturated.
+        /// Model (a G/G/c station per replica, see `meshbench plan`): mean latency at the target rate with the HPAs' steady-state replicas, ms; null when saturated.
         pub predicted_latency_mean_ms: Option<f64>,
+        /// Model: 99th percentile latency at the target rate, ms; null when saturated.
+        pub predicted_latency_p99_ms: Option<f64>,
+        /// The model's error on the served throughput: (predicted − measured) ÷ measured (0.1 = predicted 10 % high).
+        pub predicted_throughput_error: Option<f64>,
+        /// The model's error on the mean latency, as above; null when either is missing.
+        pub predicted_latency_mean_error: Option<f64>,
+        /// The model's error on the p99 latency, as above; null when either is missing.
+        pub predicted_latency_p99_error: Option<f64>,
         /// SLO verdict of the step; null when the benchmark has no SLOs.
         pub slo_pass: Option<bool>,
         /// Violated SLOs with the measured values, `; `-separated; null when none.
@@ -478,6 +486,10 @@ table! {
         pub replica_seconds: Option<f64>,
         /// Model: replicas the HPA settles on at the step's target rate.
         pub predicted_replicas: Option<u32>,
+        /// Model: fewest replicas the HPA can rest at for that rate (within its 10 % tolerance, reached from below); null without an HPA.
+        pub predicted_replicas_low: Option<u32>,
+        /// Model: most replicas the HPA can rest at for that rate (reached from above); null without an HPA.
+        pub predicted_replicas_high: Option<u32>,
         /// Model: CPU utilization of the request at those replicas (fraction).
         pub predicted_cpu_utilization: Option<f64>,
     }

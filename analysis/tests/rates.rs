@@ -27,6 +27,7 @@ fn meta() -> RunMeta {
         finished_at: None,
         steps_planned: None,
         partial: false,
+        deviations: Vec::new(),
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use meshbench_analysis::capacity::{
-    CallModel, CapacityInput, EndpointModel, EntryPoint, HpaModel, ServiceModel,
+    CallModel, CapacityInput, EndpointModel, EntryPoint, HpaModel, Overhead, ServiceModel,
 };
 use meshbench_analysis::synthetic::{self, SecondSpec};
 use meshbench_analysis::tables::{
@@ -41,6 +41,7 @@ fn meta() -> RunMeta {
         finished_at: DateTime::from_timestamp_millis(T + 30_000),
         steps_planned: Some(3),
         partial: false,
+        deviations: Vec::new(),
     }
 }
 
@@ -76,6 +77,7 @@ fn model() -> CapacityInput {
                     max: 4,
                     target_utilization_percent: 70.0,
                 }),
+                idle_cpu_cores: 0.0,
                 endpoints: vec![EndpointModel {
                     path: "/".into(),
                     cpu_seconds: 0.01,
@@ -86,6 +88,7 @@ fn model() -> CapacityInput {
                         probability: 1.0,
                         repeat: 1,
                     }]],
+                    ..Default::default()
                 }],
             },
             ServiceModel {
@@ -94,14 +97,18 @@ fn model() -> CapacityInput {
                 cpu_request_cores: 1.0,
                 cpu_limit_cores: Some(1.0),
                 hpa: None,
+                idle_cpu_cores: 0.0,
                 endpoints: vec![EndpointModel {
                     path: "/q".into(),
                     cpu_seconds: 0.02,
                     delay_seconds_mean: 0.0,
                     call_groups: vec![],
+                    ..Default::default()
                 }],
             },
         ],
+        // The spec's figures alone, so the predictions below are exact arithmetic.
+        overhead: Overhead::NONE,
     }
 }
 

@@ -6,25 +6,32 @@ use std::time::Duration;
 
 use meshbench_analysis::Slo;
 use meshbench_analysis::capacity::{
-    CallModel, CapacityInput, EndpointModel, EntryPoint, HpaModel, ServiceModel,
+    CallModel, CapacityInput, EndpointModel, EntryPoint, HpaModel, Overhead, ServiceModel,
 };
+use meshbench_crds::ServiceMesh;
 use meshbench_crds::benchmark::{BenchmarkSpec, LoadKind};
+use meshbench_crds::mesh::{Delay, DelayMode};
 use meshbench_crds::resolve::{PlannedStep, endpoint_path, resolve_mesh};
-use meshbench_crds::{ServiceMesh, mesh::Delay};
 use meshbench_loadgen::plan::{LoadModel, LoadPlan, RequestSpec, Stage};
 
-fn delay_mean_s(d: &Delay) -> f64 {
+/// Mean, variance and smallest value of a delay distribution, in seconds.
+fn delay_moments(d: &Delay) -> (f64, f64, f64) {
     if let Some(f) = &d.fixed {
-        f.get().as_secs_f64()
+        let v = f.get().as_secs_f64();
+        (v, 0.0, v)
     } else if let Some(u) = &d.uniform {
-        (u.min.get().as_secs_f64() + u.max.get().as_secs_f64()) / 2.0
+        let (a, b) = (u.min.get().as_secs_f64(), u.max.get().as_secs_f64());
+        ((a + b) / 2.0, (b - a).powi(2) / 12.0, a.min(b))
     } else if let Some(e) = &d.exponential {
-        e.mean.get().as_secs_f64()
+        let m = e.mean.get().as_secs_f64();
+        (m, m * m, 0.0)
     } else if let Some(l) = &d.log_normal {
-        // Mean of a log-normal: median · e^(σ²/2).
-        l.median.get().as_secs_f64() * (l.sigma * l.sigma / 2.0).exp()
+        // Log-normal with median e^μ and shape σ: mean e^(μ+σ²/2), variance (e^σ² − 1)·mean².
+        let s2 = l.sigma * l.sigma;
+        let mean = l.median.get().as_secs_f64() * (s2 / 2.0).exp();
+        (mean, s2.exp_m1() * mean * mean, 0.0)
     } else {
-        0.0
+        (0.0, 0.0, 0.0)
     }
 }
 
@@ -42,31 +49,37 @@ pub fn capacity_input(mesh: &ServiceMesh, bench: &BenchmarkSpec) -> CapacityInpu
                 max: a.max_replicas.max(1) as u32,
                 target_utilization_percent: f64::from(a.target_cpu_utilization),
             }),
+            idle_cpu_cores: s.idle_cpu_millis as f64 / 1000.0,
             endpoints: s
                 .endpoints
                 .iter()
-                .map(|e| EndpointModel {
-                    path: e.path.clone(),
-                    cpu_seconds: e.cpu.as_secs_f64(),
-                    delay_seconds_mean: e
-                        .delay
-                        .as_ref()
-                        .map(|d| delay_mean_s(&d.delay))
-                        .unwrap_or(0.0),
-                    call_groups: e
-                        .call_groups
-                        .iter()
-                        .map(|g| {
-                            g.iter()
-                                .map(|c| CallModel {
-                                    service: c.service.clone(),
-                                    path: c.path.clone(),
-                                    probability: c.probability,
-                                    repeat: c.repeat,
-                                })
-                                .collect()
-                        })
-                        .collect(),
+                .map(|e| {
+                    let delay = e.delay.as_ref();
+                    let (mean, variance, min) =
+                        delay.map_or((0.0, 0.0, 0.0), |d| delay_moments(&d.delay));
+                    EndpointModel {
+                        path: e.path.clone(),
+                        cpu_seconds: e.cpu.as_secs_f64(),
+                        delay_seconds_mean: mean,
+                        delay_seconds_variance: variance,
+                        delay_seconds_min: min,
+                        delay_minimum_total: delay
+                            .is_some_and(|d| d.mode == DelayMode::MinimumTotal),
+                        call_groups: e
+                            .call_groups
+                            .iter()
+                            .map(|g| {
+                                g.iter()
+                                    .map(|c| CallModel {
+                                        service: c.service.clone(),
+                                        path: c.path.clone(),
+                                        probability: c.probability,
+                                        repeat: c.repeat,
+                                    })
+                                    .collect()
+                            })
+                            .collect(),
+                    }
                 })
                 .collect(),
         })
@@ -77,6 +90,7 @@ pub fn capacity_input(mesh: &ServiceMesh, bench: &BenchmarkSpec) -> CapacityInpu
             path: endpoint_path(bench.target.path.as_deref()).to_string(),
         },
         services,
+        overhead: Overhead::default(),
     }
 }
 

@@ -1,0 +1,133 @@
+//! One replica as a queueing station: the worker's request threads under a CFS quota.
+//!
+//! The worker runs CPU work on a pool as large as the runtime's available parallelism,
+//! which follows the CFS quota: ⌊L⌋ threads for a limit of L cores, at least one. So a
+//! limit L ≥ 1 gives ⌊L⌋ servers at full speed (the fraction above ⌊L⌋ serves the
+//! runtime's own threads), and L < 1 gives one server at full speed that the quota stops
+//! for the rest of a 100 ms period once it used L × 100 ms: over many periods it serves at
+//! rate L, inside one at full speed.
+//!
+//! Waits follow Allen–Cunneen's G/G/c approximation, `W = W(M/M/c) × (Ca² + Cs²) ÷ 2`:
+//! service times are nearly constant (fixed CPU per endpoint, Cs² from their mix) and
+//! open-loop arrivals are paced (Ca² = 0), so an M/M/c model (both 1) over-states waits
+//! by 2× or more. The quota-bound case uses Kingman's heavy-traffic form for the backlog of
+//! CPU time the quota carries from period to period, which is the same formula with the
+//! quota's rate L as the server's speed.
+
+use super::moments::Moments;
+
+/// The capacity of one replica: request threads and the cores the quota allows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Station {
+    /// Requests that run CPU work at once.
+    pub threads: u32,
+    /// Cores the CFS quota allows (the limit; the request when there is no limit).
+    pub cores: f64,
+}
+
+impl Station {
+    /// A replica with `cores` of CPU limit.
+    pub fn with_cores(cores: f64) -> Station {
+        let threads = cores.floor().clamp(1.0, f64::from(u32::MAX)) as u32;
+        Station { threads, cores }
+    }
+
+    /// Cores the replica's requests can use at once: ⌊L⌋ threads, or the quota below 1.
+    pub fn usable_cores(&self) -> f64 {
+        f64::from(self.threads).min(self.cores)
+    }
+
+    /// The wait before a visit gets CPU, at `arrival` visits per second with mean CPU
+    /// `service` seconds per visit and squared coefficients of variation `ca2` (arrivals)
+    /// and `cs2` (service times). `None` when the station cannot keep up.
+    pub fn wait(&self, arrival: f64, service: f64, ca2: f64, cs2: f64) -> Option<Moments> {
+        if arrival <= 0.0 || service <= 0.0 {
+            return Some(Moments::ZERO);
+        }
+        let variability = ((ca2 + cs2) / 2.0).max(0.0);
+        if self.cores >= f64::from(self.threads) {
+            let c = self.threads;
+            let offered = arrival * service;
+            let rho = offered / f64::from(c);
+            if rho >= 1.0 {
+                return None;
+            }
+            let p_wait = super::erlang_c(c, offered);
+            let when_waiting = service / (f64::from(c) * (1.0 - rho)) * variability;
+            Some(exponential_wait(p_wait, when_waiting))
+        } else {
+            let rho = arrival * service / self.cores;
+            if rho >= 1.0 {
+                return None;
+            }
+            let when_waiting = service / self.cores / (1.0 - rho) * variability;
+            Some(exponential_wait(rho, when_waiting))
+        }
+    }
+}
+
+/// A wait that is zero with probability `1 − p` and exponential with mean `m` otherwise.
+fn exponential_wait(p: f64, m: f64) -> Moments {
+    let p = p.clamp(0.0, 1.0);
+    Moments {
+        mean: p * m,
+        variance: (2.0 * p * m * m - p * p * m * m).max(0.0),
+        floor: 0.0,
+    }
+}
+
+/// Squared coefficient of variation of a stream thinned at random: each arrival goes on
+/// with probability `p` (a call made with that probability). Thinning makes any stream
+/// more Poisson-like.
+pub fn thinned(ca2: f64, p: f64) -> f64 {
+    p * ca2 + 1.0 - p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_follow_the_quota() {
+        assert_eq!(Station::with_cores(0.5).threads, 1);
+        assert_eq!(Station::with_cores(1.5).threads, 1);
+        assert_eq!(Station::with_cores(2.0).threads, 2);
+        assert_eq!(Station::with_cores(0.5).usable_cores(), 0.5);
+        assert_eq!(Station::with_cores(1.5).usable_cores(), 1.0);
+    }
+
+    #[test]
+    fn poisson_arrivals_and_exponential_service_give_the_mm1_wait() {
+        // M/M/1, S = 10 ms, ρ = 0.5: Wq = ρS/(1−ρ) = 10 ms.
+        let w = Station::with_cores(1.0)
+            .wait(50.0, 0.010, 1.0, 1.0)
+            .expect("stable");
+        assert!((w.mean - 0.010).abs() < 1e-12, "{w:?}");
+    }
+
+    #[test]
+    fn constant_service_halves_the_wait_and_paced_arrivals_remove_it() {
+        let s = Station::with_cores(1.0);
+        let md1 = s.wait(50.0, 0.010, 1.0, 0.0).expect("stable");
+        assert!((md1.mean - 0.005).abs() < 1e-12, "M/D/1: {md1:?}");
+        let dd1 = s.wait(50.0, 0.010, 0.0, 0.0).expect("stable");
+        assert_eq!(dd1.mean, 0.0);
+    }
+
+    #[test]
+    fn a_quota_below_one_core_serves_at_its_rate_over_periods() {
+        // 500m, 10 ms per visit: capacity 50 visits/s; at 40/s ρ = 0.8.
+        let s = Station::with_cores(0.5);
+        assert!(s.wait(50.0, 0.010, 1.0, 0.0).is_none());
+        let w = s.wait(40.0, 0.010, 1.0, 0.0).expect("stable");
+        // Kingman: ρ · (S/L) · (Ca² + Cs²)/2 ÷ (1 − ρ) = 0.8 · 20 ms · 0.5 ÷ 0.2 = 40 ms.
+        assert!((w.mean - 0.040).abs() < 1e-9, "{w:?}");
+    }
+
+    #[test]
+    fn thinning_tends_to_poisson() {
+        assert_eq!(thinned(0.0, 1.0), 0.0);
+        assert!((thinned(0.0, 0.25) - 0.75).abs() < 1e-12);
+        assert_eq!(thinned(1.0, 0.3), 1.0);
+    }
+}
