@@ -61,6 +61,7 @@ fn platform(run_id: &str, dir: &std::path::Path) -> LocalPlatform {
             log_dir: dir.join("logs"),
             sample_interval: Duration::from_secs(1),
             hpa_sync: Duration::from_secs(15),
+            metric_resolution: Duration::from_secs(15),
             ready_timeout: Duration::from_secs(60),
             enforce_limits: true,
             balance: Default::default(),

@@ -34,6 +34,11 @@ pub struct RunArgs {
     /// HPA sync period (the upstream controller's default is 15s).
     #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
     pub hpa_sync: Duration,
+    /// How often the emulated metrics-server scrapes each pod's CPU (its
+    /// `--metric-resolution`; upstream default 15s). The HPA sees the CPU rate between the
+    /// two latest scrapes, so its view is up to this old.
+    #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
+    pub metric_resolution: Duration,
     /// Resolution of the collected time series.
     #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
     pub sample_interval: Duration,
@@ -144,6 +149,7 @@ pub async fn run(args: RunArgs) -> u8 {
             log_dir: run_dir.path().join("logs"),
             sample_interval: args.sample_interval,
             hpa_sync: args.hpa_sync,
+            metric_resolution: args.metric_resolution,
             ready_timeout: args.ready_timeout,
             enforce_limits: !args.no_limits,
             balance: args.service_balance,
@@ -185,6 +191,7 @@ pub async fn run(args: RunArgs) -> u8 {
         finished_at: None,
         steps_planned: Some(plan.total_steps() as u32),
         partial: false,
+        deviations: deviations(&args),
     });
     for m in &meshes {
         data.models.insert(
@@ -497,6 +504,44 @@ pub async fn run(args: RunArgs) -> u8 {
 }
 
 /// Takes the runner's samples except those Prometheus provides.
+/// Kubernetes' own value of each timing the local platform lets a run shorten.
+const KUBERNETES_HPA_SYNC: Duration = Duration::from_secs(15);
+const KUBERNETES_METRIC_RESOLUTION: Duration = Duration::from_secs(15);
+
+/// Where this local run differs from a cluster, for run.json: each shortened timing with
+/// Kubernetes' value, and what one machine cannot emulate.
+fn deviations(args: &RunArgs) -> Vec<String> {
+    let mut out = Vec::new();
+    for (what, flag, value, kubernetes) in [
+        (
+            "HPA sync period",
+            "--hpa-sync",
+            args.hpa_sync,
+            KUBERNETES_HPA_SYNC,
+        ),
+        (
+            "metrics-server resolution",
+            "--metric-resolution",
+            args.metric_resolution,
+            KUBERNETES_METRIC_RESOLUTION,
+        ),
+    ] {
+        if value != kubernetes {
+            out.push(format!(
+                "{what} {value:?} ({flag}; Kubernetes: {kubernetes:?})"
+            ));
+        }
+    }
+    if args.service_balance != crate::local::proxy::Balance::Random {
+        out.push(
+            "Services balance connections round robin (kube-proxy iptables/nftables: random)"
+                .into(),
+        );
+    }
+    out.push("one node: no network between pods, no DNS, no scheduling across nodes".into());
+    out
+}
+
 fn collect_runner_only(platform: &LocalPlatform, data: &mut RunData) {
     use crate::k8s::promql::TEMPLATES;
     data.samples.extend(

@@ -126,7 +126,8 @@ fn predicted_max(a: &Analysis) -> f64 {
 /// Checks the knee shared by the chain and fan-in sweeps.
 fn assert_knee(a: &Analysis, mesh: &str, all: &str) {
     let capacity = predicted_max(a);
-    assert!(within(capacity, 25.0, 0.001), "plan: {capacity} rps\n{all}");
+    // 500m ÷ 20 ms, less the worker's own CPU per request and its idle load.
+    assert!(within(capacity, 25.0, 0.02), "plan: {capacity} rps\n{all}");
     for (name, rate) in [("rate-10", 10.0), ("rate-20", 20.0)] {
         let ok = ok_rate(a, mesh, name);
         assert!(within(ok, rate, 0.05), "{name}: {ok} rps\n{all}");
@@ -135,12 +136,45 @@ fn assert_knee(a: &Analysis, mesh: &str, all: &str) {
     for name in ["rate-30", "rate-40"] {
         let t = throughput(a, mesh, name);
         assert!(
-            within(t, capacity, 0.15),
-            "{name}: throughput {t} rps is not within 15 % of the predicted {capacity}\n{all}"
+            within(t, capacity, 0.10),
+            "{name}: throughput {t} rps is not within 10 % of the predicted {capacity}\n{all}"
         );
     }
     let (low, high) = (p99(a, mesh, "rate-10"), p99(a, mesh, "rate-40"));
     assert!(high > 4.0 * low, "p99 {low} ms → {high} ms\n{all}");
+}
+
+/// The capacity model's target: below the knee, predicted mean and p99 latency within
+/// ±20 % of the measured ones (the `steps` table's error columns). The model's per-hop
+/// costs are those of release builds (measured there: −14 … 0 %); our crates built without
+/// optimisation, as tests build them, add about a millisecond per request, hence 25 % here.
+fn assert_predictions(a: &Analysis, all: &str) {
+    let tolerance = if cfg!(debug_assertions) { 0.25 } else { 0.20 };
+    let below_knee: Vec<_> = a
+        .steps
+        .iter()
+        .filter(|s| !s.warmup && s.saturated == Some(false))
+        .collect();
+    assert!(!below_knee.is_empty(), "{all}");
+    for s in below_knee {
+        for (what, error) in [
+            ("mean", s.predicted_latency_mean_error),
+            ("p99", s.predicted_latency_p99_error),
+        ] {
+            let e = error.unwrap_or(f64::NAN);
+            assert!(
+                e.abs() <= tolerance,
+                "{} {}: predicted {what} latency off by {:.0} % (mean {:?} vs {:?}, p99 {:?} vs {:?})\n{all}",
+                s.mesh,
+                s.step_name,
+                e * 100.0,
+                s.predicted_latency_mean_ms,
+                s.latency_mean_ms,
+                s.predicted_latency_p99_ms,
+                s.latency_p99_ms,
+            );
+        }
+    }
 }
 
 fn assert_report_files(dir: &Path) {
@@ -172,9 +206,17 @@ fn quickstart_scales_the_backend_and_holds_its_slos() {
     assert_eq!(o.status.code(), Some(0), "{all}");
     assert_report_files(&dir);
     let a = load(&dir);
+    assert_predictions(&a, &all);
     assert_eq!(a.steps.len(), 3, "{all}");
     assert_eq!(a.run.slo.pass, Some(true), "{all}");
     assert!(!a.run.meta.partial, "{all}");
+    // Kubernetes' timings throughout: only what one machine cannot emulate is listed.
+    assert_eq!(
+        a.run.meta.deviations.len(),
+        1,
+        "{:?}",
+        a.run.meta.deviations
+    );
     for (name, rate) in [("step-0", 10.0), ("step-1", 25.0), ("step-2", 40.0)] {
         let ok = ok_rate(&a, "quickstart", name);
         assert!(within(ok, rate, 0.05), "{name}: {ok}\n{all}");
@@ -296,6 +338,7 @@ fn chain_flattens_at_the_back_ends_predicted_capacity() {
     let all = text(&o);
     assert_eq!(o.status.code(), Some(0), "{all}");
     let a = load(&dir);
+    assert_predictions(&a, &all);
     assert_knee(&a, "chain", &all);
     // The knee is stated, not left to inference: 40 rps is marked saturated at the back
     // end, and the run says where the mesh saturated.
@@ -336,6 +379,7 @@ fn fan_in_flattens_at_the_same_capacity() {
     let all = text(&o);
     assert_eq!(o.status.code(), Some(0), "{all}");
     let a = load(&dir);
+    assert_predictions(&a, &all);
     assert_knee(&a, "fan-in", &all);
     assert_eq!(
         service(&a, "fan-in", "rate-40", "frontend").replicas_max,
@@ -351,6 +395,7 @@ fn readiness_gating_trades_errors_for_latency_past_the_knee() {
     let all = text(&o);
     assert_eq!(o.status.code(), Some(0), "{all}");
     let a = load(&dir);
+    assert_predictions(&a, &all);
     for (name, rate) in [("rate-10", 10.0), ("rate-20", 20.0)] {
         let ok = ok_rate(&a, "readiness", name);
         assert!(within(ok, rate, 0.05), "{name}: {ok}\n{all}");
@@ -375,12 +420,28 @@ fn hpa_scales_the_bottleneck_up_under_load_and_down_after() {
     let all = text(&o);
     assert_eq!(o.status.code(), Some(0), "{all}");
     let a = load(&dir);
+    assert_predictions(&a, &all);
     let cold = service(&a, "hpa-cold", "load", "backend");
     assert!(
         cold.replicas_final.unwrap_or(0.0) >= 2.0,
         "hpa-cold backend did not scale up: {cold:?}\n{all}"
     );
-    assert!(cold.scale_up_reaction_s.is_some(), "{cold:?}");
+    // metrics-server's view (15 s scrapes, the rate between the two latest) holds the
+    // load back: a window must be about half load before 30 rps (144 % of the request)
+    // averages above 1.1 × the 60 % target, so no scale-up within ~7 s of the step's start.
+    // Reading CPU at the sync itself (the old emulation) reacted within 1–6 s.
+    let reaction = cold.scale_up_reaction_s.expect("hpa-cold scaled up");
+    assert!(
+        reaction >= 6.5,
+        "scale-up {reaction} s after the load began\n{all}"
+    );
+    let deviations = &a.run.meta.deviations;
+    assert!(
+        deviations
+            .iter()
+            .any(|d| d.contains("HPA sync period 5s") && d.contains("Kubernetes: 15s")),
+        "run.json records the shortened sync: {deviations:?}"
+    );
     let warm = service(&a, "hpa-warm", "load", "backend");
     assert_eq!(warm.replicas_max, Some(5.0), "{warm:?}");
     assert!(

@@ -3,6 +3,7 @@
 pub mod cgroup;
 pub mod exporter;
 pub mod hpa;
+pub mod hpa_view;
 pub mod platform;
 pub mod pods;
 pub mod prometheus;

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use meshbench_analysis::{Sample, metric};
 use meshbench_crds::ServiceMesh;
 use meshbench_crds::resolve::{ResolvedService, resolve_mesh};
@@ -19,8 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::cgroup::{CgroupRoot, Enforcement};
 use super::exporter::{Exporter, NAMESPACE, ServiceState, pod_name};
-use super::hpa::{Hpa, HpaConfig, PodSample};
-use super::pods::{PORT_PLACEHOLDER, PodEvent, PodPhase, Pods, PodsConfig, ReplicaSpec};
+use super::hpa::{Decision, Hpa, HpaConfig, PodSample};
+use super::hpa_view::{MetricsPipeline, PodLifecycle, Process, RankedPod, scale_down_victims};
+use super::pods::{
+    PORT_PLACEHOLDER, PodEvent, PodPhase, Pods, PodsConfig, ReplicaSpec, ReplicaStatus,
+};
 use super::prometheus::{Target, write_targets};
 use super::proxy::{Balance, ProbeConfig, ProxyConfig, ServiceProxy};
 use super::sampler::{WorkerCounters, parse_worker_metrics, proc_usage, scrape};
@@ -72,6 +76,10 @@ pub struct LocalOptions {
     pub sample_interval: Duration,
     /// HPA sync period (upstream default 15 s).
     pub hpa_sync: Duration,
+    /// metrics-server's `--metric-resolution` (upstream default 15 s,
+    /// [`super::hpa_view::DEFAULT_METRIC_RESOLUTION`]): how often the CPU the HPA sees is
+    /// scraped, so how stale it is at a sync and how long a new pod goes without one.
+    pub metric_resolution: Duration,
     /// Time to wait for replicas to become ready.
     pub ready_timeout: Duration,
     /// Put replicas in cgroups with their limits (when the host allows it).
@@ -89,12 +97,14 @@ struct Service {
     replicas: Vec<u32>,
     next_index: u32,
     hpa: Option<Hpa>,
-    /// Previous cumulative CPU per pod (for rates) and the instant it was read.
+    /// Previous cumulative CPU per pod and the instant it was read, for the per-second
+    /// CPU samples.
     cpu_prev: BTreeMap<String, (Duration, Instant)>,
-    /// CPU usage per pod averaged since the last HPA sync, millicores.
-    cpu_window: BTreeMap<String, (Duration, Instant)>,
+    /// The CPU metrics the HPA gets, as metrics-server would serve them.
+    metrics: MetricsPipeline,
+    /// The pods' status as the kubelet would report it to the HPA and the ReplicaSet.
+    lifecycle: PodLifecycle,
     counters_prev: WorkerCounters,
-    ready_since: BTreeMap<String, f64>,
     /// The HPA's last desired count.
     last_desired: Option<u32>,
 }
@@ -149,11 +159,38 @@ pub struct LocalPlatform {
     stop_all: CancellationToken,
     control: Option<JoinHandle<()>>,
     events_task: Option<JoinHandle<()>>,
-    epoch: Instant,
+    epoch: RunClock,
 }
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// The runner's clock: seconds since the platform started, the time base of the HPA and
+/// of what it sees.
+#[derive(Debug, Clone, Copy)]
+struct RunClock {
+    epoch: Instant,
+    /// Wall time at `epoch`, to place the supervisor's wall-clock process start times on
+    /// this clock the same way at every tick (a restart is told by a later start).
+    wall: DateTime<Utc>,
+}
+
+impl RunClock {
+    fn start() -> Self {
+        Self {
+            epoch: Instant::now(),
+            wall: Utc::now(),
+        }
+    }
+
+    fn now(&self) -> f64 {
+        self.epoch.elapsed().as_secs_f64()
+    }
+
+    fn at(&self, t: DateTime<Utc>) -> f64 {
+        (t - self.wall).num_milliseconds() as f64 / 1000.0
+    }
 }
 
 impl LocalPlatform {
@@ -202,7 +239,7 @@ impl LocalPlatform {
             stop_all: CancellationToken::new(),
             control: None,
             events_task: Some(events_task),
-            epoch: Instant::now(),
+            epoch: RunClock::start(),
         }
     }
 
@@ -305,6 +342,10 @@ impl LocalPlatform {
                 .map(|a| format!("http://{a}"))
                 .unwrap_or_else(|| format!("http://{service}"))
         };
+        // metrics-server scrapes on its own schedule, unrelated to the HPA's syncs (which
+        // count from the deploy): half a resolution off them gives the mean staleness a
+        // cluster's HPA sees, and the same at every run.
+        let first_scrape = self.epoch.now() + self.opts.metric_resolution.as_secs_f64() / 2.0;
         let mut services = Vec::new();
         for (svc, proxy) in resolved.iter().zip(proxies) {
             let mut cfg = worker_config(svc, &resolved, &base_url);
@@ -334,9 +375,9 @@ impl LocalPlatform {
                 next_index: 0,
                 hpa,
                 cpu_prev: BTreeMap::new(),
-                cpu_window: BTreeMap::new(),
+                metrics: MetricsPipeline::new(self.opts.metric_resolution, first_scrape),
+                lifecycle: PodLifecycle::default(),
                 counters_prev: WorkerCounters::default(),
-                ready_since: BTreeMap::new(),
                 last_desired: None,
             });
         }
@@ -347,7 +388,7 @@ impl LocalPlatform {
             }
             .max(0) as u32;
             for _ in 0..initial {
-                start_replica(&self.pods, &self.opts, s)?;
+                start_replica(&self.pods, &self.opts, s, self.epoch.now())?;
             }
         }
         {
@@ -466,7 +507,7 @@ impl LocalPlatform {
 
     /// Seconds since the platform started (the HPA's clock).
     pub fn clock(&self) -> f64 {
-        self.epoch.elapsed().as_secs_f64()
+        self.epoch.now()
     }
 }
 
@@ -496,7 +537,8 @@ fn record_event(shared: &Arc<Mutex<Shared>>, ev: &PodEvent) {
     }
 }
 
-fn start_replica(pods: &Pods, opts: &LocalOptions, s: &mut Service) -> Result<()> {
+/// Starts one more replica of `s`, created at `clock`.
+fn start_replica(pods: &Pods, opts: &LocalOptions, s: &mut Service, clock: f64) -> Result<()> {
     let index = s.next_index;
     s.next_index += 1;
     let spec = ReplicaSpec {
@@ -520,8 +562,30 @@ fn start_replica(pods: &Pods, opts: &LocalOptions, s: &mut Service) -> Result<()
         source,
     })?;
     s.replicas.push(index);
+    s.lifecycle.create(clock, &status.pod);
     s.proxy.set_ready(&status.pod, status.addr, false);
     Ok(())
+}
+
+/// What one sampling round works with: its time and where it reads and writes.
+struct Tick<'a> {
+    pods: &'a Arc<Pods>,
+    opts: &'a LocalOptions,
+    mesh: &'a str,
+    /// Wall time of the samples, ms.
+    ts: i64,
+    now: Instant,
+    /// The runner's clock, s.
+    clock: f64,
+    epoch: RunClock,
+}
+
+/// What one sampling round produces.
+#[derive(Default)]
+struct TickOut {
+    samples: Vec<Sample>,
+    states: Vec<ServiceState>,
+    targets: Vec<Target>,
 }
 
 /// One sampling round: CPU and memory per pod, worker counters per service, proxy
@@ -530,272 +594,296 @@ fn control_tick(
     shared: &Arc<Mutex<Shared>>,
     pods: &Arc<Pods>,
     opts: &LocalOptions,
-    epoch: Instant,
+    epoch: RunClock,
 ) {
     let Ok(mut guard) = shared.lock() else { return };
     let sh = &mut *guard;
     let Some(d) = sh.deployed.as_mut() else {
         return;
     };
-    let ts = now_ms();
-    let now = Instant::now();
-    let clock = epoch.elapsed().as_secs_f64();
+    let tick = Tick {
+        pods,
+        opts,
+        mesh: &d.mesh,
+        ts: now_ms(),
+        now: Instant::now(),
+        clock: epoch.now(),
+        epoch,
+    };
     let run_hpa = sh.last_hpa.elapsed() >= opts.hpa_sync;
     if run_hpa {
-        sh.last_hpa = now;
+        sh.last_hpa = tick.now;
     }
-    let mesh = d.mesh.clone();
-    let mut out = Vec::new();
-    let mut states = Vec::new();
-    let mut targets = Vec::new();
+    let mut out = TickOut::default();
     for s in &mut d.services {
-        let name = s.resolved.name.clone();
-        let statuses: Vec<_> = pods
-            .statuses()
-            .into_iter()
-            .filter(|st| s.replicas.iter().any(|i| st.pod == format!("{name}-{i}")))
-            .collect();
-        // Keep the proxy's members in step with restarts (a new port) and stops.
-        let members: Vec<(String, SocketAddr)> = statuses
-            .iter()
-            .filter(|st| st.phase == PodPhase::Running)
-            .map(|st| (st.pod.clone(), st.addr))
-            .collect();
-        s.proxy.set_members(members);
-        let endpoints = s.proxy.endpoints();
-        let ready = endpoints.iter().filter(|b| b.ready).count();
-        for b in &endpoints {
-            if b.ready {
-                s.ready_since.entry(b.pod.clone()).or_insert(clock);
-            } else {
-                s.ready_since.remove(&b.pod);
-            }
-        }
-        let mut total = WorkerCounters::default();
-        let mut pod_samples = Vec::new();
-        let mut state = ServiceState {
-            mesh: mesh.clone(),
-            service: name.clone(),
-            replicas: s.replicas.len() as u32,
-            ready: ready as u32,
-            desired: s.last_desired,
-            target_utilization: s
-                .resolved
-                .autoscaling
-                .as_ref()
-                .map(|a| a.target_cpu_utilization),
-            cpu_request_cores: s
-                .resolved
-                .resources
-                .cpu_request_millis
-                .map(|m| m as f64 / 1000.0),
-            cpu_limit_cores: s
-                .resolved
-                .resources
-                .cpu_limit_millis
-                .map(|m| m as f64 / 1000.0),
-            pods: Vec::new(),
-        };
-        for st in &statuses {
-            let index = st
-                .pod
-                .rsplit_once('-')
-                .and_then(|(_, i)| i.parse::<u32>().ok())
-                .unwrap_or(0);
-            if st.phase == PodPhase::Running {
-                targets.push(Target {
-                    addr: st.addr,
-                    labels: BTreeMap::from([
-                        ("namespace".to_string(), NAMESPACE.to_string()),
-                        ("mesh".to_string(), mesh.clone()),
-                        ("pod".to_string(), pod_name(&mesh, &name, index)),
-                    ]),
-                });
-            }
-            let usage = match pods.stats(&st.pod) {
-                Ok(Some(stats)) if stats.cpu_usage.is_some() => {
-                    stats.cpu_usage.map(|c| (c, stats.memory_working_set_bytes))
-                }
-                _ => st.pid.and_then(proc_usage),
-            };
-            if let Some((cpu, mem)) = usage {
-                state.pods.push((index, cpu.as_secs_f64(), mem as f64));
-                out.push(Sample::pod(
-                    ts,
-                    &mesh,
-                    &name,
-                    &st.pod,
-                    metric::MEMORY_BYTES,
-                    mem as f64,
-                ));
-                if let Some((prev, at)) = s.cpu_prev.get(&st.pod)
-                    && cpu >= *prev
-                {
-                    let dt = now.duration_since(*at).as_secs_f64();
-                    if dt > 0.0 {
-                        let cores = (cpu - *prev).as_secs_f64() / dt;
-                        out.push(Sample::pod(
-                            ts,
-                            &mesh,
-                            &name,
-                            &st.pod,
-                            metric::CPU_CORES,
-                            cores,
-                        ));
-                    }
-                }
-                s.cpu_prev.insert(st.pod.clone(), (cpu, now));
-                s.cpu_window.entry(st.pod.clone()).or_insert((cpu, now));
-                let request = s.resolved.resources.cpu_request_millis.unwrap_or(0);
-                let start_time = st
-                    .started_at
-                    .map(|t| clock - (chrono::Utc::now() - t).num_milliseconds() as f64 / 1000.0)
-                    .unwrap_or(clock);
-                let mut p = PodSample::running(
-                    &st.pod,
-                    request,
-                    start_time,
-                    *s.ready_since.get(&st.pod).unwrap_or(&clock),
-                );
-                if !s.ready_since.contains_key(&st.pod) {
-                    p.ready = Some(super::hpa::ReadyCondition {
-                        ready: false,
-                        last_transition_time: start_time,
-                    });
-                }
-                if let Some((c0, t0)) = s.cpu_window.get(&st.pod) {
-                    let dt = now.duration_since(*t0).as_secs_f64();
-                    if dt >= 1.0 && cpu >= *c0 {
-                        p = p.with_cpu((cpu - *c0).as_secs_f64() / dt * 1000.0, clock, dt);
-                    }
-                }
-                pod_samples.push(p);
-            }
-            if let Some(text) = scrape(st.addr, Duration::from_millis(300)) {
-                total.add(&parse_worker_metrics(&text));
-            }
-        }
-        let delta = total.since(&s.counters_prev);
-        let dt = opts.sample_interval.as_secs_f64().max(1e-3);
-        if s.counters_prev.requests > 0.0 || total.requests > 0.0 {
-            out.push(Sample::service(
-                ts,
-                &mesh,
-                &name,
-                metric::WORKER_REQUESTS_PER_S,
-                delta.requests / dt,
-            ));
-            out.push(Sample::service(
-                ts,
-                &mesh,
-                &name,
-                metric::WORKER_ERRORS_PER_S,
-                delta.errors / dt,
-            ));
-            if delta.requests > 0.0 {
-                out.push(Sample::service(
-                    ts,
-                    &mesh,
-                    &name,
-                    metric::WORKER_LATENCY_MEAN_MS,
-                    delta.duration_sum_s / delta.requests * 1000.0,
-                ));
-                if let Some(p99) = delta.quantile_s(0.99) {
-                    out.push(Sample::service(
-                        ts,
-                        &mesh,
-                        &name,
-                        metric::WORKER_LATENCY_P99_MS,
-                        p99 * 1000.0,
-                    ));
-                }
-            }
-        }
-        s.counters_prev = total;
-        let replicas = s.replicas.len();
-        out.push(Sample::service(
-            ts,
-            &mesh,
-            &name,
-            metric::REPLICAS,
-            replicas as f64,
-        ));
-        out.push(Sample::service(
-            ts,
-            &mesh,
-            &name,
-            metric::REPLICAS_READY,
-            ready as f64,
-        ));
-        if let Some(r) = s.resolved.resources.cpu_request_millis {
-            out.push(Sample::service(
-                ts,
-                &mesh,
-                &name,
-                metric::CPU_REQUEST_CORES,
-                r as f64 / 1000.0,
-            ));
-        }
-        if let Some(l) = s.resolved.resources.cpu_limit_millis {
-            out.push(Sample::service(
-                ts,
-                &mesh,
-                &name,
-                metric::CPU_LIMIT_CORES,
-                l as f64 / 1000.0,
-            ));
-        }
-        if let Some(a) = &s.resolved.autoscaling {
-            out.push(Sample::service(
-                ts,
-                &mesh,
-                &name,
-                metric::HPA_TARGET_UTILIZATION,
-                f64::from(a.target_cpu_utilization) / 100.0,
-            ));
-        }
-        if run_hpa && let Some(hpa) = s.hpa.as_mut() {
-            let decision = hpa.sync(clock, replicas as u32, &pod_samples);
-            s.cpu_window.clear();
-            s.last_desired = Some(decision.desired);
-            state.desired = s.last_desired;
-            tracing::info!(service = %name, current = decision.current, desired = decision.desired, reason = ?decision.reason, "HPA: {}", decision.message);
-            out.extend(hpa_samples(ts, &mesh, &name, &decision, &pod_samples));
-            let desired = decision.desired as usize;
-            while s.replicas.len() < desired {
-                if let Err(e) = start_replica(pods, opts, s) {
-                    tracing::warn!("scale up {name}: {e}");
-                    break;
-                }
-            }
-            if s.replicas.len() > desired {
-                // Like a ReplicaSet, remove the newest replicas first; they leave the
-                // proxy before they are stopped so no new connection reaches them.
-                let victims: Vec<u32> = s.replicas.split_off(desired);
-                for i in victims {
-                    let pod = format!("{name}-{i}");
-                    let remaining: Vec<(String, SocketAddr)> = s
-                        .proxy
-                        .endpoints()
-                        .into_iter()
-                        .filter(|b| b.pod != pod)
-                        .map(|b| (b.pod, b.addr))
-                        .collect();
-                    s.proxy.set_members(remaining);
-                    s.cpu_prev.remove(&pod);
-                    s.ready_since.remove(&pod);
-                    let pods = pods.clone();
-                    tokio::runtime::Handle::current().spawn(async move {
-                        pods.stop(&pod, None).await;
-                    });
-                }
-            }
-        }
-        states.push(state);
+        service_tick(s, &tick, run_hpa, &mut out);
     }
-    sh.samples.extend(out);
+    sh.samples.extend(out.samples);
     if let Some(p) = sh.prom.as_mut() {
-        p.publish(&states, targets);
+        p.publish(&out.states, out.targets);
+    }
+}
+
+/// One service's round: membership and pod status, per-pod and per-service samples, and
+/// the HPA when `run_hpa`.
+fn service_tick(s: &mut Service, tick: &Tick, run_hpa: bool, out: &mut TickOut) {
+    let name = s.resolved.name.clone();
+    let statuses: Vec<ReplicaStatus> = tick
+        .pods
+        .statuses()
+        .into_iter()
+        .filter(|st| s.replicas.iter().any(|i| st.pod == format!("{name}-{i}")))
+        .collect();
+    let ready = sync_pods(s, tick.clock, &statuses);
+    s.metrics.tick(tick.clock);
+    let mut state = service_state(s, tick.mesh, ready);
+    let mut total = WorkerCounters::default();
+    for st in &statuses {
+        sample_pod(s, tick, st, &mut state, out);
+        if let Some(text) = scrape(st.addr, Duration::from_millis(300)) {
+            total.add(&parse_worker_metrics(&text));
+        }
+    }
+    worker_samples(s, tick, total, &mut out.samples);
+    service_samples(s, tick, ready, &mut out.samples);
+    if run_hpa && s.hpa.is_some() {
+        hpa_sync(s, tick, &mut out.samples);
+        state.desired = s.last_desired;
+    }
+    out.states.push(state);
+}
+
+/// Keeps the proxy's members in step with restarts (a new port) and stops, and the pods'
+/// status in step with their processes and probes. Returns how many are ready.
+fn sync_pods(s: &mut Service, clock: f64, statuses: &[ReplicaStatus]) -> usize {
+    let members: Vec<(String, SocketAddr)> = statuses
+        .iter()
+        .filter(|st| st.phase == PodPhase::Running)
+        .map(|st| (st.pod.clone(), st.addr))
+        .collect();
+    s.proxy.set_members(members);
+    let endpoints = s.proxy.endpoints();
+    for i in &s.replicas {
+        let pod = format!("{}-{i}", s.resolved.name);
+        let st = statuses.iter().find(|st| st.pod == pod);
+        let ready = endpoints.iter().any(|b| b.pod == pod && b.ready);
+        let restarts = st.map_or(0, |st| st.restarts);
+        s.lifecycle
+            .update(clock, &pod, process(st), ready, restarts);
+    }
+    endpoints.iter().filter(|b| b.ready).count()
+}
+
+/// The container state the kubelet would report for a replica.
+fn process(st: Option<&ReplicaStatus>) -> Process {
+    match st {
+        Some(st) if st.phase == PodPhase::Running => Process::Running,
+        Some(st) if st.started_at.is_some() => Process::Restarting,
+        _ => Process::NotStarted,
+    }
+}
+
+/// The service's state for the exporter, before this round's HPA decision.
+fn service_state(s: &Service, mesh: &str, ready: usize) -> ServiceState {
+    let cores = |millis: Option<u64>| millis.map(|m| m as f64 / 1000.0);
+    ServiceState {
+        mesh: mesh.to_string(),
+        service: s.resolved.name.clone(),
+        replicas: s.replicas.len() as u32,
+        ready: ready as u32,
+        desired: s.last_desired,
+        target_utilization: s
+            .resolved
+            .autoscaling
+            .as_ref()
+            .map(|a| a.target_cpu_utilization),
+        cpu_request_cores: cores(s.resolved.resources.cpu_request_millis),
+        cpu_limit_cores: cores(s.resolved.resources.cpu_limit_millis),
+        pods: Vec::new(),
+    }
+}
+
+/// One pod's round: its scrape target, memory and CPU samples, and its CPU counter for
+/// the metrics pipeline.
+fn sample_pod(
+    s: &mut Service,
+    tick: &Tick,
+    st: &ReplicaStatus,
+    state: &mut ServiceState,
+    out: &mut TickOut,
+) {
+    let name = &s.resolved.name;
+    let index = st
+        .pod
+        .rsplit_once('-')
+        .and_then(|(_, i)| i.parse::<u32>().ok())
+        .unwrap_or(0);
+    if st.phase == PodPhase::Running {
+        out.targets.push(Target {
+            addr: st.addr,
+            labels: BTreeMap::from([
+                ("namespace".to_string(), NAMESPACE.to_string()),
+                ("mesh".to_string(), tick.mesh.to_string()),
+                ("pod".to_string(), pod_name(tick.mesh, name, index)),
+            ]),
+        });
+    }
+    let usage = match tick.pods.stats(&st.pod) {
+        Ok(Some(stats)) if stats.cpu_usage.is_some() => {
+            stats.cpu_usage.map(|c| (c, stats.memory_working_set_bytes))
+        }
+        _ => st.pid.and_then(proc_usage),
+    };
+    let Some((cpu, mem)) = usage else { return };
+    state.pods.push((index, cpu.as_secs_f64(), mem as f64));
+    let sample = |m: &str, v: f64| Sample::pod(tick.ts, tick.mesh, name, &st.pod, m, v);
+    out.samples.push(sample(metric::MEMORY_BYTES, mem as f64));
+    if let Some(cores) = cpu_rate(s.cpu_prev.get(&st.pod), cpu, tick.now) {
+        out.samples.push(sample(metric::CPU_CORES, cores));
+    }
+    s.cpu_prev.insert(st.pod.clone(), (cpu, tick.now));
+    // Only a running container is in the kubelet's stats that metrics-server scrapes.
+    if st.phase == PodPhase::Running
+        && let Some(started) = st.started_at
+    {
+        let run_start = tick.epoch.at(started);
+        s.metrics
+            .observe(tick.clock, &st.pod, cpu.as_secs_f64(), run_start);
+    }
+}
+
+/// Cores used since the previous reading; none across a counter reset (a restart).
+fn cpu_rate(prev: Option<&(Duration, Instant)>, cpu: Duration, now: Instant) -> Option<f64> {
+    let (c0, t0) = prev?;
+    let used = cpu.checked_sub(*c0)?;
+    let dt = now.duration_since(*t0).as_secs_f64();
+    (dt > 0.0).then_some(used.as_secs_f64() / dt)
+}
+
+/// The service's request, error and latency rates from its workers' counters.
+fn worker_samples(s: &mut Service, tick: &Tick, total: WorkerCounters, out: &mut Vec<Sample>) {
+    let delta = total.since(&s.counters_prev);
+    let dt = tick.opts.sample_interval.as_secs_f64().max(1e-3);
+    if s.counters_prev.requests > 0.0 || total.requests > 0.0 {
+        let name = &s.resolved.name;
+        let mut push = |m: &str, v: f64| out.push(Sample::service(tick.ts, tick.mesh, name, m, v));
+        push(metric::WORKER_REQUESTS_PER_S, delta.requests / dt);
+        push(metric::WORKER_ERRORS_PER_S, delta.errors / dt);
+        if delta.requests > 0.0 {
+            push(
+                metric::WORKER_LATENCY_MEAN_MS,
+                delta.duration_sum_s / delta.requests * 1000.0,
+            );
+            if let Some(p99) = delta.quantile_s(0.99) {
+                push(metric::WORKER_LATENCY_P99_MS, p99 * 1000.0);
+            }
+        }
+    }
+    s.counters_prev = total;
+}
+
+/// The service's replica counts, resources and HPA target.
+fn service_samples(s: &Service, tick: &Tick, ready: usize, out: &mut Vec<Sample>) {
+    let r = &s.resolved;
+    let mut push = |m: &str, v: f64| out.push(Sample::service(tick.ts, tick.mesh, &r.name, m, v));
+    push(metric::REPLICAS, s.replicas.len() as f64);
+    push(metric::REPLICAS_READY, ready as f64);
+    if let Some(request) = r.resources.cpu_request_millis {
+        push(metric::CPU_REQUEST_CORES, request as f64 / 1000.0);
+    }
+    if let Some(limit) = r.resources.cpu_limit_millis {
+        push(metric::CPU_LIMIT_CORES, limit as f64 / 1000.0);
+    }
+    if let Some(a) = &r.autoscaling {
+        push(
+            metric::HPA_TARGET_UTILIZATION,
+            f64::from(a.target_cpu_utilization) / 100.0,
+        );
+    }
+}
+
+/// One HPA sync on what a cluster's HPA would see (metrics-server's metrics, the pods'
+/// status, every pod of the service), then the resize it asks for.
+fn hpa_sync(s: &mut Service, tick: &Tick, out: &mut Vec<Sample>) {
+    let Some(hpa) = s.hpa.as_mut() else { return };
+    let name = &s.resolved.name;
+    let request = s.resolved.resources.cpu_request_millis.unwrap_or(0);
+    let pod_samples: Vec<PodSample> = s
+        .replicas
+        .iter()
+        .map(|i| {
+            let pod = format!("{name}-{i}");
+            s.lifecycle
+                .pod_sample(&pod, s.metrics.metric(&pod), request)
+        })
+        .collect();
+    let decision = hpa.sync(tick.clock, s.replicas.len() as u32, &pod_samples);
+    s.last_desired = Some(decision.desired);
+    log_decision(name, &decision);
+    out.extend(hpa_samples(
+        tick.ts,
+        tick.mesh,
+        name,
+        &decision,
+        &pod_samples,
+    ));
+    resize(s, tick, decision.desired as usize);
+}
+
+fn log_decision(service: &str, d: &Decision) {
+    tracing::info!(
+        service = %service,
+        current = d.current,
+        desired = d.desired,
+        reason = ?d.reason,
+        "HPA: {}",
+        d.message
+    );
+}
+
+/// Starts or removes replicas until `s` has `desired`.
+fn resize(s: &mut Service, tick: &Tick, desired: usize) {
+    while s.replicas.len() < desired {
+        if let Err(e) = start_replica(tick.pods, tick.opts, s, tick.clock) {
+            tracing::warn!("scale up {}: {e}", s.resolved.name);
+            break;
+        }
+    }
+    let excess = s.replicas.len().saturating_sub(desired);
+    if excess > 0 {
+        scale_down(s, tick, excess);
+    }
+}
+
+/// Removes `excess` replicas, picked as a ReplicaSet picks them. Each leaves the proxy
+/// before it is stopped so no new connection reaches it.
+fn scale_down(s: &mut Service, tick: &Tick, excess: usize) {
+    let ranked: Vec<RankedPod> = s
+        .replicas
+        .iter()
+        .map(|i| {
+            let pod = format!("{}-{i}", s.resolved.name);
+            s.lifecycle.ranked(tick.clock, &pod)
+        })
+        .collect();
+    for pod in scale_down_victims(&ranked, excess) {
+        let name = &s.resolved.name;
+        s.replicas.retain(|i| format!("{name}-{i}") != pod);
+        let remaining: Vec<(String, SocketAddr)> = s
+            .proxy
+            .endpoints()
+            .into_iter()
+            .filter(|b| b.pod != pod)
+            .map(|b| (b.pod, b.addr))
+            .collect();
+        s.proxy.set_members(remaining);
+        s.cpu_prev.remove(&pod);
+        s.metrics.forget(&pod);
+        s.lifecycle.forget(&pod);
+        let pods = tick.pods.clone();
+        tokio::runtime::Handle::current().spawn(async move {
+            pods.stop(&pod, None).await;
+        });
     }
 }
 
@@ -806,7 +894,7 @@ fn hpa_samples(
     ts: i64,
     mesh: &str,
     service: &str,
-    d: &super::hpa::Decision,
+    d: &Decision,
     pods: &[PodSample],
 ) -> Vec<Sample> {
     let mut out: Vec<Sample> = [

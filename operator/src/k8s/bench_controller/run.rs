@@ -657,6 +657,7 @@ impl<'a> Run<'a> {
             finished_at: finished,
             steps_planned: Some(self.plan.total_steps() as u32),
             partial: finished.is_some() && state.machine.stopped_early,
+            deviations: Vec::new(),
         });
         for m in &self.snapshot.meshes {
             data.models
