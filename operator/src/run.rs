@@ -167,6 +167,18 @@ pub async fn run(args: RunArgs) -> u8 {
         ),
         Enforcement::None { reason } => (ReportEnforcement::NotEnforced, reason.clone()),
     };
+    if mode == ReportEnforcement::NotEnforced && !args.no_limits && wants_limits(&meshes) {
+        eprintln!(
+            "error: the meshes set CPU or memory limits, but this host cannot enforce them \
+             ({reason}); their capacity and HPA figures would be wrong. Run as root where \
+             cgroups are writable, or pass --no-limits to run without them (run.json then \
+             says so)."
+        );
+        platform.shutdown().await;
+        // Nothing ran: leave no empty run directory behind.
+        let _ = std::fs::remove_dir_all(run_dir.path());
+        return exit::RUN_FAILED;
+    }
     let mut warnings = Vec::new();
     if mode == ReportEnforcement::NotEnforced {
         let w = format!(
@@ -504,6 +516,14 @@ pub async fn run(args: RunArgs) -> u8 {
 }
 
 /// Takes the runner's samples except those Prometheus provides.
+/// Whether any service of `meshes` has a CPU or memory limit to enforce.
+fn wants_limits(meshes: &[ServiceMesh]) -> bool {
+    meshes
+        .iter()
+        .flat_map(|m| meshbench_crds::resolve::resolve_mesh(&m.spec))
+        .any(|s| s.resources.cpu_limit_millis.is_some() || s.resources.memory_limit_bytes.is_some())
+}
+
 /// Kubernetes' own value of each timing the local platform lets a run shorten.
 const KUBERNETES_HPA_SYNC: Duration = Duration::from_secs(15);
 const KUBERNETES_METRIC_RESOLUTION: Duration = Duration::from_secs(15);

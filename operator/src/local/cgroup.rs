@@ -10,6 +10,11 @@
 //! - cgroup v2 (unified): usable when the runner's group offers the `cpu` and `memory`
 //!   controllers in `cgroup.subtree_control` (or lets us enable them). Limits go to
 //!   `cpu.max` ("quota period", period 100 ms) and `memory.max` (+ `memory.swap.max`=0).
+//!   The kernel enables controllers for the children of a non-root group only when the
+//!   group itself holds no processes, which the runner's group does (the runner, its
+//!   shell…): as systemd and container runtimes do, the runner then moves those processes
+//!   into a leaf child ([`LEAF_GROUP`]) first, and a later run started from that leaf
+//!   uses its parent again.
 //! - cgroup v1: the `cpu` hierarchy (`cpu.cfs_period_us`/`cpu.cfs_quota_us`), `memory`
 //!   (`memory.limit_in_bytes`, plus `memory.memsw.limit_in_bytes` so swap cannot extend
 //!   the limit) and `cpuacct` for usage (co-mounted with `cpu` or separate).
@@ -33,6 +38,11 @@ use serde::Serialize;
 
 /// Prefix of every group meshbench creates; [`cleanup_stale`] only touches these.
 pub const GROUP_PREFIX: &str = "meshbench-";
+
+/// The leaf child of a cgroup v2 group that the group's own processes are moved into, so
+/// controllers can be enabled for its children. Not under [`GROUP_PREFIX`]: it holds the
+/// runner (and whatever shared its group) and must outlive every run.
+pub const LEAF_GROUP: &str = "meshbench.leaf";
 
 /// CFS period used for every CPU limit, as Kubernetes does (100 ms).
 pub const CFS_PERIOD_US: u64 = 100_000;
@@ -321,6 +331,13 @@ fn detect_from(mountinfo: &str, proc_cgroup: &str) -> Detected {
                 .iter()
                 .find(|(c, _)| c.is_empty())
                 .map_or("/", |(_, p)| p.as_str());
+            // A runner started from the leaf an earlier run made works in its parent, so
+            // leaves do not nest run after run.
+            let path = match path.rsplit_once('/') {
+                Some((parent, LEAF_GROUP)) if !parent.is_empty() => parent,
+                Some(("", LEAF_GROUP)) => "/",
+                _ => path,
+            };
             let base = group_dir(m, path);
             let available = fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
             let available: BTreeSet<&str> = available.split_whitespace().collect();
@@ -747,17 +764,57 @@ impl CgroupRoot {
     }
 }
 
-/// Enables the cpu and memory controllers for the children of a v2 group (needed once
-/// on the runner's own group, which the kernel refuses when that group holds processes
-/// and is not the root: then v2 is unusable here).
+/// Enables the cpu and memory controllers for the children of a v2 group.
 fn enable_v2_controllers(dir: &Path) -> Result<()> {
+    enable_controllers(dir, &["cpu", "memory"])
+}
+
+/// Enables `controllers` for the children of the v2 group `dir`. The kernel refuses that
+/// (EBUSY) in a non-root group holding processes, so on that refusal the processes move
+/// into the leaf child [`LEAF_GROUP`] and the write is tried again.
+fn enable_controllers(dir: &Path, controllers: &[&str]) -> Result<()> {
     let file = dir.join("cgroup.subtree_control");
     let current = read_file(&file)?;
     let enabled: BTreeSet<&str> = current.split_whitespace().collect();
-    if enabled.contains("cpu") && enabled.contains("memory") {
+    if controllers.iter().all(|c| enabled.contains(c)) {
         return Ok(());
     }
-    write_file(&file, "+cpu +memory")
+    let value: Vec<String> = controllers.iter().map(|c| format!("+{c}")).collect();
+    let value = value.join(" ");
+    match fs::write(&file, &value) {
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) => {
+            let leaf = move_into_leaf(dir)?;
+            tracing::info!(leaf = %leaf.display(), "moved the runner's cgroup processes into a leaf group to enable {value}");
+            write_file(&file, &value)
+        }
+        other => other.map_err(io_err("write", &file)),
+    }
+}
+
+/// Moves every process of `dir` into its child [`LEAF_GROUP`] (made if missing).
+fn move_into_leaf(dir: &Path) -> Result<PathBuf> {
+    let leaf = dir.join(LEAF_GROUP);
+    if let Err(e) = fs::create_dir(&leaf)
+        && e.kind() != io::ErrorKind::AlreadyExists
+    {
+        return Err(io_err("create", &leaf)(e));
+    }
+    let procs = leaf.join("cgroup.procs");
+    // Processes of the group can fork while they are moved: a few passes catch those.
+    for _ in 0..5 {
+        let pids = procs_of(dir);
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            if let Err(e) = fs::write(&procs, pid.to_string())
+                && e.raw_os_error() != Some(nix::errno::Errno::ESRCH as i32)
+            {
+                return Err(io_err("move a process into", &procs)(e));
+            }
+        }
+    }
+    Ok(leaf)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1135,5 +1192,87 @@ mod tests {
         assert_eq!(j, r#"{"mode":"none","reason":"read-only"}"#);
         let j = serde_json::to_string(&Enforcement::CgroupV1).unwrap_or_default();
         assert_eq!(j, r#"{"mode":"cgroup_v1"}"#);
+    }
+
+    /// The kernel's "no internal processes" rule on a real cgroup v2 hierarchy: a group
+    /// holding a process cannot enable a controller for its children until the process
+    /// moves into a leaf. Any v2 controller shows it (cpu and memory may be bound to v1
+    /// here), so the test takes the first the v2 root offers; it needs root.
+    #[test]
+    fn a_busy_v2_group_moves_its_processes_into_a_leaf_to_enable_controllers() {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let Some(mount) = parse_mountinfo(&mountinfo)
+            .into_iter()
+            .find(|m| m.fs_type == "cgroup2")
+        else {
+            eprintln!("skipped: no cgroup2 mount");
+            return;
+        };
+        let root = mount.mount_point.clone();
+        let controllers = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        let Some(controller) = controllers.split_whitespace().next().map(str::to_owned) else {
+            eprintln!(
+                "skipped: the cgroup2 root at {} offers no controller",
+                root.display()
+            );
+            return;
+        };
+        let root_control = root.join("cgroup.subtree_control");
+        let before = fs::read_to_string(&root_control).unwrap_or_default();
+        if fs::write(&root_control, format!("+{controller}")).is_err() {
+            eprintln!("skipped: cannot enable {controller} at the cgroup2 root (not root?)");
+            return;
+        }
+        let dir = root.join(format!("{GROUP_PREFIX}leaf-test-{}", std::process::id()));
+        fs::create_dir(&dir).expect("test group");
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        fs::write(dir.join("cgroup.procs"), child.id().to_string()).expect("move the child");
+
+        let refused = fs::write(dir.join("cgroup.subtree_control"), format!("+{controller}"));
+        let enabled = enable_controllers(&dir, &[controller.as_str()]);
+        let subtree = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+        let in_leaf = procs_of(&dir.join(LEAF_GROUP));
+
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = fs::remove_dir(dir.join(LEAF_GROUP));
+        let _ = fs::remove_dir(&dir);
+        if !before.split_whitespace().any(|c| c == controller) {
+            let _ = fs::write(&root_control, format!("-{controller}"));
+        }
+
+        let refused = refused.expect_err("the kernel refuses controllers for a busy group");
+        assert_eq!(
+            refused.raw_os_error(),
+            Some(nix::errno::Errno::EBUSY as i32)
+        );
+        enabled.expect("enabled after the move");
+        assert!(
+            subtree.split_whitespace().any(|c| c == controller),
+            "{subtree}"
+        );
+        assert_eq!(in_leaf, vec![child.id() as i32]);
+    }
+
+    #[test]
+    fn a_runner_in_the_leaf_works_in_its_parent() {
+        let mount = tempfile::tempdir().expect("temp dir");
+        fs::create_dir_all(mount.path().join("user.slice").join(LEAF_GROUP)).expect("groups");
+        let mountinfo = format!(
+            "30 24 0:26 / {} rw,nosuid - cgroup2 cgroup2 rw\n",
+            mount.path().display()
+        );
+        let d = detect_from(&mountinfo, &format!("0::/user.slice/{LEAF_GROUP}\n"));
+        let problems = d.problems.join("; ");
+        // The parent is what detection inspects (and names, as it lacks controllers).
+        let parent = mount.path().join("user.slice");
+        assert!(
+            problems.contains(&format!("{} lacks", parent.display())),
+            "{problems}"
+        );
+        assert!(!problems.contains(LEAF_GROUP), "{problems}");
     }
 }
