@@ -147,14 +147,16 @@ fn assert_knee(a: &Analysis, mesh: &str, all: &str) {
 /// The capacity model's target: below the knee, predicted mean and p99 latency within
 /// ±20 % of the measured ones (the `steps` table's error columns). The model's per-hop
 /// costs are those of release builds (measured there: mean −14 … −5 %, p99 −13 … 0 %).
-/// Tests build our crates without optimisation, which adds 1–2 ms per request (hence 30 %
-/// on the mean), and a step of 10 rps has ~120 requests, whose p99 is one outlier on a
-/// busy CI machine (−57 % seen): the p99 is checked in release builds only.
+/// Tests build our crates without optimisation, and on this 2-core CI machine the same
+/// debug-build step measured a mean of 16 ms in one run and 28 ms in another: noise only
+/// ever makes measurements slower, so there the prediction may fall short by up to 60 %
+/// but still not exceed the measurement by more than 20 % (the old M/M/c model did, by
+/// 60–80 %), and the p99 (one outlier in ~120 requests) is checked in release builds only.
 fn assert_predictions(a: &Analysis, all: &str) {
-    let (mean_tolerance, p99_tolerance) = if cfg!(debug_assertions) {
-        (0.30, None)
+    let (mean_range, p99_range) = if cfg!(debug_assertions) {
+        ((-0.60, 0.20), None)
     } else {
-        (0.20, Some(0.20))
+        ((-0.20, 0.20), Some((-0.20, 0.20)))
     };
     let below_knee: Vec<_> = a
         .steps
@@ -164,14 +166,14 @@ fn assert_predictions(a: &Analysis, all: &str) {
     assert!(!below_knee.is_empty(), "{all}");
     for s in below_knee {
         let checks = [
-            ("mean", s.predicted_latency_mean_error, Some(mean_tolerance)),
-            ("p99", s.predicted_latency_p99_error, p99_tolerance),
+            ("mean", s.predicted_latency_mean_error, Some(mean_range)),
+            ("p99", s.predicted_latency_p99_error, p99_range),
         ];
-        for (what, error, tolerance) in checks {
-            let Some(tolerance) = tolerance else { continue };
+        for (what, error, range) in checks {
+            let Some((low, high)) = range else { continue };
             let e = error.unwrap_or(f64::NAN);
             assert!(
-                e.abs() <= tolerance,
+                (low..=high).contains(&e),
                 "{} {}: predicted {what} latency off by {:.0} % (mean {:?} vs {:?}, p99 {:?} vs {:?})\n{all}",
                 s.mesh,
                 s.step_name,
