@@ -38,6 +38,14 @@ fn main() {
         Ok("hello") => roles::hello(),
         Ok("busy") => roles::busy(),
         _ => {
+            // The references are measured with wrk: without it there is nothing to compare,
+            // so stop with one line rather than a panic halfway through.
+            if Command::new("wrk").arg("--version").output().is_err() {
+                eprintln!(
+                    "worker bench: wrk is not on PATH (apt-get install -y wrk); nothing measured"
+                );
+                std::process::exit(1);
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
