@@ -157,17 +157,14 @@ fn precise_timer_slack() {
 mod tests {
     use super::*;
 
-    #[test]
-    fn wakes_each_waiter_at_its_time_within_a_fraction_of_a_millisecond() {
+    /// Lateness of each waiter (negative never: an early wake is an error).
+    fn one_round(pacer: &Arc<Pacer>, offsets_us: &[u64]) -> Result<Vec<Duration>, String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let pacer = Arc::new(Pacer::start().unwrap());
         let base = Instant::now() + Duration::from_millis(20);
-        // Out of order, some far apart, two at the same instant.
-        let offsets_us = [7_300u64, 150, 5_000, 5_000, 12_345, 900];
-        let delays: Vec<Duration> = rt.block_on(async {
+        rt.block_on(async {
             let tasks: Vec<_> = offsets_us
                 .iter()
                 .map(|&us| {
@@ -175,19 +172,37 @@ mod tests {
                     let at = base + Duration::from_micros(us);
                     tokio::spawn(async move {
                         p.sleep_until(at).await;
-                        Instant::now().saturating_duration_since(at)
+                        let now = Instant::now();
+                        now.checked_duration_since(at)
+                            .ok_or_else(|| format!("{us} µs: woke {:?} early", at - now))
                     })
                 })
                 .collect();
             let mut out = Vec::new();
             for t in tasks {
-                out.push(t.await.unwrap());
+                out.push(t.await.unwrap()?);
             }
-            out
-        });
-        for (us, d) in offsets_us.iter().zip(&delays) {
-            // Generous for a loaded CI machine; tokio's timer alone is ~1 ms late.
-            assert!(*d < Duration::from_micros(700), "{us} µs: {d:?} late");
+            Ok(out)
+        })
+    }
+
+    #[test]
+    fn wakes_each_waiter_at_its_time_within_a_fraction_of_a_millisecond() {
+        let pacer = Arc::new(Pacer::start().unwrap());
+        // Out of order, some far apart, two at the same instant.
+        let offsets_us = [7_300u64, 150, 5_000, 5_000, 12_345, 900];
+        // A loaded CI machine can deschedule the pacer thread in any one round, so the
+        // best of five rounds must be precise; tokio's own timer is ~1 ms late in every
+        // round, so a pacer that fell back to it would still fail.
+        let mut worst = Vec::new();
+        for _ in 0..5 {
+            let delays = one_round(&pacer, &offsets_us).unwrap();
+            let late = delays.iter().copied().max().unwrap_or_default();
+            if late < Duration::from_micros(700) {
+                return;
+            }
+            worst.push(late);
         }
+        panic!("every round had a waiter woken late: worst per round {worst:?}");
     }
 }
