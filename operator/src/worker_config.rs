@@ -1,6 +1,10 @@
 //! Renders the worker's JSON config (owned by the worker crate) from a resolved
-//! ServiceMesh service. Both platforms use it: in a cluster downstream calls go to
-//! `http://<service>:<port>`, locally to the service's loopback proxy.
+//! ServiceMesh service, and the settings of its readiness probe. Both platforms use them:
+//! in a cluster downstream calls go to `http://<service>:<port>`, locally to the service's
+//! loopback proxy; the cluster renders the probe into the Deployment, the local prober
+//! runs it.
+
+use std::time::Duration;
 
 use meshbench_crds::mesh::DelayMode as SpecDelayMode;
 use meshbench_crds::resolve::{ResolvedDelay, ResolvedService};
@@ -9,7 +13,7 @@ use meshbench_worker::config::{
     TimeoutPolicy, WorkerConfig,
 };
 
-fn micros(d: std::time::Duration) -> u64 {
+fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
@@ -120,5 +124,96 @@ pub fn worker_config(
                     .collect(),
             })
             .collect(),
+    }
+}
+
+/// The worker's readiness probe (an HTTP GET on the service port), in one place so that a
+/// replica leaves and rejoins its Service on the same schedule in a cluster and locally.
+///
+/// It probes the service port so it reflects what the traffic sees: a replica too
+/// saturated to answer within the timeout leaves the Service until it recovers. That
+/// costs traffic, not the replica, and it is the Kubernetes behaviour a benchmark of a
+/// mesh should reproduce. Without `readiness:` in the spec the failure threshold is the
+/// Kubernetes default of 3, so one slow answer does not shed load the user never asked to
+/// shed; a service that declares readiness gating leaves at the first miss, which is the
+/// gate it asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadinessProbe {
+    /// Path requested; 200-399 passes.
+    pub path: &'static str,
+    /// Time between probes (`periodSeconds`).
+    pub period: Duration,
+    /// Time a probe may take (`timeoutSeconds`).
+    pub timeout: Duration,
+    /// Passes in a row that make an unready replica ready (`successThreshold`).
+    pub success_threshold: u32,
+    /// Misses in a row that make a ready replica unready (`failureThreshold`).
+    pub failure_threshold: u32,
+}
+
+/// The readiness probe of `svc`'s workers. The period is the service's
+/// `readiness.period` in whole seconds, at least 1 s: `periodSeconds` is an integer with
+/// a minimum of 1, so a shorter period could not be rendered for a cluster.
+pub fn readiness_probe(svc: &ResolvedService) -> ReadinessProbe {
+    let gated = svc.readiness_max_in_flight.is_some();
+    ReadinessProbe {
+        path: "/ready",
+        period: Duration::from_secs(svc.readiness_period.as_secs().max(1)),
+        timeout: Duration::from_secs(1),
+        success_threshold: 1,
+        failure_threshold: if gated { 1 } else { 3 },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshbench_crds::mesh::ServiceMeshSpec;
+    use meshbench_crds::resolve::resolve_mesh;
+
+    fn service(readiness_period: Duration) -> ResolvedService {
+        let spec: ServiceMeshSpec =
+            serde_yaml::from_str("services:\n  - name: web\n    endpoints: [{path: /}]\n")
+                .expect("mesh spec");
+        let mut svc = resolve_mesh(&spec).remove(0);
+        svc.readiness_period = readiness_period;
+        svc
+    }
+
+    #[test]
+    fn readiness_period_is_whole_seconds_of_at_least_one() {
+        for (period_ms, want_s) in [(200, 1), (1000, 1), (1500, 1), (2000, 2), (30_000, 30)] {
+            let p = readiness_probe(&service(Duration::from_millis(period_ms)));
+            assert_eq!(
+                p.period,
+                Duration::from_secs(want_s),
+                "period {period_ms} ms"
+            );
+        }
+    }
+
+    #[test]
+    fn without_gating_the_probe_has_the_kubernetes_failure_threshold() {
+        let p = readiness_probe(&service(Duration::from_secs(1)));
+        assert_eq!(
+            p,
+            ReadinessProbe {
+                path: "/ready",
+                period: Duration::from_secs(1),
+                timeout: Duration::from_secs(1),
+                success_threshold: 1,
+                failure_threshold: 3,
+            }
+        );
+    }
+
+    #[test]
+    fn a_gated_service_leaves_at_the_first_miss() {
+        let mut svc = service(Duration::from_secs(2));
+        svc.readiness_max_in_flight = Some(4);
+        let p = readiness_probe(&svc);
+        assert_eq!(p.failure_threshold, 1);
+        assert_eq!(p.success_threshold, 1);
+        assert_eq!(p.period, Duration::from_secs(2));
     }
 }

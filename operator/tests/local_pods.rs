@@ -405,7 +405,7 @@ fn stale_groups_of_a_killed_runner_are_removed() {
 // supervision (works with or without cgroups)
 
 #[tokio::test]
-async fn crashed_replica_restarts_with_exponential_backoff() {
+async fn crashed_replica_restarts_at_once_then_with_exponential_backoff() {
     let root = CgroupRoot::create(&unique("test")).expect("root");
     let logs = temp_dir("mb-logs");
     let (pods, mut events) = Pods::new(fast_config(logs.clone()), root.clone());
@@ -446,9 +446,10 @@ async fn crashed_replica_restarts_with_exponential_backoff() {
         })
         .await;
         assert_eq!(restarted.kind, PodEventKind::Restarted { attempt });
-        // Back-off is 100 ms, then 200 ms: lower bounds only.
+        // As the kubelet's: no back-off before the first restart, then the base (100 ms
+        // here). Lower bounds only.
         let waited = (restarted.ts - exited.ts).to_std().unwrap_or_default();
-        let expected = Duration::from_millis(100 * u64::from(attempt));
+        let expected = Duration::from_millis(100) * (attempt - 1);
         assert!(
             waited >= expected,
             "restart {attempt} after {waited:?} < {expected:?}"
@@ -633,12 +634,14 @@ async fn pair() -> Pair {
     let a = named_server("a", Arc::new(AtomicBool::new(true))).await;
     let b_ready = Arc::new(AtomicBool::new(true));
     let b = named_server("b", b_ready.clone()).await;
-    // Round robin makes the tests below deterministic; random has its own test.
+    // Round robin makes the tests below deterministic; random has its own test. No
+    // propagation delay: readiness changes route at once.
     let proxy = ServiceProxy::bind(
         "svc",
         "127.0.0.1:0".parse().expect("addr"),
         ProxyConfig {
             balance: Balance::RoundRobin,
+            propagation_delay: Duration::ZERO,
             ..ProxyConfig::default()
         },
     )
@@ -656,6 +659,7 @@ async fn pair() -> Pair {
             ready: true,
         },
     ]);
+    wait_until("the proxy to accept", || proxy.accepting()).await;
     Pair {
         proxy,
         a,
@@ -691,7 +695,10 @@ async fn new_connections_pick_a_random_endpoint_by_default() {
     let proxy = ServiceProxy::bind(
         "rand",
         "127.0.0.1:0".parse().expect("addr"),
-        ProxyConfig::default(),
+        ProxyConfig {
+            propagation_delay: Duration::ZERO,
+            ..ProxyConfig::default()
+        },
     )
     .await
     .expect("proxy");
@@ -707,6 +714,7 @@ async fn new_connections_pick_a_random_endpoint_by_default() {
             ready: true,
         },
     ]);
+    wait_until("the proxy to accept", || proxy.accepting()).await;
     let mut picks = Vec::new();
     for _ in 0..200 {
         picks.push(one_shot(proxy.local_addr()).await);
@@ -777,6 +785,7 @@ async fn prober_follows_ready_endpoint() {
             .is_some_and(|b| b.ready)
     };
     wait_until("a ready", || ready_of("svc-a")).await;
+    wait_until("the proxy to accept", || p.proxy.accepting()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!ready_of("svc-b"), "503 on /ready must keep b unready");
     for _ in 0..4 {
@@ -791,19 +800,22 @@ async fn prober_follows_ready_endpoint() {
     assert!(ready_of("svc-a"));
 }
 
+/// As behind DNAT, a refused connect is the client's error: the client connection is
+/// reset and no other endpoint is tried.
 #[tokio::test]
-async fn refused_backend_is_skipped() {
+async fn refused_backend_fails_its_client() {
     let a = named_server("a", Arc::new(AtomicBool::new(true))).await;
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr")
     };
-    // Round robin: every other connection tries the dead endpoint first.
+    // Round robin: every other connection goes to the dead endpoint.
     let proxy = ServiceProxy::bind(
         "svc",
         "127.0.0.1:0".parse().expect("addr"),
         ProxyConfig {
             balance: Balance::RoundRobin,
+            propagation_delay: Duration::ZERO,
             ..ProxyConfig::default()
         },
     )
@@ -821,24 +833,43 @@ async fn refused_backend_is_skipped() {
             ready: true,
         },
     ]);
+    wait_until("the proxy to accept", || proxy.accepting()).await;
+    let mut served = Vec::new();
     for _ in 0..6 {
-        assert_eq!(one_shot(proxy.local_addr()).await, "a");
+        let mut s = TcpStream::connect(proxy.local_addr())
+            .await
+            .expect("connect");
+        served.push(request(&mut s, "/").await.ok().map(|(_, body)| body));
     }
-    let stats = proxy.stats();
-    assert!(
-        stats.backends["svc-dead"].connect_failures >= 3,
-        "{stats:?}"
+    let a_served = Some("a".to_string());
+    assert_eq!(
+        served,
+        [
+            None,
+            a_served.clone(),
+            None,
+            a_served.clone(),
+            None,
+            a_served
+        ]
     );
-    assert_eq!(stats.backends["svc-a"].connections, 6);
+    let stats = proxy.stats();
+    assert_eq!(stats.backends["svc-dead"].connect_failures, 3, "{stats:?}");
+    assert_eq!(stats.backends["svc-a"].connections, 3);
+    assert_eq!(stats.rejected, 3);
 }
 
+/// A Service without a ready endpoint refuses connections, as kube-proxy's REJECT rule.
 #[tokio::test]
-async fn no_ready_backend_closes_the_connection() {
+async fn no_ready_backend_refuses_connections() {
     let a = named_server("a", Arc::new(AtomicBool::new(true))).await;
     let proxy = ServiceProxy::bind(
         "svc",
         "127.0.0.1:0".parse().expect("addr"),
-        ProxyConfig::default(),
+        ProxyConfig {
+            propagation_delay: Duration::ZERO,
+            ..ProxyConfig::default()
+        },
     )
     .await
     .expect("proxy");
@@ -851,15 +882,13 @@ async fn no_ready_backend_closes_the_connection() {
         }],
     ] {
         proxy.set_endpoints(endpoints);
-        let mut s = TcpStream::connect(proxy.local_addr())
+        wait_until("the proxy to refuse", || !proxy.accepting()).await;
+        let err = TcpStream::connect(proxy.local_addr())
             .await
-            .expect("connect");
-        let r = tokio::time::timeout(Duration::from_secs(10), request(&mut s, "/"))
-            .await
-            .expect("closed promptly");
-        assert!(r.is_err(), "expected a closed connection, got {r:?}");
+            .expect_err("connect refused");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
     }
-    assert_eq!(proxy.stats().rejected, 2);
+    assert_eq!(proxy.stats().accepted, 0);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -923,6 +952,11 @@ async fn supervised_servers_behind_the_proxy() {
     proxy.set_members(members);
     wait_until("both replicas ready", || {
         proxy.endpoints().iter().all(|b| b.ready)
+    })
+    .await;
+    // The default propagation delay: routed about a second after ready.
+    wait_until("both replicas routed", || {
+        proxy.routes().len() == 2 && proxy.accepting()
     })
     .await;
     // Random picks: 40 connections all on one replica has probability 2^-39.

@@ -11,6 +11,7 @@
 //! reach each other through these names.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::autoscaling::v2::{
@@ -37,6 +38,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::keys;
+use crate::worker_config::readiness_probe;
 
 /// Errors of rendering.
 #[derive(Debug, thiserror::Error)]
@@ -485,13 +487,22 @@ fn worker_ports(svc: &ResolvedService) -> Vec<ContainerPort> {
     ]
 }
 
-/// Readiness on the service port, so it reflects what the traffic sees: a replica too
-/// saturated to answer within 1 s (or over `readiness.maxInFlight`) leaves the Service
-/// until it recovers. That costs traffic, not the replica, and it is the Kubernetes
-/// behaviour a benchmark of a mesh should reproduce.
+/// Readiness on the service port, with the settings the local platform's prober runs
+/// too ([`readiness_probe`], which says why they are what they are).
 fn worker_readiness_probe(svc: &ResolvedService) -> Probe {
-    let period = i32::try_from(svc.readiness_period.as_secs().max(1)).unwrap_or(i32::MAX);
-    http_probe("/ready", HTTP_PORT_NAME, period, 1, 1)
+    let p = readiness_probe(svc);
+    let seconds = |d: Duration| i32::try_from(d.as_secs()).unwrap_or(i32::MAX);
+    let count = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+    Probe {
+        success_threshold: Some(count(p.success_threshold)),
+        ..http_probe(
+            p.path,
+            HTTP_PORT_NAME,
+            seconds(p.period),
+            seconds(p.timeout),
+            count(p.failure_threshold),
+        )
+    }
 }
 
 /// Liveness on the health port, answered by a thread of its own that the load cannot
@@ -1069,4 +1080,39 @@ pub fn render_bundle_yaml_with(bundle: &Bundle, opts: &RenderOptions) -> Result<
         values.push(value(&objects.job)?);
     }
     to_yaml_stream(&values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshbench_crds::mesh::ServiceMeshSpec;
+
+    /// The cluster's probe and the local prober's come from one place; this pins the
+    /// rendering of it.
+    #[test]
+    fn readiness_probe_renders_the_shared_settings() {
+        let spec: ServiceMeshSpec =
+            serde_yaml::from_str("services:\n  - name: web\n    endpoints: [{path: /}]\n")
+                .expect("mesh spec");
+        for (period_ms, want_s) in [(200, 1), (1000, 1), (2500, 2)] {
+            let mut svc = resolve::resolve_mesh(&spec).remove(0);
+            svc.readiness_period = Duration::from_millis(period_ms);
+            let shared = readiness_probe(&svc);
+            let probe = worker_readiness_probe(&svc);
+            let secs = |d: Duration| Some(d.as_secs() as i32);
+            assert_eq!(probe.period_seconds, Some(want_s), "period {period_ms} ms");
+            assert_eq!(probe.period_seconds, secs(shared.period));
+            assert_eq!(probe.timeout_seconds, secs(shared.timeout));
+            assert_eq!(
+                probe.success_threshold,
+                Some(shared.success_threshold as i32)
+            );
+            assert_eq!(
+                probe.failure_threshold,
+                Some(shared.failure_threshold as i32)
+            );
+            let path = probe.http_get.and_then(|h| h.path);
+            assert_eq!(path.as_deref(), Some(shared.path));
+        }
+    }
 }

@@ -4,6 +4,11 @@
 //! quota, memory limit enforced); each service is a loopback TCP proxy that balances per
 //! connection over ready replicas; a control loop samples CPU, memory and the workers'
 //! metrics every second and runs the HPA algorithm every sync period.
+//!
+//! The timings are a cluster's: the readiness probe the cluster renders
+//! ([`readiness_probe`]), routes that follow readiness a propagation delay later (see
+//! [`super::proxy`]), the kubelet's crash back-off and 30 s termination grace
+//! ([`PodsConfig::new`]), and the worker's 30 s drain.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,9 +31,9 @@ use super::pods::{
     PORT_PLACEHOLDER, PodEvent, PodPhase, Pods, PodsConfig, ReplicaSpec, ReplicaStatus,
 };
 use super::prometheus::{Target, write_targets};
-use super::proxy::{Balance, ProbeConfig, ProxyConfig, ServiceProxy};
+use super::proxy::{Balance, ProxyConfig, ServiceProxy};
 use super::sampler::{WorkerCounters, parse_worker_metrics, proc_usage, scrape};
-use crate::worker_config::worker_config;
+use crate::worker_config::{readiness_probe, worker_config};
 
 /// Errors of the local platform.
 #[derive(Debug, thiserror::Error)]
@@ -212,10 +217,9 @@ impl LocalPlatform {
             }
         };
         let enforcement = cgroups.enforcement().clone();
-        let mut cfg = PodsConfig::new(opts.log_dir.clone());
-        // Kubelet's 10 s base back-off would eat whole steps of a short run.
-        cfg.backoff_base = Duration::from_secs(1);
-        cfg.termination_grace = Duration::from_secs(5);
+        // The kubelet's timings, even where a crash loop costs a short run whole steps:
+        // it costs them on a cluster too.
+        let cfg = PodsConfig::new(opts.log_dir.clone());
         let (pods, mut events) = Pods::new(cfg, cgroups);
         let shared = Arc::new(Mutex::new(Shared {
             deployed: None,
@@ -348,13 +352,9 @@ impl LocalPlatform {
         let first_scrape = self.epoch.now() + self.opts.metric_resolution.as_secs_f64() / 2.0;
         let mut services = Vec::new();
         for (svc, proxy) in resolved.iter().zip(proxies) {
-            let mut cfg = worker_config(svc, &resolved, &base_url);
-            cfg.drain_grace_us = 2_000_000;
+            let cfg = worker_config(svc, &resolved, &base_url);
             let config_json = serde_json::to_string(&cfg)?;
-            let prober = proxy.spawn_prober(ProbeConfig {
-                period: Duration::from_millis(500).min(svc.readiness_period),
-                ..ProbeConfig::default()
-            });
+            let prober = proxy.spawn_prober(readiness_probe(svc).into());
             let hpa = svc.autoscaling.as_ref().and_then(|a| {
                 HpaConfig::new(
                     a.min_replicas,
@@ -433,7 +433,10 @@ impl LocalPlatform {
         }));
     }
 
-    /// Waits until every service has all its replicas ready.
+    /// Waits until every service has all its replicas ready, routed and its proxy
+    /// accepting. Routed too: on a cluster the load generator's Job starts seconds after
+    /// the replicas are ready, long after kube-proxy has their endpoints; here load
+    /// starts at once and would otherwise meet the propagation delay.
     pub async fn wait_ready(&self) -> Result<()> {
         let start = Instant::now();
         loop {
@@ -449,8 +452,16 @@ impl LocalPlatform {
                     .iter()
                     .filter_map(|s| {
                         let ready = s.proxy.endpoints().iter().filter(|b| b.ready).count();
-                        (ready < s.replicas.len()).then(|| {
-                            format!("{} {ready}/{} ready", s.resolved.name, s.replicas.len())
+                        let routed = s.proxy.routes().len();
+                        let wanted = s.replicas.len();
+                        // A service of no replicas refuses, as it should.
+                        let serving =
+                            ready.min(routed) >= wanted && (wanted == 0 || s.proxy.accepting());
+                        (!serving).then(|| {
+                            format!(
+                                "{} {ready}/{wanted} ready, {routed}/{wanted} routed",
+                                s.resolved.name
+                            )
                         })
                     })
                     .collect::<Vec<_>>()
@@ -855,8 +866,11 @@ fn resize(s: &mut Service, tick: &Tick, desired: usize) {
     }
 }
 
-/// Removes `excess` replicas, picked as a ReplicaSet picks them. Each leaves the proxy
-/// before it is stopped so no new connection reaches it.
+/// Removes `excess` replicas, picked as a ReplicaSet picks them. As on a cluster, a
+/// victim gets SIGTERM and leaves the endpoints at the same moment, and the proxy's
+/// routes drop it only a propagation delay later (the EndpointSlice update reaching
+/// kube-proxy while the container terminates): connections that reach it meanwhile
+/// find it draining, or refused once it stopped listening.
 fn scale_down(s: &mut Service, tick: &Tick, excess: usize) {
     let ranked: Vec<RankedPod> = s
         .replicas
@@ -867,6 +881,11 @@ fn scale_down(s: &mut Service, tick: &Tick, excess: usize) {
         })
         .collect();
     for pod in scale_down_victims(&ranked, excess) {
+        let pods = tick.pods.clone();
+        let victim = pod.clone();
+        tokio::runtime::Handle::current().spawn(async move {
+            pods.stop(&victim, None).await;
+        });
         let name = &s.resolved.name;
         s.replicas.retain(|i| format!("{name}-{i}") != pod);
         let remaining: Vec<(String, SocketAddr)> = s
@@ -880,10 +899,6 @@ fn scale_down(s: &mut Service, tick: &Tick, excess: usize) {
         s.cpu_prev.remove(&pod);
         s.metrics.forget(&pod);
         s.lifecycle.forget(&pod);
-        let pods = tick.pods.clone();
-        tokio::runtime::Handle::current().spawn(async move {
-            pods.stop(&pod, None).await;
-        });
     }
 }
 

@@ -2,9 +2,10 @@
 //!
 //! Each [`Replica`] runs its program in its own process group and cgroup, with stdout
 //! and stderr appended to `<log_dir>/<pod>.log`. A supervisor task restarts it whenever
-//! it exits (restartPolicy `Always`, as for a Deployment), with CrashLoopBackOff timing:
-//! base delay doubled per consecutive restart, capped, reset after the replica ran long
-//! enough. Every transition is sent as a [`PodEvent`].
+//! it exits (restartPolicy `Always`, as for a Deployment), with the kubelet's
+//! CrashLoopBackOff timing (see [`PodsConfig::backoff`]): the first restart at once, then
+//! 10 s doubling to 5 min, forgotten once the replica ran 10 min. Every transition is sent
+//! as a [`PodEvent`].
 //!
 //! Start gating: a process must be in its cgroup before it runs any of its own code (a
 //! fork after the move inherits the group; before it would escape the limit). Without
@@ -138,24 +139,32 @@ impl ReplicaSpec {
     }
 }
 
-/// Supervision settings shared by all replicas of a run.
+/// Supervision settings shared by all replicas of a run. [`PodsConfig::new`] gives the
+/// kubelet's, so a replica crashes, restarts and stops on a cluster's schedule.
 #[derive(Debug, Clone)]
 pub struct PodsConfig {
     /// Directory of the per-replica log files (created if missing).
     pub log_dir: PathBuf,
-    /// First restart delay (kubelet: 10 s); doubled per consecutive restart.
+    /// Delay before the second restart of a crash streak (kubelet: 10 s); doubled per
+    /// restart after it. The first restart has none.
     pub backoff_base: Duration,
     /// Longest restart delay (kubelet: 5 min).
     pub backoff_cap: Duration,
-    /// A replica that ran at least this long before exiting restarts with the base delay
-    /// again (kubelet: 10 min).
+    /// A replica that ran longer than this before exiting starts a new crash streak, so
+    /// restarts at once (kubelet: 10 min).
     pub backoff_reset_after: Duration,
     /// Time between SIGTERM and SIGKILL on stop (terminationGracePeriodSeconds: 30 s).
     pub termination_grace: Duration,
 }
 
 impl PodsConfig {
-    /// Kubernetes defaults, logs in `log_dir`.
+    /// Kubernetes defaults, logs in `log_dir`. The back-off numbers are the kubelet's
+    /// (pkg/kubelet/kubelet.go): `initialCrashLoopBackOff` 10 s (`backOffPeriod` in older
+    /// kubelets) and `MaxCrashLoopBackOff` = `v1beta1.MaxContainerBackOff` 300 s, and its
+    /// back-off entry expires when a container ran more than 600 s (`HasExpiredFunc`; in
+    /// older kubelets client-go `flowcontrol.Backoff`'s `hasExpired`, twice the 300 s
+    /// cap). The `ReduceDefaultCrashLoopBackOffDecay` gate (1 s to 60 s) is alpha, off by
+    /// default. 30 s is the API's default `terminationGracePeriodSeconds`.
     pub fn new(log_dir: impl Into<PathBuf>) -> Self {
         Self {
             log_dir: log_dir.into(),
@@ -166,13 +175,31 @@ impl PodsConfig {
         }
     }
 
-    /// Delay before restart number `attempt` (1-based).
+    /// Delay before restart number `attempt` (1-based) of a crash streak. As the
+    /// kubelet's `doBackOff` (pkg/kubelet/kuberuntime/kuberuntime_manager.go): a container
+    /// without a back-off entry starts at once and `Backoff.Next` sets the entry to the
+    /// base; each later crash waits the entry, then doubles it up to the cap. So: 0, base,
+    /// 2 base, 4 base, … cap.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(31));
+        let Some(doublings) = attempt.checked_sub(2) else {
+            return Duration::ZERO;
+        };
+        let factor = 2u32.saturating_pow(doublings.min(31));
         self.backoff_base
             .checked_mul(factor)
             .unwrap_or(self.backoff_cap)
             .min(self.backoff_cap)
+    }
+
+    /// The crash streak after a run of `ran` that followed `streak` crashes in a row ended
+    /// in a crash: the kubelet forgets the back-off of a container that ran longer than
+    /// `backoff_reset_after`, so a long run starts the count over.
+    pub fn crash_streak(&self, streak: u32, ran: Duration) -> u32 {
+        if ran > self.backoff_reset_after {
+            1
+        } else {
+            streak.saturating_add(1)
+        }
     }
 }
 
@@ -557,11 +584,7 @@ impl Supervisor {
                             Err(e) => tracing::warn!(error = %e, "no new port"),
                         }
                     }
-                    crash_streak = if ran >= self.cfg.backoff_reset_after {
-                        1
-                    } else {
-                        crash_streak + 1
-                    };
+                    crash_streak = self.cfg.crash_streak(crash_streak, ran);
                     if !self.back_off(&mut restarts, crash_streak).await {
                         break;
                     }
@@ -844,11 +867,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_and_caps_like_kubelet() {
+    fn backoff_restarts_at_once_then_doubles_and_caps_like_kubelet() {
         let cfg = PodsConfig::new("/tmp");
-        let secs: Vec<u64> = (1..=7).map(|a| cfg.backoff(a).as_secs()).collect();
-        assert_eq!(secs, vec![10, 20, 40, 80, 160, 300, 300]);
+        let secs: Vec<u64> = (1..=8).map(|a| cfg.backoff(a).as_secs()).collect();
+        assert_eq!(secs, vec![0, 10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(cfg.backoff(0), Duration::ZERO);
         assert_eq!(cfg.backoff(1000), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn crash_streak_starts_over_after_ten_minutes_of_running() {
+        let cfg = PodsConfig::new("/tmp");
+        let min = |m: u64| Duration::from_secs(60 * m);
+        // (run length before each crash, delay before the restart that follows it)
+        let runs = [
+            (min(0), 0),
+            (min(1), 10),
+            (min(9), 20),
+            (min(10), 40),
+            (min(10) + Duration::from_secs(1), 0),
+            (min(0), 10),
+        ];
+        let mut streak = 0;
+        for (i, (ran, want)) in runs.into_iter().enumerate() {
+            streak = cfg.crash_streak(streak, ran);
+            assert_eq!(
+                cfg.backoff(streak).as_secs(),
+                want,
+                "crash {i} after {ran:?}"
+            );
+        }
     }
 
     #[test]
