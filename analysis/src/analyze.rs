@@ -96,6 +96,7 @@ pub struct PodAggregate {
 pub struct ServiceSeries {
     pub replicas: Vec<(i64, f64)>,
     pub replicas_ready: Vec<(i64, f64)>,
+    pub replicas_pending: Vec<(i64, f64)>,
     pub replicas_desired: Vec<(i64, f64)>,
     pub cpu_request: Vec<(i64, f64)>,
     pub cpu_limit: Vec<(i64, f64)>,
@@ -153,6 +154,7 @@ pub fn group_samples<'a>(samples: impl Iterator<Item = SampleRef<'a>>) -> Series
             (metric::MEMORY_BYTES, true) => r.memory.push(p),
             (metric::REPLICAS, false) => r.s.replicas.push(p),
             (metric::REPLICAS_READY, false) => r.s.replicas_ready.push(p),
+            (metric::REPLICAS_PENDING, false) => r.s.replicas_pending.push(p),
             (metric::REPLICAS_DESIRED, false) => r.s.replicas_desired.push(p),
             (metric::CPU_REQUEST_CORES, false) => r.s.cpu_request.push(p),
             (metric::CPU_LIMIT_CORES, false) => r.s.cpu_limit.push(p),
@@ -170,6 +172,7 @@ pub fn group_samples<'a>(samples: impl Iterator<Item = SampleRef<'a>>) -> Series
             for v in [
                 &mut s.replicas,
                 &mut s.replicas_ready,
+                &mut s.replicas_pending,
                 &mut s.replicas_desired,
                 &mut s.cpu_request,
                 &mut s.cpu_limit,
@@ -599,6 +602,7 @@ pub fn analyze(data: &RunData) -> Analysis {
                 row.predicted_replicas_low = p.replicas_band.map(|b| b.0);
                 row.predicted_replicas_high = p.replicas_band.map(|b| b.1);
                 row.predicted_cpu_utilization = Some(p.request_utilization);
+                row.predicted_replicas_pending = Some(p.pending);
             }
             services.push(row);
         }
@@ -714,6 +718,10 @@ fn service_row(
         replicas_final: fig.map(|f| f.last),
         replicas_ready_avg: ready.map(|f| f.avg),
         replicas_desired_max: desired_max,
+        replicas_pending_max: max(window(&ser.replicas_pending, |p| p.0, start, end)
+            .iter()
+            .map(|p| p.1)
+            .chain(value_at(&ser.replicas_pending, start))),
         cpu_cores_avg: mean(cpu.iter().map(|a| a.sum)),
         cpu_cores_max: max(cpu.iter().map(|a| a.sum)),
         cpu_request_cores: request,
@@ -746,6 +754,7 @@ fn service_row(
         predicted_replicas: None,
         predicted_replicas_low: None,
         predicted_replicas_high: None,
+        predicted_replicas_pending: None,
         predicted_cpu_utilization: None,
     }
 }

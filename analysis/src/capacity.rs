@@ -92,6 +92,20 @@ pub struct CapacityInput {
     /// What the worker and the platform add to every request (defaults: measured).
     #[serde(default)]
     pub overhead: Overhead,
+    /// The one node every replica must fit on (a local run's machine); `None` for a
+    /// cluster, whose nodes the model does not know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeModel>,
+}
+
+/// A node's allocatable resources. A replica whose requests do not fit what the replicas
+/// already on it leave stays Pending, as the scheduler leaves it, and carries nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct NodeModel {
+    /// Allocatable CPU, cores.
+    pub cpu_cores: f64,
+    /// Allocatable memory, bytes.
+    pub memory_bytes: f64,
 }
 
 /// The cost of the harness itself, measured rather than specified: without it a mesh of
@@ -157,6 +171,10 @@ pub struct ServiceModel {
     /// quota from the requests and counts toward the HPA's utilization.
     #[serde(default)]
     pub idle_cpu_cores: f64,
+    /// Memory request per pod in bytes; with the CPU request it decides whether a replica
+    /// fits on the node.
+    #[serde(default)]
+    pub memory_request_bytes: f64,
     pub endpoints: Vec<EndpointModel>,
 }
 
@@ -240,8 +258,13 @@ pub struct ServicePlan {
     pub max_replicas: u32,
     /// Entry requests per second this service can carry at `replicas`; `None` if it burns no CPU.
     pub capacity_rps: Option<f64>,
-    /// Entry requests per second this service can carry at `max_replicas`.
+    /// Entry requests per second this service can carry at `max_replicas` (at
+    /// `max_admitted_replicas` when the node admits fewer).
     pub capacity_max_rps: Option<f64>,
+    /// Replicas of `max_replicas` the node admits while the other services stay at their
+    /// base count, when fewer than `max_replicas`; the rest would stay Pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_admitted_replicas: Option<u32>,
     pub hpa: Option<HpaModel>,
 }
 
@@ -249,8 +272,12 @@ pub struct ServicePlan {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceAtRate {
     pub name: String,
-    /// Replicas at this rate: the HPA's steady state, or the configured count.
+    /// Replicas at this rate: the HPA's steady state, or the configured count (including
+    /// any the node leaves Pending).
     pub replicas: u32,
+    /// Of `replicas`, those the node does not admit: Pending, they carry nothing.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pending: u32,
     /// Fewest and most replicas an HPA can rest at for this rate (its tolerance band):
     /// reached from fewer replicas it stops at the low end, from more at the high end.
     #[serde(default)]
@@ -307,6 +334,9 @@ pub struct CapacityPlan {
     pub rates: Vec<RatePlan>,
     /// Best allocation under a budget, when one was asked for.
     pub allocation: Option<Allocation>,
+    /// The node the replicas were fitted on, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeModel>,
     /// Assumptions the model made about this input (e.g. a missing CPU limit).
     pub notes: Vec<String>,
     /// How latency is modelled; shown with every latency prediction.
@@ -330,6 +360,7 @@ pub struct Model {
     /// callees[s][e]: resolved downstream calls per group.
     callees: Vec<Vec<Vec<Vec<ResolvedCall>>>>,
     overhead: Overhead,
+    node: Option<NodeModel>,
     notes: Vec<String>,
 }
 
@@ -340,6 +371,10 @@ struct ResolvedCall {
     probability: f64,
     repeat: u32,
     expected_calls: f64,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn check(
@@ -373,6 +408,14 @@ impl Model {
         ] {
             check(|| what.to_string(), v, v >= 0.0, "a finite number ≥ 0")?;
         }
+        if let Some(n) = &input.node {
+            for (what, v) in [
+                ("node.cpu_cores", n.cpu_cores),
+                ("node.memory_bytes", n.memory_bytes),
+            ] {
+                check(|| what.to_string(), v, v >= 0.0, "a finite number ≥ 0")?;
+            }
+        }
         for (i, s) in input.services.iter().enumerate() {
             if index.insert(s.name.as_str(), i).is_some() {
                 return Err(CapacityError::DuplicateService(s.name.clone()));
@@ -383,6 +426,12 @@ impl Model {
                 s.cpu_request_cores,
                 s.cpu_request_cores >= 0.0,
                 "a finite number of cores ≥ 0",
+            )?;
+            check(
+                || format!("service {name}: memory_request_bytes"),
+                s.memory_request_bytes,
+                s.memory_request_bytes >= 0.0,
+                "a finite number of bytes ≥ 0",
             )?;
             if let Some(l) = s.cpu_limit_cores {
                 check(
@@ -539,6 +588,7 @@ impl Model {
             topo,
             callees,
             overhead: input.overhead,
+            node: input.node,
             notes,
         })
     }
@@ -606,6 +656,87 @@ impl Model {
             .map(|c| c * f64::from(replicas))
     }
 
+    /// Replicas the node admits when `wanted` are asked for (input order), as a scheduler
+    /// that binds pods in creation order leaves them: every service's base replicas first
+    /// (deployed together, in input order), then the extra ones, in input order. A service
+    /// whose next replica does not fit gets no more (its replicas are alike), a later one
+    /// with smaller requests still can. Without a node every replica is admitted.
+    pub fn admitted(&self, wanted: &[u32]) -> Vec<u32> {
+        let Some(node) = self.node else {
+            return wanted.to_vec();
+        };
+        let mut free = (node.cpu_cores, node.memory_bytes);
+        let mut out = vec![0u32; wanted.len()];
+        let bases: Vec<u32> = (0..wanted.len())
+            .map(|s| self.base_replicas(s).min(wanted[s]))
+            .collect();
+        for (pass, upto) in [&bases[..], wanted].into_iter().enumerate() {
+            for (s, &want) in upto.iter().enumerate() {
+                if pass == 1 && out[s] < bases[s] {
+                    // Its base replicas did not all fit: no extra ones either.
+                    continue;
+                }
+                let svc = &self.services[s];
+                let (cpu, memory) = (svc.cpu_request_cores, svc.memory_request_bytes);
+                while out[s] < want && cpu <= free.0 + 1e-9 && memory <= free.1 {
+                    free = (free.0 - cpu, free.1 - memory);
+                    out[s] += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// The most replicas of `s` the node admits with the other services at their base.
+    fn max_admitted(&self, s: usize) -> u32 {
+        let wanted: Vec<u32> = (0..self.services.len())
+            .map(|i| {
+                if i == s {
+                    self.max_replicas(i)
+                } else {
+                    self.base_replicas(i)
+                }
+            })
+            .collect();
+        self.admitted(&wanted)[s]
+    }
+
+    /// The HPAs' steady-state replicas at `rate_rps`, before admission.
+    fn wanted_at(&self, rate_rps: f64) -> Vec<u32> {
+        (0..self.services.len())
+            .map(|s| self.hpa_replicas(s, rate_rps))
+            .collect()
+    }
+
+    /// The most entry requests per second the mesh carries, and where it stops. Without a
+    /// node: every service at its maximum. On a node the replicas that fit depend on how
+    /// far each HPA scales, so it is the rate the admitted replicas carry just as the
+    /// HPAs want them (found by bisection; the carried rate falls as the rate rises).
+    fn max_throughput(&self) -> (Option<String>, Option<f64>) {
+        let all_max: Vec<u32> = (0..self.services.len())
+            .map(|s| self.max_replicas(s))
+            .collect();
+        let unbounded = self.bottleneck_for(&all_max);
+        let (Some(_), Some(top)) = (self.node, unbounded.1) else {
+            return unbounded;
+        };
+        let carried = |r: f64| self.bottleneck_for(&self.admitted(&self.wanted_at(r)));
+        if carried(top).1.is_some_and(|c| c >= top) {
+            return unbounded;
+        }
+        let (mut lo, mut hi) = (0.0, top);
+        for _ in 0..60 {
+            let mid = (lo + hi) / 2.0;
+            if carried(mid).1.is_some_and(|c| c >= mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        let (bottleneck, _) = carried(hi);
+        (bottleneck, Some(lo))
+    }
+
     /// Names of the services, in input order.
     pub fn service_names(&self) -> impl Iterator<Item = &str> {
         self.services.iter().map(|s| s.name.as_str())
@@ -664,7 +795,9 @@ impl Model {
                 replicas: self.base_replicas(s),
                 max_replicas: self.max_replicas(s),
                 capacity_rps: self.capacity_at(s, self.base_replicas(s)),
-                capacity_max_rps: self.capacity_at(s, self.max_replicas(s)),
+                capacity_max_rps: self.capacity_at(s, self.max_admitted(s)),
+                max_admitted_replicas: Some(self.max_admitted(s))
+                    .filter(|&m| m < self.max_replicas(s)),
                 hpa: self.services[s].hpa.clone(),
             })
             .collect()
@@ -688,24 +821,28 @@ impl Model {
 
     /// Evaluates the mesh at entry rate `rate_rps` with HPA steady-state replicas.
     pub fn at_rate(&self, rate_rps: f64) -> RatePlan {
-        let replicas: Vec<u32> = (0..self.services.len())
-            .map(|s| self.hpa_replicas(s, rate_rps))
-            .collect();
-        self.at_rate_with(rate_rps, &replicas)
+        self.at_rate_with(rate_rps, &self.wanted_at(rate_rps))
     }
 
-    /// Evaluates the mesh at entry rate `rate_rps` with the given replicas (input order).
-    pub fn at_rate_with(&self, rate_rps: f64, replicas: &[u32]) -> RatePlan {
-        let waits = self.waits(rate_rps, replicas);
+    /// Evaluates the mesh at entry rate `rate_rps` with the given replicas (input order),
+    /// of which the node admits [`Model::admitted`].
+    pub fn at_rate_with(&self, rate_rps: f64, wanted: &[u32]) -> RatePlan {
+        let replicas = self.admitted(wanted);
+        let waits = self.waits(rate_rps, &replicas);
         let services: Vec<ServiceAtRate> = (0..self.services.len())
-            .map(|s| self.service_at_rate(s, rate_rps, replicas[s], waits[s]))
+            .map(|s| {
+                let mut at = self.service_at_rate(s, rate_rps, replicas[s], waits[s]);
+                at.replicas = wanted[s];
+                at.pending = wanted[s].saturating_sub(replicas[s]);
+                at
+            })
             .collect();
         let saturated = waits.iter().any(Option::is_none);
         let response = (!saturated).then(|| {
             let waits: Vec<Moments> = waits.iter().map(|w| w.unwrap_or(Moments::ZERO)).collect();
             self.response(&waits)
         });
-        let (bottleneck, capacity_rps) = self.bottleneck_for(replicas);
+        let (bottleneck, capacity_rps) = self.bottleneck_for(&replicas);
         RatePlan {
             rate_rps,
             services,
@@ -740,6 +877,7 @@ impl Model {
         ServiceAtRate {
             name: svc.name.clone(),
             replicas: r,
+            pending: 0,
             replicas_band: self.hpa_band(s, rate_rps),
             utilization: ratio(f64::from(r) * self.request_cores(s)),
             request_utilization: if requested > 0.0 {
@@ -959,10 +1097,7 @@ impl Model {
 
     /// The full plan at the given entry rates.
     pub fn plan(&self, rates: &[f64]) -> CapacityPlan {
-        let max_replicas: Vec<u32> = (0..self.services.len())
-            .map(|s| self.max_replicas(s))
-            .collect();
-        let (bottleneck, max_throughput_rps) = self.bottleneck_for(&max_replicas);
+        let (bottleneck, max_throughput_rps) = self.max_throughput();
         let (es, ee) = self.entry;
         CapacityPlan {
             entry: format!(
@@ -974,6 +1109,7 @@ impl Model {
             max_throughput_rps,
             rates: rates.iter().map(|&r| self.at_rate(r)).collect(),
             allocation: None,
+            node: self.node,
             notes: self.notes.clone(),
             latency_model: LATENCY_MODEL.to_string(),
         }
@@ -1117,7 +1253,10 @@ impl fmt::Display for CapacityPlan {
                 format!("{:.3}", s.cores_per_replica),
                 s.replicas.to_string(),
                 opt(s.capacity_rps, 1),
-                s.max_replicas.to_string(),
+                match s.max_admitted_replicas {
+                    Some(fit) => format!("{} ({fit} fit)", s.max_replicas),
+                    None => s.max_replicas.to_string(),
+                },
                 opt(s.capacity_max_rps, 1),
                 s.hpa.as_ref().map_or("–".into(), |h| {
                     format!("{}%", h.target_utilization_percent)
@@ -1134,6 +1273,14 @@ impl fmt::Display for CapacityPlan {
                 .unwrap_or("none (no service burns CPU)"),
             opt(self.max_throughput_rps, 1)
         )?;
+        if let Some(n) = &self.node {
+            writeln!(
+                f,
+                "Node allocatable: {:.2} cores, {:.0} MiB (replicas that do not fit stay Pending)",
+                n.cpu_cores,
+                n.memory_bytes / (1024.0 * 1024.0)
+            )?;
+        }
         if !self.rates.is_empty() {
             writeln!(f)?;
             writeln!(
@@ -1154,10 +1301,13 @@ impl fmt::Display for CapacityPlan {
             for r in &self.rates {
                 let mut row = vec![format!("{:.1}", r.rate_rps)];
                 row.extend(r.services.iter().map(|s| {
-                    let count = match s.replicas_band {
+                    let mut count = match s.replicas_band {
                         Some((lo, hi)) if lo != hi => format!("{} ({lo}–{hi})", s.replicas),
                         _ => s.replicas.to_string(),
                     };
+                    if s.pending > 0 {
+                        count.push_str(&format!(", {} Pending", s.pending));
+                    }
                     if s.utilization > 1.0 {
                         format!("{count} ({:.0}% cpu!)", s.utilization * 100.0)
                     } else {
@@ -1259,6 +1409,8 @@ pub struct ServicePrediction {
     pub replicas: u32,
     /// The HPA's tolerance band around it; `None` without an HPA.
     pub replicas_band: Option<(u32, u32)>,
+    /// Of `replicas`, those the node has no room for.
+    pub pending: u32,
     /// CPU used ÷ CPU requested at `replicas`.
     pub request_utilization: f64,
 }
@@ -1266,10 +1418,7 @@ pub struct ServicePrediction {
 impl Model {
     /// Predictions for a step offered `target_rate_rps` (None for closed-loop steps).
     pub fn predict_step(&self, target_rate_rps: Option<f64>) -> StepPrediction {
-        let max_replicas: Vec<u32> = (0..self.services.len())
-            .map(|s| self.max_replicas(s))
-            .collect();
-        let (bottleneck, max_throughput_rps) = self.bottleneck_for(&max_replicas);
+        let (bottleneck, max_throughput_rps) = self.max_throughput();
         match target_rate_rps {
             Some(rate) => {
                 let at = self.at_rate(rate);
@@ -1286,6 +1435,7 @@ impl Model {
                             let p = ServicePrediction {
                                 replicas: s.replicas,
                                 replicas_band: s.replicas_band,
+                                pending: s.pending,
                                 request_utilization: s.request_utilization,
                             };
                             (s.name.clone(), p)
@@ -1342,6 +1492,7 @@ mod tests {
                 target_utilization_percent: 70.0,
             }),
             idle_cpu_cores: 0.0,
+            memory_request_bytes: 0.0,
             endpoints,
         }
     }
@@ -1363,6 +1514,7 @@ mod tests {
                 svc("back", 3, vec![ep("/work", 0.100, vec![])]),
             ],
             overhead: Overhead::NONE,
+            node: None,
         }
     }
 
@@ -1447,6 +1599,7 @@ mod tests {
                 svc("c", 1, vec![ep("/", 0.001, vec![])]),
             ],
             overhead: Overhead::NONE,
+            node: None,
         };
         let p = plan(&input, &[]).expect("valid");
         assert_eq!(p.services[1].visit_ratio, 1.0);
@@ -1481,7 +1634,102 @@ mod tests {
                 entry_ca2,
                 ..Overhead::NONE
             },
+            node: None,
         }
+    }
+
+    /// One service of 10 ms per request on half-core pods, its HPA allowed six.
+    fn half_core_pods(node: NodeModel) -> CapacityInput {
+        let mut input = single(0.5, 0.0);
+        input.services[0].cpu_request_cores = 0.5;
+        input.services[0].memory_request_bytes = 256.0 * MIB;
+        input.services[0].hpa = Some(HpaModel {
+            min: 1,
+            max: 6,
+            target_utilization_percent: 70.0,
+        });
+        input.node = Some(node);
+        input
+    }
+
+    const MIB: f64 = 1024.0 * 1024.0;
+
+    #[test]
+    fn replicas_beyond_the_node_stay_pending_and_carry_nothing() {
+        // 2 cores fit four half-core pods: 4 × 0.5 ÷ 10 ms = 200 rps, not 6 × 50 = 300.
+        let node = NodeModel {
+            cpu_cores: 2.0,
+            memory_bytes: 64.0 * 1024.0 * MIB,
+        };
+        let p = plan(&half_core_pods(node), &[100.0, 280.0]).expect("valid");
+        assert_eq!(p.services[0].max_admitted_replicas, Some(4));
+        let cap = p.services[0].capacity_max_rps.unwrap();
+        assert!((cap - 200.0).abs() < 1e-6, "{cap}");
+        let max = p.max_throughput_rps.unwrap();
+        assert!((max - 200.0).abs() < 1e-6, "{max}");
+        // 100 rps wants 3 (fits); 280 rps wants all 6, of which 2 stay Pending.
+        assert_eq!(
+            (
+                p.rates[0].services[0].replicas,
+                p.rates[0].services[0].pending
+            ),
+            (3, 0)
+        );
+        assert_eq!(
+            (
+                p.rates[1].services[0].replicas,
+                p.rates[1].services[0].pending
+            ),
+            (6, 2)
+        );
+        assert!(p.rates[1].saturated);
+        assert!(p.to_string().contains("6 (4 fit)"), "{p}");
+        // Memory binds too: 600 MiB fit two pods of 256 MiB.
+        let small = NodeModel {
+            cpu_cores: 8.0,
+            memory_bytes: 600.0 * MIB,
+        };
+        let p = plan(&half_core_pods(small), &[]).expect("valid");
+        assert_eq!(p.services[0].max_admitted_replicas, Some(2));
+        // Without a node all six count.
+        let mut input = half_core_pods(node);
+        input.node = None;
+        let p = plan(&input, &[]).expect("valid");
+        assert_eq!(p.services[0].max_admitted_replicas, None);
+        assert!((p.max_throughput_rps.unwrap() - 300.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn base_replicas_are_admitted_first_in_input_order() {
+        let model = Model::new(&CapacityInput {
+            node: Some(NodeModel {
+                cpu_cores: 3.0,
+                memory_bytes: f64::MAX,
+            }),
+            ..reference()
+        })
+        .expect("valid");
+        // Both services at 1 core per pod: three fit.
+        let table: [([u32; 2], [u32; 2]); 4] = [
+            ([1, 1], [1, 1]),
+            ([3, 1], [2, 1]),
+            ([1, 3], [1, 2]),
+            ([3, 3], [2, 1]),
+        ];
+        for (wanted, want) in table {
+            assert_eq!(model.admitted(&wanted), want, "wanted {wanted:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_node_is_named() {
+        let mut input = reference();
+        input.node = Some(NodeModel {
+            cpu_cores: f64::NAN,
+            memory_bytes: 1.0,
+        });
+        let e = Model::new(&input).unwrap_err().to_string();
+        assert!(e.contains("node.cpu_cores"), "{e}");
     }
 
     #[test]

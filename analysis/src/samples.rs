@@ -39,6 +39,8 @@ pub mod metric {
     pub const REPLICAS_DESIRED: &str = "replicas_desired";
     /// Per service: replicas that are ready (pass readiness).
     pub const REPLICAS_READY: &str = "replicas_ready";
+    /// Per service: replicas the scheduler left Pending for want of room on the node.
+    pub const REPLICAS_PENDING: &str = "replicas_pending";
     /// Per service: CPU request of one pod, in cores (the HPA's 100 %).
     pub const CPU_REQUEST_CORES: &str = "cpu_request_cores";
     /// Per service: CPU limit of one pod, in cores (absent when unlimited).
@@ -86,6 +88,11 @@ pub mod metric {
             "the HPA's desired replicas at its last decision (count)",
         ),
         (REPLICAS_READY, false, "ready replicas (count)"),
+        (
+            REPLICAS_PENDING,
+            false,
+            "replicas Pending for want of room on the node (count)",
+        ),
         (CPU_REQUEST_CORES, false, "CPU request of one pod (cores)"),
         (
             CPU_LIMIT_CORES,

@@ -165,6 +165,7 @@ pub fn chain_mesh(services: u32, max_pods: u32) -> CapacityInput {
                     target_utilization_percent: 70.0,
                 }),
                 idle_cpu_cores: 0.0,
+                memory_request_bytes: 0.0,
                 endpoints: vec![EndpointModel {
                     path: "/".into(),
                     cpu_seconds: 0.005 * f64::from(i + 1),
@@ -184,6 +185,7 @@ pub fn chain_mesh(services: u32, max_pods: u32) -> CapacityInput {
             })
             .collect(),
         overhead: Default::default(),
+        node: None,
     }
 }
 

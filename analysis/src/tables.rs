@@ -442,6 +442,9 @@ table! {
         pub replicas_ready_avg: Option<f64>,
         /// Largest replica count the HPA asked for.
         pub replicas_desired_max: Option<f64>,
+        /// Most replicas left Pending at once for want of room on the node; null when not
+        /// recorded (a cluster run).
+        pub replicas_pending_max: Option<f64>,
         /// CPU of all pods, in cores, averaged over the step's sampling instants.
         pub cpu_cores_avg: Option<f64>,
         /// Largest CPU of all pods at one instant, cores.
@@ -492,6 +495,8 @@ table! {
         pub predicted_replicas_high: Option<u32>,
         /// Model: CPU utilization of the request at those replicas (fraction).
         pub predicted_cpu_utilization: Option<f64>,
+        /// Model: of `predicted_replicas`, those the node has no room for (local runs).
+        pub predicted_replicas_pending: Option<u32>,
     }
 }
 

@@ -78,6 +78,7 @@ fn model() -> CapacityInput {
                     target_utilization_percent: 70.0,
                 }),
                 idle_cpu_cores: 0.0,
+                memory_request_bytes: 0.0,
                 endpoints: vec![EndpointModel {
                     path: "/".into(),
                     cpu_seconds: 0.01,
@@ -98,6 +99,7 @@ fn model() -> CapacityInput {
                 cpu_limit_cores: Some(1.0),
                 hpa: None,
                 idle_cpu_cores: 0.0,
+                memory_request_bytes: 0.0,
                 endpoints: vec![EndpointModel {
                     path: "/q".into(),
                     cpu_seconds: 0.02,
@@ -109,6 +111,7 @@ fn model() -> CapacityInput {
         ],
         // The spec's figures alone, so the predictions below are exact arithmetic.
         overhead: Overhead::NONE,
+        node: None,
     }
 }
 

@@ -65,6 +65,9 @@ fn platform(run_id: &str, dir: &std::path::Path) -> LocalPlatform {
             ready_timeout: Duration::from_secs(60),
             enforce_limits: true,
             balance: Default::default(),
+            node: meshbench_operator::local::node::allocatable(
+                meshbench_operator::local::node::machine_capacity(),
+            ),
         },
         run_id,
     )

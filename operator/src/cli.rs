@@ -73,6 +73,13 @@ pub enum Command {
         /// pods.
         #[arg(long, value_name = "PODS")]
         pod_budget: Option<u32>,
+        /// Fit the replicas on one node, as `meshbench run` does: replicas that do not
+        /// fit are shown Pending and carry nothing. Uses this machine's allocatable unless
+        /// --node-cpu / --node-memory say otherwise (either one alone implies this).
+        #[arg(long)]
+        local_node: bool,
+        #[command(flatten)]
+        node: crate::run::NodeArgs,
     },
     /// Rebuild report.html and the plots of a run directory from its tables.
     Report {
@@ -298,7 +305,13 @@ pub fn run(cli: Cli) -> ExitCode {
             json,
             benchmark,
             pod_budget,
-        } => crate::plan::plan(&files, json, benchmark.as_deref(), pod_budget),
+            local_node,
+            node,
+        } => {
+            let on_node = local_node || node.node_cpu.is_some() || node.node_memory.is_some();
+            let node = on_node.then(|| node.model());
+            crate::plan::plan(&files, json, benchmark.as_deref(), pod_budget, node)
+        }
         Command::Report { dir } => match meshbench_analysis::rebuild_report(&dir) {
             Ok(files) => {
                 exit::out(format!("{}\n", files.html.display()));

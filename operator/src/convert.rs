@@ -50,6 +50,7 @@ pub fn capacity_input(mesh: &ServiceMesh, bench: &BenchmarkSpec) -> CapacityInpu
                 target_utilization_percent: f64::from(a.target_cpu_utilization),
             }),
             idle_cpu_cores: s.idle_cpu_millis as f64 / 1000.0,
+            memory_request_bytes: s.resources.memory_request_bytes.unwrap_or(0) as f64,
             endpoints: s
                 .endpoints
                 .iter()
@@ -91,6 +92,7 @@ pub fn capacity_input(mesh: &ServiceMesh, bench: &BenchmarkSpec) -> CapacityInpu
         },
         services,
         overhead: Overhead::default(),
+        node: None,
     }
 }
 

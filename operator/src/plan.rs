@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use meshbench_analysis::capacity::{self, Budget};
+use meshbench_analysis::capacity::{self, Budget, NodeModel};
 use meshbench_crds::Bundle;
 
 use crate::{convert, exit};
@@ -14,6 +14,7 @@ pub fn plan(
     json: bool,
     benchmark: Option<&str>,
     pod_budget: Option<u32>,
+    node: Option<NodeModel>,
 ) -> ExitCode {
     let bundle = Bundle::load_files(files);
     if !bundle.is_valid() {
@@ -44,7 +45,8 @@ pub fn plan(
             let Some(mesh) = bundle.mesh(mesh_name) else {
                 continue;
             };
-            let input = convert::capacity_input(mesh, &bench.spec);
+            let mut input = convert::capacity_input(mesh, &bench.spec);
+            input.node = node;
             let result = match pod_budget {
                 Some(p) => capacity::plan_with_budget(&input, &rates, Budget::Pods(p)),
                 None => capacity::plan(&input, &rates),

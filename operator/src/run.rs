@@ -16,8 +16,11 @@ use crate::convert;
 use crate::exit;
 use crate::experiment::{Action, ExperimentPlan, Machine, Outcome};
 use crate::local::cgroup::Enforcement;
+use crate::local::node::{self, Resources};
 use crate::local::platform::{LocalOptions, LocalPlatform};
 use crate::local::prometheus::LocalPrometheus;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use meshbench_analysis::capacity::NodeModel;
 
 /// Arguments of `meshbench run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -64,7 +67,51 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "random", value_name = "MODE")]
     pub service_balance: crate::local::proxy::Balance,
     #[command(flatten)]
+    pub node: NodeArgs,
+    #[command(flatten)]
     pub ci: crate::cli::CiArgs,
+}
+
+/// The node the replicas are scheduled on (`run`, and `plan` to predict a local run).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NodeArgs {
+    /// CPU the node allocates to replicas, as a Kubernetes quantity (`1500m`, `2`).
+    /// Replicas whose CPU and memory requests do not fit stay Pending, as on a node.
+    /// `run`'s default: this machine's CPUs less the reserve of a managed node (README).
+    #[arg(long, value_parser = parse_cpu, value_name = "CPU")]
+    pub node_cpu: Option<u64>,
+    /// Memory the node allocates to replicas (`8Gi`). `run`'s default: this machine's
+    /// memory less the reserve of a managed node and the kubelet's 100Mi eviction threshold.
+    #[arg(long, value_parser = parse_memory, value_name = "MEMORY")]
+    pub node_memory: Option<u64>,
+}
+
+impl NodeArgs {
+    /// The node as given, this machine's allocatable for what is not.
+    pub fn resources(&self) -> Resources {
+        let machine = node::allocatable(node::machine_capacity());
+        Resources {
+            cpu_millis: self.node_cpu.unwrap_or(machine.cpu_millis),
+            memory_bytes: self.node_memory.unwrap_or(machine.memory_bytes),
+        }
+    }
+
+    /// The node as the capacity model takes it.
+    pub fn model(&self) -> NodeModel {
+        let r = self.resources();
+        NodeModel {
+            cpu_cores: r.cpu_millis as f64 / 1000.0,
+            memory_bytes: r.memory_bytes as f64,
+        }
+    }
+}
+
+fn parse_cpu(s: &str) -> Result<u64, String> {
+    meshbench_crds::units::cpu_millis(&Quantity(s.to_string())).map_err(|e| e.to_string())
+}
+
+fn parse_memory(s: &str) -> Result<u64, String> {
+    meshbench_crds::units::memory_bytes(&Quantity(s.to_string())).map_err(|e| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -143,6 +190,7 @@ pub async fn run(args: RunArgs) -> u8 {
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| name.clone());
+    let node_resources = args.node.resources();
     let mut platform = LocalPlatform::new(
         LocalOptions {
             program,
@@ -153,6 +201,7 @@ pub async fn run(args: RunArgs) -> u8 {
             ready_timeout: args.ready_timeout,
             enforce_limits: !args.no_limits,
             balance: args.service_balance,
+            node: node_resources,
         },
         &run_id,
     );
@@ -206,10 +255,10 @@ pub async fn run(args: RunArgs) -> u8 {
         deviations: deviations(&args),
     });
     for m in &meshes {
-        data.models.insert(
-            m.metadata.name.clone().unwrap_or_default(),
-            convert::capacity_input(m, spec),
-        );
+        let mut input = convert::capacity_input(m, spec);
+        input.node = Some(args.node.model());
+        data.models
+            .insert(m.metadata.name.clone().unwrap_or_default(), input);
     }
     data.slos = convert::slos(spec);
     // A short HPA settle window keeps the scaling figures meaningful for short steps.

@@ -506,6 +506,74 @@ spec:
   requestTimeout: 1s
 "#;
 
+/// Four half-core replicas on a node of one core: two fit, two stay Pending.
+const CROWDED: &str = r#"
+apiVersion: meshbench.io/v1alpha1
+kind: ServiceMesh
+metadata: { name: crowded }
+spec:
+  services:
+    - name: web
+      replicas: 4
+      resources:
+        requests: { cpu: 500m, memory: 32Mi }
+        limits: { cpu: 500m, memory: 128Mi }
+      endpoints:
+        - { path: /, cpu: 20ms }
+---
+apiVersion: meshbench.io/v1alpha1
+kind: Benchmark
+metadata: { name: crowded }
+spec:
+  meshes: [crowded]
+  target: { service: web }
+  load: { model: open, maxInFlight: 400 }
+  profile:
+    stages:
+      - { rate: 70, duration: 12s }
+  requestTimeout: 10s
+"#;
+
+#[test]
+fn replicas_that_do_not_fit_the_node_stay_pending_and_carry_nothing() {
+    let _g = serial();
+    let out = out_dir("crowded");
+    let spec = out.path().join("crowded.yaml");
+    std::fs::write(&spec, CROWDED).expect("write spec");
+    let results = out.path().join("results");
+    let (o, dir) = run(&[spec.to_str().unwrap(), "--node-cpu", "1"], &results);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{all}");
+    let a = load(&dir);
+    let step = &a.steps[0];
+    let web = a
+        .services
+        .iter()
+        .find(|s| s.service == "web")
+        .expect("web row");
+    // The Deployment wants four; the node binds two, the other two stay Pending.
+    assert_eq!(web.replicas_max, Some(4.0), "{all}");
+    assert_eq!(web.replicas_pending_max, Some(2.0), "{web:?}");
+    assert_eq!(web.predicted_replicas_pending, Some(2), "{web:?}");
+    assert!(
+        web.replicas_ready_avg.unwrap_or(0.0) <= 2.0 + 1e-9,
+        "{web:?}"
+    );
+    let events = a.run.meta.warnings.join("\n");
+    assert!(
+        events.contains("Pending") && events.contains("Insufficient cpu"),
+        "FailedScheduling events in run.json: {events}"
+    );
+    // The plan counts the two that fit: 2 × 0.5 core ÷ ~20 ms ≈ 49 rps, not ≈ 98.
+    let predicted = step.predicted_max_throughput_rps.expect("prediction");
+    assert!((45.0..=50.0).contains(&predicted), "plan: {predicted} rps");
+    let carried = step.throughput_rps.unwrap_or(0.0);
+    assert!(
+        within(carried, predicted, 0.15),
+        "carried {carried} rps, predicted {predicted} rps for the admitted replicas\n{all}"
+    );
+}
+
 fn short_spec(dir: &Path) -> PathBuf {
     let p = dir.join("short.yaml");
     std::fs::write(&p, SHORT).expect("write spec");

@@ -225,6 +225,9 @@ pub enum Process {
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct PodState {
     created: f64,
+    /// When the scheduler bound it to the node (its `status.startTime`); `None` while it
+    /// is Pending for want of room.
+    bound: Option<f64>,
     started: bool,
     ready: bool,
     transition: f64,
@@ -235,6 +238,7 @@ impl PodState {
     fn new(created: f64) -> Self {
         Self {
             created,
+            bound: Some(created),
             started: false,
             // The kubelet reports Ready=False from the pod's start.
             ready: false,
@@ -254,13 +258,33 @@ pub struct PodLifecycle {
 }
 
 impl PodLifecycle {
-    /// Records a pod's creation (`creationTimestamp` and `status.startTime`, which a local
-    /// pod does not tell apart: no scheduling, no image pull). Call it when the replica is
-    /// started; [`PodLifecycle::update`] creates pods it has not seen too, one tick late.
+    /// Records a pod's creation and its binding to the node in one (`creationTimestamp`
+    /// and `status.startTime`: a pod that fits is bound at once, and no image is pulled).
+    /// [`PodLifecycle::update`] creates pods it has not seen too, one tick late.
     pub fn create(&mut self, clock: f64, pod: &str) {
         self.pods
             .entry(pod.to_string())
             .or_insert_with(|| PodState::new(clock));
+    }
+
+    /// Records the creation of a pod the node has no room for: Pending, unscheduled,
+    /// without a start time or a `Ready` condition until [`PodLifecycle::bind`].
+    pub fn create_unbound(&mut self, clock: f64, pod: &str) {
+        self.pods.entry(pod.to_string()).or_insert(PodState {
+            bound: None,
+            ..PodState::new(clock)
+        });
+    }
+
+    /// The scheduler bound a Pending pod at `clock`: it gets its start time, and the
+    /// kubelet's `Ready=False` condition dated then.
+    pub fn bind(&mut self, clock: f64, pod: &str) {
+        if let Some(s) = self.pods.get_mut(pod)
+            && s.bound.is_none()
+        {
+            s.bound = Some(clock);
+            s.transition = clock;
+        }
     }
 
     /// One tick's view of `pod`: its process, whether its readiness probe passes, and its
@@ -276,6 +300,9 @@ impl PodLifecycle {
             s.transition = clock;
         }
         s.started |= process != Process::NotStarted;
+        if s.started && s.bound.is_none() {
+            s.bound = Some(clock);
+        }
         s.restarts = restarts;
     }
 
@@ -317,8 +344,8 @@ impl PodLifecycle {
                 PodPhase::Pending
             },
             terminating: false,
-            start_time: Some(s.created),
-            ready: Some(ReadyCondition {
+            start_time: s.bound,
+            ready: s.bound.map(|_| ReadyCondition {
                 ready: s.ready,
                 last_transition_time: s.transition,
             }),
@@ -337,6 +364,7 @@ impl PodLifecycle {
             .unwrap_or_else(|| PodState::new(clock));
         RankedPod {
             name: pod.to_string(),
+            bound: s.bound.is_some(),
             running: s.started,
             ready: s.ready,
             ready_since: s.ready.then_some(s.transition),
@@ -351,6 +379,8 @@ impl PodLifecycle {
 pub struct RankedPod {
     /// Pod name.
     pub name: String,
+    /// Bound to the node (rather than Pending for want of room).
+    pub bound: bool,
     /// Phase `Running` (its container started at least once) rather than `Pending`.
     pub running: bool,
     /// The `Ready` condition is true.
@@ -366,11 +396,11 @@ pub struct RankedPod {
 /// The `n` pods a ReplicaSet deletes when scaled down by `n`, in deletion order.
 ///
 /// Upstream `pkg/controller/replicaset` `getPodsToDelete` sorts by
-/// `controller.ActivePodsWithRanks.Less` (`pkg/controller/controller_utils.go`): pending
-/// before running, not ready before ready, then (both ready) ready more recently first,
-/// more restarts first, created more recently first. The criteria that cannot differ
-/// locally are left out: unscheduled pods, `pod-deletion-cost`, and the rank by pods on
-/// the same node (one node here). Times are compared exactly, as with the
+/// `controller.ActivePodsWithRanks.Less` (`pkg/controller/controller_utils.go`):
+/// unscheduled before scheduled, pending before running, not ready before ready, then
+/// (both ready) ready more recently first, more restarts first, created more recently
+/// first. The criteria that cannot differ locally are left out: `pod-deletion-cost` and
+/// the rank by pods on the same node (one node here). Times are compared exactly, as with the
 /// `LogarithmicScaleDown` gate off; ties keep the order of `pods`.
 pub fn scale_down_victims(pods: &[RankedPod], n: usize) -> Vec<String> {
     let mut ranked: Vec<&RankedPod> = pods.iter().collect();
@@ -380,8 +410,9 @@ pub fn scale_down_victims(pods: &[RankedPod], n: usize) -> Vec<String> {
 
 /// `ActivePodsWithRanks.Less` as an ordering: `Less` means `a` goes first.
 fn deletion_order(a: &RankedPod, b: &RankedPod) -> Ordering {
-    a.running
-        .cmp(&b.running)
+    a.bound
+        .cmp(&b.bound)
+        .then(a.running.cmp(&b.running))
         .then(a.ready.cmp(&b.ready))
         .then_with(|| {
             if a.ready && b.ready {
@@ -673,6 +704,26 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_pending_for_room_has_no_start_time_until_bound() {
+        let mut l = PodLifecycle::default();
+        l.create_unbound(3.0, "p");
+        l.update(4.0, "p", Process::NotStarted, false, 0);
+        let sample = l.pod_sample("p", None, 100);
+        assert_eq!(sample.phase, PodPhase::Pending);
+        assert_eq!((sample.start_time, sample.ready), (None, None));
+        assert!(!l.ranked(5.0, "p").bound);
+        l.bind(20.0, "p");
+        l.update(21.0, "p", Process::Running, false, 0);
+        let sample = l.pod_sample("p", None, 100);
+        assert_eq!(sample.phase, PodPhase::Running);
+        assert_eq!(sample.start_time, Some(20.0));
+        let ready = sample.ready.expect("a bound pod has a Ready condition");
+        assert_eq!((ready.ready, ready.last_transition_time), (false, 20.0));
+        let r = l.ranked(22.0, "p");
+        assert_eq!((r.bound, r.created), (true, 3.0));
+    }
+
+    #[test]
     fn start_time_survives_restarts() {
         let mut l = PodLifecycle::default();
         l.create(3.0, "p");
@@ -695,6 +746,7 @@ mod tests {
     ) -> RankedPod {
         RankedPod {
             name: name.to_string(),
+            bound: true,
             running,
             ready: ready_since.is_some(),
             ready_since,
@@ -715,6 +767,18 @@ mod tests {
                 ],
                 1,
                 vec!["pending"],
+            ),
+            (
+                "unscheduled before scheduled",
+                vec![
+                    ranked("bound", false, None, 0, 0.0),
+                    RankedPod {
+                        bound: false,
+                        ..ranked("unbound", false, None, 0, 0.0)
+                    },
+                ],
+                1,
+                vec!["unbound"],
             ),
             (
                 "unready before ready",

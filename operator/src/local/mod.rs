@@ -4,6 +4,7 @@ pub mod cgroup;
 pub mod exporter;
 pub mod hpa;
 pub mod hpa_view;
+pub mod node;
 pub mod platform;
 pub mod pods;
 pub mod prometheus;

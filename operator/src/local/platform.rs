@@ -27,6 +27,7 @@ use super::cgroup::{CgroupRoot, Enforcement};
 use super::exporter::{Exporter, NAMESPACE, ServiceState, pod_name};
 use super::hpa::{Decision, Hpa, HpaConfig, PodSample};
 use super::hpa_view::{MetricsPipeline, PodLifecycle, Process, RankedPod, scale_down_victims};
+use super::node::Resources;
 use super::pods::{
     PORT_PLACEHOLDER, PodEvent, PodPhase, Pods, PodsConfig, ReplicaSpec, ReplicaStatus,
 };
@@ -91,6 +92,16 @@ pub struct LocalOptions {
     pub enforce_limits: bool,
     /// How Services pick an endpoint per connection (random, as kube-proxy).
     pub balance: Balance,
+    /// The node's allocatable CPU and memory ([`super::node::allocatable`] of this
+    /// machine unless overridden): replicas whose requests do not fit stay Pending.
+    pub node: Resources,
+}
+
+/// A replica the node has no room for yet.
+struct Unbound {
+    index: u32,
+    /// Its FailedScheduling event was recorded.
+    reported: bool,
 }
 
 struct Service {
@@ -98,8 +109,12 @@ struct Service {
     proxy: ServiceProxy,
     prober: JoinHandle<()>,
     config_json: String,
-    /// Replica indices currently wanted, in start order.
+    /// Replica indices currently wanted (bound or Pending), in creation order.
     replicas: Vec<u32>,
+    /// Those of `replicas` waiting for room on the node, in creation order.
+    pending: Vec<Unbound>,
+    /// CPU and memory each replica requests from the node.
+    requests: Resources,
     next_index: u32,
     hpa: Option<Hpa>,
     /// Previous cumulative CPU per pod and the instant it was read, for the per-second
@@ -372,6 +387,11 @@ impl LocalPlatform {
                 prober,
                 config_json,
                 replicas: Vec::new(),
+                pending: Vec::new(),
+                requests: Resources {
+                    cpu_millis: svc.resources.cpu_request_millis.unwrap_or(0),
+                    memory_bytes: svc.resources.memory_request_bytes.unwrap_or(0),
+                },
                 next_index: 0,
                 hpa,
                 cpu_prev: BTreeMap::new(),
@@ -388,14 +408,16 @@ impl LocalPlatform {
             }
             .max(0) as u32;
             for _ in 0..initial {
-                start_replica(&self.pods, &self.opts, s, self.epoch.now())?;
+                create_replica(s, self.epoch.now());
             }
         }
+        let unschedulable = schedule(&mut services, &self.pods, &self.opts, self.epoch.now())?;
         {
             let mut shared = self.shared.lock().map_err(|_| Error::NotReady {
                 waited: Duration::ZERO,
                 detail: "internal state poisoned".into(),
             })?;
+            record_unschedulable(&mut shared, unschedulable);
             shared.deployed = Some(Deployed {
                 mesh: name,
                 services,
@@ -453,7 +475,9 @@ impl LocalPlatform {
                     .filter_map(|s| {
                         let ready = s.proxy.endpoints().iter().filter(|b| b.ready).count();
                         let routed = s.proxy.routes().len();
-                        let wanted = s.replicas.len();
+                        // Pending replicas are waited for by no one: on a cluster the load
+                        // would start against the ones that run too.
+                        let wanted = s.replicas.len() - s.pending.len();
                         // A service of no replicas refuses, as it should.
                         let serving =
                             ready.min(routed) >= wanted && (wanted == 0 || s.proxy.accepting());
@@ -548,10 +572,27 @@ fn record_event(shared: &Arc<Mutex<Shared>>, ev: &PodEvent) {
     }
 }
 
-/// Starts one more replica of `s`, created at `clock`.
-fn start_replica(pods: &Pods, opts: &LocalOptions, s: &mut Service, clock: f64) -> Result<()> {
+/// Creates one more replica of `s` at `clock`, Pending until [`schedule`] binds it.
+fn create_replica(s: &mut Service, clock: f64) {
     let index = s.next_index;
     s.next_index += 1;
+    s.replicas.push(index);
+    s.pending.push(Unbound {
+        index,
+        reported: false,
+    });
+    s.lifecycle
+        .create_unbound(clock, &format!("{}-{index}", s.resolved.name));
+}
+
+/// Starts the process of replica `index` of `s`, bound to the node at `clock`.
+fn start_replica(
+    pods: &Pods,
+    opts: &LocalOptions,
+    s: &mut Service,
+    index: u32,
+    clock: f64,
+) -> Result<()> {
     let spec = ReplicaSpec {
         service: s.resolved.name.clone(),
         index,
@@ -572,10 +613,99 @@ fn start_replica(pods: &Pods, opts: &LocalOptions, s: &mut Service, clock: f64) 
         service: s.resolved.name.clone(),
         source,
     })?;
-    s.replicas.push(index);
-    s.lifecycle.create(clock, &status.pod);
+    s.pending.retain(|u| u.index != index);
+    s.lifecycle.bind(clock, &status.pod);
     s.proxy.set_ready(&status.pod, status.addr, false);
     Ok(())
+}
+
+/// The scheduler's round: binds Pending replicas, oldest first, while their requests fit
+/// what the bound ones leave of the node's allocatable. Returns a FailedScheduling
+/// message for each replica found not to fit for the first time.
+fn schedule(
+    services: &mut [Service],
+    pods: &Pods,
+    opts: &LocalOptions,
+    clock: f64,
+) -> Result<Vec<String>> {
+    let mut used = Resources::default();
+    let mut queue = Vec::new();
+    for (i, s) in services.iter().enumerate() {
+        let bound = (s.replicas.len() - s.pending.len()) as u64;
+        used = used.plus(s.requests, bound);
+        for u in &s.pending {
+            let pod = format!("{}-{}", s.resolved.name, u.index);
+            queue.push((s.lifecycle.ranked(clock, &pod).created, i, u.index));
+        }
+    }
+    queue.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let mut messages = Vec::new();
+    for (_, i, index) in queue {
+        let s = &mut services[i];
+        if opts.node.fits(used, s.requests) {
+            start_replica(pods, opts, s, index, clock)?;
+            used = used.plus(s.requests, 1);
+            continue;
+        }
+        let requests = s.requests;
+        let name = s.resolved.name.clone();
+        if let Some(u) = s.pending.iter_mut().find(|u| u.index == index)
+            && !u.reported
+        {
+            u.reported = true;
+            messages.push(unschedulable(
+                &format!("{name}-{index}"),
+                requests,
+                used,
+                opts.node,
+            ));
+        }
+    }
+    Ok(messages)
+}
+
+/// The scheduler's FailedScheduling message, with the figures behind it.
+fn unschedulable(pod: &str, requests: Resources, used: Resources, node: Resources) -> String {
+    let mut short = Vec::new();
+    if !node.fits(
+        used,
+        Resources {
+            memory_bytes: 0,
+            ..requests
+        },
+    ) {
+        short.push("Insufficient cpu");
+    }
+    if !node.fits(
+        used,
+        Resources {
+            cpu_millis: 0,
+            ..requests
+        },
+    ) {
+        short.push("Insufficient memory");
+    }
+    let mib = |b: u64| b / (1024 * 1024);
+    format!(
+        "pod {pod} Pending: 0/1 nodes are available: 1 {} (requests {}m CPU, {} MiB; \
+         allocatable {}m, {} MiB; bound pods request {}m, {} MiB)",
+        short.join(", 1 "),
+        requests.cpu_millis,
+        mib(requests.memory_bytes),
+        node.cpu_millis,
+        mib(node.memory_bytes),
+        used.cpu_millis,
+        mib(used.memory_bytes),
+    )
+}
+
+/// Records FailedScheduling messages as the run's events.
+fn record_unschedulable(shared: &mut Shared, messages: Vec<String>) {
+    for m in messages {
+        let text = format!("{} {m}", Utc::now().to_rfc3339());
+        tracing::warn!("{text}");
+        shared.events.push(text);
+    }
 }
 
 /// What one sampling round works with: its time and where it reads and writes.
@@ -628,6 +758,10 @@ fn control_tick(
     let mut out = TickOut::default();
     for s in &mut d.services {
         service_tick(s, &tick, run_hpa, &mut out);
+    }
+    match schedule(&mut d.services, pods, opts, tick.clock) {
+        Ok(messages) => record_unschedulable(sh, messages),
+        Err(e) => tracing::warn!("scheduling: {e}"),
     }
     sh.samples.extend(out.samples);
     if let Some(p) = sh.prom.as_mut() {
@@ -799,6 +933,7 @@ fn service_samples(s: &Service, tick: &Tick, ready: usize, out: &mut Vec<Sample>
     let mut push = |m: &str, v: f64| out.push(Sample::service(tick.ts, tick.mesh, &r.name, m, v));
     push(metric::REPLICAS, s.replicas.len() as f64);
     push(metric::REPLICAS_READY, ready as f64);
+    push(metric::REPLICAS_PENDING, s.pending.len() as f64);
     if let Some(request) = r.resources.cpu_request_millis {
         push(metric::CPU_REQUEST_CORES, request as f64 / 1000.0);
     }
@@ -855,10 +990,7 @@ fn log_decision(service: &str, d: &Decision) {
 /// Starts or removes replicas until `s` has `desired`.
 fn resize(s: &mut Service, tick: &Tick, desired: usize) {
     while s.replicas.len() < desired {
-        if let Err(e) = start_replica(tick.pods, tick.opts, s, tick.clock) {
-            tracing::warn!("scale up {}: {e}", s.resolved.name);
-            break;
-        }
+        create_replica(s, tick.clock);
     }
     let excess = s.replicas.len().saturating_sub(desired);
     if excess > 0 {
@@ -881,12 +1013,16 @@ fn scale_down(s: &mut Service, tick: &Tick, excess: usize) {
         })
         .collect();
     for pod in scale_down_victims(&ranked, excess) {
-        let pods = tick.pods.clone();
-        let victim = pod.clone();
-        tokio::runtime::Handle::current().spawn(async move {
-            pods.stop(&victim, None).await;
-        });
         let name = &s.resolved.name;
+        let unbound = s.pending.len();
+        s.pending.retain(|u| format!("{name}-{}", u.index) != pod);
+        if s.pending.len() == unbound {
+            let pods = tick.pods.clone();
+            let victim = pod.clone();
+            tokio::runtime::Handle::current().spawn(async move {
+                pods.stop(&victim, None).await;
+            });
+        }
         s.replicas.retain(|i| format!("{name}-{i}") != pod);
         let remaining: Vec<(String, SocketAddr)> = s
             .proxy
