@@ -62,6 +62,7 @@ fn platform(run_id: &str, dir: &std::path::Path) -> LocalPlatform {
             sample_interval: Duration::from_secs(1),
             hpa_sync: Duration::from_secs(15),
             metric_resolution: Duration::from_secs(15),
+            hpa_cpu_initialization_period: Duration::from_secs(300),
             ready_timeout: Duration::from_secs(60),
             enforce_limits: true,
             balance: Default::default(),

@@ -42,6 +42,12 @@ pub struct RunArgs {
     /// two latest scrapes, so its view is up to this old.
     #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
     pub metric_resolution: Duration,
+    /// The HPA's CPU initialization period (`--horizontal-pod-autoscaler-cpu-initialization-period`,
+    /// upstream default 5m): for this long after a pod starts, the HPA sets it aside while it
+    /// is unready or its readiness changed within the metric's window (so a pod whose
+    /// readiness gate flaps under load does not count until then).
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub hpa_cpu_initialization_period: Duration,
     /// Resolution of the collected time series.
     #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
     pub sample_interval: Duration,
@@ -198,6 +204,7 @@ pub async fn run(args: RunArgs) -> u8 {
             sample_interval: args.sample_interval,
             hpa_sync: args.hpa_sync,
             metric_resolution: args.metric_resolution,
+            hpa_cpu_initialization_period: args.hpa_cpu_initialization_period,
             ready_timeout: args.ready_timeout,
             enforce_limits: !args.no_limits,
             balance: args.service_balance,
@@ -593,6 +600,12 @@ fn deviations(args: &RunArgs) -> Vec<String> {
             "--metric-resolution",
             args.metric_resolution,
             KUBERNETES_METRIC_RESOLUTION,
+        ),
+        (
+            "HPA CPU initialization period",
+            "--hpa-cpu-initialization-period",
+            args.hpa_cpu_initialization_period,
+            crate::local::hpa::DEFAULT_CPU_INITIALIZATION_PERIOD,
         ),
     ] {
         if value != kubernetes {

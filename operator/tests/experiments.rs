@@ -574,6 +574,78 @@ fn replicas_that_do_not_fit_the_node_stay_pending_and_carry_nothing() {
     );
 }
 
+/// One gated, autoscaled back end driven past one replica's capacity (500m ÷ 20 ms).
+const GATED_HPA: &str = r#"
+apiVersion: meshbench.io/v1alpha1
+kind: ServiceMesh
+metadata: { name: gated }
+spec:
+  services:
+    - name: backend
+      resources:
+        requests: { cpu: 250m, memory: 32Mi }
+        limits: { cpu: 500m, memory: 128Mi }
+      autoscaling:
+        minReplicas: 1
+        maxReplicas: 3
+        targetCPUUtilization: 50
+      readiness: { maxInFlight: 4, period: 1s }
+      endpoints:
+        - { path: /, cpu: 20ms }
+---
+apiVersion: meshbench.io/v1alpha1
+kind: Benchmark
+metadata: { name: gated }
+spec:
+  meshes: [gated]
+  target: { service: backend }
+  load: { model: open, maxInFlight: 200 }
+  profile:
+    stages:
+      - { rate: 10, duration: 35s }
+      - { rate: 40, duration: 35s }
+  requestTimeout: 5s
+"#;
+
+/// Readiness gating takes an overloaded pod out of its Service, and its keep-alive
+/// connections keep it overloaded. The HPA sets an unready pod aside within its CPU
+/// initialization period (shortened here to 10 s, with 5 s syncs and scrapes, all
+/// recorded as deviations) and after it only if it has not been ready since its first
+/// 30 s. This pod served 35 s at 10 rps before the step, so its unready transition is
+/// dated after that and the HPA counts its CPU and scales up; dated at the pod's start
+/// (as before the lifecycle was tracked) it would be set aside for good.
+#[test]
+fn under_readiness_gating_the_hpa_still_scales_up() {
+    let _g = serial();
+    let out = out_dir("gated-hpa");
+    let spec = out.path().join("gated.yaml");
+    std::fs::write(&spec, GATED_HPA).expect("write spec");
+    let results = out.path().join("results");
+    let args = [
+        spec.to_str().unwrap(),
+        "--hpa-sync",
+        "5s",
+        "--metric-resolution",
+        "5s",
+        "--hpa-cpu-initialization-period",
+        "10s",
+    ];
+    let (o, dir) = run(&args, &results);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{all}");
+    let a = load(&dir);
+    let backend = service(&a, "gated", "step-1", "backend");
+    assert!(
+        backend.replicas_max.unwrap_or(0.0) >= 2.0,
+        "the HPA scaled up: {backend:?}\n{all}"
+    );
+    let deviations = a.run.meta.deviations.join("\n");
+    assert!(
+        deviations.contains("HPA CPU initialization period 10s"),
+        "{deviations}"
+    );
+}
+
 fn short_spec(dir: &Path) -> PathBuf {
     let p = dir.join("short.yaml");
     std::fs::write(&p, SHORT).expect("write spec");

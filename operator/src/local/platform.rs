@@ -86,6 +86,10 @@ pub struct LocalOptions {
     /// [`super::hpa_view::DEFAULT_METRIC_RESOLUTION`]): how often the CPU the HPA sees is
     /// scraped, so how stale it is at a sync and how long a new pod goes without one.
     pub metric_resolution: Duration,
+    /// The HPA controller's `--horizontal-pod-autoscaler-cpu-initialization-period`
+    /// (upstream default 5 min): how long after its start an unready pod, or one whose
+    /// readiness changed within the metric's window, is set aside.
+    pub hpa_cpu_initialization_period: Duration,
     /// Time to wait for replicas to become ready.
     pub ready_timeout: Duration,
     /// Put replicas in cgroups with their limits (when the host allows it).
@@ -377,6 +381,10 @@ impl LocalPlatform {
                     a.target_cpu_utilization,
                     a.behavior.clone(),
                 )
+                .map(|c| HpaConfig {
+                    cpu_initialization_period: self.opts.hpa_cpu_initialization_period,
+                    ..c
+                })
                 .and_then(Hpa::new)
                 .map_err(|e| tracing::warn!(service = %svc.name, "HPA disabled: {e}"))
                 .ok()
