@@ -14,7 +14,7 @@ use meshbench_loadgen::{CancellationToken, RunOptions, run_plan};
 
 use crate::convert;
 use crate::exit;
-use crate::experiment::{Action, ExperimentPlan, Machine, Outcome};
+use crate::experiment::{Action, Cursor, ExperimentPlan, Machine, Outcome};
 use crate::local::cgroup::Enforcement;
 use crate::local::node::{self, Resources};
 use crate::local::platform::{LocalOptions, LocalPlatform};
@@ -134,24 +134,42 @@ pub async fn run(args: RunArgs) -> u8 {
         eprintln!("nothing was started: fix the problems above (see `meshbench validate`)");
         return exit::INVALID;
     }
+    let bench = match select_benchmark(&args, &bundle) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let meshes: Vec<ServiceMesh> = bench
+        .spec
+        .meshes
+        .iter()
+        .filter_map(|m| bundle.mesh(m).cloned())
+        .collect();
+    let mut session = match Session::start(&args, bench, meshes).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let machine = session.drive().await;
+    session.finish(machine).await
+}
+
+/// The Benchmark to run: the one named by `--benchmark`, or the only one in the files.
+fn select_benchmark<'a>(args: &RunArgs, bundle: &'a Bundle) -> Result<&'a Benchmark, u8> {
     let benchmarks: Vec<&Benchmark> = bundle.benchmarks.iter().map(|d| &d.benchmark).collect();
-    let bench = match (&args.benchmark, benchmarks.as_slice()) {
-        (Some(name), all) => match all
+    match (&args.benchmark, benchmarks.as_slice()) {
+        (Some(name), all) => all
             .iter()
             .find(|b| b.metadata.name.as_deref() == Some(name))
-        {
-            Some(b) => *b,
-            None => {
+            .copied()
+            .ok_or_else(|| {
                 eprintln!("error: no Benchmark named {name:?} in the given files");
-                return exit::INVALID;
-            }
-        },
-        (None, [one]) => *one,
+                exit::INVALID
+            }),
+        (None, [one]) => Ok(*one),
         (None, []) => {
             eprintln!(
                 "error: the given files hold no Benchmark; expected one (see experiments/quickstart.yaml)"
             );
-            return exit::INVALID;
+            Err(exit::INVALID)
         }
         (None, many) => {
             let names: Vec<&str> = many
@@ -162,57 +180,374 @@ pub async fn run(args: RunArgs) -> u8 {
                 "error: the files hold several Benchmarks ({}); choose one with --benchmark NAME",
                 names.join(", ")
             );
-            return exit::USAGE;
+            Err(exit::USAGE)
         }
-    };
-    let name = bench.metadata.name.clone().unwrap_or_default();
-    let spec = &bench.spec;
-    let meshes: Vec<ServiceMesh> = spec
-        .meshes
-        .iter()
-        .filter_map(|m| bundle.mesh(m).cloned())
-        .collect();
-    let plan = ExperimentPlan::new(&name, spec);
-    let started = Utc::now();
-    let run_dir = match RunDir::create(&args.out, &name, started) {
-        Ok(d) => d,
-        Err(e) => {
+    }
+}
+
+/// One run in progress: what its phases read and write.
+struct Session<'a> {
+    args: &'a RunArgs,
+    bench: &'a Benchmark,
+    meshes: Vec<ServiceMesh>,
+    plan: ExperimentPlan,
+    run_dir: RunDir,
+    platform: LocalPlatform,
+    prom: Option<LocalPrometheus>,
+    data: RunData,
+    cancel: CancellationToken,
+    /// When the current mesh was deployed (UTC s): where its first collection starts.
+    deployed_at: i64,
+    /// Where the next Prometheus collection of the current mesh starts.
+    collected_until: Option<i64>,
+    report_ok: bool,
+}
+
+impl<'a> Session<'a> {
+    /// Makes the run directory, the platform and the run's record; starts Prometheus if
+    /// asked. Stops with an exit code when any of them cannot be had.
+    async fn start(
+        args: &'a RunArgs,
+        bench: &'a Benchmark,
+        meshes: Vec<ServiceMesh>,
+    ) -> Result<Session<'a>, u8> {
+        let name = bench.metadata.name.clone().unwrap_or_default();
+        let plan = ExperimentPlan::new(&name, &bench.spec);
+        let started = Utc::now();
+        let run_dir = RunDir::create(&args.out, &name, started).map_err(|e| {
             eprintln!(
                 "error: cannot create the run directory under {}: {e}",
                 args.out.display()
             );
-            return exit::RUN_FAILED;
+            exit::RUN_FAILED
+        })?;
+        let platform = start_platform(args, &run_dir, &name)?;
+        let (mode, reason) = enforcement(&platform);
+        if mode == ReportEnforcement::NotEnforced && !args.no_limits && wants_limits(&meshes) {
+            eprintln!(
+                "error: the meshes set CPU or memory limits, but this host cannot enforce them \
+                 ({reason}); their capacity and HPA figures would be wrong. Run as root where \
+                 cgroups are writable, or pass --no-limits to run without them (run.json then \
+                 says so)."
+            );
+            platform.shutdown().await;
+            // Nothing ran: leave no empty run directory behind.
+            let _ = std::fs::remove_dir_all(run_dir.path());
+            return Err(exit::RUN_FAILED);
         }
-    };
-    let program = match std::env::current_exe() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: cannot find the meshbench executable to start workers: {e}");
-            return exit::RUN_FAILED;
+        let limits = LimitsEnforcement { mode, reason };
+        let data = run_data(args, bench, &meshes, &plan, limits, started);
+        let prom = match start_prometheus(args, &run_dir, &platform).await {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {e}");
+                platform.shutdown().await;
+                return Err(exit::RUN_FAILED);
+            }
+        };
+        let cancel = CancellationToken::new();
+        cancel_on_signal(cancel.clone());
+        eprintln!(
+            "meshbench: running {name} ({} step(s) × {} mesh(es) × {} repetition(s)) → {}",
+            plan.steps.len(),
+            plan.meshes.len(),
+            plan.repetitions,
+            run_dir.path().display()
+        );
+        Ok(Session {
+            args,
+            bench,
+            meshes,
+            plan,
+            run_dir,
+            platform,
+            prom,
+            data,
+            cancel,
+            deployed_at: Utc::now().timestamp(),
+            collected_until: None,
+            report_ok: true,
+        })
+    }
+
+    /// Runs the experiment state machine to its end, recording every phase.
+    async fn drive(&mut self) -> Machine {
+        let mut machine = Machine::new();
+        loop {
+            let action = machine.action(&self.plan);
+            if action == Action::Finished {
+                break;
+            }
+            let phase_start = Utc::now();
+            let label = crate::experiment::phase_label(&action, &self.plan);
+            let outcome = if self.cancel.is_cancelled()
+                && !matches!(action, Action::Teardown { .. } | Action::Analyse)
+            {
+                Outcome::Cancelled
+            } else {
+                self.act(&action, &label, &machine).await
+            };
+            if let Outcome::Failed(msg) = &outcome {
+                eprintln!("error: {label}: {msg}");
+            }
+            self.data.meta.phases.push(ReportPhase {
+                name: label,
+                started_at: phase_start,
+                finished_at: Some(Utc::now()),
+            });
+            machine.advance(&self.plan, outcome);
         }
-    };
+        machine
+    }
+
+    /// One phase of the experiment.
+    async fn act(&mut self, action: &Action, label: &str, machine: &Machine) -> Outcome {
+        match action {
+            Action::Deploy { mesh } => self.deploy(*mesh).await,
+            Action::WaitReady { mesh } => self.wait_ready(*mesh).await,
+            Action::WarmUp { cursor } => self.load_step(*cursor, true, label).await,
+            Action::RunStep { cursor } => self.load_step(*cursor, false, label).await,
+            Action::Settle { duration } => {
+                tokio::select! {
+                    _ = tokio::time::sleep(*duration) => Outcome::Ok,
+                    _ = self.cancel.cancelled() => Outcome::Cancelled,
+                }
+            }
+            Action::Collect { cursor } => self.collect_step(cursor.mesh).await,
+            Action::Teardown { .. } => {
+                collect(&self.platform, &mut self.data);
+                self.platform.teardown().await;
+                Outcome::Ok
+            }
+            Action::Analyse => self.analyse(machine),
+            Action::Finished => Outcome::Ok,
+        }
+    }
+
+    async fn deploy(&mut self, mesh: usize) -> Outcome {
+        let Some(m) = self.meshes.get(mesh) else {
+            return Outcome::Failed("mesh not loaded".into());
+        };
+        self.deployed_at = Utc::now().timestamp();
+        self.collected_until = None;
+        match self.platform.deploy(m).await {
+            Ok(()) => Outcome::Ok,
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+
+    /// Waits for the replicas, then for Prometheus to scrape them all.
+    async fn wait_ready(&mut self, mesh: usize) -> Outcome {
+        let outcome = tokio::select! {
+            r = self.platform.wait_ready() => match r {
+                Ok(()) => Outcome::Ok,
+                Err(e) => Outcome::Failed(e.to_string()),
+            },
+            _ = self.cancel.cancelled() => Outcome::Cancelled,
+        };
+        let (Outcome::Ok, Some(p)) = (&outcome, &self.prom) else {
+            return outcome;
+        };
+        let mesh_name = self.plan.meshes.get(mesh).cloned().unwrap_or_default();
+        let want: usize = self.platform.replica_counts().iter().map(|(_, n)| n).sum();
+        let scraped = tokio::select! {
+            ok = p.wait_for_targets(&mesh_name, want, Duration::from_secs(30)) => ok,
+            _ = self.cancel.cancelled() => true,
+        };
+        if !scraped {
+            let w = format!(
+                "Prometheus did not scrape all {want} replicas of {mesh_name} within 30 s; the first samples may be missing"
+            );
+            eprintln!("warning: {w}");
+            self.data.meta.warnings.push(w);
+        }
+        outcome
+    }
+
+    /// Drives the load of one step (or the warm-up) and records its result.
+    async fn load_step(&mut self, cursor: Cursor, warm: bool, label: &str) -> Outcome {
+        let spec = &self.bench.spec;
+        let step = if warm {
+            self.plan.warmup.clone()
+        } else {
+            self.plan.steps.get(cursor.step).cloned()
+        };
+        let (Some(step), Some(url)) = (step, self.platform.service_url(&spec.target.service))
+        else {
+            return Outcome::Failed("target service is not deployed".into());
+        };
+        let lp = convert::step_plan(spec, &step, &url, warm);
+        let (tick_tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();
+        let opts = RunOptions {
+            cancel: self.cancel.child_token(),
+            record_requests: None,
+            metrics_listen: None,
+            progress: false,
+            ticks: Some(tick_tx),
+        };
+        let bar = (!self.args.quiet)
+            .then(|| step_bar(&format!("{label}: {}", target_text(&step)), step.duration));
+        let run = run_plan(&lp, opts);
+        tokio::pin!(run);
+        let result = loop {
+            tokio::select! {
+                r = &mut run => break r,
+                Some(t) = ticks.recv() => {
+                    if let Some(b) = &bar {
+                        show_tick(b, &t, &self.platform.replica_counts());
+                    }
+                }
+            }
+        };
+        if let Some(b) = &bar {
+            b.finish();
+        }
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => return Outcome::Failed(e.to_string()),
+        };
+        if !warm && let Some(stage) = result.measured_stages().next() {
+            let mesh_name = self
+                .plan
+                .meshes
+                .get(cursor.mesh)
+                .cloned()
+                .unwrap_or_default();
+            convert::record_step(&mut self.data, &mesh_name, cursor, &step, stage);
+        }
+        if result.partial {
+            Outcome::Cancelled
+        } else {
+            Outcome::Ok
+        }
+    }
+
+    /// Collects the step's samples (Prometheus, else the runner's own) and rewrites the
+    /// report with them.
+    async fn collect_step(&mut self, mesh: usize) -> Outcome {
+        match &self.prom {
+            Some(p) => {
+                let mesh_name = self.plan.meshes.get(mesh).cloned().unwrap_or_default();
+                let services: Vec<String> = self
+                    .meshes
+                    .get(mesh)
+                    .map(|m| m.spec.services.iter().map(|s| s.name.clone()).collect())
+                    .unwrap_or_default();
+                let overrides = self
+                    .bench
+                    .spec
+                    .collection
+                    .as_ref()
+                    .map(|c| c.queries.clone())
+                    .unwrap_or_default();
+                let from = self.collected_until.unwrap_or(self.deployed_at);
+                let interval = self.args.sample_interval;
+                match collect_prometheus(p, &mesh_name, &services, &overrides, from, interval).await
+                {
+                    Ok((samples, until)) => {
+                        self.collected_until = Some(until);
+                        self.data.samples.extend(samples);
+                        collect_runner_only(&self.platform, &mut self.data);
+                    }
+                    Err(e) => {
+                        let w = format!(
+                            "Prometheus collection failed, using the runner's own samples: {e}"
+                        );
+                        eprintln!("warning: {w}");
+                        self.data.meta.warnings.push(w);
+                        collect(&self.platform, &mut self.data);
+                    }
+                }
+            }
+            None => collect(&self.platform, &mut self.data),
+        }
+        match self.run_dir.update(&self.data) {
+            Ok(analysis) => {
+                if let Some(row) = analysis.steps.last() {
+                    print_step(row, &self.platform.replica_counts());
+                }
+                Outcome::Ok
+            }
+            Err(e) => Outcome::Failed(format!("writing the report: {e}")),
+        }
+    }
+
+    /// Writes the final report.
+    fn analyse(&mut self, machine: &Machine) -> Outcome {
+        self.data.meta.finished_at = Some(Utc::now());
+        self.data.meta.partial = machine.stopped_early;
+        self.data.meta.warnings.extend(machine.failure_lines());
+        match self.run_dir.finish(&self.data) {
+            Ok(files) => {
+                eprintln!("report: {}", files.html.display());
+                Outcome::Ok
+            }
+            Err(e) => {
+                eprintln!("error: writing the report: {e}");
+                self.report_ok = false;
+                Outcome::Failed(e.to_string())
+            }
+        }
+    }
+
+    /// Stops everything, prints the summary and returns the exit code.
+    async fn finish(mut self, machine: Machine) -> u8 {
+        self.platform.shutdown().await;
+        if let Some(p) = self.prom.as_mut() {
+            p.stop().await;
+        }
+        let verdict = meshbench_analysis::rundir::read_run_json(self.run_dir.path())
+            .ok()
+            .and_then(|r| r.slo.pass);
+        print_summary(self.run_dir.path());
+        let failed = !self.report_ok
+            || machine.stopped_early
+            || machine.cancelled
+            || !machine.failures.is_empty();
+        let code = if failed {
+            exit::RUN_FAILED
+        } else if verdict == Some(false) {
+            eprintln!("SLO: FAIL");
+            exit::SLO_FAILED
+        } else {
+            if verdict == Some(true) {
+                eprintln!("SLO: PASS");
+            }
+            exit::OK
+        };
+        crate::cli::run_reports(&self.args.ci, self.run_dir.path(), code)
+    }
+}
+
+/// The local platform for this run, its logs in the run directory.
+fn start_platform(args: &RunArgs, run_dir: &RunDir, name: &str) -> Result<LocalPlatform, u8> {
+    let program = std::env::current_exe().map_err(|e| {
+        eprintln!("error: cannot find the meshbench executable to start workers: {e}");
+        exit::RUN_FAILED
+    })?;
     let run_id = run_dir
         .path()
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| name.clone());
-    let node_resources = args.node.resources();
-    let mut platform = LocalPlatform::new(
-        LocalOptions {
-            program,
-            log_dir: run_dir.path().join("logs"),
-            sample_interval: args.sample_interval,
-            hpa_sync: args.hpa_sync,
-            metric_resolution: args.metric_resolution,
-            hpa_cpu_initialization_period: args.hpa_cpu_initialization_period,
-            ready_timeout: args.ready_timeout,
-            enforce_limits: !args.no_limits,
-            balance: args.service_balance,
-            node: node_resources,
-        },
-        &run_id,
-    );
-    let (mode, reason) = match platform.enforcement() {
+        .unwrap_or_else(|| name.to_string());
+    let opts = LocalOptions {
+        program,
+        log_dir: run_dir.path().join("logs"),
+        sample_interval: args.sample_interval,
+        hpa_sync: args.hpa_sync,
+        metric_resolution: args.metric_resolution,
+        hpa_cpu_initialization_period: args.hpa_cpu_initialization_period,
+        ready_timeout: args.ready_timeout,
+        enforce_limits: !args.no_limits,
+        balance: args.service_balance,
+        node: args.node.resources(),
+    };
+    Ok(LocalPlatform::new(opts, &run_id))
+}
+
+/// How the platform enforces limits, as run.json states it.
+fn enforcement(platform: &LocalPlatform) -> (ReportEnforcement, String) {
+    match platform.enforcement() {
         Enforcement::CgroupV2 => (
             ReportEnforcement::Enforced,
             "cgroup v2 cpu.max and memory.max".to_string(),
@@ -222,356 +557,118 @@ pub async fn run(args: RunArgs) -> u8 {
             "cgroup v1 CFS quota and memory limit".to_string(),
         ),
         Enforcement::None { reason } => (ReportEnforcement::NotEnforced, reason.clone()),
-    };
-    if mode == ReportEnforcement::NotEnforced && !args.no_limits && wants_limits(&meshes) {
-        eprintln!(
-            "error: the meshes set CPU or memory limits, but this host cannot enforce them \
-             ({reason}); their capacity and HPA figures would be wrong. Run as root where \
-             cgroups are writable, or pass --no-limits to run without them (run.json then \
-             says so)."
-        );
-        platform.shutdown().await;
-        // Nothing ran: leave no empty run directory behind.
-        let _ = std::fs::remove_dir_all(run_dir.path());
-        return exit::RUN_FAILED;
     }
+}
+
+/// The run's record before anything ran: the spec, the platform's settings and the
+/// model of every mesh on this node.
+fn run_data(
+    args: &RunArgs,
+    bench: &Benchmark,
+    meshes: &[ServiceMesh],
+    plan: &ExperimentPlan,
+    limits: LimitsEnforcement,
+    started: chrono::DateTime<Utc>,
+) -> RunData {
     let mut warnings = Vec::new();
-    if mode == ReportEnforcement::NotEnforced {
+    if limits.mode == ReportEnforcement::NotEnforced {
         let w = format!(
-            "CPU and memory limits are NOT enforced ({reason}); capacity figures are not comparable with the model"
+            "CPU and memory limits are NOT enforced ({}); capacity figures are not comparable with the model",
+            limits.reason
         );
         eprintln!("warning: {w}");
         warnings.push(w);
     }
-    let spec_json = serde_json::json!({
-        "benchmark": bench,
-        "meshes": meshes,
-    });
     let mut data = RunData::new(RunMeta {
-        benchmark: name.clone(),
-        spec: spec_json,
+        benchmark: bench.metadata.name.clone().unwrap_or_default(),
+        spec: serde_json::json!({ "benchmark": bench, "meshes": meshes }),
         meshbench_version: env!("CARGO_PKG_VERSION").to_string(),
         platform: Platform::Local,
-        limits: LimitsEnforcement { mode, reason },
+        limits,
         warnings,
         phases: Vec::new(),
         started_at: started,
         finished_at: None,
         steps_planned: Some(plan.total_steps() as u32),
         partial: false,
-        deviations: deviations(&args),
+        deviations: deviations(args),
     });
-    for m in &meshes {
-        let mut input = convert::capacity_input(m, spec);
+    for m in meshes {
+        let mut input = convert::capacity_input(m, &bench.spec);
         input.node = Some(args.node.model());
         data.models
             .insert(m.metadata.name.clone().unwrap_or_default(), input);
     }
-    data.slos = convert::slos(spec);
+    data.slos = convert::slos(&bench.spec);
     // A short HPA settle window keeps the scaling figures meaningful for short steps.
     data.options.settle_window_ms = 10_000;
-
-    let mut prom = match &args.prometheus {
-        None => None,
-        Some(p) => {
-            let dir = run_dir.path().join("prometheus");
-            let started = if p == "auto" {
-                LocalPrometheus::start(&dir, args.sample_interval).await
-            } else {
-                LocalPrometheus::external(p, &dir).await
-            };
-            let prom = match started {
-                Ok(prom) => prom,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    platform.shutdown().await;
-                    return exit::RUN_FAILED;
-                }
-            };
-            if let Err(e) = platform
-                .enable_prometheus(prom.targets_file().to_path_buf())
-                .await
-            {
-                eprintln!("error: cannot serve the runner's metrics for Prometheus: {e}");
-                platform.shutdown().await;
-                return exit::RUN_FAILED;
-            }
-            if prom.is_ours() {
-                eprintln!("prometheus: started at {}", prom.url());
-            } else {
-                eprintln!(
-                    "prometheus: using {}; it must scrape the targets in {} (file_sd_configs)",
-                    prom.url(),
-                    prom.targets_file().display()
-                );
-            }
-            Some(prom)
-        }
-    };
-    let overrides = spec
-        .collection
-        .as_ref()
-        .map(|c| c.queries.clone())
-        .unwrap_or_default();
-    let mut collected_until: Option<i64> = None;
-
-    let cancel = CancellationToken::new();
-    {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            eprintln!("\ninterrupted: stopping load and replicas, writing a partial report…");
-            cancel.cancel();
-        });
-    }
-    eprintln!(
-        "meshbench: running {name} ({} step(s) × {} mesh(es) × {} repetition(s)) → {}",
-        plan.steps.len(),
-        plan.meshes.len(),
-        plan.repetitions,
-        run_dir.path().display()
-    );
-
-    let mut machine = Machine::new();
-    let mut report_ok = true;
-    let mut deployed_at = Utc::now().timestamp();
-    loop {
-        let action = machine.action(&plan);
-        if action == Action::Finished {
-            break;
-        }
-        let phase_start = Utc::now();
-        let label = crate::experiment::phase_label(&action, &plan);
-        let outcome = if cancel.is_cancelled()
-            && !matches!(action, Action::Teardown { .. } | Action::Analyse)
-        {
-            Outcome::Cancelled
-        } else {
-            match &action {
-                Action::Deploy { mesh } => match meshes.get(*mesh) {
-                    Some(m) => {
-                        deployed_at = Utc::now().timestamp();
-                        collected_until = None;
-                        match platform.deploy(m).await {
-                            Ok(()) => Outcome::Ok,
-                            Err(e) => Outcome::Failed(e.to_string()),
-                        }
-                    }
-                    None => Outcome::Failed("mesh not loaded".into()),
-                },
-                Action::WaitReady { mesh } => {
-                    let outcome = tokio::select! {
-                        r = platform.wait_ready() => match r {
-                            Ok(()) => Outcome::Ok,
-                            Err(e) => Outcome::Failed(e.to_string()),
-                        },
-                        _ = cancel.cancelled() => Outcome::Cancelled,
-                    };
-                    if let (Outcome::Ok, Some(p)) = (&outcome, &prom) {
-                        let mesh_name = plan.meshes.get(*mesh).cloned().unwrap_or_default();
-                        let want: usize = platform.replica_counts().iter().map(|(_, n)| n).sum();
-                        let scraped = tokio::select! {
-                            ok = p.wait_for_targets(&mesh_name, want, Duration::from_secs(30)) => ok,
-                            _ = cancel.cancelled() => true,
-                        };
-                        if !scraped {
-                            let w = format!(
-                                "Prometheus did not scrape all {want} replicas of {mesh_name} within 30 s; the first samples may be missing"
-                            );
-                            eprintln!("warning: {w}");
-                            data.meta.warnings.push(w);
-                        }
-                    }
-                    outcome
-                }
-                Action::WarmUp { cursor } | Action::RunStep { cursor } => {
-                    let warm = matches!(action, Action::WarmUp { .. });
-                    let step = if warm {
-                        plan.warmup.clone()
-                    } else {
-                        plan.steps.get(cursor.step).cloned()
-                    };
-                    let mesh_name = plan.meshes.get(cursor.mesh).cloned().unwrap_or_default();
-                    match (step, platform.service_url(&spec.target.service)) {
-                        (Some(step), Some(url)) => {
-                            let lp = convert::step_plan(spec, &step, &url, warm);
-                            let (tick_tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();
-                            let opts = RunOptions {
-                                cancel: cancel.child_token(),
-                                record_requests: None,
-                                metrics_listen: None,
-                                progress: false,
-                                ticks: Some(tick_tx),
-                            };
-                            let bar = (!args.quiet).then(|| {
-                                step_bar(&format!("{label}: {}", target_text(&step)), step.duration)
-                            });
-                            let run = run_plan(&lp, opts);
-                            tokio::pin!(run);
-                            let result = loop {
-                                tokio::select! {
-                                    r = &mut run => break r,
-                                    Some(t) = ticks.recv() => {
-                                        if let Some(b) = &bar {
-                                            show_tick(b, &t, &platform.replica_counts());
-                                        }
-                                    }
-                                }
-                            };
-                            if let Some(b) = &bar {
-                                b.finish();
-                            }
-                            match result {
-                                Ok(result) => {
-                                    let partial = result.partial;
-                                    if !warm && let Some(stage) = result.measured_stages().next() {
-                                        convert::record_step(
-                                            &mut data, &mesh_name, *cursor, &step, stage,
-                                        );
-                                    }
-                                    if partial {
-                                        Outcome::Cancelled
-                                    } else {
-                                        Outcome::Ok
-                                    }
-                                }
-                                Err(e) => Outcome::Failed(e.to_string()),
-                            }
-                        }
-                        _ => Outcome::Failed("target service is not deployed".into()),
-                    }
-                }
-                Action::Settle { duration } => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(*duration) => Outcome::Ok,
-                        _ = cancel.cancelled() => Outcome::Cancelled,
-                    }
-                }
-                Action::Collect { cursor } => {
-                    let mesh_name = plan.meshes.get(cursor.mesh).cloned().unwrap_or_default();
-                    let services: Vec<String> = meshes
-                        .get(cursor.mesh)
-                        .map(|m| m.spec.services.iter().map(|s| s.name.clone()).collect())
-                        .unwrap_or_default();
-                    match &prom {
-                        Some(p) => {
-                            let from = collected_until.unwrap_or(deployed_at);
-                            match collect_prometheus(
-                                p,
-                                &mesh_name,
-                                &services,
-                                &overrides,
-                                from,
-                                args.sample_interval,
-                            )
-                            .await
-                            {
-                                Ok((samples, until)) => {
-                                    collected_until = Some(until);
-                                    data.samples.extend(samples);
-                                    collect_runner_only(&platform, &mut data);
-                                }
-                                Err(e) => {
-                                    let w = format!(
-                                        "Prometheus collection failed, using the runner's own samples: {e}"
-                                    );
-                                    eprintln!("warning: {w}");
-                                    data.meta.warnings.push(w);
-                                    collect(&platform, &mut data);
-                                }
-                            }
-                        }
-                        None => collect(&platform, &mut data),
-                    }
-                    match run_dir.update(&data) {
-                        Ok(analysis) => {
-                            if let Some(row) = analysis.steps.last() {
-                                eprintln!(
-                                    "   step done: served {} rps (sent {} rps), failed {}, p99 {} ms; replicas {}{}",
-                                    fmt_opt(row.throughput_rps),
-                                    fmt_opt(row.sent_rate_rps),
-                                    row.requests
-                                        .zip(row.successes)
-                                        .map(|(n, ok)| n.saturating_sub(ok).to_string())
-                                        .unwrap_or_else(|| "-".into()),
-                                    fmt_opt(row.latency_p99_ms),
-                                    platform
-                                        .replica_counts()
-                                        .iter()
-                                        .map(|(s, n)| format!("{s}={n}"))
-                                        .collect::<Vec<_>>()
-                                        .join(" "),
-                                    row.saturation
-                                        .as_deref()
-                                        .map(|w| format!("\n   SATURATED: {w}"))
-                                        .unwrap_or_default(),
-                                );
-                            }
-                            Outcome::Ok
-                        }
-                        Err(e) => Outcome::Failed(format!("writing the report: {e}")),
-                    }
-                }
-                Action::Teardown { .. } => {
-                    collect(&platform, &mut data);
-                    platform.teardown().await;
-                    Outcome::Ok
-                }
-                Action::Analyse => {
-                    data.meta.finished_at = Some(Utc::now());
-                    data.meta.partial = machine.stopped_early;
-                    data.meta.warnings.extend(machine.failure_lines());
-                    match run_dir.finish(&data) {
-                        Ok(files) => {
-                            eprintln!("report: {}", files.html.display());
-                            Outcome::Ok
-                        }
-                        Err(e) => {
-                            eprintln!("error: writing the report: {e}");
-                            report_ok = false;
-                            Outcome::Failed(e.to_string())
-                        }
-                    }
-                }
-                Action::Finished => Outcome::Ok,
-            }
-        };
-        if let Outcome::Failed(msg) = &outcome {
-            eprintln!("error: {label}: {msg}");
-        }
-        data.meta.phases.push(ReportPhase {
-            name: label,
-            started_at: phase_start,
-            finished_at: Some(Utc::now()),
-        });
-        machine.advance(&plan, outcome);
-    }
-    platform.shutdown().await;
-    if let Some(p) = prom.as_mut() {
-        p.stop().await;
-    }
-
-    let verdict = meshbench_analysis::rundir::read_run_json(run_dir.path())
-        .ok()
-        .and_then(|r| r.slo.pass);
-    print_summary(run_dir.path());
-    let failed =
-        !report_ok || machine.stopped_early || machine.cancelled || !machine.failures.is_empty();
-    let code = if failed {
-        exit::RUN_FAILED
-    } else if verdict == Some(false) {
-        eprintln!("SLO: FAIL");
-        exit::SLO_FAILED
-    } else {
-        if verdict == Some(true) {
-            eprintln!("SLO: PASS");
-        }
-        exit::OK
-    };
-    crate::cli::run_reports(&args.ci, run_dir.path(), code)
+    data
 }
 
-/// Takes the runner's samples except those Prometheus provides.
+/// Starts (`auto`) or attaches to (URL) the Prometheus of `--prometheus`, and has the
+/// platform publish its targets to it.
+async fn start_prometheus(
+    args: &RunArgs,
+    run_dir: &RunDir,
+    platform: &LocalPlatform,
+) -> Result<Option<LocalPrometheus>, String> {
+    let Some(p) = &args.prometheus else {
+        return Ok(None);
+    };
+    let dir = run_dir.path().join("prometheus");
+    let started = if p == "auto" {
+        LocalPrometheus::start(&dir, args.sample_interval).await
+    } else {
+        LocalPrometheus::external(p, &dir).await
+    };
+    let prom = started.map_err(|e| e.to_string())?;
+    platform
+        .enable_prometheus(prom.targets_file().to_path_buf())
+        .await
+        .map_err(|e| format!("cannot serve the runner's metrics for Prometheus: {e}"))?;
+    if prom.is_ours() {
+        eprintln!("prometheus: started at {}", prom.url());
+    } else {
+        eprintln!(
+            "prometheus: using {}; it must scrape the targets in {} (file_sd_configs)",
+            prom.url(),
+            prom.targets_file().display()
+        );
+    }
+    Ok(Some(prom))
+}
+
+/// Cancels `cancel` on Ctrl-C or SIGTERM.
+fn cancel_on_signal(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        eprintln!("\ninterrupted: stopping load and replicas, writing a partial report…");
+        cancel.cancel();
+    });
+}
+
+/// The one-line result of a step on the terminal.
+fn print_step(row: &meshbench_analysis::tables::StepRow, replicas: &[(String, usize)]) {
+    eprintln!(
+        "   step done: served {} rps (sent {} rps), failed {}, p99 {} ms; replicas {}{}",
+        fmt_opt(row.throughput_rps),
+        fmt_opt(row.sent_rate_rps),
+        row.requests
+            .zip(row.successes)
+            .map(|(n, ok)| n.saturating_sub(ok).to_string())
+            .unwrap_or_else(|| "-".into()),
+        fmt_opt(row.latency_p99_ms),
+        replicas
+            .iter()
+            .map(|(s, n)| format!("{s}={n}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        row.saturation
+            .as_deref()
+            .map(|w| format!("\n   SATURATED: {w}"))
+            .unwrap_or_default(),
+    );
+}
 /// Whether any service of `meshes` has a CPU or memory limit to enforce.
 fn wants_limits(meshes: &[ServiceMesh]) -> bool {
     meshes
@@ -624,6 +721,7 @@ fn deviations(args: &RunArgs) -> Vec<String> {
     out
 }
 
+/// Takes the runner's samples except those Prometheus provides.
 fn collect_runner_only(platform: &LocalPlatform, data: &mut RunData) {
     use crate::k8s::promql::TEMPLATES;
     data.samples.extend(
