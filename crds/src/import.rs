@@ -253,284 +253,431 @@ pub fn import(
     measurement: Option<(&str, &str)>,
 ) -> Result<Imported, Vec<Diagnostic>> {
     let sg: Servicegraph = parse(graph_file, graph_text, "Servicegraph")?;
-    let mut problems = Vec::new();
-    let at = |path: String, message: String| Diagnostic {
-        file: graph_file.to_string(),
-        document: Some(1),
-        object: Some("Servicegraph".into()),
-        position: crate::locate::index_documents(graph_text)
-            .into_iter()
-            .next()
-            .and_then(|l| l.find(&path)),
-        path,
-        message,
-        hint: None,
+    let mut problems = GraphProblems {
+        file: graph_file,
+        text: graph_text,
+        found: Vec::new(),
     };
-    if sg.kind.as_deref().is_some_and(|k| k != "Servicegraph") {
-        problems.push(at(
+    check_servicegraph(&sg, &mut problems);
+    let mut notes = Vec::new();
+    let mesh_name = to_dns_label(sg.metadata.name.as_deref().unwrap_or("imported"));
+    let names = service_names(&sg.spec.nodes);
+    let services: Vec<ServiceSpec> = sg
+        .spec
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| import_service(i, node, &names, &mut problems, &mut notes))
+        .collect();
+    if !problems.found.is_empty() {
+        return Err(problems.found);
+    }
+    let mesh = imported_mesh(&mesh_name, services);
+    let benchmark = measurement
+        .map(|m| {
+            import_benchmark(
+                m,
+                graph_file,
+                &sg.spec.nodes,
+                &names,
+                &mesh_name,
+                &mut notes,
+            )
+        })
+        .transpose()?;
+    Ok(Imported {
+        mesh,
+        benchmark,
+        notes,
+    })
+}
+
+/// The Servicegraph's problems, collected so that all of them are reported at once.
+struct GraphProblems<'a> {
+    file: &'a str,
+    text: &'a str,
+    found: Vec<Diagnostic>,
+}
+
+impl GraphProblems<'_> {
+    fn push(&mut self, path: String, message: String) {
+        self.found.push(Diagnostic {
+            file: self.file.to_string(),
+            document: Some(1),
+            object: Some("Servicegraph".into()),
+            position: crate::locate::index_documents(self.text)
+                .into_iter()
+                .next()
+                .and_then(|l| l.find(&path)),
+            path,
+            message,
+            hint: None,
+        });
+    }
+}
+
+/// Rejects documents that are not a prototype Servicegraph, or that have nothing to convert.
+fn check_servicegraph(sg: &Servicegraph, problems: &mut GraphProblems<'_>) {
+    if let Some(k) = sg.kind.as_deref()
+        && k != "Servicegraph"
+    {
+        problems.push(
             "kind".into(),
-            format!(
-                "{:?} is not a Servicegraph; expected kind: Servicegraph",
-                sg.kind.unwrap_or_default()
-            ),
-        ));
+            format!("{k:?} is not a Servicegraph; expected kind: Servicegraph"),
+        );
     }
     if let Some(v) = &sg.api_version
         && !v.starts_with("dipterv.my.domain/")
     {
-        problems.push(at(
+        problems.push(
             "apiVersion".into(),
             format!("{v:?} is not the prototype's API; expected dipterv.my.domain/v1beta1"),
-        ));
+        );
     }
     if sg.spec.nodes.is_empty() {
-        problems.push(at(
+        problems.push(
             "spec.nodes".into(),
             "is empty; expected at least one node".into(),
-        ));
+        );
     }
-    let mut notes = Vec::new();
-    let mesh_name = to_dns_label(sg.metadata.name.as_deref().unwrap_or("imported"));
-    let names: BTreeMap<String, String> = sg
-        .spec
-        .nodes
+}
+
+/// Node name → DNS-1123 service name; callouts and the load target name nodes as written.
+fn service_names(nodes: &[SgNode]) -> BTreeMap<String, String> {
+    nodes
         .iter()
         .map(|n| (n.name.clone(), to_dns_label(&n.name)))
+        .collect()
+}
+
+/// Node `i` as a service; a rename is noted because the user will look for the old name.
+fn import_service(
+    i: usize,
+    node: &SgNode,
+    names: &BTreeMap<String, String>,
+    problems: &mut GraphProblems<'_>,
+    notes: &mut Vec<String>,
+) -> ServiceSpec {
+    let name = names[&node.name].clone();
+    if name != node.name {
+        notes.push(format!(
+            "node {:?} renamed to {name:?} (DNS-1123)",
+            node.name
+        ));
+    }
+    let endpoints = node
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(j, ep)| {
+            let at = format!("spec.nodes[{i}].endpoints[{j}]");
+            import_endpoint(&at, ep, names, problems)
+        })
         .collect();
-    let mut services = Vec::new();
-    for (i, node) in sg.spec.nodes.iter().enumerate() {
-        let name = names[&node.name].clone();
-        if name != node.name {
-            notes.push(format!(
-                "node {:?} renamed to {name:?} (DNS-1123)",
-                node.name
-            ));
-        }
-        let resources = node.resources.as_ref().map(|r| {
-            let amounts = ResourceAmounts {
-                cpu: r
-                    .cpu
-                    .map(|c| Quantity(format!("{}m", c.max(0.0).round() as u64))),
-                memory: r
-                    .memory
-                    .map(|m| Quantity(format!("{}Mi", m.max(0.0).round() as u64))),
-            };
-            Resources {
-                requests: Some(amounts.clone()),
-                limits: Some(amounts),
-            }
-        });
-        let autoscaling = node.hpa.as_ref().map(|h| Autoscaling {
-            enabled: None,
-            min_replicas: h.min_replicas,
-            max_replicas: h.max_replicas,
-            target_cpu_utilization: h.utilization,
-            behavior: None,
-        });
-        let mut endpoints = Vec::new();
-        for (j, ep) in node.endpoints.iter().enumerate() {
-            let mut calls = Vec::new();
-            for (k, c) in ep.callouts.iter().enumerate() {
-                let path = format!("spec.nodes[{i}].endpoints[{j}].callouts[{k}].url");
-                match parse_callout(&c.url) {
-                    Some((svc, cpath)) => {
-                        let target = names.get(svc).cloned().unwrap_or_else(|| to_dns_label(svc));
-                        calls.push(CallSpec {
-                            service: target,
-                            path: Some(cpath),
-                            // The prototype ran all callouts of an endpoint in parallel.
-                            group: Some(format!("callout-{k}")),
-                            probability: None,
-                            repeat: None,
-                            timeout: None,
-                        });
-                    }
-                    None => problems.push(at(path, format!("{:?} is not a callout URL; expected service:port/path (e.g. \"backend:80/work\")", c.url))),
-                }
-            }
-            for (field, v) in [("cpuLoad", ep.cpu_load), ("delay", ep.delay)] {
-                if let Some(message) = v.and_then(|v| check_seconds(v, 1e-3, "milliseconds")) {
-                    problems.push(at(
-                        format!("spec.nodes[{i}].endpoints[{j}].{field}"),
-                        message,
-                    ));
-                }
-            }
-            let delay = ep.delay.filter(|d| *d > 0.0).map(|d| Delay {
-                fixed: Some(ms(d)),
-                mode: Some(DelayMode::MinimumTotal),
-                ..Delay::default()
-            });
-            let path = if ep.path.starts_with('/') {
-                ep.path.clone()
-            } else {
-                format!("/{}", ep.path)
-            };
-            endpoints.push(EndpointSpec {
-                path,
-                method: None,
-                calls,
-                cpu: ep.cpu_load.filter(|c| *c > 0.0).map(ms),
-                memory: None,
-                delay,
-                response_size: None,
-                error_rate: None,
-                max_in_flight: None,
-                call_timeout: None,
-                ignore_call_timeouts: None,
-            });
-        }
-        services.push(ServiceSpec {
-            name,
-            replicas: node.replicas,
-            port: node.port,
-            resources,
-            autoscaling,
-            expose: node.node_port.map(|p| Expose {
-                type_: ExposeType::NodePort,
-                node_port: Some(p),
-            }),
-            startup_delay: None,
-            idle: None,
-            readiness: None,
-            endpoints,
-        });
+    ServiceSpec {
+        name,
+        replicas: node.replicas,
+        port: node.port,
+        resources: node.resources.as_ref().map(imported_resources),
+        autoscaling: node.hpa.as_ref().map(imported_autoscaling),
+        expose: node.node_port.map(node_port_expose),
+        startup_delay: None,
+        idle: None,
+        readiness: None,
+        endpoints,
     }
-    if !problems.is_empty() {
-        return Err(problems);
+}
+
+/// The prototype used each amount as both request and limit.
+fn imported_resources(r: &SgResources) -> Resources {
+    let amounts = ResourceAmounts {
+        cpu: r
+            .cpu
+            .map(|c| Quantity(format!("{}m", c.max(0.0).round() as u64))),
+        memory: r
+            .memory
+            .map(|m| Quantity(format!("{}Mi", m.max(0.0).round() as u64))),
+    };
+    Resources {
+        requests: Some(amounts.clone()),
+        limits: Some(amounts),
     }
+}
+
+fn imported_autoscaling(h: &SgHpa) -> Autoscaling {
+    Autoscaling {
+        enabled: None,
+        min_replicas: h.min_replicas,
+        max_replicas: h.max_replicas,
+        target_cpu_utilization: h.utilization,
+        behavior: None,
+    }
+}
+
+fn node_port_expose(port: i32) -> Expose {
+    Expose {
+        type_: ExposeType::NodePort,
+        node_port: Some(port),
+    }
+}
+
+/// One endpoint; `at` is its field path (`spec.nodes[i].endpoints[j]`) for diagnostics.
+fn import_endpoint(
+    at: &str,
+    ep: &SgEndpoint,
+    names: &BTreeMap<String, String>,
+    problems: &mut GraphProblems<'_>,
+) -> EndpointSpec {
+    let calls = import_calls(at, &ep.callouts, names, problems);
+    for (field, v) in [("cpuLoad", ep.cpu_load), ("delay", ep.delay)] {
+        if let Some(message) = v.and_then(|v| check_seconds(v, 1e-3, "milliseconds")) {
+            problems.push(format!("{at}.{field}"), message);
+        }
+    }
+    EndpointSpec {
+        path: absolute_path(&ep.path),
+        method: None,
+        calls,
+        cpu: ep.cpu_load.filter(|c| *c > 0.0).map(ms),
+        memory: None,
+        delay: minimum_total_delay(ep.delay),
+        response_size: None,
+        error_rate: None,
+        max_in_flight: None,
+        call_timeout: None,
+        ignore_call_timeouts: None,
+    }
+}
+
+/// The callouts of the endpoint at `at`; a callee not among the nodes keeps its host name
+/// (as a DNS label) so the mesh's own validation reports it.
+fn import_calls(
+    at: &str,
+    callouts: &[SgCallout],
+    names: &BTreeMap<String, String>,
+    problems: &mut GraphProblems<'_>,
+) -> Vec<CallSpec> {
+    let mut calls = Vec::new();
+    for (k, c) in callouts.iter().enumerate() {
+        match parse_callout(&c.url) {
+            Some((svc, cpath)) => {
+                let target = names.get(svc).cloned().unwrap_or_else(|| to_dns_label(svc));
+                calls.push(CallSpec {
+                    service: target,
+                    path: Some(cpath),
+                    // The prototype ran all callouts of an endpoint in parallel.
+                    group: Some(format!("callout-{k}")),
+                    probability: None,
+                    repeat: None,
+                    timeout: None,
+                });
+            }
+            None => problems.push(
+                format!("{at}.callouts[{k}].url"),
+                format!(
+                    "{:?} is not a callout URL; expected service:port/path (e.g. \"backend:80/work\")",
+                    c.url
+                ),
+            ),
+        }
+    }
+    calls
+}
+
+/// The prototype slept only for what was left after CPU work and calls, so its `delay`
+/// (milliseconds) is a minimum total response time; zero or less means none.
+fn minimum_total_delay(delay: Option<f64>) -> Option<Delay> {
+    delay.filter(|d| *d > 0.0).map(|d| Delay {
+        fixed: Some(ms(d)),
+        mode: Some(DelayMode::MinimumTotal),
+        ..Delay::default()
+    })
+}
+
+/// The prototype accepted endpoint paths without the leading `/`.
+fn absolute_path(path: &str) -> String {
+    if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    }
+}
+
+/// Without a namespace, so the mesh lands wherever it is applied.
+fn imported_mesh(name: &str, services: Vec<ServiceSpec>) -> ServiceMesh {
     let mut mesh = ServiceMesh::new(
-        &mesh_name,
+        name,
         ServiceMeshSpec {
             defaults: None,
             services,
         },
     );
     mesh.metadata.namespace = None;
+    mesh
+}
 
-    let benchmark = match measurement {
-        None => None,
-        Some((mfile, mtext)) => {
-            let m: Measurement = parse(mfile, mtext, "measurement config")?;
-            let locator = crate::locate::index_documents(mtext)
-                .into_iter()
-                .next()
-                .unwrap_or_default();
-            let times = [
-                ("Load.Time", Some(m.load.time)),
-                ("Load.Preheat", m.load.preheat),
-                ("Load.TimeOut", m.load.time_out),
-            ];
-            let bad: Vec<Diagnostic> = times
-                .into_iter()
-                .filter_map(|(path, v)| {
-                    let message = check_seconds(v?, 1.0, "seconds")?;
-                    Some(Diagnostic {
-                        file: mfile.to_string(),
-                        document: Some(1),
-                        object: Some("measurement config".into()),
-                        position: locator.find(path),
-                        path: path.to_string(),
-                        message,
-                        hint: None,
-                    })
-                })
-                .collect();
-            if !bad.is_empty() {
-                return Err(bad);
-            }
-            let target_node = m
-                .load
-                .service_port
-                .and_then(|p| sg.spec.nodes.iter().find(|n| n.node_port == Some(p)))
-                .or(sg.spec.nodes.first());
-            let Some(target_node) = target_node else {
-                return Err(vec![Diagnostic::file(
-                    graph_file,
-                    "spec.nodes is empty; expected at least one node to send load to",
-                )]);
-            };
-            let path = format!(
-                "/{}",
-                m.load
-                    .service_path
-                    .as_deref()
-                    .unwrap_or("")
-                    .trim_start_matches('/')
-            );
-            if !m.servicegraphs.is_empty() {
-                notes.push(format!(
-                    "measurement listed servicegraphs: {}",
-                    m.servicegraphs.join(", ")
-                ));
-            }
-            if let Some(r) = &m.result_location {
-                notes.push(format!(
-                    "prototype result location: {r} (use `meshbench run --out`)"
-                ));
-            }
-            if let Some(c) = &m.cluster {
-                notes.push(format!(
-                    "prototype cluster: {} {}",
-                    c.name.as_deref().unwrap_or("?"),
-                    c.ip.as_deref().unwrap_or("")
-                ));
-            }
-            let prometheus_url = m.prometheus.as_ref().map(|p| {
-                let port = match &p.port {
-                    serde_yaml::Value::Number(n) => n.to_string(),
-                    serde_yaml::Value::String(s) => s.clone(),
-                    _ => "9090".into(),
-                };
-                format!("http://{}:{port}", p.ip)
-            });
-            let spec = BenchmarkSpec {
-                meshes: vec![mesh_name.clone()],
-                target: Target {
-                    service: names[&target_node.name].clone(),
-                    path: Some(path),
-                    method: None,
-                    query: m.load.service_query.clone().filter(|q| !q.is_empty()),
-                    headers: BTreeMap::new(),
-                    body: None,
-                },
-                load: LoadModel {
-                    model: LoadKind::Open,
-                    max_in_flight: m.load.users,
-                    think_time: None,
-                },
-                profile: imported_profile(&m.qps, secs(m.load.time), &mut notes),
-                warmup: m.load.preheat.filter(|p| *p > 0.0).map(|p| Warmup {
-                    duration: secs(p),
-                    rate: None,
-                    users: None,
-                }),
-                // The prototype waited 30 s after load before reading Prometheus.
-                settle: Some(Duration::from("30s")),
-                redeploy: Some(RedeployPolicy::PerStep),
-                repetitions: None,
-                request_timeout: m.load.time_out.filter(|t| *t > 0.0).map(secs),
-                on_step_failure: None,
-                loadgen: None,
-                collection: prometheus_url.map(|u| Collection {
-                    prometheus_url: Some(u),
-                    ..Collection::default()
-                }),
-                slos: None,
-            };
-            let mut b = Benchmark::new(&to_dns_label(&m.name), spec);
-            b.metadata = ObjectMeta {
-                name: b.metadata.name.clone(),
-                ..ObjectMeta::default()
-            };
-            Some(b)
-        }
+/// The measurement config (`(file, text)`) as a benchmark of the already-converted mesh;
+/// `nodes` and `names` are the graph's, to pick the service the load is sent to.
+fn import_benchmark(
+    (file, text): (&str, &str),
+    graph_file: &str,
+    nodes: &[SgNode],
+    names: &BTreeMap<String, String>,
+    mesh_name: &str,
+    notes: &mut Vec<String>,
+) -> Result<Benchmark, Vec<Diagnostic>> {
+    let m: Measurement = parse(file, text, "measurement config")?;
+    check_measurement_times(file, text, &m.load)?;
+    let target_node = load_target_node(graph_file, nodes, m.load.service_port)?;
+    note_prototype_only_fields(&m, notes);
+    let spec = benchmark_spec(&m, mesh_name, names[&target_node.name].clone(), notes);
+    let mut b = Benchmark::new(&to_dns_label(&m.name), spec);
+    b.metadata = ObjectMeta {
+        name: b.metadata.name.clone(),
+        ..ObjectMeta::default()
     };
-    Ok(Imported {
-        mesh,
-        benchmark,
-        notes,
-    })
+    Ok(b)
+}
+
+/// Every out-of-range time is reported together, before anything is converted.
+fn check_measurement_times(file: &str, text: &str, load: &Load) -> Result<(), Vec<Diagnostic>> {
+    let locator = crate::locate::index_documents(text)
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    let times = [
+        ("Load.Time", Some(load.time)),
+        ("Load.Preheat", load.preheat),
+        ("Load.TimeOut", load.time_out),
+    ];
+    let bad: Vec<Diagnostic> = times
+        .into_iter()
+        .filter_map(|(path, v)| {
+            let message = check_seconds(v?, 1.0, "seconds")?;
+            Some(Diagnostic {
+                file: file.to_string(),
+                document: Some(1),
+                object: Some("measurement config".into()),
+                position: locator.find(path),
+                path: path.to_string(),
+                message,
+                hint: None,
+            })
+        })
+        .collect();
+    if !bad.is_empty() {
+        return Err(bad);
+    }
+    Ok(())
+}
+
+/// The node the prototype sent load to: the one whose node port is `Load.ServicePort`,
+/// else the first.
+fn load_target_node<'a>(
+    graph_file: &str,
+    nodes: &'a [SgNode],
+    service_port: Option<i32>,
+) -> Result<&'a SgNode, Vec<Diagnostic>> {
+    let target_node = service_port
+        .and_then(|p| nodes.iter().find(|n| n.node_port == Some(p)))
+        .or(nodes.first());
+    let Some(target_node) = target_node else {
+        return Err(vec![Diagnostic::file(
+            graph_file,
+            "spec.nodes is empty; expected at least one node to send load to",
+        )]);
+    };
+    Ok(target_node)
+}
+
+/// Measurement fields meshbench has no place for, kept as notes so they are not lost.
+fn note_prototype_only_fields(m: &Measurement, notes: &mut Vec<String>) {
+    if !m.servicegraphs.is_empty() {
+        notes.push(format!(
+            "measurement listed servicegraphs: {}",
+            m.servicegraphs.join(", ")
+        ));
+    }
+    if let Some(r) = &m.result_location {
+        notes.push(format!(
+            "prototype result location: {r} (use `meshbench run --out`)"
+        ));
+    }
+    if let Some(c) = &m.cluster {
+        notes.push(format!(
+            "prototype cluster: {} {}",
+            c.name.as_deref().unwrap_or("?"),
+            c.ip.as_deref().unwrap_or("")
+        ));
+    }
+}
+
+/// The sweep with the prototype's fixed habits spelled out: open-loop load, a 30 s settle
+/// and the mesh redeployed around every rate.
+fn benchmark_spec(
+    m: &Measurement,
+    mesh_name: &str,
+    target_service: String,
+    notes: &mut Vec<String>,
+) -> BenchmarkSpec {
+    BenchmarkSpec {
+        meshes: vec![mesh_name.to_string()],
+        target: load_target(&m.load, target_service),
+        load: LoadModel {
+            model: LoadKind::Open,
+            max_in_flight: m.load.users,
+            think_time: None,
+        },
+        profile: imported_profile(&m.qps, secs(m.load.time), notes),
+        warmup: m.load.preheat.filter(|p| *p > 0.0).map(|p| Warmup {
+            duration: secs(p),
+            rate: None,
+            users: None,
+        }),
+        // The prototype waited 30 s after load before reading Prometheus.
+        settle: Some(Duration::from("30s")),
+        redeploy: Some(RedeployPolicy::PerStep),
+        repetitions: None,
+        request_timeout: m.load.time_out.filter(|t| *t > 0.0).map(secs),
+        on_step_failure: None,
+        loadgen: None,
+        collection: m.prometheus.as_ref().map(|p| Collection {
+            prometheus_url: Some(prometheus_url(p)),
+            ..Collection::default()
+        }),
+        slos: None,
+    }
+}
+
+/// The request the load generator sends; the path gets exactly one leading `/` whatever
+/// the prototype wrote, and an empty query means none.
+fn load_target(load: &Load, service: String) -> Target {
+    let path = format!(
+        "/{}",
+        load.service_path
+            .as_deref()
+            .unwrap_or("")
+            .trim_start_matches('/')
+    );
+    Target {
+        service,
+        path: Some(path),
+        method: None,
+        query: load.service_query.clone().filter(|q| !q.is_empty()),
+        headers: BTreeMap::new(),
+        body: None,
+    }
+}
+
+/// The port may be written as a number or a string; anything else means Prometheus'
+/// default, 9090.
+fn prometheus_url(p: &Prometheus) -> String {
+    let port = match &p.port {
+        serde_yaml::Value::Number(n) => n.to_string(),
+        serde_yaml::Value::String(s) => s.clone(),
+        _ => "9090".into(),
+    };
+    format!("http://{}:{port}", p.ip)
 }
 
 /// Most stages a profile may have (the CRD's bound).
