@@ -354,7 +354,57 @@ fn errors_of(c: &Counts) -> u64 {
 /// never hides the rest.
 pub fn analyze(data: &RunData) -> Analysis {
     let mut warnings = data.meta.warnings.clone();
-    let mut steps_meta: Vec<&StepMeta> = data.steps.iter().collect();
+    let steps_meta = sorted_steps(&data.steps);
+
+    // Models and predictions per mesh.
+    let models = build_models(data, &mut warnings);
+    let predictions = plan_predictions(data, &models);
+
+    // Load results by step.
+    let loads = index_loads(data);
+
+    let mut rows = StepRows::with_capacity(steps_meta.len());
+    for &s in &steps_meta {
+        let load = loads
+            .get(&(s.mesh.as_str(), s.repetition, s.index))
+            .copied();
+        rows.add(data, &models, s, load, &mut warnings);
+    }
+    let StepRows {
+        steps,
+        latency,
+        verdicts,
+        ..
+    } = rows;
+
+    // Samples: attribution counts and series.
+    let counts = sample_counts(data);
+    let series = group_samples(data.samples.iter().map(SampleRef::from));
+    let services = service_rows(data, &steps_meta, &models, &series, &counts);
+
+    let repetitions = repetition_rows(&steps, &services);
+    let steps_completed = steps_meta.len() as u32;
+    let run = run_json(
+        data,
+        warnings,
+        steps_completed,
+        &steps,
+        verdicts,
+        predictions,
+    );
+    Analysis {
+        run,
+        steps,
+        services,
+        latency,
+        repetitions,
+        series,
+    }
+}
+
+/// (mesh, repetition, index, start) order: the order of the step, latency and service rows.
+fn sorted_steps(steps: &[StepMeta]) -> Vec<&StepMeta> {
+    let mut steps_meta: Vec<&StepMeta> = steps.iter().collect();
     steps_meta.sort_by(|a, b| {
         (&a.mesh, a.repetition, a.index, a.start_ms).cmp(&(
             &b.mesh,
@@ -363,8 +413,11 @@ pub fn analyze(data: &RunData) -> Analysis {
             b.start_ms,
         ))
     });
+    steps_meta
+}
 
-    // Models and predictions per mesh.
+/// An invalid model becomes a warning and its mesh goes without predictions.
+fn build_models(data: &RunData, warnings: &mut Vec<String>) -> BTreeMap<String, Model> {
     let mut models: BTreeMap<String, Model> = BTreeMap::new();
     for (mesh, input) in &data.models {
         match Model::new(input) {
@@ -374,8 +427,16 @@ pub fn analyze(data: &RunData) -> Analysis {
             Err(e) => warnings.push(format!("capacity model of mesh {mesh} not computed: {e}")),
         }
     }
+    models
+}
+
+/// Each mesh's capacity plan at the distinct target rates of its steps, ascending.
+fn plan_predictions(
+    data: &RunData,
+    models: &BTreeMap<String, Model>,
+) -> BTreeMap<String, CapacityPlan> {
     let mut predictions = BTreeMap::new();
-    for (mesh, model) in &models {
+    for (mesh, model) in models {
         let mut rates: Vec<f64> = data
             .steps
             .iter()
@@ -386,184 +447,289 @@ pub fn analyze(data: &RunData) -> Analysis {
         rates.dedup();
         predictions.insert(mesh.clone(), model.plan(&rates));
     }
-    let step_prediction = |s: &StepMeta| -> Option<StepPrediction> {
-        models.get(&s.mesh).map(|m| m.predict_step(s.target_rate))
-    };
+    predictions
+}
 
-    // Load results by step.
+/// `None` for a mesh without a (valid) capacity model.
+fn step_prediction(models: &BTreeMap<String, Model>, s: &StepMeta) -> Option<StepPrediction> {
+    models.get(&s.mesh).map(|m| m.predict_step(s.target_rate))
+}
+
+fn index_loads(data: &RunData) -> HashMap<(&str, u32, u32), &StageResult> {
     let mut loads: HashMap<(&str, u32, u32), &StageResult> = HashMap::new();
     for l in &data.load {
         loads.insert((&l.mesh, l.repetition, l.step), &l.stage);
     }
+    loads
+}
 
-    let mut steps = Vec::with_capacity(steps_meta.len());
-    let mut latency = Vec::new();
-    let mut verdicts = Vec::new();
+/// Built in step order: a step's saturation judgement needs the earlier steps of its sweep.
+struct StepRows<'a> {
+    steps: Vec<StepRow>,
+    latency: Vec<LatencyRow>,
+    verdicts: Vec<StepVerdict>,
     // The best served throughput so far per (mesh, repetition), and its target rate.
-    let mut best_so_far: HashMap<(&str, u32), (f64, f64)> = HashMap::new();
-    for s in &steps_meta {
-        let load = loads
-            .get(&(s.mesh.as_str(), s.repetition, s.index))
-            .copied();
-        let hist = match load.map(StageResult::latency_histogram) {
-            Some(Ok(h)) => Some(h),
-            Some(Err(e)) => {
-                warnings.push(format!(
-                    "mesh {} repetition {} step {}: latency histogram unreadable ({e}); latency left null",
-                    s.mesh, s.repetition, s.index
-                ));
-                None
-            }
-            None => None,
-        };
-        let window_s = (s.end_ms - s.start_ms).max(0) as f64 / 1000.0;
-        let duration_s = load
-            .map(|l| l.summary.elapsed_s)
-            .filter(|d| *d > 0.0)
-            .unwrap_or(window_s);
-        let per_s = |n: u64| (duration_s > 0.0).then(|| n as f64 / duration_s);
-        let counts = load.map(|l| l.counts);
-        let requests = counts.map(|c| c.sent.saturating_add(c.dropped));
-        let lat = hist.as_ref().and_then(latency_figures);
-        let pred = step_prediction(s);
-        let throughput = load
-            .map(|l| l.served_throughput(l.summary.elapsed_s))
-            .filter(|t| *t > 0.0 || counts.is_some_and(|c| c.ok == 0));
-        let growth = load.and_then(|l| Growth::of(&second_medians(&l.seconds)));
-        let sweep = (s.mesh.as_str(), s.repetition);
-        let earlier_best = (!s.warmup)
-            .then(|| best_so_far.get(&sweep).copied())
-            .flatten();
-        let (saturated, saturation) = match load {
-            Some(_) => {
-                let (sat, why) = saturation::judge(&StepFigures {
-                    target_rate: s.target_rate,
-                    throughput,
-                    timeouts: counts.map_or(0, |c| c.timeouts),
-                    growth,
-                    predicted_bottleneck: pred.as_ref().and_then(|p| p.bottleneck.as_deref()),
-                    earlier_best,
-                });
-                (Some(sat), why)
-            }
-            None => (None, None),
-        };
-        if let (false, Some(t), Some(rate)) = (s.warmup, throughput, s.target_rate)
-            && earlier_best.is_none_or(|(best, _)| t > best)
-        {
-            best_so_far.insert(sweep, (t, rate));
-        }
-        let outcome = StepOutcome {
-            requests,
-            failed: counts.map(|c| c.sent.saturating_add(c.dropped).saturating_sub(c.ok)),
-            throughput,
-            target_rate: s.target_rate,
-            latency_us: hist.as_ref(),
-        };
-        let violations = slo::evaluate(&data.slos, &outcome);
-        let pass = violations.is_empty();
-        let violations_text = (!violations.is_empty()).then(|| {
-            violations
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        });
-        verdicts.push(StepVerdict {
-            mesh: s.mesh.clone(),
-            repetition: s.repetition,
-            step: s.index,
-            step_name: s.name.clone(),
-            warmup: s.warmup,
-            pass,
-            violations,
-        });
-        steps.push(StepRow {
-            mesh: s.mesh.clone(),
-            repetition: s.repetition,
-            step: s.index,
-            step_name: s.name.clone(),
-            warmup: s.warmup,
-            start: Timestamp(s.start_ms),
-            end: Timestamp(s.end_ms),
-            duration_s,
-            target_rate_rps: s.target_rate,
-            users: s.users,
-            requests,
-            sent: counts.map(|c| c.sent),
-            successes: counts.map(|c| c.ok),
-            errors: counts.map(|c| errors_of(&c)),
-            timeouts: counts.map(|c| c.timeouts),
-            dropped: counts.map(|c| c.dropped),
-            sent_rate_rps: counts.and_then(|c| per_s(c.sent)),
-            throughput_rps: throughput,
-            successes_incl_late_rps: counts.and_then(|c| per_s(c.ok)),
-            throughput_ratio: throughput
-                .zip(s.target_rate.filter(|t| *t > 0.0))
-                .map(|(t, r)| t / r),
-            error_ratio: requests
-                .filter(|r| *r > 0)
-                .zip(counts)
-                .map(|(r, c)| r.saturating_sub(c.ok) as f64 / r as f64),
-            latency_mean_ms: lat.as_ref().map(|l| l.mean),
-            latency_p50_ms: lat.as_ref().map(|l| l.p50),
-            latency_p90_ms: lat.as_ref().map(|l| l.p90),
-            latency_p95_ms: lat.as_ref().map(|l| l.p95),
-            latency_p99_ms: lat.as_ref().map(|l| l.p99),
-            latency_p999_ms: lat.as_ref().map(|l| l.p999),
-            latency_max_ms: lat.as_ref().map(|l| l.max),
-            latency_growth: growth.and_then(|g| g.ratio()),
-            saturated,
-            saturation,
-            predicted_max_throughput_rps: pred.as_ref().and_then(|p| p.max_throughput_rps),
-            predicted_bottleneck: pred.as_ref().and_then(|p| p.bottleneck.clone()),
-            predicted_throughput_rps: pred.as_ref().and_then(|p| p.achieved_rps),
-            predicted_latency_mean_ms: pred.as_ref().and_then(|p| p.latency_mean_ms),
-            predicted_latency_p99_ms: pred.as_ref().and_then(|p| p.latency_p99_ms),
-            predicted_throughput_error: relative_error(
-                pred.as_ref().and_then(|p| p.achieved_rps),
-                throughput,
-            ),
-            predicted_latency_mean_error: relative_error(
-                pred.as_ref().and_then(|p| p.latency_mean_ms),
-                lat.as_ref().map(|l| l.mean),
-            ),
-            predicted_latency_p99_error: relative_error(
-                pred.as_ref().and_then(|p| p.latency_p99_ms),
-                lat.as_ref().map(|l| l.p99),
-            ),
-            slo_pass: (!data.slos.is_empty()).then_some(pass),
-            slo_violations: violations_text,
-            partial: load.is_none_or(|l| l.partial),
-        });
-        if let Some(l) = load {
-            // Figures first, rows after: decoding a histogram allocates a large buffer, and
-            // interleaving those with the rows' small strings fragments the heap (hundreds of
-            // MiB for an hour of seconds).
-            let figures: Vec<Option<LatencyFigures>> =
-                l.seconds.iter().map(second_figures).collect();
-            for (b, f) in l.seconds.iter().zip(figures) {
-                latency.push(LatencyRow {
-                    ts: Timestamp(i64::try_from(b.start_unix_ms).unwrap_or(i64::MAX)),
-                    mesh: s.mesh.clone(),
-                    repetition: s.repetition,
-                    step: s.index,
-                    second: b.second,
-                    requests: b.counts.sent.saturating_add(b.counts.dropped),
-                    successes: b.counts.ok,
-                    errors: errors_of(&b.counts),
-                    timeouts: b.counts.timeouts,
-                    latency_mean_ms: f.as_ref().map(|l| l.mean),
-                    latency_p50_ms: f.as_ref().map(|l| l.p50),
-                    latency_p90_ms: f.as_ref().map(|l| l.p90),
-                    latency_p99_ms: f.as_ref().map(|l| l.p99),
-                    latency_max_ms: f.as_ref().map(|l| l.max),
-                });
-            }
+    best_so_far: HashMap<(&'a str, u32), (f64, f64)>,
+}
+
+impl<'a> StepRows<'a> {
+    fn with_capacity(steps: usize) -> Self {
+        StepRows {
+            steps: Vec::with_capacity(steps),
+            latency: Vec::new(),
+            verdicts: Vec::new(),
+            best_so_far: HashMap::new(),
         }
     }
 
-    // Samples: attribution counts and series.
+    /// Adds one step's row, SLO verdict and per-second latency rows.
+    fn add(
+        &mut self,
+        data: &RunData,
+        models: &BTreeMap<String, Model>,
+        s: &'a StepMeta,
+        load: Option<&StageResult>,
+        warnings: &mut Vec<String>,
+    ) {
+        let m = measure_step(s, load, warnings);
+        let pred = step_prediction(models, s);
+        let sweep = (s.mesh.as_str(), s.repetition);
+        let earlier_best = (!s.warmup)
+            .then(|| self.best_so_far.get(&sweep).copied())
+            .flatten();
+        let (saturated, saturation) = judge_saturation(s, &m, pred.as_ref(), earlier_best);
+        if let (false, Some(t), Some(rate)) = (s.warmup, m.throughput, s.target_rate)
+            && earlier_best.is_none_or(|(best, _)| t > best)
+        {
+            self.best_so_far.insert(sweep, (t, rate));
+        }
+        let (verdict, violations_text) = slo_verdict(&data.slos, s, &m);
+        let slo_pass = (!data.slos.is_empty()).then_some(verdict.pass);
+        self.verdicts.push(verdict);
+        self.steps.push(step_row(
+            s,
+            &m,
+            pred.as_ref(),
+            saturated,
+            saturation,
+            slo_pass,
+            violations_text,
+        ));
+        if let Some(l) = load {
+            push_latency_rows(&mut self.latency, s, l);
+        }
+    }
+}
+
+/// A step's load result reduced to what its row, saturation judgement and SLO verdict share.
+struct Measured<'a> {
+    load: Option<&'a StageResult>,
+    hist: Option<Histogram<u64>>,
+    duration_s: f64,
+    counts: Option<Counts>,
+    requests: Option<u64>,
+    lat: Option<LatencyFigures>,
+    throughput: Option<f64>,
+    growth: Option<Growth>,
+}
+
+impl Measured<'_> {
+    /// A count as a rate over the step's duration; `None` without time.
+    fn per_s(&self, n: u64) -> Option<f64> {
+        (self.duration_s > 0.0).then(|| n as f64 / self.duration_s)
+    }
+}
+
+/// An unreadable histogram becomes a warning and the step's latency is left null.
+fn measure_step<'a>(
+    s: &StepMeta,
+    load: Option<&'a StageResult>,
+    warnings: &mut Vec<String>,
+) -> Measured<'a> {
+    let hist = match load.map(StageResult::latency_histogram) {
+        Some(Ok(h)) => Some(h),
+        Some(Err(e)) => {
+            warnings.push(format!(
+                "mesh {} repetition {} step {}: latency histogram unreadable ({e}); latency left null",
+                s.mesh, s.repetition, s.index
+            ));
+            None
+        }
+        None => None,
+    };
+    let window_s = (s.end_ms - s.start_ms).max(0) as f64 / 1000.0;
+    let duration_s = load
+        .map(|l| l.summary.elapsed_s)
+        .filter(|d| *d > 0.0)
+        .unwrap_or(window_s);
+    let counts = load.map(|l| l.counts);
+    let requests = counts.map(|c| c.sent.saturating_add(c.dropped));
+    let lat = hist.as_ref().and_then(latency_figures);
+    let throughput = load
+        .map(|l| l.served_throughput(l.summary.elapsed_s))
+        .filter(|t| *t > 0.0 || counts.is_some_and(|c| c.ok == 0));
+    let growth = load.and_then(|l| Growth::of(&second_medians(&l.seconds)));
+    Measured {
+        load,
+        hist,
+        duration_s,
+        counts,
+        requests,
+        lat,
+        throughput,
+        growth,
+    }
+}
+
+/// `(saturated, why)`; both `None` for a step without a load result, which cannot be judged.
+fn judge_saturation(
+    s: &StepMeta,
+    m: &Measured<'_>,
+    pred: Option<&StepPrediction>,
+    earlier_best: Option<(f64, f64)>,
+) -> (Option<bool>, Option<String>) {
+    match m.load {
+        Some(_) => {
+            let (sat, why) = saturation::judge(&StepFigures {
+                target_rate: s.target_rate,
+                throughput: m.throughput,
+                timeouts: m.counts.map_or(0, |c| c.timeouts),
+                growth: m.growth,
+                predicted_bottleneck: pred.and_then(|p| p.bottleneck.as_deref()),
+                earlier_best,
+            });
+            (Some(sat), why)
+        }
+        None => (None, None),
+    }
+}
+
+/// The step's verdict, and its violations joined into the text of the step row.
+fn slo_verdict(slos: &[Slo], s: &StepMeta, m: &Measured<'_>) -> (StepVerdict, Option<String>) {
+    let outcome = StepOutcome {
+        requests: m.requests,
+        failed: m
+            .counts
+            .map(|c| c.sent.saturating_add(c.dropped).saturating_sub(c.ok)),
+        throughput: m.throughput,
+        target_rate: s.target_rate,
+        latency_us: m.hist.as_ref(),
+    };
+    let violations = slo::evaluate(slos, &outcome);
+    let pass = violations.is_empty();
+    let violations_text = (!violations.is_empty()).then(|| {
+        violations
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
+    let verdict = StepVerdict {
+        mesh: s.mesh.clone(),
+        repetition: s.repetition,
+        step: s.index,
+        step_name: s.name.clone(),
+        warmup: s.warmup,
+        pass,
+        violations,
+    };
+    (verdict, violations_text)
+}
+
+fn step_row(
+    s: &StepMeta,
+    m: &Measured<'_>,
+    pred: Option<&StepPrediction>,
+    saturated: Option<bool>,
+    saturation: Option<String>,
+    slo_pass: Option<bool>,
+    slo_violations: Option<String>,
+) -> StepRow {
+    let (counts, requests, throughput, lat) = (m.counts, m.requests, m.throughput, &m.lat);
+    StepRow {
+        mesh: s.mesh.clone(),
+        repetition: s.repetition,
+        step: s.index,
+        step_name: s.name.clone(),
+        warmup: s.warmup,
+        start: Timestamp(s.start_ms),
+        end: Timestamp(s.end_ms),
+        duration_s: m.duration_s,
+        target_rate_rps: s.target_rate,
+        users: s.users,
+        requests,
+        sent: counts.map(|c| c.sent),
+        successes: counts.map(|c| c.ok),
+        errors: counts.map(|c| errors_of(&c)),
+        timeouts: counts.map(|c| c.timeouts),
+        dropped: counts.map(|c| c.dropped),
+        sent_rate_rps: counts.and_then(|c| m.per_s(c.sent)),
+        throughput_rps: throughput,
+        successes_incl_late_rps: counts.and_then(|c| m.per_s(c.ok)),
+        throughput_ratio: throughput
+            .zip(s.target_rate.filter(|t| *t > 0.0))
+            .map(|(t, r)| t / r),
+        error_ratio: requests
+            .filter(|r| *r > 0)
+            .zip(counts)
+            .map(|(r, c)| r.saturating_sub(c.ok) as f64 / r as f64),
+        latency_mean_ms: lat.as_ref().map(|l| l.mean),
+        latency_p50_ms: lat.as_ref().map(|l| l.p50),
+        latency_p90_ms: lat.as_ref().map(|l| l.p90),
+        latency_p95_ms: lat.as_ref().map(|l| l.p95),
+        latency_p99_ms: lat.as_ref().map(|l| l.p99),
+        latency_p999_ms: lat.as_ref().map(|l| l.p999),
+        latency_max_ms: lat.as_ref().map(|l| l.max),
+        latency_growth: m.growth.and_then(|g| g.ratio()),
+        saturated,
+        saturation,
+        predicted_max_throughput_rps: pred.and_then(|p| p.max_throughput_rps),
+        predicted_bottleneck: pred.and_then(|p| p.bottleneck.clone()),
+        predicted_throughput_rps: pred.and_then(|p| p.achieved_rps),
+        predicted_latency_mean_ms: pred.and_then(|p| p.latency_mean_ms),
+        predicted_latency_p99_ms: pred.and_then(|p| p.latency_p99_ms),
+        predicted_throughput_error: relative_error(pred.and_then(|p| p.achieved_rps), throughput),
+        predicted_latency_mean_error: relative_error(
+            pred.and_then(|p| p.latency_mean_ms),
+            lat.as_ref().map(|l| l.mean),
+        ),
+        predicted_latency_p99_error: relative_error(
+            pred.and_then(|p| p.latency_p99_ms),
+            lat.as_ref().map(|l| l.p99),
+        ),
+        slo_pass,
+        slo_violations,
+        partial: m.load.is_none_or(|l| l.partial),
+    }
+}
+
+fn push_latency_rows(latency: &mut Vec<LatencyRow>, s: &StepMeta, l: &StageResult) {
+    // Figures first, rows after: decoding a histogram allocates a large buffer, and
+    // interleaving those with the rows' small strings fragments the heap (hundreds of
+    // MiB for an hour of seconds).
+    let figures: Vec<Option<LatencyFigures>> = l.seconds.iter().map(second_figures).collect();
+    for (b, f) in l.seconds.iter().zip(figures) {
+        latency.push(LatencyRow {
+            ts: Timestamp(i64::try_from(b.start_unix_ms).unwrap_or(i64::MAX)),
+            mesh: s.mesh.clone(),
+            repetition: s.repetition,
+            step: s.index,
+            second: b.second,
+            requests: b.counts.sent.saturating_add(b.counts.dropped),
+            successes: b.counts.ok,
+            errors: errors_of(&b.counts),
+            timeouts: b.counts.timeouts,
+            latency_mean_ms: f.as_ref().map(|l| l.mean),
+            latency_p50_ms: f.as_ref().map(|l| l.p50),
+            latency_p90_ms: f.as_ref().map(|l| l.p90),
+            latency_p99_ms: f.as_ref().map(|l| l.p99),
+            latency_max_ms: f.as_ref().map(|l| l.max),
+        });
+    }
+}
+
+/// Samples per (mesh, repetition, step, service), attributed to steps by time.
+fn sample_counts(data: &RunData) -> HashMap<(&str, u32, u32, &str), u64> {
     let index = StepIndex::new(&data.steps);
     let mut counts: HashMap<(&str, u32, u32, &str), u64> = HashMap::new();
     for x in &data.samples {
@@ -571,7 +737,14 @@ pub fn analyze(data: &RunData) -> Analysis {
             *counts.entry((&x.mesh, r, st, &x.service)).or_default() += 1;
         }
     }
-    let series = group_samples(data.samples.iter().map(SampleRef::from));
+    counts
+}
+
+/// Includes the model's services, so one it expects gets rows even without samples.
+fn services_by_mesh<'a>(
+    data: &'a RunData,
+    series: &'a SeriesMap,
+) -> BTreeMap<&'a str, BTreeSet<&'a str>> {
     let mut service_names: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for (mesh, service) in series.keys() {
         service_names.entry(mesh).or_default().insert(service);
@@ -581,10 +754,22 @@ pub fn analyze(data: &RunData) -> Analysis {
             service_names.entry(mesh).or_default().insert(&s.name);
         }
     }
+    service_names
+}
+
+/// One row per step and service of its mesh, with the model's prediction beside it.
+fn service_rows(
+    data: &RunData,
+    steps_meta: &[&StepMeta],
+    models: &BTreeMap<String, Model>,
+    series: &SeriesMap,
+    counts: &HashMap<(&str, u32, u32, &str), u64>,
+) -> Vec<ServiceRow> {
+    let service_names = services_by_mesh(data, series);
     let empty = ServiceSeries::default();
     let mut services = Vec::new();
-    for s in &steps_meta {
-        let pred = step_prediction(s);
+    for s in steps_meta {
+        let pred = step_prediction(models, s);
         let Some(names) = service_names.get(s.mesh.as_str()) else {
             continue;
         };
@@ -607,14 +792,23 @@ pub fn analyze(data: &RunData) -> Analysis {
             services.push(row);
         }
     }
+    services
+}
 
-    let repetitions = repetition_rows(&steps, &services);
-    let steps_completed = steps_meta.len() as u32;
+/// `run.json`; the run counts as partial when the runner says so or anything is missing.
+fn run_json(
+    data: &RunData,
+    warnings: Vec<String>,
+    steps_completed: u32,
+    steps: &[StepRow],
+    verdicts: Vec<StepVerdict>,
+    predictions: BTreeMap<String, CapacityPlan>,
+) -> RunJson {
     let mut meta = data.meta.clone();
     meta.warnings = warnings;
-    let partial_reason = partial_reason(&meta, steps_completed, &steps);
+    let partial_reason = partial_reason(&meta, steps_completed, steps);
     meta.partial = partial_reason.is_some();
-    let run = RunJson {
+    RunJson {
         schema_version: SCHEMA_VERSION,
         analysis_version: env!("CARGO_PKG_VERSION").to_owned(),
         meta,
@@ -625,15 +819,7 @@ pub fn analyze(data: &RunData) -> Analysis {
         predictions,
         options: data.options.clone(),
         tables: Vec::new(),
-        saturation: saturation::summarise(&steps),
-    };
-    Analysis {
-        run,
-        steps,
-        services,
-        latency,
-        repetitions,
-        series,
+        saturation: saturation::summarise(steps),
     }
 }
 

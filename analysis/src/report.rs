@@ -7,8 +7,10 @@ use std::io::Write as _;
 use std::path::Path;
 
 use crate::analyze::{Analysis, RunJson};
+use crate::meta::RunMeta;
 use crate::plots::{self, Chart};
 use crate::rundir::{self, ReportFiles, RunDirError};
+use crate::tables::{RepetitionRow, ServiceRow, StepRow};
 
 /// Escapes text for HTML.
 pub fn escape(s: &str) -> String {
@@ -92,6 +94,24 @@ pub fn render_html(a: &Analysis, charts: &[(Chart, String)]) -> String {
     let run = &a.run;
     let m = &run.meta;
     let mut o = String::with_capacity(64 * 1024);
+    head_and_title(&mut o, run);
+    saturation_section(&mut o, run);
+    parameters_section(&mut o, run);
+    list_section(&mut o, "Warnings", &m.warnings);
+    list_section(&mut o, "SLO violations", &run.slo.summary);
+    steps_section(&mut o, &a.steps);
+    plots_section(&mut o, charts);
+    services_section(&mut o, &a.services);
+    repetitions_section(&mut o, &a.repetitions);
+    capacity_section(&mut o, run);
+    phases_section(&mut o, m);
+    spec_and_footer(&mut o, run);
+    o
+}
+
+/// The document head, the title with the run's SLO badge, and the partial-run notice.
+fn head_and_title(o: &mut String, run: &RunJson) {
+    let m = &run.meta;
     let _ = write!(
         o,
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>meshbench — {}</title><style>{CSS}</style></head><body>",
@@ -116,9 +136,10 @@ pub fn render_html(a: &Analysis, charts: &[(Chart, String)]) -> String {
             escape(run.partial_reason.as_deref().unwrap_or("incomplete"))
         );
     }
+}
 
-    saturation_section(&mut o, run);
-
+fn parameters_section(o: &mut String, run: &RunJson) {
+    let m = &run.meta;
     o.push_str("<h2>Parameters</h2>");
     let mut params = vec![
         vec![l("benchmark"), l(m.benchmark.clone())],
@@ -155,22 +176,21 @@ pub fn render_html(a: &Analysis, charts: &[(Chart, String)]) -> String {
     for s in &run.slos {
         params.push(vec![l("SLO"), l(s.to_string())]);
     }
-    table(&mut o, &[("parameter", false), ("value", false)], &params);
-    if !m.warnings.is_empty() {
-        o.push_str("<h2>Warnings</h2><ul>");
-        for w in &m.warnings {
-            let _ = write!(o, "<li>{}</li>", escape(w));
-        }
-        o.push_str("</ul>");
-    }
-    if !run.slo.summary.is_empty() {
-        o.push_str("<h2>SLO violations</h2><ul>");
-        for w in &run.slo.summary {
-            let _ = write!(o, "<li>{}</li>", escape(w));
-        }
-        o.push_str("</ul>");
-    }
+    table(o, &[("parameter", false), ("value", false)], &params);
+}
 
+/// A headed bullet list, left out entirely when there is nothing to list.
+fn list_section(o: &mut String, heading: &str, items: &[String]) {
+    if !items.is_empty() {
+        let _ = write!(o, "<h2>{heading}</h2><ul>");
+        for w in items {
+            let _ = write!(o, "<li>{}</li>", escape(w));
+        }
+        o.push_str("</ul>");
+    }
+}
+
+fn steps_section(o: &mut String, steps: &[StepRow]) {
     o.push_str("<h2>Steps</h2><p class=\"note\">Served rps is the served throughput: successes per second until the step's last success arrived (vegeta's definition); sent rps is what the load generator sent, which an open loop keeps at the target whatever the mesh serves. Shaded columns are predictions of the capacity model, not measurements; the model's error beside each, (predicted − measured) ÷ measured.</p>");
     let header = [
         ("mesh", false),
@@ -192,55 +212,56 @@ pub fn render_html(a: &Analysis, charts: &[(Chart, String)]) -> String {
         ("saturated", false),
         ("SLO", false),
     ];
-    let rows: Vec<Vec<(String, bool)>> = a
-        .steps
-        .iter()
-        .map(|s| {
-            vec![
-                l(s.mesh.clone()),
-                r(s.repetition.to_string()),
-                r(s.step.to_string()),
-                l(format!(
-                    "{}{}",
-                    s.step_name,
-                    if s.warmup { " (warm-up)" } else { "" }
-                )),
-                r(num(s.target_rate_rps, 1)),
-                r(num(s.throughput_rps, 1)),
-                r(num(s.throughput_ratio, 2)),
-                r(with_error(
-                    num(s.predicted_throughput_rps, 1),
-                    s.predicted_throughput_error,
-                )),
-                r(num(s.sent_rate_rps, 1)),
-                r(num(s.error_ratio, 4)),
-                r(num(s.latency_p50_ms, 2)),
-                r(num(s.latency_p99_ms, 2)),
-                r(num(s.latency_mean_ms, 2)),
-                r(with_error(
-                    num(s.predicted_latency_mean_ms, 2),
-                    s.predicted_latency_mean_error,
-                )),
-                r(with_error(
-                    num(s.predicted_latency_p99_ms, 2),
-                    s.predicted_latency_p99_error,
-                )),
-                l(s.predicted_bottleneck.clone().unwrap_or_else(|| "–".into())),
-                l(match (s.saturated, &s.saturation) {
-                    (Some(true), why) => format!("SATURATED: {}", why.as_deref().unwrap_or("")),
-                    (Some(false), _) => "no".into(),
-                    (None, _) => "–".into(),
-                }),
-                l(match (s.slo_pass, &s.slo_violations) {
-                    (None, _) => "–".into(),
-                    (Some(true), _) => "pass".into(),
-                    (Some(false), v) => format!("FAIL: {}", v.as_deref().unwrap_or("")),
-                }),
-            ]
-        })
-        .collect();
-    table(&mut o, &header, &rows);
+    let rows: Vec<Vec<(String, bool)>> = steps.iter().map(step_cells).collect();
+    table(o, &header, &rows);
+}
 
+/// One row of the steps table, in the order of the header in `steps_section`.
+fn step_cells(s: &StepRow) -> Vec<(String, bool)> {
+    vec![
+        l(s.mesh.clone()),
+        r(s.repetition.to_string()),
+        r(s.step.to_string()),
+        l(format!(
+            "{}{}",
+            s.step_name,
+            if s.warmup { " (warm-up)" } else { "" }
+        )),
+        r(num(s.target_rate_rps, 1)),
+        r(num(s.throughput_rps, 1)),
+        r(num(s.throughput_ratio, 2)),
+        r(with_error(
+            num(s.predicted_throughput_rps, 1),
+            s.predicted_throughput_error,
+        )),
+        r(num(s.sent_rate_rps, 1)),
+        r(num(s.error_ratio, 4)),
+        r(num(s.latency_p50_ms, 2)),
+        r(num(s.latency_p99_ms, 2)),
+        r(num(s.latency_mean_ms, 2)),
+        r(with_error(
+            num(s.predicted_latency_mean_ms, 2),
+            s.predicted_latency_mean_error,
+        )),
+        r(with_error(
+            num(s.predicted_latency_p99_ms, 2),
+            s.predicted_latency_p99_error,
+        )),
+        l(s.predicted_bottleneck.clone().unwrap_or_else(|| "–".into())),
+        l(match (s.saturated, &s.saturation) {
+            (Some(true), why) => format!("SATURATED: {}", why.as_deref().unwrap_or("")),
+            (Some(false), _) => "no".into(),
+            (None, _) => "–".into(),
+        }),
+        l(match (s.slo_pass, &s.slo_violations) {
+            (None, _) => "–".into(),
+            (Some(true), _) => "pass".into(),
+            (Some(false), v) => format!("FAIL: {}", v.as_deref().unwrap_or("")),
+        }),
+    ]
+}
+
+fn plots_section(o: &mut String, charts: &[(Chart, String)]) {
     o.push_str("<h2>Plots</h2><p class=\"note\">Grey vertical lines mark step starts; dashed lines are model predictions.</p>");
     for (c, svg) in charts {
         let _ = write!(
@@ -252,7 +273,9 @@ pub fn render_html(a: &Analysis, charts: &[(Chart, String)]) -> String {
     if charts.is_empty() {
         o.push_str("<p>No data to plot yet.</p>");
     }
+}
 
+fn services_section(o: &mut String, services: &[ServiceRow]) {
     o.push_str("<h2>Services</h2>");
     let header = [
         ("mesh", false),
@@ -274,47 +297,48 @@ pub fn render_html(a: &Analysis, charts: &[(Chart, String)]) -> String {
         ("direction changes", false),
         ("replica-s", false),
     ];
-    let rows: Vec<Vec<(String, bool)>> = a
-        .services
-        .iter()
-        .map(|s| {
-            vec![
-                l(s.mesh.clone()),
-                r(s.repetition.to_string()),
-                r(s.step.to_string()),
-                l(s.service.clone()),
-                r(num(s.replicas_avg, 2)),
-                r(num(s.replicas_max, 0)),
-                r(num(s.replicas_final, 0)),
-                r(
-                    match (
-                        s.predicted_replicas,
-                        s.predicted_replicas_low,
-                        s.predicted_replicas_high,
-                    ) {
-                        (Some(p), Some(lo), Some(hi)) if lo != hi => format!("{p} ({lo}–{hi})"),
-                        (p, ..) => int(p),
-                    },
-                ),
-                r(num(s.cpu_cores_avg, 3)),
-                r(num(s.cpu_utilization_avg, 3)),
-                r(num(s.predicted_cpu_utilization, 3)),
-                r(num(s.cpu_utilization_vs_target, 2)),
-                r(num(s.memory_bytes_max.map(|b| b / 1_048_576.0), 1)),
-                r(num(s.scale_up_reaction_s, 1)),
-                r(num(s.settle_time_s, 1)),
-                r(num(s.overshoot_replicas, 0)),
-                r(int(s.direction_changes)),
-                r(num(s.replica_seconds, 0)),
-            ]
-        })
-        .collect();
-    table(&mut o, &header, &rows);
+    let rows: Vec<Vec<(String, bool)>> = services.iter().map(service_cells).collect();
+    table(o, &header, &rows);
+}
 
-    if a.repetitions.iter().any(|r| r.n >= 2) {
+/// One row of the services table, in the order of the header in `services_section`.
+fn service_cells(s: &ServiceRow) -> Vec<(String, bool)> {
+    vec![
+        l(s.mesh.clone()),
+        r(s.repetition.to_string()),
+        r(s.step.to_string()),
+        l(s.service.clone()),
+        r(num(s.replicas_avg, 2)),
+        r(num(s.replicas_max, 0)),
+        r(num(s.replicas_final, 0)),
+        r(
+            match (
+                s.predicted_replicas,
+                s.predicted_replicas_low,
+                s.predicted_replicas_high,
+            ) {
+                (Some(p), Some(lo), Some(hi)) if lo != hi => format!("{p} ({lo}–{hi})"),
+                (p, ..) => int(p),
+            },
+        ),
+        r(num(s.cpu_cores_avg, 3)),
+        r(num(s.cpu_utilization_avg, 3)),
+        r(num(s.predicted_cpu_utilization, 3)),
+        r(num(s.cpu_utilization_vs_target, 2)),
+        r(num(s.memory_bytes_max.map(|b| b / 1_048_576.0), 1)),
+        r(num(s.scale_up_reaction_s, 1)),
+        r(num(s.settle_time_s, 1)),
+        r(num(s.overshoot_replicas, 0)),
+        r(int(s.direction_changes)),
+        r(num(s.replica_seconds, 0)),
+    ]
+}
+
+/// Left out until some figure has two or more repetitions: one repetition has no interval.
+fn repetitions_section(o: &mut String, repetitions: &[RepetitionRow]) {
+    if repetitions.iter().any(|r| r.n >= 2) {
         o.push_str("<h2>Repetitions</h2><p class=\"note\">Mean and 95 % confidence interval (Student t) over repetitions.</p>");
-        let rows: Vec<Vec<(String, bool)>> = a
-            .repetitions
+        let rows: Vec<Vec<(String, bool)>> = repetitions
             .iter()
             .filter(|x| x.service.is_none())
             .map(|x| {
@@ -330,7 +354,7 @@ pub fn render_html(a: &Analysis, charts: &[(Chart, String)]) -> String {
             })
             .collect();
         table(
-            &mut o,
+            o,
             &[
                 ("mesh", false),
                 ("step", false),
@@ -343,7 +367,9 @@ pub fn render_html(a: &Analysis, charts: &[(Chart, String)]) -> String {
             &rows,
         );
     }
+}
 
+fn capacity_section(o: &mut String, run: &RunJson) {
     if !run.predictions.is_empty() {
         o.push_str("<h2>Capacity model</h2><p class=\"note\">Predicted from the spec alone; latency is a queueing model, not a measurement.</p>");
         for (mesh, plan) in &run.predictions {
@@ -355,6 +381,9 @@ pub fn render_html(a: &Analysis, charts: &[(Chart, String)]) -> String {
             );
         }
     }
+}
+
+fn phases_section(o: &mut String, m: &RunMeta) {
     if !m.phases.is_empty() {
         o.push_str("<h2>Phases</h2>");
         let rows: Vec<Vec<(String, bool)>> = m
@@ -369,12 +398,16 @@ pub fn render_html(a: &Analysis, charts: &[(Chart, String)]) -> String {
             })
             .collect();
         table(
-            &mut o,
+            o,
             &[("phase", false), ("started", false), ("finished", false)],
             &rows,
         );
     }
-    let spec = serde_json::to_string_pretty(&m.spec).unwrap_or_default();
+}
+
+/// The spec as run, then the list of the directory's tables that closes the document.
+fn spec_and_footer(o: &mut String, run: &RunJson) {
+    let spec = serde_json::to_string_pretty(&run.meta.spec).unwrap_or_default();
     let _ = write!(
         o,
         "<h2>Spec</h2><details><summary>Benchmark and mesh documents as run</summary><pre>{}</pre></details>",
@@ -385,7 +418,6 @@ pub fn render_html(a: &Analysis, charts: &[(Chart, String)]) -> String {
         let _ = write!(o, "{} ", escape(t));
     }
     o.push_str("(schemas in docs/report-schema.md)</p></body></html>\n");
-    o
 }
 
 /// Renders the charts and writes `report.html` (atomically); with `files`, also writes each
