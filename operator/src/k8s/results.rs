@@ -824,8 +824,17 @@ spec:
         use StatusCode as S;
         let forbidden = "token not valid for this benchmark";
         // (what, namespace, benchmark, run, headers, status, body fragment)
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            &'a str,
+            &'a str,
+            Vec<(&'a str, String)>,
+            S,
+            &'a str,
+        );
         #[rustfmt::skip]
-        let table: Vec<(&str, &str, &str, &str, Vec<(&str, String)>, S, &str)> = vec![
+        let table: Vec<Case> = vec![
             ("namespace ..", "..", "ramp", RUN, auth(ok), S::BAD_REQUEST, r#"invalid name "..""#),
             ("benchmark with a space", NS, "a%20b", RUN, auth(ok), S::BAD_REQUEST, r#"invalid name "a b""#),
             ("run escaping the volume", NS, "ramp", "..%2F..%2Fetc", auth(ok), S::BAD_REQUEST, r#"invalid name "../../etc""#),
