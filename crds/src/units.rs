@@ -51,38 +51,16 @@ pub struct Duration(String);
 
 impl Duration {
     /// Largest duration any field accepts; bounds arithmetic on user input.
-    pub const MAX: StdDuration = StdDuration::from_secs(7 * 24 * 3600);
+    pub const MAX: StdDuration = meshbench_common::duration::MAX;
 
     /// Parses `s`, returning the duration or an error with a hint for common mistakes.
+    /// The parser is [`meshbench_common::duration::parse`], shared with every command-line
+    /// flag and the loadgen's plans, so all of them accept the same text (`1.5s` too).
     pub fn parse(s: &str) -> Result<StdDuration, UnitError> {
-        let trimmed = s.trim();
-        let err = |hint: String| UnitError::Duration {
-            value: s.to_string(),
-            hint,
-        };
-        if trimmed.is_empty() {
-            return Err(err("; expected e.g. 25ms, 2s or 5m".into()));
-        }
-        if trimmed.starts_with('-') {
-            return Err(err("; durations cannot be negative".into()));
-        }
-        if trimmed.parse::<f64>().is_ok() {
-            return Err(err(format!(
-                "; a unit is required: did you mean {trimmed}ms or {trimmed}s?"
-            )));
-        }
-        // humantime does not take fractions ("1.5s"); accept them because people write
-        // them, by converting to the next smaller unit.
-        if let Some(d) = parse_fractional(trimmed) {
-            return bounded(d, s);
-        }
-        match humantime::parse_duration(trimmed) {
-            Ok(d) => bounded(d, s),
-            Err(_) => Err(err(
-                "; expected a number with a unit: ns, us, ms, s, m, h (e.g. 25ms, 2s, 1m30s)"
-                    .into(),
-            )),
-        }
+        meshbench_common::duration::parse(s).map_err(|e| UnitError::Duration {
+            value: e.value,
+            hint: e.hint,
+        })
     }
 
     /// The parsed duration. Call after validation; an unparsable value yields zero.
@@ -120,40 +98,6 @@ impl Duration {
         };
         Self(text)
     }
-}
-
-fn bounded(d: StdDuration, original: &str) -> Result<StdDuration, UnitError> {
-    if d > Duration::MAX {
-        Err(UnitError::Duration {
-            value: original.to_string(),
-            hint: "; at most 7 days (168h)".into(),
-        })
-    } else {
-        Ok(d)
-    }
-}
-
-fn parse_fractional(s: &str) -> Option<StdDuration> {
-    let split = s.find(|c: char| c.is_ascii_alphabetic())?;
-    let (num, unit) = s.split_at(split);
-    if !num.contains('.') {
-        return None;
-    }
-    let value: f64 = num.parse().ok()?;
-    let scale = match unit {
-        "ns" => 1e-9,
-        "us" | "µs" => 1e-6,
-        "ms" => 1e-3,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return None,
-    };
-    let secs = value * scale;
-    if !secs.is_finite() || secs < 0.0 || secs > Duration::MAX.as_secs_f64() {
-        return None;
-    }
-    Some(StdDuration::from_secs_f64(secs))
 }
 
 impl fmt::Debug for Duration {

@@ -1,9 +1,14 @@
-//! Command-line arguments (`meshbench-loadgen`, `meshbench loadgen`) and [`run`].
+//! Command-line arguments (`meshbench-loadgen`, `meshbench loadgen`), the program
+//! ([`main`], which both call) and its async part [`run`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use meshbench_common::duration::parse as parse_duration;
+use meshbench_common::exit;
+use meshbench_common::logging::{LogArgs, LogFormat};
 use tokio_util::sync::CancellationToken;
 
 use crate::plan::{self, InstanceSpec, LoadModel, LoadPlan, PlanError, Stage, WarmUp};
@@ -26,10 +31,10 @@ pub struct LoadgenArgs {
     #[arg(long, value_name = "N")]
     pub users: Option<u32>,
     /// Quick run: stage duration (e.g. 30s).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
     /// Quick run: warm-up before the stage, measured apart.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub warm_up: Option<Duration>,
     /// Quick run: HTTP method.
     #[arg(long, default_value = "GET")]
@@ -38,13 +43,13 @@ pub struct LoadgenArgs {
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub max_in_flight: u32,
     /// Quick run: open-loop drop limit (requests later than this are not sent).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub max_lateness: Option<Duration>,
     /// Quick run: closed-loop think time.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub think_time: Option<Duration>,
     /// Request timeout (overrides the plan's).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
     /// Skip the preflight request.
     #[arg(long)]
@@ -77,7 +82,7 @@ pub struct LoadgenArgs {
     pub token: Option<String>,
     /// How long to keep retrying the POST to `--results-url` while the receiver is
     /// unreachable or answers 5xx/429 (an operator restarting): 0.5 s doubling to 30 s.
-    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     pub results_retry_for: Duration,
     /// Serve live Prometheus metrics at http://ADDR/metrics during the run.
     #[arg(long, value_name = "ADDR")]
@@ -94,6 +99,8 @@ pub struct LoadgenArgs {
     /// more instances (`--instances`).
     #[arg(long, value_name = "N", env = "MESHBENCH_LOADGEN_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: u16,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// The async runtime a loadgen process runs on, as `--worker-threads` asks: one thread
@@ -131,7 +138,7 @@ pub fn parse_start_at(text: &str) -> Result<u64> {
 }
 
 fn read_plan(path: &Path) -> Result<LoadPlan> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::PlanFile {
         path: path.to_owned(),
         source,
     })?;
@@ -318,6 +325,34 @@ pub async fn post_result(
         tracing::warn!(url, error = %retryable, retry_in = ?backoff, "posting the result failed; retrying");
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// The load generator program, `meshbench-loadgen` and `meshbench loadgen` alike: sets up
+/// logging, runs [`run`] on the runtime `--worker-threads` asks for, and returns the exit
+/// code ([`meshbench_common::exit`]): 0 the plan ran to the end and the result was written
+/// (and posted); 1 invalid plan; 2 usage; 4 the run failed (the preflight request
+/// included) or was stopped by SIGINT/SIGTERM, the partial result written; 5 the result
+/// was written but not posted. Errors are printed as `error: …` on stderr.
+pub fn main(args: LoadgenArgs) -> ExitCode {
+    args.log.init(LogFormat::Text, "info,goose=error");
+    let rt = match runtime(args.worker_threads) {
+        Ok(rt) => rt,
+        Err(e) => {
+            meshbench_common::error(format_args!("cannot start the async runtime: {e}"));
+            return exit::code(exit::RUN_FAILED);
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(result) if result.partial => {
+            meshbench_common::warning("stopped early: the partial result was written");
+            exit::code(exit::RUN_FAILED)
+        }
+        Ok(_) => exit::code(exit::OK),
+        Err(e) => {
+            meshbench_common::error(&e);
+            exit::code(e.exit_code())
+        }
     }
 }
 

@@ -6,8 +6,8 @@
 //! Both compile without the default `runner` feature, for consumers such as the analysis
 //! crate. With it:
 //! - [`run_plan`] runs a plan in-process (the local runtime calls it per step);
-//! - [`LoadgenArgs`] and [`run`] are the command line (`meshbench-loadgen`,
-//!   `meshbench loadgen`).
+//! - [`LoadgenArgs`] and [`main`] are the command line (`meshbench-loadgen` and
+//!   `meshbench loadgen` both call [`main`]); [`run`] is its async part.
 
 pub mod plan;
 pub mod result;
@@ -29,7 +29,7 @@ mod schedule;
 
 #[cfg(feature = "runner")]
 pub use cli::{
-    LoadgenArgs, cancel_on_signals, parse_start_at, plan_from_args, post_result, run, runtime,
+    LoadgenArgs, cancel_on_signals, main, parse_start_at, plan_from_args, post_result, run, runtime,
 };
 #[cfg(feature = "runner")]
 pub use collector::RequestRecord;

@@ -5,7 +5,8 @@
 //! in-process or as a file. This module has no runtime dependencies so that consumers
 //! (analysis, operator) can use it with `default-features = false`.
 //!
-//! Durations are written as humantime strings (`"250ms"`, `"1m 30s"`) or as a number of
+//! Durations are written as strings with a unit, as in the CRDs and on the command line
+//! (`"250ms"`, `"1.5s"`, `"1m 30s"`; [`meshbench_common::duration`]), or as a number of
 //! seconds.
 //!
 //! ```yaml
@@ -762,8 +763,8 @@ pub fn from_yaml(text: &str) -> Result<LoadPlan> {
     Ok(plan)
 }
 
-/// Serde for [`Duration`] as a humantime string (`"1s 500ms"`); also accepts a number of
-/// seconds when reading.
+/// Serde for [`Duration`]: writes a humantime string (`"1s 500ms"`); reads what
+/// [`meshbench_common::duration::parse`] accepts (`"1.5s"` too) or a number of seconds.
 pub mod duration_serde {
     use std::time::Duration;
 
@@ -781,14 +782,10 @@ pub mod duration_serde {
         Seconds(f64),
     }
 
-    /// Reads a humantime string or a number of seconds.
+    /// Reads a duration string (the one parser of CRDs and flags) or a number of seconds.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         match Repr::deserialize(d)? {
-            Repr::Text(t) => humantime::parse_duration(t.trim()).map_err(|e| {
-                D::Error::custom(format!(
-                    "{t:?} is not a duration ({e}); expected e.g. \"250ms\" or \"10s\""
-                ))
-            }),
+            Repr::Text(t) => meshbench_common::duration::parse(&t).map_err(D::Error::custom),
             Repr::Seconds(s) => Duration::try_from_secs_f64(s).map_err(|_| {
                 D::Error::custom(format!(
                     "{s} is not a duration; expected non-negative seconds"
@@ -812,7 +809,7 @@ pub mod opt_duration_serde {
         }
     }
 
-    /// Reads a humantime string, a number of seconds, or null.
+    /// Reads a duration string, a number of seconds, or null.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         #[derive(Deserialize)]
         struct W(#[serde(with = "super::duration_serde")] Duration);
@@ -828,6 +825,17 @@ mod tests {
         format!(
             r#"{{"target":"http://127.0.0.1:1","model":{{"type":"open"}},"profile":{json_profile}}}"#
         )
+    }
+
+    #[test]
+    fn durations_read_as_in_the_spec() {
+        let plan = LoadPlan::from_json(&open_plan(
+            r#"{"stages":[{"rate":100,"duration":"1.5s"},{"rate":5,"duration":"0.5m"}]}"#,
+        ))
+        .unwrap();
+        let stages = plan.stages().unwrap();
+        assert_eq!(stages[0].duration, Duration::from_millis(1500));
+        assert_eq!(stages[1].duration, Duration::from_secs(30));
     }
 
     #[test]

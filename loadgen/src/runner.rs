@@ -67,6 +67,14 @@ pub enum Error {
     /// Goose refused the configuration or failed during the run.
     #[error("goose: {0}")]
     Goose(String),
+    /// The plan file could not be read (invalid input, like an invalid plan).
+    #[error("{path}: {source}")]
+    PlanFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -100,13 +108,21 @@ pub enum Error {
 }
 
 impl Error {
-    /// Process exit code for this error (see the binary's documentation).
-    pub fn exit_code(&self) -> i32 {
+    /// Process exit code for this error ([`meshbench_common::exit`], the README's table):
+    /// invalid input (1) for an invalid or unreadable plan, usage (2) for a command line
+    /// that describes no run, upload failed (5) when the result was written but not
+    /// posted, run failed (4) for everything else, the preflight request included.
+    pub fn exit_code(&self) -> u8 {
+        use meshbench_common::exit;
         match self {
-            Error::Plan(_) | Error::Usage(_) => 2,
-            Error::Preflight { .. } => 3,
-            Error::Upload { .. } => 5,
-            _ => 1,
+            Error::Plan(_) | Error::PlanFile { .. } => exit::INVALID,
+            Error::Usage(_) => exit::USAGE,
+            Error::Upload { .. } => exit::UPLOAD_FAILED,
+            Error::Preflight { .. }
+            | Error::Goose(_)
+            | Error::Io { .. }
+            | Error::Metrics { .. }
+            | Error::Result(_) => exit::RUN_FAILED,
         }
     }
 }

@@ -172,7 +172,7 @@ fn two_instances_at_half_rate_merge_to_the_plan() {
 }
 
 #[test]
-fn unreachable_target_fails_preflight_with_exit_3() {
+fn unreachable_target_fails_preflight_with_exit_4() {
     let _g = common::serial();
     let out = loadgen()
         .args([
@@ -183,14 +183,16 @@ fn unreachable_target_fails_preflight_with_exit_3() {
         ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(out.status.code(), Some(4));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("preflight failed"), "{err}");
+    assert!(err.contains("error: preflight failed"), "{err}");
     assert!(out.stdout.is_empty());
 }
 
+/// Exit codes of the shared table (README, `meshbench_common::exit`): 1 for an invalid plan
+/// (as `meshbench` for an invalid spec), 2 for a command line that describes no run.
 #[test]
-fn invalid_plan_is_exit_2_with_the_field_named() {
+fn invalid_plan_is_exit_1_with_the_field_named() {
     let _g = common::serial();
     let dir = tempfile::tempdir().unwrap();
     let plan = dir.path().join("plan.yaml");
@@ -200,7 +202,7 @@ fn invalid_plan_is_exit_2_with_the_field_named() {
     )
     .unwrap();
     let out = loadgen().arg("--plan").arg(&plan).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("profile.stages[0].rate"), "{err}");
 
@@ -210,9 +212,17 @@ fn invalid_plan_is_exit_2_with_the_field_named() {
     )
     .unwrap();
     let out = loadgen().arg("--plan").arg(&plan).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bogus") && err.contains("plan.yaml"), "{err}");
+
+    // A plan file that cannot be read is invalid input too.
+    let out = loadgen()
+        .arg("--plan")
+        .arg(dir.path().join("missing.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
 
     let out = loadgen()
         .args(["--url", "http://127.0.0.1:9/"])
@@ -239,13 +249,49 @@ fn invalid_plan_is_exit_2_with_the_field_named() {
         .args(["--start-at", &far])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("startAtUnixMs") && err.contains("in the future"),
         "{err}"
     );
     assert!(began.elapsed() < Duration::from_secs(10));
+}
+
+/// Duration flags take what the specs take (`1.5s`), through the one shared parser; a bare
+/// number is a usage error with a hint.
+#[test]
+fn duration_flags_accept_fractions_as_the_spec_does() {
+    use clap::Parser;
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: meshbench_loadgen::LoadgenArgs,
+    }
+    let cli = Cli::try_parse_from([
+        "loadgen",
+        "--url",
+        "http://127.0.0.1:9/",
+        "--rate",
+        "1",
+        "--duration",
+        "1.5s",
+        "--warm-up",
+        "0.5s",
+    ])
+    .unwrap();
+    assert_eq!(cli.args.duration, Duration::from_millis(1500));
+    assert_eq!(cli.args.warm_up, Some(Duration::from_millis(500)));
+    let e = Cli::try_parse_from([
+        "loadgen",
+        "--url",
+        "http://127.0.0.1:9/",
+        "--duration",
+        "25",
+    ])
+    .unwrap_err();
+    assert_eq!(e.exit_code(), 2);
+    assert!(e.to_string().contains("did you mean 25ms"), "{e}");
 }
 
 /// `--out /dev/null` once replaced the machine's /dev/null with a plain file (the result was

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use meshbench_analysis::gate::{self, Baseline, GateError};
 use meshbench_analysis::{Rule, RunTables, ci};
+use meshbench_common::logging::{LogArgs, LogFormat};
 use meshbench_crds::Bundle;
 
 use crate::exit;
@@ -98,6 +99,10 @@ pub enum Command {
     /// file could not be written.
     Compare(Box<CompareArgs>),
     /// Run one worker (the generic microservice), as a pod's container does.
+    ///
+    /// The same program as the `meshbench-worker` binary. Exit status: 0 drained after
+    /// SIGTERM/SIGINT, 1 invalid config (nothing was bound), 2 usage error (no config
+    /// given), 4 the worker could not start or serve.
     Worker(Box<meshbench_worker::WorkerArgs>),
     /// Run the Kubernetes operator: reconciles ServiceMesh resources into Deployments,
     /// Services and HPAs, runs Benchmarks (load Jobs, Prometheus collection, reports on
@@ -132,6 +137,12 @@ pub enum Command {
         namespace: Option<String>,
     },
     /// Run the load generator (the load Job's entrypoint in a cluster).
+    ///
+    /// The same program as the `meshbench-loadgen` binary. Exit status: 0 the plan ran to
+    /// the end and the result was written (and posted), 1 invalid plan (nothing was sent),
+    /// 2 usage error, 4 the run failed (the target unreachable at the preflight request
+    /// included) or was interrupted (the partial result is written), 5 the result was
+    /// written but posting it to --results-url failed.
     Loadgen(Box<meshbench_loadgen::LoadgenArgs>),
     /// Print the CustomResourceDefinitions of ServiceMesh and Benchmark as YAML.
     ///
@@ -257,6 +268,8 @@ pub struct ResultsCommand {
     pub check: bool,
     #[command(flatten)]
     pub ci: CiArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// Parses the process arguments and runs the command.
@@ -264,15 +277,6 @@ pub fn main() -> ExitCode {
     crate::k8s::install_tls_provider();
     let cli = Cli::parse();
     run(cli)
-}
-
-fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {
@@ -292,7 +296,7 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(args) => {
-            init_tracing("warn,goose=error");
+            args.log.init(LogFormat::Text, "warn,goose=error");
             let Some(rt) = runtime() else {
                 return exit::code(exit::RUN_FAILED);
             };
@@ -323,42 +327,10 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::Compare(args) => exit::code(compare(&args)),
-        Command::Worker(args) => {
-            init_tracing("info");
-            let Some(rt) = runtime() else {
-                return exit::code(1);
-            };
-            let result = rt.block_on(meshbench_worker::run(*args));
-            rt.shutdown_timeout(std::time::Duration::from_millis(100));
-            match result {
-                Ok(()) => exit::code(exit::OK),
-                Err(e) => {
-                    eprintln!("meshbench worker: {e}");
-                    exit::code(e.exit_code())
-                }
-            }
-        }
-        Command::Loadgen(args) => {
-            init_tracing("info,goose=error");
-            let rt = match meshbench_loadgen::runtime(args.worker_threads) {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return exit::code(1);
-                }
-            };
-            match rt.block_on(meshbench_loadgen::run(*args)) {
-                Ok(result) if result.partial => {
-                    eprintln!("stopped early: the partial result was written");
-                    exit::code(4)
-                }
-                Ok(_) => exit::code(exit::OK),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    exit::code(e.exit_code() as u8)
-                }
-            }
-        }
+        // The same programs as the standalone binaries, flags, logging and exit codes
+        // included.
+        Command::Worker(args) => meshbench_worker::main(*args),
+        Command::Loadgen(args) => meshbench_loadgen::main(*args),
         Command::Operator(args) => {
             let Some(rt) = runtime() else {
                 return exit::code(exit::RUN_FAILED);
@@ -366,14 +338,14 @@ pub fn run(cli: Cli) -> ExitCode {
             match rt.block_on(crate::k8s::operator::run(*args)) {
                 Ok(()) => exit::code(exit::OK),
                 Err(e) => {
-                    eprintln!("meshbench operator: {e}");
+                    meshbench_common::error(e);
                     exit::code(exit::RUN_FAILED)
                 }
             }
         }
         Command::Validate { files, quiet } => validate(&files, quiet),
         Command::Results(args) => {
-            init_tracing("warn");
+            args.log.init(LogFormat::Text, "warn");
             let Some(rt) = runtime() else {
                 return exit::code(exit::RUN_FAILED);
             };
@@ -420,7 +392,7 @@ pub fn run(cli: Cli) -> ExitCode {
                     exit::code(exit::OK)
                 }
                 Err(e) => {
-                    eprintln!("{e}");
+                    meshbench_common::error(e);
                     exit::code(exit::INVALID)
                 }
             }

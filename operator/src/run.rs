@@ -9,6 +9,7 @@ use meshbench_analysis::{
     Enforcement as ReportEnforcement, LimitsEnforcement, Phase as ReportPhase, Platform, RunData,
     RunDir, RunMeta,
 };
+use meshbench_common::duration::parse as parse_duration;
 use meshbench_crds::{Benchmark, Bundle, ServiceMesh};
 use meshbench_loadgen::{CancellationToken, RunOptions, run_plan};
 
@@ -76,6 +77,8 @@ pub struct RunArgs {
     pub node: NodeArgs,
     #[command(flatten)]
     pub ci: crate::cli::CiArgs,
+    #[command(flatten)]
+    pub log: meshbench_common::logging::LogArgs,
 }
 
 /// The node the replicas are scheduled on (`run`, and `plan` to predict a local run).
@@ -118,10 +121,6 @@ fn parse_cpu(s: &str) -> Result<u64, String> {
 
 fn parse_memory(s: &str) -> Result<u64, String> {
     meshbench_crds::units::memory_bytes(&Quantity(s.to_string())).map_err(|e| e.to_string())
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    meshbench_crds::units::Duration::parse(s).map_err(|e| e.to_string())
 }
 
 /// Runs `meshbench run` and returns the process exit code.

@@ -102,10 +102,46 @@ fn import_converts_a_prototype_servicegraph() {
     assert_eq!(v.status.code(), Some(0), "{}", stderr(&v));
 }
 
+/// `meshbench worker` is `meshbench-worker`: an invalid config is invalid input (1), as
+/// for every other command, with an `error: ` message.
 #[test]
-fn worker_subcommand_rejects_a_bad_config_with_exit_2() {
+fn worker_subcommand_rejects_a_bad_config_with_exit_1() {
     let o = meshbench(&["worker", "--config-json", "{\"version\": 9}"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).starts_with("error: "), "{}", stderr(&o));
+}
+
+/// clap's own checks of the whole command line (duplicate flags from the flattened shared
+/// argument groups, conflicts naming unknown arguments…), which it otherwise makes only
+/// when a debug build parses that subcommand.
+#[test]
+fn the_command_line_definition_is_consistent() {
+    use clap::CommandFactory;
+    meshbench_operator::cli::Cli::command().debug_assert();
+}
+
+/// The subcommands take the standalone binaries' flags, the shared `--log-format` included.
+#[test]
+fn worker_and_loadgen_subcommands_take_the_shared_log_flag() {
+    let o = meshbench(&[
+        "worker",
+        "--log-format",
+        "json",
+        "--check",
+        "--config-json",
+        r#"{"version":1,"service":"a","endpoints":[]}"#,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // Known but given a bad value (an unknown flag would say "unexpected argument").
+    let o = meshbench(&[
+        "loadgen",
+        "--log-format",
+        "xml",
+        "--url",
+        "http://127.0.0.1:9/",
+    ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("invalid value 'xml'"), "{}", stderr(&o));
 }
 
 #[test]

@@ -1,9 +1,12 @@
 //! Command-line entry point shared by the `meshbench-worker` binary and the
-//! `meshbench worker` subcommand.
+//! `meshbench worker` subcommand: both parse [`WorkerArgs`] and call [`main`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
+use meshbench_common::exit;
+use meshbench_common::logging::{LogArgs, LogFormat};
 use tokio::net::TcpListener;
 
 use crate::config::{ConfigError, WorkerConfig};
@@ -13,7 +16,7 @@ use crate::server::{self, ServerError, WorkerState};
 /// Errors of a worker run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The config is missing or invalid (exit code 2, nothing was bound).
+    /// The config is missing (exit code 2) or invalid (exit code 1); nothing was bound.
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The listen address could not be bound.
@@ -36,11 +39,14 @@ pub enum Error {
 }
 
 impl Error {
-    /// Process exit code: 2 for an invalid or missing config, 1 otherwise.
+    /// Process exit code ([`meshbench_common::exit`]): usage (2) when no config was given,
+    /// invalid input (1) for a config that cannot be read or is invalid, run failed (4)
+    /// when the worker could not bind or serve.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) => 2,
-            _ => 1,
+            Error::Config(ConfigError::Missing) => exit::USAGE,
+            Error::Config(_) => exit::INVALID,
+            _ => exit::RUN_FAILED,
         }
     }
 }
@@ -71,6 +77,8 @@ pub struct WorkerArgs {
     /// Validate the config, print it with defaults filled in, and exit.
     #[arg(long)]
     pub check: bool,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 impl WorkerArgs {
@@ -134,6 +142,36 @@ fn raise_fd_limit() {
         && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
     {
         tracing::debug!(error = %e, "cannot raise RLIMIT_NOFILE");
+    }
+}
+
+/// The worker program, `meshbench-worker` and `meshbench worker` alike: sets up logging,
+/// runs [`run`] on a multi-threaded runtime, and returns the exit code
+/// ([`meshbench_common::exit`]): 0 after a SIGTERM/SIGINT drain (or `--check`), 1 for an
+/// invalid config, 2 when none was given, 4 when the worker could not start or serve.
+/// Errors are printed as `error: …` on stderr.
+pub fn main(args: WorkerArgs) -> ExitCode {
+    args.log.init(LogFormat::Text, "info");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            meshbench_common::error(format_args!("cannot start the async runtime: {e}"));
+            return exit::code(exit::RUN_FAILED);
+        }
+    };
+    let result = runtime.block_on(run(args));
+    // CPU burns of requests abandoned after the drain grace period run on blocking
+    // threads; do not wait for them.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
+        Ok(()) => exit::code(exit::OK),
+        Err(e) => {
+            meshbench_common::error(&e);
+            exit::code(e.exit_code())
+        }
     }
 }
 

@@ -8,7 +8,8 @@
 //! `--health-port`, `/live` is also served on a port of its own by a dedicated thread
 //! ([`health`]), which liveness probes use so that saturation cannot fail them.
 //!
-//! Entry points: [`run`] for the CLI ([`WorkerArgs`]), [`serve`] to serve a config on a
+//! Entry points: [`main`] for the program (`meshbench-worker`, `meshbench worker`) and
+//! [`run`] for its async part (both take [`WorkerArgs`]), [`serve`] to serve a config on a
 //! bound listener, [`app`] for the bare router (tests can `oneshot` it).
 
 pub mod cli;
@@ -20,7 +21,7 @@ pub mod server;
 pub mod trace;
 pub mod work;
 
-pub use cli::{Error, WorkerArgs, run};
+pub use cli::{Error, WorkerArgs, main, run};
 pub use config::WorkerConfig;
 pub use health::HealthServer;
 pub use server::{WorkerState, app, serve, serve_state};

@@ -51,8 +51,10 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     panic!("worker did not exit within 20 s");
 }
 
+/// Exit codes of the shared table (README, `meshbench_common::exit`): 1 for a config that
+/// is invalid or cannot be read, 2 (usage) when none is given; messages start `error: `.
 #[test]
-fn invalid_config_exits_2_with_a_clear_message() {
+fn invalid_config_exits_1_and_a_missing_one_2_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("worker.json");
     std::fs::write(
@@ -65,12 +67,13 @@ fn invalid_config_exits_2_with_a_clear_message() {
         .arg(&path)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("endpoints[0].error_rate") && err.contains("probability"),
         "{err}"
     );
+    assert!(err.starts_with("error: "), "{err}");
 
     std::fs::write(
         &path,
@@ -82,7 +85,7 @@ fn invalid_config_exits_2_with_a_clear_message() {
         .arg(&path)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("unknown field `cpu`") && err.contains("worker.json"),
@@ -94,7 +97,7 @@ fn invalid_config_exits_2_with_a_clear_message() {
         .arg(dir.path().join("missing.json"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.json"));
 
     let out = Command::new(BIN)

@@ -29,6 +29,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::Client;
 use kube::api::{Api, ListParams};
 use kube::runtime::{Controller, watcher};
+use meshbench_common::duration::parse as parse_duration;
+use meshbench_common::logging::{LogArgs, LogFormat};
 use meshbench_crds::{Benchmark, ServiceMesh};
 use prometheus_client::registry::Registry;
 
@@ -155,13 +157,28 @@ pub struct OperatorArgs {
     /// How long a mesh may take to become ready before its run fails.
     #[arg(long, env = "MESHBENCH_READY_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub ready_timeout: Duration,
-    /// Log as JSON lines (the default in a cluster).
-    #[arg(long, env = "MESHBENCH_LOG_JSON", default_value_t = true, action = clap::ArgAction::Set)]
-    pub log_json: bool,
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Deprecated spelling of `--log-format json|text` (which wins when both are given);
+    /// kept so existing manifests keep working.
+    #[arg(
+        long,
+        env = "MESHBENCH_LOG_JSON",
+        hide = true,
+        action = clap::ArgAction::Set
+    )]
+    pub log_json: Option<bool>,
 }
 
-fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    meshbench_crds::units::Duration::parse(s).map_err(|e| e.to_string())
+impl OperatorArgs {
+    /// The log format: `--log-format`, else the deprecated `--log-json`, else JSON (the
+    /// operator runs in a cluster).
+    fn log_format(&self) -> LogFormat {
+        self.log.log_format.unwrap_or(match self.log_json {
+            Some(false) => LogFormat::Text,
+            Some(true) | None => LogFormat::Json,
+        })
+    }
 }
 
 /// Shared state of the HTTP server.
@@ -208,18 +225,6 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
-}
-
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    // A subscriber set by the embedding binary wins.
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
 }
 
 /// The render options of both controllers.
@@ -360,7 +365,8 @@ async fn prune_reports(benchmarks: Api<Benchmark>, store: Store, retention: Opti
 
 /// Runs the operator until SIGTERM/Ctrl-C or until the Lease is lost.
 pub async fn run(args: OperatorArgs) -> Result<()> {
-    init_tracing(args.log_json);
+    // A subscriber set by the embedding binary (or a test) wins.
+    meshbench_common::logging::init(args.log_format(), "info,kube=warn");
     // A bad export URL is a configuration error: refuse to start rather than lose reports.
     let export = match &args.export_url {
         Some(url) => Some(Arc::new(Exporter::new(url).map_err(Error::Export)?)),

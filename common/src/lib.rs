@@ -1,0 +1,30 @@
+//! Command-line conventions shared by the three meshbench programs: `meshbench`,
+//! `meshbench-worker` and `meshbench-loadgen` (and the `meshbench worker` and
+//! `meshbench loadgen` subcommands, which run the same `main` as the standalone binaries).
+//!
+//! - [`exit`]: the one exit-code table (documented in the README, "Exit codes");
+//! - [`error`] and [`warning`]: the one message style on stderr, `error: …` / `warning: …`
+//!   like clap's own usage errors, never prefixed with the program's name;
+//! - [`duration`]: the one duration parser (`25ms`, `1.5s`, `1m30s`), used by every
+//!   command-line flag, the CRDs and load plans;
+//! - `logging` (feature `logging`): [`logging::LogArgs`] (`--log-format`) and the tracing
+//!   set-up.
+//!
+//! This crate depends on neither kube nor polars nor goose, so the minimal worker image
+//! stays free of them.
+
+pub mod duration;
+pub mod exit;
+#[cfg(feature = "logging")]
+pub mod logging;
+
+/// Prints `error: <msg>` on stderr: a failure that ends the command.
+pub fn error(msg: impl std::fmt::Display) {
+    eprintln!("error: {msg}");
+}
+
+/// Prints `warning: <msg>` on stderr: something the user should know; the command goes on
+/// (or ended with a partial result).
+pub fn warning(msg: impl std::fmt::Display) {
+    eprintln!("warning: {msg}");
+}
