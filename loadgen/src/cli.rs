@@ -11,14 +11,14 @@ use meshbench_common::exit;
 use meshbench_common::logging::{LogArgs, LogFormat};
 use tokio_util::sync::CancellationToken;
 
-use crate::plan::{self, InstanceSpec, LoadModel, LoadPlan, PlanError, Stage, WarmUp};
+use crate::load_plan::{self, InstanceSpec, LoadModel, LoadPlan, PlanError, Stage, WarmUp};
 use crate::result::LoadResult;
 use crate::runner::{Error, Result, RunOptions, error_chain, run_plan};
 
 /// Arguments of a load run: a plan file, or flags for a quick single-stage run.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadgenArgs {
-    /// Load plan file (JSON or YAML, see `meshbench_loadgen::plan::LoadPlan`).
+    /// Load plan file (JSON or YAML, see `meshbench_loadgen::load_plan::LoadPlan`).
     #[arg(long, value_name = "PATH", conflicts_with_all = ["url", "rate", "users"])]
     pub plan: Option<PathBuf>,
     /// Quick run: the URL to load (scheme, host, port, path and query).
@@ -142,7 +142,7 @@ fn read_plan(path: &Path) -> Result<LoadPlan> {
         path: path.to_owned(),
         source,
     })?;
-    plan::from_yaml(&text)
+    load_plan::from_yaml(&text)
         .map_err(|e| match e {
             PlanError::Parse(m) => PlanError::Parse(format!("{}: {m}", path.display())),
             other => other,

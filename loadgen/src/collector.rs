@@ -190,6 +190,40 @@ fn us(d: Duration) -> u64 {
     d.as_micros().min(u128::from(u64::MAX)) as u64
 }
 
+/// The counts one request's outcome adds, and whether it succeeded (a 2xx status).
+fn outcome_counts(outcome: Outcome) -> (Counts, bool) {
+    let mut delta = Counts::default();
+    let ok = match outcome {
+        Outcome::Status(s) => {
+            delta.completed = 1;
+            match s {
+                100..=199 => delta.status_1xx = 1,
+                200..=299 => delta.status_2xx = 1,
+                300..=399 => delta.status_3xx = 1,
+                400..=499 => delta.status_4xx = 1,
+                500..=599 => delta.status_5xx = 1,
+                _ => {}
+            }
+            (200..300).contains(&s)
+        }
+        Outcome::Timeout => {
+            delta.timeouts = 1;
+            false
+        }
+        Outcome::Connection => {
+            delta.connection_errors = 1;
+            false
+        }
+        Outcome::Other => {
+            delta.other_errors = 1;
+            false
+        }
+        Outcome::Aborted => false,
+    };
+    delta.ok = u64::from(ok);
+    (delta, ok)
+}
+
 impl Collector {
     /// A collector for `stages` stages, optionally forwarding every request's record.
     pub fn new(stages: usize, records: Option<Sender<RequestRecord>>) -> Self {
@@ -282,35 +316,7 @@ impl Collector {
         let latency_us = us(elapsed.from_planned);
         let mut g = self.lock();
         let st = &mut g.stages[stage];
-        let mut delta = Counts::default();
-        let ok = match outcome {
-            Outcome::Status(s) => {
-                delta.completed = 1;
-                match s {
-                    100..=199 => delta.status_1xx = 1,
-                    200..=299 => delta.status_2xx = 1,
-                    300..=399 => delta.status_3xx = 1,
-                    400..=499 => delta.status_4xx = 1,
-                    500..=599 => delta.status_5xx = 1,
-                    _ => {}
-                }
-                (200..300).contains(&s)
-            }
-            Outcome::Timeout => {
-                delta.timeouts = 1;
-                false
-            }
-            Outcome::Connection => {
-                delta.connection_errors = 1;
-                false
-            }
-            Outcome::Other => {
-                delta.other_errors = 1;
-                false
-            }
-            Outcome::Aborted => false,
-        };
-        delta.ok = u64::from(ok);
+        let (delta, ok) = outcome_counts(outcome);
         st.counts.add(&delta);
         if ok {
             st.last_ok_unix_ms = st.last_ok_unix_ms.max(Some(unix_ms_now()));

@@ -1,6 +1,7 @@
 //! meshbench load generator: load plans, results and (feature `runner`) the Goose runner.
 //!
-//! - [`plan`]: the [`plan::LoadPlan`] a run executes (stages or sweep, open or closed loop).
+//! - [`load_plan`]: the [`load_plan::LoadPlan`] a run executes (stages or sweep, open or
+//!   closed loop).
 //! - [`result`]: the versioned [`result::LoadResult`] with HDR histograms and an exact merge.
 //!
 //! Both compile without the default `runner` feature, for consumers such as the analysis
@@ -9,7 +10,11 @@
 //! - [`LoadgenArgs`] and [`main`] are the command line (`meshbench-loadgen` and
 //!   `meshbench loadgen` both call [`main`]); [`run`] is its async part.
 
-pub mod plan;
+pub mod load_plan;
+// The module's former name, kept while `operator/src/k8s/render.rs` still imports it;
+// drop it once that file uses `load_plan`.
+#[doc(hidden)]
+pub use load_plan as plan;
 pub mod result;
 
 #[cfg(feature = "runner")]
@@ -38,5 +43,5 @@ pub use runner::{Error, RunOptions, Tick, run_plan};
 #[cfg(feature = "runner")]
 pub use tokio_util::sync::CancellationToken;
 
-pub use plan::LoadPlan;
+pub use load_plan::LoadPlan;
 pub use result::LoadResult;

@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::plan::ResolvedStage;
+use crate::load_plan::ResolvedStage;
 use crate::result::{Counts, LatencySummary, LoadResult};
 use crate::runner::{Error, Result};
 

@@ -24,7 +24,7 @@ use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Deserializer, Serializer as _, V2DeflateSerializer};
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{LoadPlan, ModelKind};
+use crate::load_plan::{LoadPlan, ModelKind};
 
 /// Version of the [`LoadResult`] format written by this crate.
 pub const RESULT_VERSION: u32 = 1;
@@ -693,7 +693,7 @@ fn merge_stage(a: &mut StageResult, b: &StageResult) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{LoadModel, Stage};
+    use crate::load_plan::{LoadModel, Stage};
     use std::time::Duration;
 
     fn stage_with(values: &[u64], second_start: u64) -> StageResult {

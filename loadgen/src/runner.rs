@@ -41,10 +41,11 @@ use tokio_util::sync::CancellationToken;
 use crate::client::LoadClient;
 use crate::collector::{Collector, Elapsed, Outcome, RequestRecord, SecondData, bucket};
 use crate::live::{LiveMetrics, Progress};
+use crate::load_plan::{LoadModel, LoadPlan, ModelKind, PlanError, ResolvedStage};
 use crate::pacer::Pacer;
-use crate::plan::{LoadModel, LoadPlan, ModelKind, PlanError, ResolvedStage};
 use crate::result::{
-    InstanceReport, LoadResult, RESULT_VERSION, ResultError, StageResult, StageSummary,
+    Counts, InstanceReport, LoadResult, RESULT_VERSION, ResultError, SecondBucket, StageResult,
+    StageSummary,
 };
 use crate::schedule::{OpenSchedule, StageClock, clocks};
 
@@ -598,15 +599,66 @@ fn unix_ms(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-async fn supervise(
-    sh: Arc<Shared>,
-    t0_tx: watch::Sender<Option<Instant>>,
-    start_at_unix_ms: Option<u64>,
+/// Where the per-second status of a run goes: the progress line, the live metrics and the
+/// embedding program's ticks.
+struct Reporters {
     stages: Vec<ResolvedStage>,
-    mut progress: Option<Progress>,
+    progress: Option<Progress>,
     live: Option<Arc<LiveMetrics>>,
     ticks: Option<tokio::sync::mpsc::UnboundedSender<Tick>>,
-) -> Timing {
+}
+
+impl Reporters {
+    /// Reports the second that just ended, `elapsed` after `t0`; returns the totals, the
+    /// next call's `prev`.
+    fn second(&mut self, sh: &Shared, elapsed: Duration, prev: &Counts) -> Counts {
+        let stages = &self.stages;
+        let stage = sh.stage_at(elapsed).unwrap_or(sh.clocks.len() - 1);
+        let c = &sh.clocks[stage];
+        let in_stage = elapsed.saturating_sub(c.offset).as_secs() as u32;
+        let totals = sh.collector.totals();
+        let (_, last) = sh.collector.snapshot(stage, in_stage.saturating_sub(1));
+        let in_flight = sh.in_flight.load(Ordering::Relaxed);
+        if let Some(p) = self.progress.as_mut() {
+            p.line(
+                elapsed,
+                &stages[stage],
+                stages.len(),
+                prev,
+                &totals,
+                &last,
+                in_flight,
+            );
+        }
+        if let Some(l) = &self.live {
+            l.update(&stages[stage], &totals, &last, in_flight);
+        }
+        if let Some(tx) = &self.ticks {
+            let failed = |c: &Counts| {
+                c.timeouts + c.connection_errors + c.other_errors + c.status_4xx + c.status_5xx
+            };
+            let _ = tx.send(Tick {
+                elapsed,
+                stage,
+                stages: stages.len(),
+                stage_name: stages[stage].name.clone(),
+                stage_elapsed: elapsed.saturating_sub(c.offset),
+                stage_duration: c.duration,
+                target_rate: stages[stage].rate,
+                users: stages[stage].users,
+                sent: totals.sent.saturating_sub(prev.sent),
+                ok: totals.ok.saturating_sub(prev.ok),
+                errors_total: failed(&totals),
+                p99: Duration::from_micros(last.p99_us),
+                in_flight,
+            });
+        }
+        totals
+    }
+}
+
+/// Waits until every Goose user has started, at most [`READY_TIMEOUT`] or until stopped.
+async fn wait_for_users(sh: &Shared) {
     let ready_by = Instant::now() + READY_TIMEOUT;
     while sh.ready.load(Ordering::Acquire) < sh.users && Instant::now() < ready_by {
         if sh.stop.is_cancelled() {
@@ -614,11 +666,43 @@ async fn supervise(
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// `t0` as an instant and a wall-clock time: the plan's start time when it lies more than
+/// [`LEAD`] ahead, else [`LEAD`] from now.
+fn choose_t0(start_at_unix_ms: Option<u64>) -> (Instant, SystemTime) {
     let (now_i, now_w) = (Instant::now(), SystemTime::now());
-    let (t0, t0_wall) = match start_at_unix_ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)) {
+    match start_at_unix_ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)) {
         Some(at) if at > now_w + LEAD => (now_i + at.duration_since(now_w).unwrap_or_default(), at),
         _ => (now_i + LEAD, now_w + LEAD),
-    };
+    }
+}
+
+/// Seals every stage's seconds that ended more than a timeout (plus 2 s) before `elapsed`.
+fn seal_settled(sh: &Shared, elapsed: Duration) {
+    // Seconds older than a timeout can only change through very late requests.
+    let settle = sh.timeout + Duration::from_secs(2);
+    for (i, c) in sh.clocks.iter().enumerate() {
+        let sealable = elapsed
+            .saturating_sub(c.offset)
+            .saturating_sub(settle)
+            .as_secs();
+        if sealable > 0 {
+            sh.collector.seal_before(i, sealable as usize);
+        }
+    }
+}
+
+/// The run's clock: sets `t0` once the users are up, then once a second reports, seals
+/// settled seconds and watches for the run's end (all done, stopped, or past the drain).
+async fn supervise(
+    sh: Arc<Shared>,
+    t0_tx: watch::Sender<Option<Instant>>,
+    start_at_unix_ms: Option<u64>,
+    mut reporters: Reporters,
+) -> Timing {
+    wait_for_users(&sh).await;
+    let (t0, t0_wall) = choose_t0(start_at_unix_ms);
     let _ = t0_tx.send(Some(t0));
     tracing::debug!(users = sh.users, "all users started; t0 set");
     let drain = sh.timeout + sh.total.max(Duration::from_secs(5));
@@ -662,58 +746,8 @@ async fn supervise(
             break;
         }
         let elapsed = Instant::now().saturating_duration_since(t0);
-        let stage = sh.stage_at(elapsed).unwrap_or(sh.clocks.len() - 1);
-        let c = &sh.clocks[stage];
-        let in_stage = elapsed.saturating_sub(c.offset).as_secs() as u32;
-        let totals = sh.collector.totals();
-        let (_, last) = sh.collector.snapshot(stage, in_stage.saturating_sub(1));
-        let in_flight = sh.in_flight.load(Ordering::Relaxed);
-        if let Some(p) = progress.as_mut() {
-            p.line(
-                elapsed,
-                &stages[stage],
-                stages.len(),
-                &prev,
-                &totals,
-                &last,
-                in_flight,
-            );
-        }
-        if let Some(l) = &live {
-            l.update(&stages[stage], &totals, &last, in_flight);
-        }
-        if let Some(tx) = &ticks {
-            let failed = |c: &crate::result::Counts| {
-                c.timeouts + c.connection_errors + c.other_errors + c.status_4xx + c.status_5xx
-            };
-            let _ = tx.send(Tick {
-                elapsed,
-                stage,
-                stages: stages.len(),
-                stage_name: stages[stage].name.clone(),
-                stage_elapsed: elapsed.saturating_sub(c.offset),
-                stage_duration: c.duration,
-                target_rate: stages[stage].rate,
-                users: stages[stage].users,
-                sent: totals.sent.saturating_sub(prev.sent),
-                ok: totals.ok.saturating_sub(prev.ok),
-                errors_total: failed(&totals),
-                p99: Duration::from_micros(last.p99_us),
-                in_flight,
-            });
-        }
-        prev = totals;
-        // Seconds older than a timeout can only change through very late requests.
-        let settle = sh.timeout + Duration::from_secs(2);
-        for (i, c) in sh.clocks.iter().enumerate() {
-            let sealable = elapsed
-                .saturating_sub(c.offset)
-                .saturating_sub(settle)
-                .as_secs();
-            if sealable > 0 {
-                sh.collector.seal_before(i, sealable as usize);
-            }
-        }
+        prev = reporters.second(&sh, elapsed, &prev);
+        seal_settled(&sh, elapsed);
         tick += 1;
     }
     timing
@@ -730,37 +764,12 @@ pub async fn run_plan(plan: &LoadPlan, opts: RunOptions) -> Result<LoadResult> {
     plan.check_start_at(SystemTime::now())?;
     let stages = plan.stages()?;
     let request = prepare(plan)?;
-    let mut warnings = Vec::new();
-    if plan.preflight {
-        tokio::select! {
-            r = preflight(plan, &request) => warnings.extend(r?),
-            _ = opts.cancel.cancelled() => {
-                tracing::warn!("stopped before the run started");
-            }
-        }
-    }
+    let warnings = preflight_warnings(plan, &request, &opts.cancel).await?;
     let cpu_start = cpu_time();
     let started_wall = SystemTime::now();
 
     let clocks = clocks(&stages, &plan.instance);
-    let (users, schedule, max_lateness, think_time) = match &plan.model {
-        LoadModel::Open {
-            max_in_flight,
-            max_lateness,
-        } => (
-            *max_in_flight,
-            Some(OpenSchedule::new(clocks.clone(), plan.instance)),
-            *max_lateness,
-            Duration::ZERO,
-        ),
-        LoadModel::Closed { think_time } => (
-            clocks.iter().map(|c| c.users).max().unwrap_or(0).max(1),
-            None,
-            None,
-            *think_time,
-        ),
-    };
-
+    let slots = Slots::of(plan, &clocks);
     let (record_tx, record_thread) = match &opts.record_requests {
         Some(path) => {
             let (tx, thread) = spawn_record_writer(path.clone())?;
@@ -768,7 +777,6 @@ pub async fn run_plan(plan: &LoadPlan, opts: RunOptions) -> Result<LoadResult> {
         }
         None => (None, None),
     };
-
     let live = match opts.metrics_listen {
         Some(addr) => {
             Some(crate::live::serve(addr, plan.instance.index, opts.cancel.clone()).await?)
@@ -777,91 +785,203 @@ pub async fn run_plan(plan: &LoadPlan, opts: RunOptions) -> Result<LoadResult> {
     };
 
     let (t0_tx, t0_rx) = watch::channel(None);
+    let collector = Collector::new(stages.len(), record_tx);
     let stop = opts.cancel.child_token();
-    let shared = Arc::new(Shared {
-        model: plan.model.kind(),
-        total: plan.total_duration(),
-        clocks: clocks.clone(),
-        pacer: match &schedule {
-            Some(_) => Some(
-                Pacer::start()
-                    .map_err(|e| Error::Goose(format!("cannot start the pacing thread: {e}")))?,
-            ),
-            None => None,
-        },
-        schedule,
-        max_lateness,
-        think_time,
-        timeout: plan.timeout,
-        client: load_client(&request, plan.timeout)?,
-        collector: Collector::new(stages.len(), record_tx),
-        t0: t0_rx,
-        stop: stop.clone(),
-        finish: CancellationToken::new(),
-        users,
-        next_user: AtomicU32::new(0),
-        ready: AtomicU32::new(0),
-        done_users: AtomicU32::new(0),
-        all_done: Notify::new(),
-        in_flight: AtomicU64::new(0),
-        killswitch_ours: AtomicBool::new(false),
-    });
+    let shared = Arc::new(Shared::new(
+        plan, clocks, slots, &request, collector, t0_rx, stop,
+    )?);
 
     let mut timing = None;
     if !opts.cancel.is_cancelled() {
-        let attack = build_attack(plan, users, shared.clone())?;
-        let progress = opts.progress.then(Progress::new);
-        let supervisor = tokio::spawn(supervise(
-            shared.clone(),
-            t0_tx,
-            plan.start_at_unix_ms,
-            stages.clone(),
-            progress,
-            live.clone(),
-            opts.ticks.clone(),
-        ));
-        let stopper = {
-            let sh = shared.clone();
-            let supervisor_done = CancellationToken::new();
-            let done = supervisor_done.clone();
-            (
-                tokio::spawn(async move {
-                    done.cancelled().await;
-                    sh.finish.cancel();
-                    // Goose resets its killswitch when a run starts: keep it set until Goose
-                    // has returned, in case the run ended before Goose was fully up.
-                    loop {
-                        sh.killswitch_ours.store(true, Ordering::Release);
-                        goose::trigger_killswitch("meshbench: load plan finished");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }),
-                supervisor_done,
-            )
-        };
-        let sup = async {
-            let t = supervisor.await;
-            stopper.1.cancel();
-            t
-        };
-        let (goose_result, t) = tokio::join!(attack.execute(), sup);
-        stopper.0.abort();
-        goose::reset_killswitch();
-        let t = t.map_err(|e| Error::Goose(format!("supervisor failed: {e}")))?;
-        if let Err(e) = goose_result {
-            shared.stop.cancel();
-            return Err(Error::Goose(e.to_string()));
-        }
-        timing = Some(t);
+        timing = Some(execute(plan, &opts, &shared, t0_tx, &stages, live.clone()).await?);
     }
-    shared.collector.close_records();
+    join_records(&shared, record_thread)?;
+    let result = conclude(
+        plan,
+        &stages,
+        &shared,
+        timing,
+        cpu_start,
+        started_wall,
+        warnings,
+    )?;
+    if let Some(l) = &live {
+        l.finish(&result);
+    }
+    Ok(result)
+}
+
+/// The preflight's warning, if any; no preflight when the plan turns it off, and none
+/// awaited when the run is cancelled first.
+async fn preflight_warnings(
+    plan: &LoadPlan,
+    request: &PreparedRequest,
+    cancel: &CancellationToken,
+) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    if plan.preflight {
+        tokio::select! {
+            r = preflight(plan, request) => warnings.extend(r?),
+            _ = cancel.cancelled() => {
+                tracing::warn!("stopped before the run started");
+            }
+        }
+    }
+    Ok(warnings)
+}
+
+/// How many Goose users a run has and how they pace themselves, by load model: in-flight
+/// slots on the open schedule, or the largest stage's users with think time.
+struct Slots {
+    users: u32,
+    schedule: Option<OpenSchedule>,
+    max_lateness: Option<Duration>,
+    think_time: Duration,
+}
+
+impl Slots {
+    fn of(plan: &LoadPlan, clocks: &[StageClock]) -> Self {
+        match &plan.model {
+            LoadModel::Open {
+                max_in_flight,
+                max_lateness,
+            } => Slots {
+                users: *max_in_flight,
+                schedule: Some(OpenSchedule::new(clocks.to_vec(), plan.instance)),
+                max_lateness: *max_lateness,
+                think_time: Duration::ZERO,
+            },
+            LoadModel::Closed { think_time } => Slots {
+                users: clocks.iter().map(|c| c.users).max().unwrap_or(0).max(1),
+                schedule: None,
+                max_lateness: None,
+                think_time: *think_time,
+            },
+        }
+    }
+}
+
+impl Shared {
+    /// The state of a run shared by its users; starts the pacing thread (open loop) and
+    /// the load client, either of which can fail.
+    fn new(
+        plan: &LoadPlan,
+        clocks: Vec<StageClock>,
+        slots: Slots,
+        request: &PreparedRequest,
+        collector: Collector,
+        t0: watch::Receiver<Option<Instant>>,
+        stop: CancellationToken,
+    ) -> Result<Self> {
+        Ok(Shared {
+            model: plan.model.kind(),
+            total: plan.total_duration(),
+            clocks,
+            pacer: match &slots.schedule {
+                Some(_) => {
+                    Some(Pacer::start().map_err(|e| {
+                        Error::Goose(format!("cannot start the pacing thread: {e}"))
+                    })?)
+                }
+                None => None,
+            },
+            schedule: slots.schedule,
+            max_lateness: slots.max_lateness,
+            think_time: slots.think_time,
+            timeout: plan.timeout,
+            client: load_client(request, plan.timeout)?,
+            collector,
+            t0,
+            stop,
+            finish: CancellationToken::new(),
+            users: slots.users,
+            next_user: AtomicU32::new(0),
+            ready: AtomicU32::new(0),
+            done_users: AtomicU32::new(0),
+            all_done: Notify::new(),
+            in_flight: AtomicU64::new(0),
+            killswitch_ours: AtomicBool::new(false),
+        })
+    }
+}
+
+/// Runs Goose beside the supervisor and returns the run's timing. A Goose failure stops
+/// the users and is an error, as is a failed supervisor.
+async fn execute(
+    plan: &LoadPlan,
+    opts: &RunOptions,
+    shared: &Arc<Shared>,
+    t0_tx: watch::Sender<Option<Instant>>,
+    stages: &[ResolvedStage],
+    live: Option<Arc<LiveMetrics>>,
+) -> Result<Timing> {
+    let attack = build_attack(plan, shared.users, shared.clone())?;
+    let reporters = Reporters {
+        stages: stages.to_vec(),
+        progress: opts.progress.then(Progress::new),
+        live,
+        ticks: opts.ticks.clone(),
+    };
+    let supervisor = tokio::spawn(supervise(
+        shared.clone(),
+        t0_tx,
+        plan.start_at_unix_ms,
+        reporters,
+    ));
+    let supervisor_done = CancellationToken::new();
+    let stopper = tokio::spawn(hold_killswitch(shared.clone(), supervisor_done.clone()));
+    let sup = async {
+        let t = supervisor.await;
+        supervisor_done.cancel();
+        t
+    };
+    let (goose_result, t) = tokio::join!(attack.execute(), sup);
+    stopper.abort();
+    goose::reset_killswitch();
+    let t = t.map_err(|e| Error::Goose(format!("supervisor failed: {e}")))?;
+    if let Err(e) = goose_result {
+        shared.stop.cancel();
+        return Err(Error::Goose(e.to_string()));
+    }
+    Ok(t)
+}
+
+/// Once the supervisor is done, ends the run for every user and keeps Goose's killswitch
+/// set; runs until aborted.
+async fn hold_killswitch(sh: Arc<Shared>, supervisor_done: CancellationToken) {
+    supervisor_done.cancelled().await;
+    sh.finish.cancel();
+    // Goose resets its killswitch when a run starts: keep it set until Goose
+    // has returned, in case the run ended before Goose was fully up.
+    loop {
+        sh.killswitch_ours.store(true, Ordering::Release);
+        goose::trigger_killswitch("meshbench: load plan finished");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Stops forwarding request records and waits for their writer to finish the file.
+fn join_records(sh: &Shared, record_thread: Option<RecordThread>) -> Result<()> {
+    sh.collector.close_records();
     if let Some(thread) = record_thread {
         match thread.join() {
             Ok(r) => r?,
             Err(_) => return Err(Error::Goose("request record writer panicked".into())),
         }
     }
+    Ok(())
+}
 
+/// The run's result; `timing` is `None` when the run was cancelled before it started.
+fn conclude(
+    plan: &LoadPlan,
+    stages: &[ResolvedStage],
+    shared: &Shared,
+    timing: Option<Timing>,
+    cpu_start: Option<Duration>,
+    started_wall: SystemTime,
+    mut warnings: Vec<String>,
+) -> Result<LoadResult> {
     let finished_wall = SystemTime::now();
     let cpu_time_ms = match (cpu_start, cpu_time()) {
         (Some(a), Some(b)) => Some((b - a).as_secs_f64() * 1000.0),
@@ -880,20 +1000,16 @@ pub async fn run_plan(plan: &LoadPlan, opts: RunOptions) -> Result<LoadResult> {
             plan.timeout + plan.total_duration().max(Duration::from_secs(5))
         ));
     }
-    let result = assemble(
+    assemble(
         plan,
-        &stages,
-        &shared,
+        stages,
+        shared,
         &timing,
         started_wall,
         finished_wall,
         cpu_time_ms,
         warnings,
-    )?;
-    if let Some(l) = &live {
-        l.finish(&result);
-    }
-    Ok(result)
+    )
 }
 
 /// Goose logs through the `log` crate and, when no logger is installed, installs one that
@@ -973,92 +1089,8 @@ fn assemble(
 ) -> Result<LoadResult> {
     let mut out = Vec::with_capacity(stages.len());
     for (i, s) in stages.iter().enumerate() {
-        let c = &sh.clocks[i];
-        let end = c.offset + c.duration;
-        let (ran_until, partial) = match timing.stopped_at {
-            Some(stop) if stop < end => (stop.max(c.offset), true),
-            _ => (end, false),
-        };
-        let ran = ran_until - c.offset;
-        let data = sh.collector.stage_data(i);
-        let mut counts = data.counts;
-        let due = |t: f64| match &sh.schedule {
-            Some(sched) => sched.due_before(i, t),
-            None => 0,
-        };
-        let open = sh.schedule.is_some();
-        if open {
-            counts.planned = due(ran.as_secs_f64());
-        } else {
-            counts.planned = counts.sent;
-        }
-        let n_seconds = (ran.as_secs_f64().ceil() as usize).max(data.seconds.len());
-        let mut by_second = data.seconds;
-        by_second.resize(n_seconds, SecondData::default());
-        let start_ms = unix_ms(timing.t0_wall + c.offset);
-        let buckets = by_second
-            .into_iter()
-            .enumerate()
-            .map(
-                |(
-                    sec,
-                    SecondData {
-                        mut counts,
-                        ok,
-                        failed,
-                    },
-                )| {
-                    let sec = sec as u32;
-                    counts.planned = if open {
-                        let t = ran.as_secs_f64();
-                        due(f64::from(sec + 1).min(t)) - due(f64::from(sec).min(t))
-                    } else {
-                        counts.sent
-                    };
-                    bucket(sec, start_ms + u64::from(sec) * 1000, counts, ok, failed)
-                },
-            )
-            .collect();
-        let mut stage = StageResult {
-            index: s.index,
-            name: s.name.clone(),
-            warm_up: s.warm_up,
-            target_rate: s.rate,
-            users: s.users,
-            planned_duration_ms: s.duration.as_millis() as u64,
-            started_unix_ms: start_ms,
-            ended_unix_ms: unix_ms(timing.t0_wall + ran_until),
-            partial,
-            counts,
-            latency_ok: data.ok,
-            latency_failed: data.failed,
-            lateness: data.lateness,
-            send_delay: data.send_delay,
-            response_time_ok: data.response_ok,
-            last_ok_unix_ms: data.last_ok_unix_ms,
-            last_sent_unix_ms: data.last_sent_unix_ms,
-            seconds: buckets,
-            summary: StageSummary::default(),
-        };
-        stage.recompute_summary()?;
-        // A stray late request is scheduling noise; one in a hundred skews the stage.
-        if stage.counts.late > 0 && stage.counts.late.saturating_mul(100) >= stage.counts.sent {
-            warnings.push(format!(
-                "stage {} ({}): {} of {} requests left more than {} µs after their planned time (every in-flight slot busy, or the load generator short of CPU), p99 {} µs late",
-                s.index,
-                s.name,
-                stage.counts.late,
-                stage.counts.sent,
-                LATE_TOLERANCE.as_micros(),
-                stage.summary.lateness.p99_us
-            ));
-        }
-        if stage.counts.dropped > 0 {
-            warnings.push(format!(
-                "stage {} ({}): {} planned requests were dropped (later than maxLateness)",
-                s.index, s.name, stage.counts.dropped
-            ));
-        }
+        let stage = stage_result(i, s, sh, timing)?;
+        warn_about_stage(s, &stage, &mut warnings);
         out.push(stage);
     }
     let partial = timing.stopped_at.is_some();
@@ -1085,6 +1117,117 @@ fn assemble(
         stages: out,
         warnings,
     })
+}
+
+/// The result of stage `i`, cut at the stop when the run was stopped before its end.
+fn stage_result(i: usize, s: &ResolvedStage, sh: &Shared, timing: &Timing) -> Result<StageResult> {
+    let c = &sh.clocks[i];
+    let end = c.offset + c.duration;
+    let (ran_until, partial) = match timing.stopped_at {
+        Some(stop) if stop < end => (stop.max(c.offset), true),
+        _ => (end, false),
+    };
+    let ran = ran_until - c.offset;
+    let data = sh.collector.stage_data(i);
+    let mut counts = data.counts;
+    if sh.schedule.is_some() {
+        counts.planned = due(sh, i, ran.as_secs_f64());
+    } else {
+        counts.planned = counts.sent;
+    }
+    let start_ms = unix_ms(timing.t0_wall + c.offset);
+    let buckets = second_buckets(sh, i, ran, start_ms, data.seconds);
+    let mut stage = StageResult {
+        index: s.index,
+        name: s.name.clone(),
+        warm_up: s.warm_up,
+        target_rate: s.rate,
+        users: s.users,
+        planned_duration_ms: s.duration.as_millis() as u64,
+        started_unix_ms: start_ms,
+        ended_unix_ms: unix_ms(timing.t0_wall + ran_until),
+        partial,
+        counts,
+        latency_ok: data.ok,
+        latency_failed: data.failed,
+        lateness: data.lateness,
+        send_delay: data.send_delay,
+        response_time_ok: data.response_ok,
+        last_ok_unix_ms: data.last_ok_unix_ms,
+        last_sent_unix_ms: data.last_sent_unix_ms,
+        seconds: buckets,
+        summary: StageSummary::default(),
+    };
+    stage.recompute_summary()?;
+    Ok(stage)
+}
+
+/// Requests of stage `stage` planned before `t` seconds into it (open loop; 0 otherwise).
+fn due(sh: &Shared, stage: usize, t: f64) -> u64 {
+    match &sh.schedule {
+        Some(sched) => sched.due_before(stage, t),
+        None => 0,
+    }
+}
+
+/// The per-second buckets of stage `i`: one for every second it ran or recorded data in,
+/// each with its planned count (the open schedule's, or what was sent in the closed loop).
+fn second_buckets(
+    sh: &Shared,
+    i: usize,
+    ran: Duration,
+    start_ms: u64,
+    seconds: Vec<SecondData>,
+) -> Vec<SecondBucket> {
+    let open = sh.schedule.is_some();
+    let n_seconds = (ran.as_secs_f64().ceil() as usize).max(seconds.len());
+    let mut by_second = seconds;
+    by_second.resize(n_seconds, SecondData::default());
+    by_second
+        .into_iter()
+        .enumerate()
+        .map(
+            |(
+                sec,
+                SecondData {
+                    mut counts,
+                    ok,
+                    failed,
+                },
+            )| {
+                let sec = sec as u32;
+                counts.planned = if open {
+                    let t = ran.as_secs_f64();
+                    due(sh, i, f64::from(sec + 1).min(t)) - due(sh, i, f64::from(sec).min(t))
+                } else {
+                    counts.sent
+                };
+                bucket(sec, start_ms + u64::from(sec) * 1000, counts, ok, failed)
+            },
+        )
+        .collect()
+}
+
+/// Warns about a stage with a real share of late requests, or with dropped ones.
+fn warn_about_stage(s: &ResolvedStage, stage: &StageResult, warnings: &mut Vec<String>) {
+    // A stray late request is scheduling noise; one in a hundred skews the stage.
+    if stage.counts.late > 0 && stage.counts.late.saturating_mul(100) >= stage.counts.sent {
+        warnings.push(format!(
+            "stage {} ({}): {} of {} requests left more than {} µs after their planned time (every in-flight slot busy, or the load generator short of CPU), p99 {} µs late",
+            s.index,
+            s.name,
+            stage.counts.late,
+            stage.counts.sent,
+            LATE_TOLERANCE.as_micros(),
+            stage.summary.lateness.p99_us
+        ));
+    }
+    if stage.counts.dropped > 0 {
+        warnings.push(format!(
+            "stage {} ({}): {} planned requests were dropped (later than maxLateness)",
+            s.index, s.name, stage.counts.dropped
+        ));
+    }
 }
 
 /// CPU time (user + system) of this process so far.

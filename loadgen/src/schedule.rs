@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::plan::{InstanceSpec, ResolvedStage};
+use crate::load_plan::{InstanceSpec, ResolvedStage};
 
 /// Where a stage sits on the run's timeline, and this instance's share of its requests.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use meshbench_loadgen::plan::{LoadModel, LoadPlan, Profile, Stage, WarmUp};
+use meshbench_loadgen::load_plan::{LoadModel, LoadPlan, Profile, Stage, WarmUp};
 use meshbench_loadgen::{CancellationToken, LoadResult, RunOptions, run_plan};
 
 fn stage(rate: Option<f64>, users: Option<u32>, ms: u64) -> Stage {

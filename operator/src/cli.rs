@@ -295,15 +295,7 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Run(args) => {
-            args.log.init(LogFormat::Text, "warn,goose=error");
-            let Some(rt) = runtime() else {
-                return exit::code(exit::RUN_FAILED);
-            };
-            let code = rt.block_on(crate::run::run(*args));
-            rt.shutdown_timeout(std::time::Duration::from_secs(1));
-            exit::code(code)
-        }
+        Command::Run(args) => run_local(*args),
         Command::Plan {
             files,
             json,
@@ -316,87 +308,20 @@ pub fn run(cli: Cli) -> ExitCode {
             let node = on_node.then(|| node.model());
             crate::plan::plan(&files, json, benchmark.as_deref(), pod_budget, node)
         }
-        Command::Report { dir } => match meshbench_analysis::rebuild_report(&dir) {
-            Ok(files) => {
-                exit::out(format!("{}\n", files.html.display()));
-                exit::code(exit::OK)
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                exit::code(exit::INVALID)
-            }
-        },
+        Command::Report { dir } => rebuild_report(&dir),
         Command::Compare(args) => exit::code(compare(&args)),
         // The same programs as the standalone binaries, flags, logging and exit codes
         // included.
         Command::Worker(args) => meshbench_worker::main(*args),
         Command::Loadgen(args) => meshbench_loadgen::main(*args),
-        Command::Operator(args) => {
-            let Some(rt) = runtime() else {
-                return exit::code(exit::RUN_FAILED);
-            };
-            match rt.block_on(crate::k8s::operator::run(*args)) {
-                Ok(()) => exit::code(exit::OK),
-                Err(e) => {
-                    meshbench_common::error(e);
-                    exit::code(exit::RUN_FAILED)
-                }
-            }
-        }
+        Command::Operator(args) => run_operator(*args),
         Command::Validate { files, quiet } => validate(&files, quiet),
-        Command::Results(args) => {
-            args.log.init(LogFormat::Text, "warn");
-            let Some(rt) = runtime() else {
-                return exit::code(exit::RUN_FAILED);
-            };
-            let result = rt.block_on(async {
-                let client = kube::Client::try_default().await.map_err(|e| {
-                    eprintln!("error: cannot configure the Kubernetes client: {e}");
-                    exit::RUN_FAILED
-                })?;
-                let dir = crate::k8s::fetch::fetch(&client, &args.fetch)
-                    .await
-                    .map_err(|e| {
-                        eprintln!("error: {e}");
-                        e.exit_code()
-                    })?;
-                let code = if args.check {
-                    crate::k8s::fetch::check(&client, &args.fetch, &dir).await
-                } else {
-                    exit::OK
-                };
-                Ok::<_, u8>((dir, code))
-            });
-            match result {
-                Ok((dir, code)) => {
-                    eprintln!("report: {}", dir.join("report.html").display());
-                    exit::code(run_reports(&args.ci, &dir, code))
-                }
-                Err(code) => exit::code(code),
-            }
-        }
+        Command::Results(args) => results(&args),
         Command::Render {
             files,
             image,
             namespace,
-        } => {
-            let bundle = Bundle::load_files(&files);
-            let opts = crate::k8s::render::RenderOptions {
-                image,
-                namespace,
-                ..crate::k8s::render::RenderOptions::default()
-            };
-            match crate::k8s::render::render_bundle_yaml_with(&bundle, &opts) {
-                Ok(yaml) => {
-                    exit::out(yaml);
-                    exit::code(exit::OK)
-                }
-                Err(e) => {
-                    meshbench_common::error(e);
-                    exit::code(exit::INVALID)
-                }
-            }
-        }
+        } => render_yaml(&files, image, namespace),
         Command::Crds => {
             exit::out(meshbench_crds::crds_yaml());
             exit::code(exit::OK)
@@ -405,6 +330,98 @@ pub fn run(cli: Cli) -> ExitCode {
             servicegraph,
             measurement,
         } => import(&servicegraph, measurement.as_deref()),
+    }
+}
+
+/// `meshbench run`: a Benchmark on this machine.
+fn run_local(args: crate::run::RunArgs) -> ExitCode {
+    args.log.init(LogFormat::Text, "warn,goose=error");
+    let Some(rt) = runtime() else {
+        return exit::code(exit::RUN_FAILED);
+    };
+    let code = rt.block_on(crate::run::run(args));
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    exit::code(code)
+}
+
+/// `meshbench report`: report.html and the plots again from a run directory's tables.
+fn rebuild_report(dir: &Path) -> ExitCode {
+    match meshbench_analysis::rebuild_report(dir) {
+        Ok(files) => {
+            exit::out(format!("{}\n", files.html.display()));
+            exit::code(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::code(exit::INVALID)
+        }
+    }
+}
+
+/// `meshbench operator`: the Kubernetes operator, until it stops.
+fn run_operator(args: crate::k8s::operator::OperatorArgs) -> ExitCode {
+    let Some(rt) = runtime() else {
+        return exit::code(exit::RUN_FAILED);
+    };
+    match rt.block_on(crate::k8s::operator::run(args)) {
+        Ok(()) => exit::code(exit::OK),
+        Err(e) => {
+            meshbench_common::error(e);
+            exit::code(exit::RUN_FAILED)
+        }
+    }
+}
+
+/// `meshbench results`: the download, the optional check, then the CI reports.
+fn results(args: &ResultsCommand) -> ExitCode {
+    args.log.init(LogFormat::Text, "warn");
+    let Some(rt) = runtime() else {
+        return exit::code(exit::RUN_FAILED);
+    };
+    let result = rt.block_on(async {
+        let client = kube::Client::try_default().await.map_err(|e| {
+            eprintln!("error: cannot configure the Kubernetes client: {e}");
+            exit::RUN_FAILED
+        })?;
+        let dir = crate::k8s::fetch::fetch(&client, &args.fetch)
+            .await
+            .map_err(|e| {
+                eprintln!("error: {e}");
+                e.exit_code()
+            })?;
+        let code = if args.check {
+            crate::k8s::fetch::check(&client, &args.fetch, &dir).await
+        } else {
+            exit::OK
+        };
+        Ok::<_, u8>((dir, code))
+    });
+    match result {
+        Ok((dir, code)) => {
+            eprintln!("report: {}", dir.join("report.html").display());
+            exit::code(run_reports(&args.ci, &dir, code))
+        }
+        Err(code) => exit::code(code),
+    }
+}
+
+/// `meshbench render`: every object the operator would apply, as YAML.
+fn render_yaml(files: &[PathBuf], image: String, namespace: Option<String>) -> ExitCode {
+    let bundle = Bundle::load_files(files);
+    let opts = crate::k8s::render::RenderOptions {
+        image,
+        namespace,
+        ..crate::k8s::render::RenderOptions::default()
+    };
+    match crate::k8s::render::render_bundle_yaml_with(&bundle, &opts) {
+        Ok(yaml) => {
+            exit::out(yaml);
+            exit::code(exit::OK)
+        }
+        Err(e) => {
+            meshbench_common::error(e);
+            exit::code(exit::INVALID)
+        }
     }
 }
 

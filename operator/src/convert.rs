@@ -12,7 +12,7 @@ use meshbench_crds::ServiceMesh;
 use meshbench_crds::benchmark::{BenchmarkSpec, LoadKind};
 use meshbench_crds::mesh::{Delay, DelayMode};
 use meshbench_crds::resolve::{PlannedStep, endpoint_path, resolve_mesh};
-use meshbench_loadgen::plan::{LoadModel, LoadPlan, RequestSpec, Stage};
+use meshbench_loadgen::load_plan::{LoadModel, LoadPlan, RequestSpec, Stage};
 
 /// Mean, variance and smallest value of a delay distribution, in seconds.
 fn delay_moments(d: &Delay) -> (f64, f64, f64) {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 /// What a benchmark will do, derived from its spec.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ExperimentPlan {
+pub struct ExperimentSchedule {
     /// Benchmark name.
     pub benchmark: String,
     /// Meshes, in order.
@@ -36,8 +36,8 @@ pub struct ExperimentPlan {
     pub model: LoadKind,
 }
 
-impl ExperimentPlan {
-    /// Builds the plan of a (validated) benchmark.
+impl ExperimentSchedule {
+    /// Builds the schedule of a (validated) benchmark.
     pub fn new(name: &str, spec: &BenchmarkSpec) -> Self {
         let steps = plan_steps(spec);
         let warmup = spec.warmup.as_ref().map(|w| PlannedStep {
@@ -75,15 +75,15 @@ impl ExperimentPlan {
     }
 }
 
-/// Position in the plan.
+/// Position in the schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Cursor {
-    /// Index into [`ExperimentPlan::meshes`].
+    /// Index into [`ExperimentSchedule::meshes`].
     pub mesh: usize,
     /// Repetition, 0-based.
     pub repetition: u32,
-    /// Index into [`ExperimentPlan::steps`].
+    /// Index into [`ExperimentSchedule::steps`].
     pub step: usize,
 }
 
@@ -196,7 +196,7 @@ impl Machine {
     }
 
     /// The action for the current phase.
-    pub fn action(&self, plan: &ExperimentPlan) -> Action {
+    pub fn action(&self, schedule: &ExperimentSchedule) -> Action {
         let c = self.cursor;
         match self.phase {
             Phase::Pending | Phase::Validating => Action::Deploy { mesh: c.mesh },
@@ -209,7 +209,7 @@ impl Machine {
             Phase::WarmingUp => Action::WarmUp { cursor: c },
             Phase::Running => Action::RunStep { cursor: c },
             Phase::Settling => Action::Settle {
-                duration: plan.settle,
+                duration: schedule.settle,
             },
             Phase::Collecting => Action::Collect { cursor: c },
             Phase::Analysing => match self.deployed {
@@ -239,8 +239,8 @@ impl Machine {
     }
 
     /// Takes the outcome of [`Machine::action`] and moves to the next phase.
-    pub fn advance(&mut self, plan: &ExperimentPlan, outcome: Outcome) {
-        let action = self.action(plan);
+    pub fn advance(&mut self, schedule: &ExperimentSchedule, outcome: Outcome) {
+        let action = self.action(schedule);
         if outcome == Outcome::Cancelled {
             self.cancelled = true;
             self.stopped_early = true;
@@ -262,7 +262,7 @@ impl Machine {
         if let Outcome::Failed(msg) = &outcome {
             if self.failures.len() < MAX_FAILURE_MESSAGES {
                 self.failures
-                    .push(format!("{}: {msg}", describe(&action, plan)));
+                    .push(format!("{}: {msg}", describe(&action, schedule)));
             } else {
                 self.failures_omitted += 1;
             }
@@ -287,7 +287,7 @@ impl Machine {
             }
             Action::WaitReady { .. } => {
                 if ok {
-                    self.phase = if plan.warmup.is_some() {
+                    self.phase = if schedule.warmup.is_some() {
                         Phase::WarmingUp
                     } else {
                         Phase::Running
@@ -301,7 +301,7 @@ impl Machine {
                 self.phase = Phase::Running;
             }
             Action::RunStep { .. } => {
-                if !ok && plan.on_failure == StepFailurePolicy::Stop {
+                if !ok && schedule.on_failure == StepFailurePolicy::Stop {
                     // Collect what the failed step produced, then stop.
                     self.stopped_early = true;
                 }
@@ -313,7 +313,7 @@ impl Machine {
                 if self.stopped_early {
                     self.phase = Phase::Analysing;
                 } else {
-                    self.next_step(plan);
+                    self.next_step(schedule);
                 }
             }
             Action::Analyse => {
@@ -332,19 +332,19 @@ impl Machine {
         self.phase = Phase::Analysing;
     }
 
-    fn next_step(&mut self, plan: &ExperimentPlan) {
+    fn next_step(&mut self, schedule: &ExperimentSchedule) {
         let mut c = self.cursor;
         c.step += 1;
-        let mut redeploy = plan.redeploy == RedeployPolicy::PerStep;
-        if c.step >= plan.steps.len() {
+        let mut redeploy = schedule.redeploy == RedeployPolicy::PerStep;
+        if c.step >= schedule.steps.len() {
             c.step = 0;
             c.repetition += 1;
-            redeploy |= plan.redeploy == RedeployPolicy::PerMesh;
-            if c.repetition >= plan.repetitions {
+            redeploy |= schedule.redeploy == RedeployPolicy::PerMesh;
+            if c.repetition >= schedule.repetitions {
                 c.repetition = 0;
                 c.mesh += 1;
                 redeploy = true;
-                if c.mesh >= plan.meshes.len() {
+                if c.mesh >= schedule.meshes.len() {
                     self.phase = Phase::Analysing;
                     return;
                 }
@@ -359,27 +359,31 @@ impl Machine {
     }
 
     /// Human-readable position, e.g. `quickstart rep 1/2 step 3/5 (rate-30)`.
-    pub fn describe_position(&self, plan: &ExperimentPlan) -> String {
+    pub fn describe_position(&self, schedule: &ExperimentSchedule) -> String {
         let c = self.cursor;
-        let step = plan
+        let step = schedule
             .steps
             .get(c.step)
             .map(|s| s.name.as_str())
             .unwrap_or("");
         format!(
             "{} rep {}/{} step {}/{} ({step})",
-            plan.meshes.get(c.mesh).map(String::as_str).unwrap_or("?"),
+            schedule
+                .meshes
+                .get(c.mesh)
+                .map(String::as_str)
+                .unwrap_or("?"),
             c.repetition + 1,
-            plan.repetitions,
+            schedule.repetitions,
             c.step + 1,
-            plan.steps.len()
+            schedule.steps.len()
         )
     }
 }
 
 /// A short label of an action, for phase records and logs.
-pub fn phase_label(action: &Action, plan: &ExperimentPlan) -> String {
-    let mesh = |m: usize| plan.meshes.get(m).cloned().unwrap_or_default();
+pub fn phase_label(action: &Action, schedule: &ExperimentSchedule) -> String {
+    let mesh = |m: usize| schedule.meshes.get(m).cloned().unwrap_or_default();
     match action {
         Action::Deploy { mesh: m } => format!("deploy {}", mesh(*m)),
         Action::WaitReady { mesh: m } => format!("wait-ready {}", mesh(*m)),
@@ -388,7 +392,8 @@ pub fn phase_label(action: &Action, plan: &ExperimentPlan) -> String {
             "step {} rep {} {}",
             mesh(cursor.mesh),
             cursor.repetition,
-            plan.steps
+            schedule
+                .steps
                 .get(cursor.step)
                 .map(|s| s.name.as_str())
                 .unwrap_or("")
@@ -401,8 +406,14 @@ pub fn phase_label(action: &Action, plan: &ExperimentPlan) -> String {
     }
 }
 
-fn describe(action: &Action, plan: &ExperimentPlan) -> String {
-    let mesh = |m: usize| plan.meshes.get(m).cloned().unwrap_or_else(|| "?".into());
+fn describe(action: &Action, schedule: &ExperimentSchedule) -> String {
+    let mesh = |m: usize| {
+        schedule
+            .meshes
+            .get(m)
+            .cloned()
+            .unwrap_or_else(|| "?".into())
+    };
     match action {
         Action::Deploy { mesh: m } => format!("deploy {}", mesh(*m)),
         Action::WaitReady { mesh: m } => format!("wait ready {}", mesh(*m)),
@@ -411,7 +422,8 @@ fn describe(action: &Action, plan: &ExperimentPlan) -> String {
             "{} rep {} step {}",
             mesh(cursor.mesh),
             cursor.repetition,
-            plan.steps
+            schedule
+                .steps
                 .get(cursor.step)
                 .map(|s| s.name.as_str())
                 .unwrap_or("?")
@@ -427,14 +439,14 @@ fn describe(action: &Action, plan: &ExperimentPlan) -> String {
 mod tests {
     use super::*;
 
-    fn plan(
+    fn schedule(
         steps: usize,
         reps: u32,
         meshes: usize,
         redeploy: RedeployPolicy,
         warmup: bool,
-    ) -> ExperimentPlan {
-        ExperimentPlan {
+    ) -> ExperimentSchedule {
+        ExperimentSchedule {
             benchmark: "b".into(),
             meshes: (0..meshes).map(|i| format!("m{i}")).collect(),
             repetitions: reps,
@@ -462,7 +474,7 @@ mod tests {
     }
 
     /// Runs the machine to the end, failing the actions `fail` selects; returns the trace.
-    fn drive(p: &ExperimentPlan, fail: impl Fn(&Action) -> bool) -> (Machine, Vec<Action>) {
+    fn drive(p: &ExperimentSchedule, fail: impl Fn(&Action) -> bool) -> (Machine, Vec<Action>) {
         let mut m = Machine::new();
         let mut trace = Vec::new();
         for _ in 0..10_000 {
@@ -487,7 +499,7 @@ mod tests {
 
     #[test]
     fn runs_every_step_of_every_mesh_and_repetition() {
-        let p = plan(3, 2, 2, RedeployPolicy::Never, true);
+        let p = schedule(3, 2, 2, RedeployPolicy::Never, true);
         let (m, trace) = drive(&p, |_| false);
         assert_eq!(m.phase, Phase::Succeeded);
         assert_eq!(count(&trace, |a| matches!(a, Action::RunStep { .. })), 12);
@@ -502,7 +514,7 @@ mod tests {
 
     #[test]
     fn per_step_redeploy_deploys_before_every_step() {
-        let p = plan(3, 1, 1, RedeployPolicy::PerStep, true);
+        let p = schedule(3, 1, 1, RedeployPolicy::PerStep, true);
         let (_, trace) = drive(&p, |_| false);
         assert_eq!(count(&trace, |a| matches!(a, Action::Deploy { .. })), 3);
         assert_eq!(count(&trace, |a| matches!(a, Action::WarmUp { .. })), 3);
@@ -511,14 +523,14 @@ mod tests {
 
     #[test]
     fn per_mesh_redeploy_deploys_per_repetition() {
-        let p = plan(2, 3, 1, RedeployPolicy::PerMesh, false);
+        let p = schedule(2, 3, 1, RedeployPolicy::PerMesh, false);
         let (_, trace) = drive(&p, |_| false);
         assert_eq!(count(&trace, |a| matches!(a, Action::Deploy { .. })), 3);
     }
 
     #[test]
     fn failed_step_continues_by_default_and_fails_the_run() {
-        let p = plan(3, 1, 1, RedeployPolicy::Never, false);
+        let p = schedule(3, 1, 1, RedeployPolicy::Never, false);
         let (m, trace) = drive(
             &p,
             |a| matches!(a, Action::RunStep { cursor } if cursor.step == 1),
@@ -530,7 +542,7 @@ mod tests {
 
     #[test]
     fn failed_step_with_stop_policy_collects_then_stops() {
-        let mut p = plan(3, 1, 1, RedeployPolicy::Never, false);
+        let mut p = schedule(3, 1, 1, RedeployPolicy::Never, false);
         p.on_failure = StepFailurePolicy::Stop;
         let (m, trace) = drive(
             &p,
@@ -544,7 +556,7 @@ mod tests {
 
     #[test]
     fn failed_deploy_tears_down_and_analyses() {
-        let p = plan(3, 1, 1, RedeployPolicy::Never, false);
+        let p = schedule(3, 1, 1, RedeployPolicy::Never, false);
         let (m, trace) = drive(&p, |a| matches!(a, Action::Deploy { .. }));
         assert_eq!(count(&trace, |a| matches!(a, Action::RunStep { .. })), 0);
         assert_eq!(trace.last(), Some(&Action::Analyse));
@@ -553,7 +565,7 @@ mod tests {
 
     #[test]
     fn cancel_keeps_data_and_finishes_partial() {
-        let p = plan(3, 1, 1, RedeployPolicy::Never, false);
+        let p = schedule(3, 1, 1, RedeployPolicy::Never, false);
         let mut m = Machine::new();
         m.advance(&p, Outcome::Ok); // deploy
         m.advance(&p, Outcome::Ok); // ready
@@ -574,7 +586,7 @@ mod tests {
 
     #[test]
     fn state_survives_serialisation_mid_run() {
-        let p = plan(3, 2, 1, RedeployPolicy::Never, false);
+        let p = schedule(3, 2, 1, RedeployPolicy::Never, false);
         let mut m = Machine::new();
         for _ in 0..7 {
             m.advance(&p, Outcome::Ok);

@@ -15,7 +15,7 @@ use meshbench_loadgen::{CancellationToken, RunOptions, run_plan};
 
 use crate::convert;
 use crate::exit;
-use crate::experiment::{Action, Cursor, ExperimentPlan, Machine, Outcome};
+use crate::experiment::{Action, Cursor, ExperimentSchedule, Machine, Outcome};
 use crate::local::cgroup::Enforcement;
 use crate::local::node::{self, Resources};
 use crate::local::platform::{LocalOptions, LocalPlatform};
@@ -189,7 +189,7 @@ struct Session<'a> {
     args: &'a RunArgs,
     bench: &'a Benchmark,
     meshes: Vec<ServiceMesh>,
-    plan: ExperimentPlan,
+    schedule: ExperimentSchedule,
     run_dir: RunDir,
     platform: LocalPlatform,
     prom: Option<LocalPrometheus>,
@@ -211,7 +211,7 @@ impl<'a> Session<'a> {
         meshes: Vec<ServiceMesh>,
     ) -> Result<Session<'a>, u8> {
         let name = bench.metadata.name.clone().unwrap_or_default();
-        let plan = ExperimentPlan::new(&name, &bench.spec);
+        let schedule = ExperimentSchedule::new(&name, &bench.spec);
         let started = Utc::now();
         let run_dir = RunDir::create(&args.out, &name, started).map_err(|e| {
             eprintln!(
@@ -235,7 +235,7 @@ impl<'a> Session<'a> {
             return Err(exit::RUN_FAILED);
         }
         let limits = LimitsEnforcement { mode, reason };
-        let data = run_data(args, bench, &meshes, &plan, limits, started);
+        let data = run_data(args, bench, &meshes, &schedule, limits, started);
         let prom = match start_prometheus(args, &run_dir, &platform).await {
             Ok(p) => p,
             Err(e) => {
@@ -248,16 +248,16 @@ impl<'a> Session<'a> {
         cancel_on_signal(cancel.clone());
         eprintln!(
             "meshbench: running {name} ({} step(s) × {} mesh(es) × {} repetition(s)) → {}",
-            plan.steps.len(),
-            plan.meshes.len(),
-            plan.repetitions,
+            schedule.steps.len(),
+            schedule.meshes.len(),
+            schedule.repetitions,
             run_dir.path().display()
         );
         Ok(Session {
             args,
             bench,
             meshes,
-            plan,
+            schedule,
             run_dir,
             platform,
             prom,
@@ -273,12 +273,12 @@ impl<'a> Session<'a> {
     async fn drive(&mut self) -> Machine {
         let mut machine = Machine::new();
         loop {
-            let action = machine.action(&self.plan);
+            let action = machine.action(&self.schedule);
             if action == Action::Finished {
                 break;
             }
             let phase_start = Utc::now();
-            let label = crate::experiment::phase_label(&action, &self.plan);
+            let label = crate::experiment::phase_label(&action, &self.schedule);
             let outcome = if self.cancel.is_cancelled()
                 && !matches!(action, Action::Teardown { .. } | Action::Analyse)
             {
@@ -294,7 +294,7 @@ impl<'a> Session<'a> {
                 started_at: phase_start,
                 finished_at: Some(Utc::now()),
             });
-            machine.advance(&self.plan, outcome);
+            machine.advance(&self.schedule, outcome);
         }
         machine
     }
@@ -347,7 +347,7 @@ impl<'a> Session<'a> {
         let (Outcome::Ok, Some(p)) = (&outcome, &self.prom) else {
             return outcome;
         };
-        let mesh_name = self.plan.meshes.get(mesh).cloned().unwrap_or_default();
+        let mesh_name = self.schedule.meshes.get(mesh).cloned().unwrap_or_default();
         let want: usize = self.platform.replica_counts().iter().map(|(_, n)| n).sum();
         let scraped = tokio::select! {
             ok = p.wait_for_targets(&mesh_name, want, Duration::from_secs(30)) => ok,
@@ -367,9 +367,9 @@ impl<'a> Session<'a> {
     async fn load_step(&mut self, cursor: Cursor, warm: bool, label: &str) -> Outcome {
         let spec = &self.bench.spec;
         let step = if warm {
-            self.plan.warmup.clone()
+            self.schedule.warmup.clone()
         } else {
-            self.plan.steps.get(cursor.step).cloned()
+            self.schedule.steps.get(cursor.step).cloned()
         };
         let (Some(step), Some(url)) = (step, self.platform.service_url(&spec.target.service))
         else {
@@ -407,7 +407,7 @@ impl<'a> Session<'a> {
         };
         if !warm && let Some(stage) = result.measured_stages().next() {
             let mesh_name = self
-                .plan
+                .schedule
                 .meshes
                 .get(cursor.mesh)
                 .cloned()
@@ -426,7 +426,7 @@ impl<'a> Session<'a> {
     async fn collect_step(&mut self, mesh: usize) -> Outcome {
         match &self.prom {
             Some(p) => {
-                let mesh_name = self.plan.meshes.get(mesh).cloned().unwrap_or_default();
+                let mesh_name = self.schedule.meshes.get(mesh).cloned().unwrap_or_default();
                 let services: Vec<String> = self
                     .meshes
                     .get(mesh)
@@ -565,7 +565,7 @@ fn run_data(
     args: &RunArgs,
     bench: &Benchmark,
     meshes: &[ServiceMesh],
-    plan: &ExperimentPlan,
+    schedule: &ExperimentSchedule,
     limits: LimitsEnforcement,
     started: chrono::DateTime<Utc>,
 ) -> RunData {
@@ -588,7 +588,7 @@ fn run_data(
         phases: Vec::new(),
         started_at: started,
         finished_at: None,
-        steps_planned: Some(plan.total_steps() as u32),
+        steps_planned: Some(schedule.total_steps() as u32),
         partial: false,
         deviations: deviations(args),
     });

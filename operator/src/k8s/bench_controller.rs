@@ -49,7 +49,7 @@ use super::render::{self, RenderOptions};
 use super::shared::{self, Failures, invalid_message, set_condition};
 use super::store::{self, SpecSnapshot, Store};
 use super::token::TokenKey;
-use crate::experiment::{Cursor, ExperimentPlan, Machine, Outcome};
+use crate::experiment::{Cursor, ExperimentSchedule, Machine, Outcome};
 use status::StatusWriter;
 
 /// Name of this controller in metrics and logs.
@@ -235,14 +235,14 @@ impl RunState {
 }
 
 /// Ordinal of a step across meshes and repetitions: it names the step's Job and files.
-pub fn ordinal(plan: &ExperimentPlan, c: Cursor) -> usize {
-    (c.mesh * plan.repetitions as usize + c.repetition as usize) * plan.steps.len() + c.step
+pub fn ordinal(schedule: &ExperimentSchedule, c: Cursor) -> usize {
+    (c.mesh * schedule.repetitions as usize + c.repetition as usize) * schedule.steps.len() + c.step
 }
 
 /// The inverse of [`ordinal`].
-pub fn cursor_of(plan: &ExperimentPlan, ordinal: usize) -> Cursor {
-    let steps = plan.steps.len().max(1);
-    let per_mesh = steps * plan.repetitions.max(1) as usize;
+pub fn cursor_of(schedule: &ExperimentSchedule, ordinal: usize) -> Cursor {
+    let steps = schedule.steps.len().max(1);
+    let per_mesh = steps * schedule.repetitions.max(1) as usize;
     Cursor {
         mesh: ordinal / per_mesh,
         repetition: ((ordinal % per_mesh) / steps) as u32,
@@ -515,11 +515,11 @@ async fn start_run(
         meshes,
     };
     ctx.store.start_run(&ns, &run_id, &snapshot)?;
-    let plan = ExperimentPlan::new(&name, &bench.spec);
+    let schedule = ExperimentSchedule::new(&name, &bench.spec);
     let mut status = writer.current().clone();
     started_status(&mut status, &run_id, generation);
     let state = RunState::new(Utc::now().timestamp_millis());
-    if let Err(e) = writer.write_state(&mut status, &state, &plan).await {
+    if let Err(e) = writer.write_state(&mut status, &state, &schedule).await {
         // Nobody will run it: leave no directory behind.
         let _ = std::fs::remove_dir_all(ctx.store.run_dir(&ns, &run_id)?);
         return Err(e);
@@ -532,9 +532,9 @@ async fn start_run(
         "Run",
         format!(
             "run {run_id}: {} step(s) × {} mesh(es) × {} repetition(s)",
-            plan.steps.len(),
-            plan.meshes.len(),
-            plan.repetitions
+            schedule.steps.len(),
+            schedule.meshes.len(),
+            schedule.repetitions
         ),
     )
     .await;

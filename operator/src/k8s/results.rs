@@ -412,7 +412,7 @@ mod oneshot_tests {
     use kube::Client;
     use meshbench_crds::Benchmark;
     use meshbench_loadgen::LoadResult;
-    use meshbench_loadgen::plan::{InstanceSpec, LoadModel, LoadPlan, ModelKind, Stage};
+    use meshbench_loadgen::load_plan::{InstanceSpec, LoadModel, LoadPlan, ModelKind, Stage};
     use meshbench_loadgen::result::{
         Counts, EncodedHistogram, InstanceReport, RESULT_VERSION, StageResult, StageSummary,
     };

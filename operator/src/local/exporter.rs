@@ -244,72 +244,88 @@ impl Exporter {
     /// Replaces the series of the services in `states` (pods that are gone lose
     /// theirs, as they would in a cluster).
     pub fn update(&self, states: &[ServiceState]) {
-        let f = &self.families;
         let mut live_pods = BTreeSet::new();
         for s in states {
-            let deployment = deployment_name(&s.mesh, &s.service);
-            let d = DeploymentLabels {
-                namespace: NAMESPACE.into(),
-                deployment: deployment.clone(),
-            };
-            f.spec_replicas.get_or_create(&d).set(i64::from(s.replicas));
-            f.ready_replicas.get_or_create(&d).set(i64::from(s.ready));
-            f.replicaset_owner
-                .get_or_create(&ReplicaSetOwnerLabels::new(&s.mesh, &s.service))
-                .set(1);
-            if let Some(desired) = s.desired {
-                f.hpa_desired
-                    .get_or_create(&HpaLabels {
-                        namespace: NAMESPACE.into(),
-                        horizontalpodautoscaler: deployment.clone(),
-                    })
-                    .set(i64::from(desired));
-            }
-            if let Some(t) = s.target_utilization {
-                f.hpa_target
-                    .get_or_create(&HpaTargetLabels {
-                        namespace: NAMESPACE.into(),
-                        horizontalpodautoscaler: deployment.clone(),
-                        metric_name: "cpu".into(),
-                        metric_target_type: "utilization".into(),
-                    })
-                    .set(f64::from(t));
-            }
+            self.update_service(s);
             for &(index, cpu_s, memory) in &s.pods {
-                let pod = pod_name(&s.mesh, &s.service, index);
-                live_pods.insert(pod.clone());
-                let labels = PodLabels {
-                    namespace: NAMESPACE.into(),
-                    pod: pod.clone(),
-                    container: "worker".into(),
-                };
-                let res = |resource: &str| ResourceLabels {
-                    namespace: NAMESPACE.into(),
-                    pod: pod.clone(),
-                    container: "worker".into(),
-                    resource: resource.into(),
-                };
-                if let Some(r) = s.cpu_request_cores {
-                    f.requests.get_or_create(&res("cpu")).set(r);
-                }
-                if let Some(l) = s.cpu_limit_cores {
-                    f.limits.get_or_create(&res("cpu")).set(l);
-                }
-                f.pod_owner.get_or_create(&PodOwnerLabels::new(&pod)).set(1);
-                f.memory.get_or_create(&labels).set(memory);
-                if let Ok(mut seen) = self.cpu_seen.lock() {
-                    let prev = seen.insert(pod.clone(), cpu_s);
-                    // A restart starts a new cgroup and a new total: count from zero
-                    // again, as cAdvisor does for a new container.
-                    let delta = match prev {
-                        Some(p) if cpu_s >= p => cpu_s - p,
-                        _ => cpu_s,
-                    };
-                    f.cpu.get_or_create(&labels).inc_by(delta);
-                }
+                live_pods.insert(self.update_pod(s, index, cpu_s, memory));
             }
         }
-        // Forget pods that are gone (scaled down or torn down).
+        self.forget_gone_pods(&live_pods);
+    }
+
+    /// The Deployment's, ReplicaSet's and HPA's series of one service.
+    fn update_service(&self, s: &ServiceState) {
+        let f = &self.families;
+        let deployment = deployment_name(&s.mesh, &s.service);
+        let d = DeploymentLabels {
+            namespace: NAMESPACE.into(),
+            deployment: deployment.clone(),
+        };
+        f.spec_replicas.get_or_create(&d).set(i64::from(s.replicas));
+        f.ready_replicas.get_or_create(&d).set(i64::from(s.ready));
+        f.replicaset_owner
+            .get_or_create(&ReplicaSetOwnerLabels::new(&s.mesh, &s.service))
+            .set(1);
+        if let Some(desired) = s.desired {
+            f.hpa_desired
+                .get_or_create(&HpaLabels {
+                    namespace: NAMESPACE.into(),
+                    horizontalpodautoscaler: deployment.clone(),
+                })
+                .set(i64::from(desired));
+        }
+        if let Some(t) = s.target_utilization {
+            f.hpa_target
+                .get_or_create(&HpaTargetLabels {
+                    namespace: NAMESPACE.into(),
+                    horizontalpodautoscaler: deployment.clone(),
+                    metric_name: "cpu".into(),
+                    metric_target_type: "utilization".into(),
+                })
+                .set(f64::from(t));
+        }
+    }
+
+    /// The series of one replica of `s`; returns the pod's name.
+    fn update_pod(&self, s: &ServiceState, index: u32, cpu_s: f64, memory: f64) -> String {
+        let f = &self.families;
+        let pod = pod_name(&s.mesh, &s.service, index);
+        let labels = PodLabels {
+            namespace: NAMESPACE.into(),
+            pod: pod.clone(),
+            container: "worker".into(),
+        };
+        let res = |resource: &str| ResourceLabels {
+            namespace: NAMESPACE.into(),
+            pod: pod.clone(),
+            container: "worker".into(),
+            resource: resource.into(),
+        };
+        if let Some(r) = s.cpu_request_cores {
+            f.requests.get_or_create(&res("cpu")).set(r);
+        }
+        if let Some(l) = s.cpu_limit_cores {
+            f.limits.get_or_create(&res("cpu")).set(l);
+        }
+        f.pod_owner.get_or_create(&PodOwnerLabels::new(&pod)).set(1);
+        f.memory.get_or_create(&labels).set(memory);
+        if let Ok(mut seen) = self.cpu_seen.lock() {
+            let prev = seen.insert(pod.clone(), cpu_s);
+            // A restart starts a new cgroup and a new total: count from zero
+            // again, as cAdvisor does for a new container.
+            let delta = match prev {
+                Some(p) if cpu_s >= p => cpu_s - p,
+                _ => cpu_s,
+            };
+            f.cpu.get_or_create(&labels).inc_by(delta);
+        }
+        pod
+    }
+
+    /// Drops the series of pods not in `live_pods` (scaled down or torn down).
+    fn forget_gone_pods(&self, live_pods: &BTreeSet<String>) {
+        let f = &self.families;
         let gone: Vec<String> = self
             .cpu_seen
             .lock()

@@ -567,6 +567,27 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// A decision to keep `current`, before anything was looked at (reason
+    /// [`Reason::InvalidInput`] until a sync sets one).
+    fn unchanged(now: f64, current: u32) -> Self {
+        Decision {
+            time: now,
+            current,
+            recommendation: current,
+            stabilized: current,
+            desired: current,
+            utilization_percent: None,
+            average_usage_millis: None,
+            usage_ratio: None,
+            ready_pods: 0,
+            missing_metrics: 0,
+            unready_pods: 0,
+            ignored_pods: 0,
+            reason: Reason::InvalidInput,
+            message: String::new(),
+        }
+    }
+
     /// Whether the target must be resized.
     pub fn rescale(&self) -> bool {
         self.desired != self.current
@@ -638,6 +659,18 @@ struct MetricOutcome {
 /// `(usage, request)` of one pod in the ratio, millicores.
 type Entry = (i64, i64);
 
+/// The pods as `groupPods` sorts them: counts per group, `(usage, request)` of the ready
+/// pods and the requests of the unready and missing ones (millicores).
+#[derive(Debug, Default)]
+struct GroupedPods {
+    groups: Groups,
+    ready: Vec<Entry>,
+    unready: Vec<i64>,
+    missing: Vec<i64>,
+    /// The first pod without a CPU request (`calculatePodRequests` fails on it).
+    bad_request: Option<String>,
+}
+
 impl Hpa {
     /// Validates `config` (including `behavior`) and starts with an empty history.
     pub fn new(config: HpaConfig) -> Result<Self> {
@@ -685,22 +718,7 @@ impl Hpa {
     /// successful scale update.
     pub fn sync(&mut self, now: f64, current_replicas: u32, pods: &[PodSample]) -> Decision {
         let current = current_replicas;
-        let mut decision = Decision {
-            time: now,
-            current,
-            recommendation: current,
-            stabilized: current,
-            desired: current,
-            utilization_percent: None,
-            average_usage_millis: None,
-            usage_ratio: None,
-            ready_pods: 0,
-            missing_metrics: 0,
-            unready_pods: 0,
-            ignored_pods: 0,
-            reason: Reason::InvalidInput,
-            message: String::new(),
-        };
+        let mut decision = Decision::unchanged(now, current);
         if !now.is_finite() {
             decision.message = format!("sync time must be a finite number of seconds, got {now}");
             return decision;
@@ -730,77 +748,76 @@ impl Hpa {
             decision.reason = Reason::BelowMinReplicas;
             decision.message = format!("current number of replicas below minReplicas {min}");
         } else {
-            let (groups, outcome) = self.resource_replicas(now, current, pods);
-            decision.ready_pods = groups.ready;
-            decision.unready_pods = groups.unready;
-            decision.missing_metrics = groups.missing;
-            decision.ignored_pods = groups.ignored;
-            let outcome = match outcome {
-                Ok(o) => o,
-                Err(e) => {
-                    decision.reason = Reason::FailedGetResourceMetric;
-                    decision.message = format!(
-                        "the HPA was unable to compute the replica count: \
-                         failed to get cpu utilization: {e}"
-                    );
-                    return decision;
-                }
-            };
-            decision.utilization_percent = Some(outcome.utilization);
-            decision.average_usage_millis = Some(outcome.average_usage_millis);
-            decision.usage_ratio = Some(outcome.usage_ratio);
-            decision.recommendation = outcome.replicas;
-
-            let (stabilized, stabilize_reason, desired, limit_reason) = match &self.behavior {
-                None => self.normalize_legacy(now, current, outcome.replicas),
-                Some(b) => {
-                    let b = b.clone();
-                    self.normalize_with_behavior(now, current, outcome.replicas, &b)
-                }
-            };
-            decision.stabilized = stabilized;
-            decision.desired = desired;
-            let target = self.config.target_utilization_percent;
-            let metric = format!(
-                "cpu utilization {}% of request (target {target}%), ratio {:.3}, \
-                 {} ready / {} missing / {} unready / {} ignored pods",
-                outcome.utilization,
-                outcome.usage_ratio,
-                groups.ready,
-                groups.missing,
-                groups.unready,
-                groups.ignored
-            );
-            let (reason, why) = if desired != stabilized {
-                (limit_reason, limit_message(limit_reason))
-            } else if let Some(r) = stabilize_reason.filter(|_| stabilized != outcome.replicas) {
-                let why = if r == Reason::ScaleUpStabilized {
-                    "recent recommendations were lower than current one, applying the lowest recent recommendation"
-                } else {
-                    "recent recommendations were higher than current one, applying the highest recent recommendation"
-                };
-                (r, why)
-            } else {
-                match outcome.verdict {
-                    Verdict::WithinTolerance => (
-                        Reason::WithinTolerance,
-                        "the usage ratio is within tolerance, keeping the current count",
-                    ),
-                    Verdict::DirectionChanged => (
-                        Reason::DirectionChanged,
-                        "counting missing/unready pods would reverse the scale direction, keeping the current count",
-                    ),
-                    Verdict::Scale => (limit_reason, limit_message(limit_reason)),
-                }
-            };
-            decision.reason = reason;
-            decision.message = format!("{why}; {metric}");
+            self.decide_on_metric(now, current, pods, &mut decision);
         }
 
         if decision.desired != current {
             self.store_scale_event(now, current, decision.desired);
         }
         decision
+    }
+
+    /// The in-range part of `reconcileAutoscaler`: the metric's proposal
+    /// (`computeReplicasForMetrics`), then stabilization and rate limits
+    /// (`normalizeDesiredReplicas` or its behavior variant). A metric that cannot be
+    /// computed leaves `desired` at `current`.
+    fn decide_on_metric(
+        &mut self,
+        now: f64,
+        current: u32,
+        pods: &[PodSample],
+        decision: &mut Decision,
+    ) {
+        let (groups, outcome) = self.resource_replicas(now, current, pods);
+        decision.ready_pods = groups.ready;
+        decision.unready_pods = groups.unready;
+        decision.missing_metrics = groups.missing;
+        decision.ignored_pods = groups.ignored;
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                decision.reason = Reason::FailedGetResourceMetric;
+                decision.message = format!(
+                    "the HPA was unable to compute the replica count: \
+                     failed to get cpu utilization: {e}"
+                );
+                return;
+            }
+        };
+        decision.utilization_percent = Some(outcome.utilization);
+        decision.average_usage_millis = Some(outcome.average_usage_millis);
+        decision.usage_ratio = Some(outcome.usage_ratio);
+        decision.recommendation = outcome.replicas;
+
+        let (stabilized, stabilize_reason, desired, limit_reason) = match &self.behavior {
+            None => self.normalize_legacy(now, current, outcome.replicas),
+            Some(b) => {
+                let b = b.clone();
+                self.normalize_with_behavior(now, current, outcome.replicas, &b)
+            }
+        };
+        decision.stabilized = stabilized;
+        decision.desired = desired;
+        let target = self.config.target_utilization_percent;
+        let metric = format!(
+            "cpu utilization {}% of request (target {target}%), ratio {:.3}, \
+             {} ready / {} missing / {} unready / {} ignored pods",
+            outcome.utilization,
+            outcome.usage_ratio,
+            groups.ready,
+            groups.missing,
+            groups.unready,
+            groups.ignored
+        );
+        let (reason, why) = deciding_reason(
+            &outcome,
+            stabilized,
+            stabilize_reason,
+            desired,
+            limit_reason,
+        );
+        decision.reason = reason;
+        decision.message = format!("{why}; {metric}");
     }
 
     /// `groupPods` + `GetResourceReplicas`.
@@ -810,48 +827,59 @@ impl Hpa {
         current: u32,
         pods: &[PodSample],
     ) -> (Groups, std::result::Result<MetricOutcome, String>) {
-        let mut groups = Groups::default();
         if pods.is_empty() {
             return (
-                groups,
+                Groups::default(),
                 Err("no pods returned by selector while calculating replica count".into()),
             );
         }
+        let grouped = match self.group_pods(now, pods) {
+            Ok(g) => g,
+            Err((groups, e)) => return (groups, Err(e)),
+        };
+        let groups = grouped.groups;
+        (groups, self.replicas_for(current, grouped))
+    }
+
+    /// `groupPods` (with `calculatePodRequests`' check for a missing request): sorts the
+    /// pods into ready (with their sample), unready, missing and ignored. An unusable
+    /// sample is an error, returned with the groups counted so far.
+    fn group_pods(
+        &self,
+        now: f64,
+        pods: &[PodSample],
+    ) -> std::result::Result<GroupedPods, (Groups, String)> {
         let init_period = self.config.cpu_initialization_period.as_secs_f64();
         let readiness_delay = self.config.initial_readiness_delay.as_secs_f64();
-
-        let mut ready: Vec<Entry> = Vec::new();
-        let mut unready: Vec<i64> = Vec::new(); // requests
-        let mut missing: Vec<i64> = Vec::new(); // requests
-        let mut bad_request = None;
+        let mut g = GroupedPods::default();
         for pod in pods {
             // calculateRequests covers every listed pod, even the excluded ones.
-            if pod.cpu_request_millis == 0 && bad_request.is_none() {
-                bad_request = Some(pod.name.clone());
+            if pod.cpu_request_millis == 0 && g.bad_request.is_none() {
+                g.bad_request = Some(pod.name.clone());
             }
             let request = i64::try_from(pod.cpu_request_millis).unwrap_or(i64::MAX);
             if pod.terminating || pod.phase == PodPhase::Failed {
-                groups.ignored += 1;
+                g.groups.ignored += 1;
                 continue;
             }
             if pod.phase == PodPhase::Pending {
-                groups.unready += 1;
-                unready.push(request);
+                g.groups.unready += 1;
+                g.unready.push(request);
                 continue;
             }
             let Some(metric) = pod.cpu else {
-                groups.missing += 1;
-                missing.push(request);
+                g.groups.missing += 1;
+                g.missing.push(request);
                 continue;
             };
             if !(metric.usage_millis.is_finite() && metric.usage_millis >= 0.0) {
-                return (
-                    groups,
-                    Err(format!(
+                return Err((
+                    g.groups,
+                    format!(
                         "pod {}: CPU usage {} is not a non-negative number of millicores",
                         pod.name, metric.usage_millis
-                    )),
-                );
+                    ),
+                ));
             }
             let is_unready = match (pod.ready, pod.start_time) {
                 (Some(cond), Some(start)) => {
@@ -867,29 +895,40 @@ impl Hpa {
                 _ => true,
             };
             if is_unready {
-                groups.unready += 1;
-                unready.push(request);
+                g.groups.unready += 1;
+                g.unready.push(request);
                 continue;
             }
-            groups.ready += 1;
+            g.groups.ready += 1;
             // Saturating float-to-int cast; MilliValue() rounds up.
-            ready.push((metric.usage_millis.ceil() as i64, request));
+            g.ready.push((metric.usage_millis.ceil() as i64, request));
         }
+        Ok(g)
+    }
+
+    /// `GetResourceReplicas` after `groupPods`: the ratio of the ready pods, and when
+    /// pods are missing or unready, the ratio again with them filled in.
+    fn replicas_for(
+        &self,
+        current: u32,
+        grouped: GroupedPods,
+    ) -> std::result::Result<MetricOutcome, String> {
+        let GroupedPods {
+            groups,
+            ready,
+            unready,
+            missing,
+            bad_request,
+        } = grouped;
         if ready.is_empty() {
-            return (
-                groups,
-                Err("did not receive metrics for targeted pods (pods might be unready)".into()),
-            );
+            return Err("did not receive metrics for targeted pods (pods might be unready)".into());
         }
         if let Some(name) = bad_request {
-            return (
-                groups,
-                Err(format!("missing request for cpu in pod {name}")),
-            );
+            return Err(format!("missing request for cpu in pod {name}"));
         }
         let target = i64::from(self.config.target_utilization_percent);
         let Some((usage_ratio, utilization, average)) = utilization_ratio(&ready, target) else {
-            return (groups, Err("no metrics returned matched known pods".into()));
+            return Err("no metrics returned matched known pods".into());
         };
         let outcome = |replicas: u32, verdict| MetricOutcome {
             replicas,
@@ -902,10 +941,10 @@ impl Hpa {
         let scale_up_with_unready = !unready.is_empty() && usage_ratio > 1.0;
         if !scale_up_with_unready && missing.is_empty() {
             if self.tolerances.is_within(usage_ratio) {
-                return (groups, Ok(outcome(current, Verdict::WithinTolerance)));
+                return Ok(outcome(current, Verdict::WithinTolerance));
             }
             let replicas = ceil_replicas(usage_ratio * f64::from(groups.ready));
-            return (groups, Ok(outcome(replicas, Verdict::Scale)));
+            return Ok(outcome(replicas, Verdict::Scale));
         }
 
         let mut entries = ready;
@@ -925,20 +964,20 @@ impl Hpa {
             entries.extend(unready.iter().map(|r| (0, *r)));
         }
         let Some((new_ratio, _, _)) = utilization_ratio(&entries, target) else {
-            return (groups, Err("no metrics returned matched known pods".into()));
+            return Err("no metrics returned matched known pods".into());
         };
         if self.tolerances.is_within(new_ratio) {
-            return (groups, Ok(outcome(current, Verdict::WithinTolerance)));
+            return Ok(outcome(current, Verdict::WithinTolerance));
         }
         if (usage_ratio < 1.0 && new_ratio > 1.0) || (usage_ratio > 1.0 && new_ratio < 1.0) {
-            return (groups, Ok(outcome(current, Verdict::DirectionChanged)));
+            return Ok(outcome(current, Verdict::DirectionChanged));
         }
         let count = u32::try_from(entries.len()).unwrap_or(u32::MAX);
         let replicas = ceil_replicas(new_ratio * f64::from(count));
         if (new_ratio < 1.0 && replicas > current) || (new_ratio > 1.0 && replicas < current) {
-            return (groups, Ok(outcome(current, Verdict::DirectionChanged)));
+            return Ok(outcome(current, Verdict::DirectionChanged));
         }
-        (groups, Ok(outcome(replicas, Verdict::Scale)))
+        Ok(outcome(replicas, Verdict::Scale))
     }
 
     /// `normalizeDesiredReplicas` (no behavior): returns (stabilized, stabilization
@@ -1222,6 +1261,40 @@ fn scale_down_limit(
         result = pick(result, proposed);
     }
     result
+}
+
+/// The reason that decided a sync and its explanation: a rate limit or bound that changed
+/// the stabilized count, else a stabilization window that changed the proposal, else the
+/// replica calculator's own verdict.
+fn deciding_reason(
+    outcome: &MetricOutcome,
+    stabilized: u32,
+    stabilize_reason: Option<Reason>,
+    desired: u32,
+    limit_reason: Reason,
+) -> (Reason, &'static str) {
+    if desired != stabilized {
+        (limit_reason, limit_message(limit_reason))
+    } else if let Some(r) = stabilize_reason.filter(|_| stabilized != outcome.replicas) {
+        let why = if r == Reason::ScaleUpStabilized {
+            "recent recommendations were lower than current one, applying the lowest recent recommendation"
+        } else {
+            "recent recommendations were higher than current one, applying the highest recent recommendation"
+        };
+        (r, why)
+    } else {
+        match outcome.verdict {
+            Verdict::WithinTolerance => (
+                Reason::WithinTolerance,
+                "the usage ratio is within tolerance, keeping the current count",
+            ),
+            Verdict::DirectionChanged => (
+                Reason::DirectionChanged,
+                "counting missing/unready pods would reverse the scale direction, keeping the current count",
+            ),
+            Verdict::Scale => (limit_reason, limit_message(limit_reason)),
+        }
+    }
 }
 
 fn limit_message(reason: Reason) -> &'static str {

@@ -345,6 +345,29 @@ enum RunEnd {
     StopRequested(Duration),
 }
 
+/// The supervisor's port and counts, carried from one start of the program to the next.
+struct Restarts {
+    /// Port of the next start.
+    port: u16,
+    /// Restarts so far.
+    restarts: u32,
+    /// Crashes in a row, for the back-off.
+    crash_streak: u32,
+    /// Immediate restarts on a fresh port after a bind failure.
+    bind_failures: u32,
+}
+
+/// One exit of the program, with what is needed to judge it.
+struct Exit {
+    status: std::process::ExitStatus,
+    pid: u32,
+    started: Instant,
+    /// The cgroup's OOM kill count before the start.
+    oom_before: u64,
+    /// Where this start's output begins in the log.
+    log_offset: u64,
+}
+
 struct Supervisor {
     spec: ReplicaSpec,
     pod: String,
@@ -512,13 +535,15 @@ impl Supervisor {
     }
 
     async fn run(mut self) {
-        let mut restarts: u32 = 0;
-        let mut crash_streak: u32 = 0;
-        let mut bind_failures: u32 = 0;
-        let mut port = self.status.borrow().addr.port();
+        let mut st = Restarts {
+            port: self.status.borrow().addr.port(),
+            restarts: 0,
+            crash_streak: 0,
+            bind_failures: 0,
+        };
         loop {
             let oom_before = self.cgroup.oom_kills();
-            let (mut child, pid, log_offset) = match self.spawn(port, restarts + 1).await {
+            let (mut child, pid, log_offset) = match self.spawn(st.port, st.restarts + 1).await {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::error!(error = %e, "replica start failed");
@@ -526,22 +551,15 @@ impl Supervisor {
                         code: None,
                         signal: None,
                     });
-                    crash_streak += 1;
-                    if self.back_off(&mut restarts, crash_streak).await {
+                    st.crash_streak += 1;
+                    if self.back_off(&mut st.restarts, st.crash_streak).await {
                         continue;
                     }
                     break;
                 }
             };
             let started = Instant::now();
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-            self.set_status(|s| {
-                s.phase = PodPhase::Running;
-                s.pid = Some(pid);
-                s.addr = addr;
-                s.started_at = Some(Utc::now());
-            });
-            self.emit(PodEventKind::Started { pid, addr });
+            self.mark_running(pid, st.port);
 
             match self.wait_or_stop(&mut child).await {
                 RunEnd::StopRequested(grace) => {
@@ -549,43 +567,14 @@ impl Supervisor {
                     break;
                 }
                 RunEnd::Exited(status) => {
-                    // The container's other processes die with its main process.
-                    self.kill_group(pid, Signal::SIGKILL);
-                    self.cgroup.kill_all();
-                    self.pgid.store(0, Ordering::SeqCst);
-                    let ran = started.elapsed();
-                    self.set_status(|s| {
-                        s.phase = PodPhase::BackOff;
-                        s.pid = None;
-                    });
-                    if self.cgroup.oom_kills() > oom_before {
-                        self.emit(PodEventKind::OomKilled);
-                    } else {
-                        self.emit(PodEventKind::Exited {
-                            code: status.code(),
-                            signal: status.signal(),
-                        });
-                    }
-                    if status.code() != Some(0)
-                        && bind_failures < BIND_RETRIES
-                        && ran < Duration::from_secs(10)
-                        && looks_like_bind_failure(&log_tail(&self.log_path, log_offset))
-                    {
-                        bind_failures += 1;
-                        match pick_free_port() {
-                            Ok(p) => {
-                                tracing::info!(pod = %self.pod, old = port, new = p, "port taken; restarting on another");
-                                port = p;
-                                restarts += 1;
-                                self.set_status(|s| s.restarts = restarts);
-                                self.emit(PodEventKind::Restarted { attempt: restarts });
-                                continue;
-                            }
-                            Err(e) => tracing::warn!(error = %e, "no new port"),
-                        }
-                    }
-                    crash_streak = self.cfg.crash_streak(crash_streak, ran);
-                    if !self.back_off(&mut restarts, crash_streak).await {
+                    let exit = Exit {
+                        status,
+                        pid,
+                        started,
+                        oom_before,
+                        log_offset,
+                    };
+                    if !self.after_exit(&mut st, exit).await {
                         break;
                     }
                 }
@@ -596,6 +585,72 @@ impl Supervisor {
             s.pid = None;
         });
         self.emit(PodEventKind::Stopped);
+    }
+
+    /// The program started as `pid`, listening on `port`.
+    fn mark_running(&self, pid: u32, port: u16) {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        self.set_status(|s| {
+            s.phase = PodPhase::Running;
+            s.pid = Some(pid);
+            s.addr = addr;
+            s.started_at = Some(Utc::now());
+        });
+        self.emit(PodEventKind::Started { pid, addr });
+    }
+
+    /// Cleans up and reports an exited program, then restarts at once on a fresh port
+    /// (a bind failure) or after the back-off; false when stopped meanwhile.
+    async fn after_exit(&mut self, st: &mut Restarts, exit: Exit) -> bool {
+        // The container's other processes die with its main process.
+        self.kill_group(exit.pid, Signal::SIGKILL);
+        self.cgroup.kill_all();
+        self.pgid.store(0, Ordering::SeqCst);
+        let ran = exit.started.elapsed();
+        self.set_status(|s| {
+            s.phase = PodPhase::BackOff;
+            s.pid = None;
+        });
+        if self.cgroup.oom_kills() > exit.oom_before {
+            self.emit(PodEventKind::OomKilled);
+        } else {
+            self.emit(PodEventKind::Exited {
+                code: exit.status.code(),
+                signal: exit.status.signal(),
+            });
+        }
+        if exit.status.code() != Some(0)
+            && st.bind_failures < BIND_RETRIES
+            && ran < Duration::from_secs(10)
+            && looks_like_bind_failure(&log_tail(&self.log_path, exit.log_offset))
+        {
+            st.bind_failures += 1;
+            if self.move_port(st) {
+                return true;
+            }
+        }
+        st.crash_streak = self.cfg.crash_streak(st.crash_streak, ran);
+        self.back_off(&mut st.restarts, st.crash_streak).await
+    }
+
+    /// After a bind failure: picks a free port and counts a restart; false when no port
+    /// could be picked.
+    fn move_port(&self, st: &mut Restarts) -> bool {
+        match pick_free_port() {
+            Ok(p) => {
+                tracing::info!(pod = %self.pod, old = st.port, new = p, "port taken; restarting on another");
+                st.port = p;
+                st.restarts += 1;
+                let restarts = st.restarts;
+                self.set_status(|s| s.restarts = restarts);
+                self.emit(PodEventKind::Restarted { attempt: restarts });
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no new port");
+                false
+            }
+        }
     }
 
     /// Waits the CrashLoopBackOff delay; false when stopped meanwhile.

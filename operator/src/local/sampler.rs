@@ -87,21 +87,7 @@ impl WorkerCounters {
 pub fn parse_worker_metrics(text: &str) -> WorkerCounters {
     let mut c = WorkerCounters::default();
     let mut buckets: HashMap<String, f64> = HashMap::new();
-    for line in text.lines() {
-        if line.starts_with('#') || line.is_empty() {
-            continue;
-        }
-        let (name_labels, value) = match line.rsplit_once(' ') {
-            Some(x) => x,
-            None => continue,
-        };
-        let Ok(value) = value.trim().parse::<f64>() else {
-            continue;
-        };
-        let (name, labels) = match name_labels.find('{') {
-            Some(i) => (&name_labels[..i], &name_labels[i..]),
-            None => (name_labels, ""),
-        };
+    for (name, labels, value) in text.lines().filter_map(sample) {
         match name {
             "meshbench_worker_requests_total" => {
                 c.requests += value;
@@ -118,6 +104,27 @@ pub fn parse_worker_metrics(text: &str) -> WorkerCounters {
             _ => {}
         }
     }
+    c.buckets = sorted_buckets(buckets);
+    c
+}
+
+/// One sample line as `(name, labels, value)`, the labels with their braces; `None` for
+/// comments, blank lines and lines without a number.
+fn sample(line: &str) -> Option<(&str, &str, f64)> {
+    if line.starts_with('#') || line.is_empty() {
+        return None;
+    }
+    let (name_labels, value) = line.rsplit_once(' ')?;
+    let value = value.trim().parse::<f64>().ok()?;
+    let (name, labels) = match name_labels.find('{') {
+        Some(i) => (&name_labels[..i], &name_labels[i..]),
+        None => (name_labels, ""),
+    };
+    Some((name, labels, value))
+}
+
+/// The summed buckets by upper bound (`+Inf` last), dropping bounds that are no number.
+fn sorted_buckets(buckets: HashMap<String, f64>) -> Vec<(f64, f64)> {
     let mut b: Vec<(f64, f64)> = buckets
         .into_iter()
         .filter_map(|(le, v)| {
@@ -130,8 +137,7 @@ pub fn parse_worker_metrics(text: &str) -> WorkerCounters {
         })
         .collect();
     b.sort_by(|a, b| a.0.total_cmp(&b.0));
-    c.buckets = b;
-    c
+    b
 }
 
 fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {

@@ -501,13 +501,13 @@ fn step_ordinals_round_trip() {
     let mut bench: Benchmark = serde_json::from_value(bench).unwrap();
     bench.spec.meshes = vec!["a".into(), "b".into()];
     bench.spec.repetitions = Some(3);
-    let plan = meshbench_operator::experiment::ExperimentPlan::new("ramp", &bench.spec);
-    let total = plan.total_steps();
+    let schedule = meshbench_operator::experiment::ExperimentSchedule::new("ramp", &bench.spec);
+    let total = schedule.total_steps();
     assert_eq!(total, 2 * 3 * 2);
     for o in 0..total {
-        assert_eq!(ordinal(&plan, cursor_of(&plan, o)), o);
+        assert_eq!(ordinal(&schedule, cursor_of(&schedule, o)), o);
     }
-    assert_eq!(cursor_of(&plan, 7).mesh, 1);
+    assert_eq!(cursor_of(&schedule, 7).mesh, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -171,7 +171,7 @@ fn exposed_golden_strict_and_restricted() {
                 && d["metadata"]["labels"]["app.kubernetes.io/component"] == "loadgen"
         })
         .unwrap();
-    let plan = meshbench_loadgen::plan::LoadPlan::from_json(
+    let plan = meshbench_loadgen::load_plan::LoadPlan::from_json(
         plan_cm["data"]["plan.json"].as_str().unwrap(),
     )
     .unwrap();

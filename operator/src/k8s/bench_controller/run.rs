@@ -24,7 +24,7 @@ use super::{
     kube_err, now_ms, ordinal, publish, rfc3339,
 };
 use crate::convert;
-use crate::experiment::{self as exp, Cursor, ExperimentPlan, Outcome};
+use crate::experiment::{self as exp, Cursor, ExperimentSchedule, Outcome};
 use crate::k8s::collect::{Collector, Window};
 use crate::k8s::mesh_controller::observe;
 use crate::k8s::promql::Vars;
@@ -42,7 +42,7 @@ pub(super) struct Run<'a> {
     bench: &'a Benchmark,
     run_id: String,
     snapshot: SpecSnapshot,
-    plan: ExperimentPlan,
+    schedule: ExperimentSchedule,
 }
 
 impl<'a> Run<'a> {
@@ -64,7 +64,7 @@ impl<'a> Run<'a> {
             .spec(ns, run_id)
             .map_err(|e| format!("the run's spec on the report volume is unreadable: {e}"))?;
         let name = bench.name_any();
-        let plan = ExperimentPlan::new(&name, &snapshot.benchmark.spec);
+        let schedule = ExperimentSchedule::new(&name, &snapshot.benchmark.spec);
         Ok(Self {
             ctx,
             ns: ns.to_string(),
@@ -72,7 +72,7 @@ impl<'a> Run<'a> {
             bench,
             run_id: run_id.to_string(),
             snapshot,
-            plan,
+            schedule,
         })
     }
 
@@ -91,7 +91,7 @@ impl<'a> Run<'a> {
             self.remove_job(&job).await?;
         }
         for _ in 0..MAX_TRANSITIONS {
-            let action = state.machine.action(&self.plan);
+            let action = state.machine.action(&self.schedule);
             if action == exp::Action::Finished {
                 break;
             }
@@ -102,14 +102,18 @@ impl<'a> Run<'a> {
                 match self.execute(&action, &mut state, &mut status).await? {
                     Progress::Done(o) => o,
                     Progress::Wait(delay) => {
-                        writer.write_state(&mut status, &state, &self.plan).await?;
+                        writer
+                            .write_state(&mut status, &state, &self.schedule)
+                            .await?;
                         return Ok(Action::requeue(delay));
                     }
                 }
             };
             self.transition(&action, outcome, &mut state, &mut status)
                 .await?;
-            writer.write_state(&mut status, &state, &self.plan).await?;
+            writer
+                .write_state(&mut status, &state, &self.schedule)
+                .await?;
         }
         Ok(if state.machine.phase.is_terminal() && !cancel {
             Action::await_change()
@@ -127,7 +131,7 @@ impl<'a> Run<'a> {
         state: &mut RunState,
         status: &mut BenchmarkStatus,
     ) -> Result<()> {
-        let label = exp::phase_label(action, &self.plan);
+        let label = exp::phase_label(action, &self.schedule);
         if let Outcome::Failed(msg) = &outcome {
             let note = format!("{label}: {msg}");
             publish(
@@ -148,7 +152,7 @@ impl<'a> Run<'a> {
         self.ctx
             .store
             .append_history(&self.ns, &self.run_id, &HistoryEntry::Phase(phase))?;
-        state.machine.advance(&self.plan, outcome);
+        state.machine.advance(&self.schedule, outcome);
         state.phase_started_ms = now_ms();
         if state.machine.phase.is_terminal() {
             status::finish(status, state, self.bench.metadata.generation);
@@ -179,7 +183,7 @@ impl<'a> Run<'a> {
     }
 
     fn mesh(&self, index: usize) -> Option<&ServiceMesh> {
-        let name = self.plan.meshes.get(index)?;
+        let name = self.schedule.meshes.get(index)?;
         self.snapshot
             .meshes
             .iter()
@@ -228,7 +232,7 @@ impl<'a> Run<'a> {
         let Some(m) = self.mesh(mesh) else {
             return Ok(Progress::Done(Outcome::Failed(format!(
                 "ServiceMesh {:?} is not part of the run's spec",
-                self.plan.meshes.get(mesh)
+                self.schedule.meshes.get(mesh)
             ))));
         };
         let mesh_name = m.name_any();
@@ -258,7 +262,7 @@ impl<'a> Run<'a> {
     }
 
     async fn wait_ready(&self, mesh: usize, state: &RunState) -> Result<Progress> {
-        let mesh_name = self.plan.meshes.get(mesh).cloned().unwrap_or_default();
+        let mesh_name = self.schedule.meshes.get(mesh).cloned().unwrap_or_default();
         let services = self.mesh(mesh).map(|m| m.spec.services.len()).unwrap_or(0);
         let deps: Api<Deployment> = Api::namespaced(self.ctx.client.clone(), &self.ns);
         let list = deps
@@ -293,13 +297,13 @@ impl<'a> Run<'a> {
     }
 
     async fn run_step(&self, cursor: Cursor, state: &mut RunState) -> Result<Progress> {
-        let ord = ordinal(&self.plan, cursor);
+        let ord = ordinal(&self.schedule, cursor);
         let jobs: Api<Job> = Api::namespaced(self.ctx.client.clone(), &self.ns);
         let cms: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &self.ns);
         let parallelism = self.snapshot.benchmark.spec.parallelism() as usize;
         let Some(job_name) = state.job.clone() else {
             let (Some(mesh), Some(step)) =
-                (self.mesh(cursor.mesh), self.plan.steps.get(cursor.step))
+                (self.mesh(cursor.mesh), self.schedule.steps.get(cursor.step))
             else {
                 return Ok(Progress::Done(Outcome::Failed(
                     "step not in the plan".into(),
@@ -451,7 +455,7 @@ impl<'a> Run<'a> {
         state: &mut RunState,
         status: &mut BenchmarkStatus,
     ) -> Result<Progress> {
-        let ord = ordinal(&self.plan, cursor);
+        let ord = ordinal(&self.schedule, cursor);
         let scrape = self.ctx.settings.scrape_interval;
         match &self.ctx.settings.prometheus_url {
             Some(url) => {
@@ -461,7 +465,7 @@ impl<'a> Run<'a> {
                     return Ok(Progress::Wait(scrape * 2 - waited));
                 }
                 let mesh_name = self
-                    .plan
+                    .schedule
                     .meshes
                     .get(cursor.mesh)
                     .cloned()
@@ -655,7 +659,7 @@ impl<'a> Run<'a> {
             }),
             phases,
             finished_at: finished,
-            steps_planned: Some(self.plan.total_steps() as u32),
+            steps_planned: Some(self.schedule.total_steps() as u32),
             partial: finished.is_some() && state.machine.stopped_early,
             deviations: Vec::new(),
         });
@@ -664,18 +668,24 @@ impl<'a> Run<'a> {
                 .insert(m.name_any(), convert::capacity_input(m, spec));
         }
         data.slos = convert::slos(spec);
-        let total = self.plan.total_steps();
+        let total = self.schedule.total_steps();
         for ord in 0..total {
             let Some(result) = self.ctx.store.step_result(&self.ns, &self.run_id, ord)? else {
                 continue;
             };
-            let c = cursor_of(&self.plan, ord);
-            let (Some(step), Some(stage)) =
-                (self.plan.steps.get(c.step), result.measured_stages().next())
-            else {
+            let c = cursor_of(&self.schedule, ord);
+            let (Some(step), Some(stage)) = (
+                self.schedule.steps.get(c.step),
+                result.measured_stages().next(),
+            ) else {
                 continue;
             };
-            let mesh = self.plan.meshes.get(c.mesh).cloned().unwrap_or_default();
+            let mesh = self
+                .schedule
+                .meshes
+                .get(c.mesh)
+                .cloned()
+                .unwrap_or_default();
             convert::record_step(&mut data, &mesh, c, step, stage);
         }
         data.samples = self.ctx.store.samples(&self.ns, &self.run_id, total)?;

@@ -13,13 +13,13 @@ use meshbench_crds::Benchmark;
 use meshbench_crds::benchmark::{BenchmarkStatus, Phase, StepSummary};
 
 use super::{Error, Result, RunState, k8s_now, kube_err, rfc3339};
-use crate::experiment::ExperimentPlan;
+use crate::experiment::ExperimentSchedule;
 use crate::k8s::FIELD_MANAGER;
 use crate::k8s::shared::set_condition;
 
 /// How many step summaries the status holds: the latest ones. The report on the volume
 /// has every step; the status must stay far below etcd's object size limit (1.5 MiB)
-/// for the largest plan the CRD allows (16 meshes × 100 repetitions × 200 steps).
+/// for the largest schedule the CRD allows (16 meshes × 100 repetitions × 200 steps).
 pub const STATUS_STEPS: usize = 20;
 
 /// The Benchmark's status as this reconcile knows it, written only when changed and only
@@ -97,23 +97,27 @@ impl StatusWriter {
         &mut self,
         status: &mut BenchmarkStatus,
         state: &RunState,
-        plan: &ExperimentPlan,
+        schedule: &ExperimentSchedule,
     ) -> Result<()> {
-        apply_state(status, state, plan);
+        apply_state(status, state, schedule);
         self.write(status).await
     }
 }
 
 /// The status fields derived from the machine, and the state itself.
-pub(super) fn apply_state(status: &mut BenchmarkStatus, state: &RunState, plan: &ExperimentPlan) {
+pub(super) fn apply_state(
+    status: &mut BenchmarkStatus,
+    state: &RunState,
+    schedule: &ExperimentSchedule,
+) {
     status.phase = state.machine.phase;
     status.next_step = i32::try_from(state.machine.completed_steps).unwrap_or(i32::MAX);
     status.current_step = (!state.machine.phase.is_terminal()).then(|| {
         format!(
             "{} (step {}/{})",
-            state.machine.describe_position(plan),
+            state.machine.describe_position(schedule),
             state.machine.completed_steps + 1,
-            plan.total_steps()
+            schedule.total_steps()
         )
     });
     status.state = serde_json::to_value(state).ok();
@@ -221,7 +225,7 @@ mod tests {
     use crate::experiment::Outcome;
     use meshbench_crds::benchmark::BenchmarkSpec;
 
-    /// The largest plan the CRD admits, with names at their longest.
+    /// The largest schedule the CRD admits, with names at their longest.
     fn largest_spec() -> BenchmarkSpec {
         let long = |i: usize| format!("{i:02}{}", "m".repeat(61));
         let stages: Vec<String> = (0..200)
@@ -258,16 +262,16 @@ mod tests {
     #[test]
     fn the_largest_plan_keeps_the_status_small() {
         let spec = largest_spec();
-        let plan = ExperimentPlan::new("b", &spec);
-        assert_eq!(plan.total_steps(), 16 * 100 * 200);
+        let schedule = ExperimentSchedule::new("b", &spec);
+        assert_eq!(schedule.total_steps(), 16 * 100 * 200);
         let mut state = RunState::new(0);
         let mut transitions = 0usize;
         while !state.machine.phase.is_terminal() {
-            let outcome = match state.machine.action(&plan) {
+            let outcome = match state.machine.action(&schedule) {
                 crate::experiment::Action::RunStep { .. } => Outcome::Failed("x".repeat(500)),
                 _ => Outcome::Ok,
             };
-            state.machine.advance(&plan, outcome);
+            state.machine.advance(&schedule, outcome);
             transitions += 1;
             assert!(transitions < 10_000_000, "the machine does not end");
         }
@@ -276,7 +280,7 @@ mod tests {
             saturation: (0..16).map(|_| "s".repeat(400)).collect(),
             ..BenchmarkStatus::default()
         };
-        apply_state(&mut status, &state, &plan);
+        apply_state(&mut status, &state, &schedule);
         finish(&mut status, &state, Some(1));
         let bytes = serde_json::to_vec(&status).unwrap().len();
         assert!(bytes < 128 * 1024, "status of {bytes} bytes");

@@ -408,87 +408,13 @@ impl LoadPlan {
     /// Expands warm-up and sweep into the list of stages the runner executes.
     pub fn stages(&self) -> Result<Vec<ResolvedStage>> {
         let open = matches!(self.model, LoadModel::Open { .. });
-        let mut body: Vec<Stage> = Vec::new();
-        match &self.profile {
-            Profile::Stages(stages) => {
-                if stages.is_empty() {
-                    return Err(invalid(
-                        "profile.stages",
-                        "is empty; expected at least one stage",
-                    ));
-                }
-                if stages.len() > MAX_STAGES {
-                    return Err(invalid(
-                        "profile.stages",
-                        format!(
-                            "has {} stages; at most {MAX_STAGES} are supported",
-                            stages.len()
-                        ),
-                    ));
-                }
-                for s in stages {
-                    body.push(s.clone());
-                }
-            }
-            Profile::Sweep(sw) => {
-                for (f, v) in [("from", sw.from), ("to", sw.to), ("step", sw.step)] {
-                    if !v.is_finite() || v <= 0.0 {
-                        return Err(invalid(
-                            format!("profile.sweep.{f}"),
-                            format!("is {v}; expected a positive number"),
-                        ));
-                    }
-                }
-                if sw.to < sw.from {
-                    return Err(invalid(
-                        "profile.sweep.to",
-                        format!("is {} below from = {}; expected to >= from", sw.to, sw.from),
-                    ));
-                }
-                let n = ((sw.to - sw.from) / sw.step + 1e-9).floor() + 1.0;
-                if n > MAX_STAGES as f64 {
-                    return Err(invalid(
-                        "profile.sweep",
-                        format!("expands to {n} steps; at most {MAX_STAGES} are supported"),
-                    ));
-                }
-                for i in 0..n as usize {
-                    let level = sw.from + sw.step * i as f64;
-                    let (rate, users) = if open {
-                        (Some(level), None)
-                    } else {
-                        if level.fract().abs() > 1e-9 {
-                            return Err(invalid(
-                                "profile.sweep",
-                                format!("level {level} is not a whole number of users"),
-                            ));
-                        }
-                        (None, Some(level.round() as u32))
-                    };
-                    body.push(Stage {
-                        name: Some(format!("sweep-{level}")),
-                        duration: sw.step_duration,
-                        rate,
-                        users,
-                    });
-                }
-            }
-        }
+        let body = match &self.profile {
+            Profile::Stages(stages) => explicit_stages(stages)?,
+            Profile::Sweep(sw) => sweep_stages(sw, open)?,
+        };
         let mut out = Vec::with_capacity(body.len() + 1);
         if let Some(w) = &self.warm_up {
-            let (rate, users) = if open {
-                (w.rate.or(body[0].rate), None)
-            } else {
-                (None, w.users.or(body[0].users))
-            };
-            out.push(ResolvedStage {
-                index: 0,
-                name: "warm-up".to_owned(),
-                warm_up: true,
-                duration: w.duration,
-                rate,
-                users,
-            });
+            out.push(warm_up_stage(w, &body[0], open));
         }
         for (i, s) in body.into_iter().enumerate() {
             out.push(ResolvedStage {
@@ -532,126 +458,227 @@ impl LoadPlan {
         validate_target(&self.target)?;
         validate_request(&self.request)?;
         check_duration("timeout", self.timeout)?;
-        if self.instance.count == 0 || self.instance.count > MAX_INSTANCES {
-            return Err(invalid(
-                "instance.count",
-                format!("is {}; expected 1..={MAX_INSTANCES}", self.instance.count),
-            ));
-        }
-        if self.instance.index >= self.instance.count {
-            return Err(invalid(
-                "instance.index",
-                format!(
-                    "is {} but instance.count is {}; expected index < count",
-                    self.instance.index, self.instance.count
-                ),
-            ));
-        }
-        let open = match &self.model {
-            LoadModel::Open {
-                max_in_flight,
-                max_lateness,
-            } => {
-                if *max_in_flight == 0 || *max_in_flight > MAX_USERS {
-                    return Err(invalid(
-                        "model.maxInFlight",
-                        format!("is {max_in_flight}; expected 1..={MAX_USERS}"),
-                    ));
-                }
-                if let Some(l) = max_lateness {
-                    check_duration("model.maxLateness", *l)?;
-                }
-                true
-            }
-            LoadModel::Closed { think_time } => {
-                if *think_time > MAX_DURATION {
-                    return Err(invalid(
-                        "model.thinkTime",
-                        format!("is {think_time:?}; expected at most {MAX_DURATION:?}"),
-                    ));
-                }
-                false
-            }
-        };
-        let field_of = |s: &ResolvedStage| -> String {
-            if s.warm_up {
-                "warmUp".to_owned()
-            } else {
-                match &self.profile {
-                    Profile::Stages(_) => {
-                        let offset = u32::from(self.warm_up.is_some());
-                        format!("profile.stages[{}]", s.index - offset)
-                    }
-                    Profile::Sweep(_) => "profile.sweep".to_owned(),
-                }
-            }
-        };
+        validate_instance(&self.instance)?;
+        let open = validate_model(&self.model)?;
         if let Some(w) = &self.warm_up {
-            if open && w.users.is_some() {
-                return Err(invalid(
-                    "warmUp.users",
-                    "is set but the model is open; use rate",
-                ));
-            }
-            if !open && w.rate.is_some() {
-                return Err(invalid(
-                    "warmUp.rate",
-                    "is set but the model is closed; use users",
-                ));
-            }
+            validate_warm_up(w, open)?;
         }
         for s in self.stages()? {
-            let field = field_of(&s);
+            let field = self.field_of(&s);
             check_duration(&format!("{field}.duration"), s.duration)?;
             if open {
-                if s.users.is_some() {
-                    return Err(invalid(
-                        format!("{field}.users"),
-                        "is set but the model is open; expected rate",
-                    ));
-                }
-                match s.rate {
-                    None => {
-                        return Err(invalid(
-                            format!("{field}.rate"),
-                            "is missing; the open model needs a rate (requests per second)",
-                        ));
-                    }
-                    Some(r) if !r.is_finite() || r <= 0.0 || r > MAX_RATE => {
-                        return Err(invalid(
-                            format!("{field}.rate"),
-                            format!(
-                                "is {r}; expected a rate in (0, {MAX_RATE}] requests per second"
-                            ),
-                        ));
-                    }
-                    Some(_) => {}
-                }
+                validate_open_stage(&field, &s)?;
             } else {
-                if s.rate.is_some() {
-                    return Err(invalid(
-                        format!("{field}.rate"),
-                        "is set but the model is closed; expected users",
-                    ));
-                }
-                match s.users {
-                    None => {
-                        return Err(invalid(
-                            format!("{field}.users"),
-                            "is missing; the closed model needs a number of users",
-                        ));
-                    }
-                    Some(u) if u == 0 || u > MAX_USERS => {
-                        return Err(invalid(
-                            format!("{field}.users"),
-                            format!("is {u}; expected 1..={MAX_USERS}"),
-                        ));
-                    }
-                    Some(_) => {}
-                }
+                validate_closed_stage(&field, &s)?;
             }
         }
         Ok(())
+    }
+
+    /// The field path a resolved stage came from, for error messages.
+    fn field_of(&self, s: &ResolvedStage) -> String {
+        if s.warm_up {
+            "warmUp".to_owned()
+        } else {
+            match &self.profile {
+                Profile::Stages(_) => {
+                    let offset = u32::from(self.warm_up.is_some());
+                    format!("profile.stages[{}]", s.index - offset)
+                }
+                Profile::Sweep(_) => "profile.sweep".to_owned(),
+            }
+        }
+    }
+}
+
+/// The explicit stages of a profile, within [`MAX_STAGES`] and not empty.
+fn explicit_stages(stages: &[Stage]) -> Result<Vec<Stage>> {
+    if stages.is_empty() {
+        return Err(invalid(
+            "profile.stages",
+            "is empty; expected at least one stage",
+        ));
+    }
+    if stages.len() > MAX_STAGES {
+        return Err(invalid(
+            "profile.stages",
+            format!(
+                "has {} stages; at most {MAX_STAGES} are supported",
+                stages.len()
+            ),
+        ));
+    }
+    Ok(stages.to_vec())
+}
+
+/// The stages a sweep expands to: one per level, `from` to `to` inclusive.
+fn sweep_stages(sw: &Sweep, open: bool) -> Result<Vec<Stage>> {
+    for (f, v) in [("from", sw.from), ("to", sw.to), ("step", sw.step)] {
+        if !v.is_finite() || v <= 0.0 {
+            return Err(invalid(
+                format!("profile.sweep.{f}"),
+                format!("is {v}; expected a positive number"),
+            ));
+        }
+    }
+    if sw.to < sw.from {
+        return Err(invalid(
+            "profile.sweep.to",
+            format!("is {} below from = {}; expected to >= from", sw.to, sw.from),
+        ));
+    }
+    let n = ((sw.to - sw.from) / sw.step + 1e-9).floor() + 1.0;
+    if n > MAX_STAGES as f64 {
+        return Err(invalid(
+            "profile.sweep",
+            format!("expands to {n} steps; at most {MAX_STAGES} are supported"),
+        ));
+    }
+    let mut body = Vec::new();
+    for i in 0..n as usize {
+        let level = sw.from + sw.step * i as f64;
+        let (rate, users) = if open {
+            (Some(level), None)
+        } else {
+            if level.fract().abs() > 1e-9 {
+                return Err(invalid(
+                    "profile.sweep",
+                    format!("level {level} is not a whole number of users"),
+                ));
+            }
+            (None, Some(level.round() as u32))
+        };
+        body.push(Stage {
+            name: Some(format!("sweep-{level}")),
+            duration: sw.step_duration,
+            rate,
+            users,
+        });
+    }
+    Ok(body)
+}
+
+/// The warm-up stage, at index 0; its level defaults to the first stage's.
+fn warm_up_stage(w: &WarmUp, first: &Stage, open: bool) -> ResolvedStage {
+    let (rate, users) = if open {
+        (w.rate.or(first.rate), None)
+    } else {
+        (None, w.users.or(first.users))
+    };
+    ResolvedStage {
+        index: 0,
+        name: "warm-up".to_owned(),
+        warm_up: true,
+        duration: w.duration,
+        rate,
+        users,
+    }
+}
+
+fn validate_instance(instance: &InstanceSpec) -> Result<()> {
+    if instance.count == 0 || instance.count > MAX_INSTANCES {
+        return Err(invalid(
+            "instance.count",
+            format!("is {}; expected 1..={MAX_INSTANCES}", instance.count),
+        ));
+    }
+    if instance.index >= instance.count {
+        return Err(invalid(
+            "instance.index",
+            format!(
+                "is {} but instance.count is {}; expected index < count",
+                instance.index, instance.count
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the model's parameters; true for the open loop.
+fn validate_model(model: &LoadModel) -> Result<bool> {
+    match model {
+        LoadModel::Open {
+            max_in_flight,
+            max_lateness,
+        } => {
+            if *max_in_flight == 0 || *max_in_flight > MAX_USERS {
+                return Err(invalid(
+                    "model.maxInFlight",
+                    format!("is {max_in_flight}; expected 1..={MAX_USERS}"),
+                ));
+            }
+            if let Some(l) = max_lateness {
+                check_duration("model.maxLateness", *l)?;
+            }
+            Ok(true)
+        }
+        LoadModel::Closed { think_time } => {
+            if *think_time > MAX_DURATION {
+                return Err(invalid(
+                    "model.thinkTime",
+                    format!("is {think_time:?}; expected at most {MAX_DURATION:?}"),
+                ));
+            }
+            Ok(false)
+        }
+    }
+}
+
+fn validate_warm_up(w: &WarmUp, open: bool) -> Result<()> {
+    if open && w.users.is_some() {
+        return Err(invalid(
+            "warmUp.users",
+            "is set but the model is open; use rate",
+        ));
+    }
+    if !open && w.rate.is_some() {
+        return Err(invalid(
+            "warmUp.rate",
+            "is set but the model is closed; use users",
+        ));
+    }
+    Ok(())
+}
+
+/// An open-loop stage has a rate in (0, [`MAX_RATE`]] and no users.
+fn validate_open_stage(field: &str, s: &ResolvedStage) -> Result<()> {
+    if s.users.is_some() {
+        return Err(invalid(
+            format!("{field}.users"),
+            "is set but the model is open; expected rate",
+        ));
+    }
+    match s.rate {
+        None => Err(invalid(
+            format!("{field}.rate"),
+            "is missing; the open model needs a rate (requests per second)",
+        )),
+        Some(r) if !r.is_finite() || r <= 0.0 || r > MAX_RATE => Err(invalid(
+            format!("{field}.rate"),
+            format!("is {r}; expected a rate in (0, {MAX_RATE}] requests per second"),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// A closed-loop stage has 1..=[`MAX_USERS`] users and no rate.
+fn validate_closed_stage(field: &str, s: &ResolvedStage) -> Result<()> {
+    if s.rate.is_some() {
+        return Err(invalid(
+            format!("{field}.rate"),
+            "is set but the model is closed; expected users",
+        ));
+    }
+    match s.users {
+        None => Err(invalid(
+            format!("{field}.users"),
+            "is missing; the closed model needs a number of users",
+        )),
+        Some(u) if u == 0 || u > MAX_USERS => Err(invalid(
+            format!("{field}.users"),
+            format!("is {u}; expected 1..={MAX_USERS}"),
+        )),
+        Some(_) => Ok(()),
     }
 }
 
