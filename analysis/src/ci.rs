@@ -105,9 +105,7 @@ fn write_file(path: &Path, content: &str) -> rundir::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
-    rundir::write_atomic(path, |w| {
-        w.write_all(content.as_bytes()).map_err(|e| e.to_string())
-    })
+    rundir::write_atomic(path, |w| w.write_all(content.as_bytes()))
 }
 
 /// Appends with one write call: GitHub gives each step its own summary file, and other

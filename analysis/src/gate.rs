@@ -218,13 +218,80 @@ pub struct Rule {
 const RULE_FORMAT: &str = "expected [run.]FIGURE[@SERVICE]:(+|-)AMOUNT[%], \
      e.g. latency_p99_ms:+10%, throughput_rps:-5%, run.replica_seconds:+15% or error_ratio:+0.005";
 
+/// Why a `--fail-on` rule does not parse; each message says what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    /// No `:` separates the figure from the tolerance.
+    #[error("{rule:?} has no tolerance; {}", RULE_FORMAT)]
+    NoTolerance {
+        /// The rule as written (trimmed).
+        rule: String,
+    },
+    /// The figure is prefixed with something other than `run.` or `step.`.
+    #[error(
+        "unknown scope {scope:?} before the figure; expected `run.` (the whole run) or \
+         `step.` (each step, the default)"
+    )]
+    UnknownScope {
+        /// The prefix.
+        scope: String,
+    },
+    /// The figure is not a column of the steps or services table.
+    #[error(
+        "unknown figure {name:?}{hint}; expected a column of the steps or services table: {}",
+        figure_names()
+    )]
+    UnknownFigure {
+        /// The name as written.
+        name: String,
+        /// ` (did you mean …?)`, or empty.
+        hint: String,
+    },
+    /// `FIGURE@` with nothing after the `@`.
+    #[error("{figure}@ names no service; expected {figure}@SERVICE, e.g. {figure}@backend")]
+    EmptyService {
+        /// The figure.
+        figure: String,
+    },
+    /// `@SERVICE` on a figure of the steps table.
+    #[error(
+        "{figure} is a figure of the steps table, which has no services; @SERVICE goes with \
+         figures of the services table ({})",
+        SERVICE_FIGURES.join(", ")
+    )]
+    ServiceOnStepFigure {
+        /// The figure.
+        figure: String,
+    },
+    /// The tolerance does not start with `+` or `-`.
+    #[error(
+        "tolerance {tolerance:?} has no sign; expected +AMOUNT (a rise beyond it fails) or \
+         -AMOUNT (a fall beyond it fails), e.g. +10% or -0.005"
+    )]
+    NoSign {
+        /// The tolerance as written (trimmed).
+        tolerance: String,
+    },
+    /// The amount is not a finite non-negative number.
+    #[error(
+        "tolerance {tolerance:?}: {number:?} is not a non-negative number; expected e.g. +10% \
+         (relative to the baseline) or +0.005 (in the figure's unit)"
+    )]
+    BadAmount {
+        /// The tolerance as written (trimmed).
+        tolerance: String,
+        /// The amount without sign and `%`.
+        number: String,
+    },
+}
+
 impl Rule {
     /// Parses one rule; the error says what was expected (clap prints it after the
     /// argument's name).
-    pub fn parse(text: &str) -> Result<Rule, String> {
+    pub fn parse(text: &str) -> Result<Rule, RuleError> {
         let s = text.trim();
         let Some((target, tolerance)) = s.rsplit_once(':') else {
-            return Err(format!("{s:?} has no tolerance; {RULE_FORMAT}"));
+            return Err(RuleError::NoTolerance { rule: s.to_owned() });
         };
         let (scope, rest) = parse_scope(target)?;
         let (figure, service) = parse_target(rest)?;
@@ -253,25 +320,24 @@ impl Rule {
 }
 
 impl std::str::FromStr for Rule {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Rule, String> {
+    type Err = RuleError;
+    fn from_str(s: &str) -> Result<Rule, RuleError> {
         Rule::parse(s)
     }
 }
 
-fn parse_scope(target: &str) -> Result<(Scope, &str), String> {
+fn parse_scope(target: &str) -> Result<(Scope, &str), RuleError> {
     match target.split_once('.') {
         None => Ok((Scope::Step, target)),
         Some(("run", rest)) => Ok((Scope::Run, rest)),
         Some(("step", rest)) => Ok((Scope::Step, rest)),
-        Some((other, _)) => Err(format!(
-            "unknown scope {other:?} before the figure; expected `run.` (the whole run) or \
-             `step.` (each step, the default)"
-        )),
+        Some((other, _)) => Err(RuleError::UnknownScope {
+            scope: other.to_owned(),
+        }),
     }
 }
 
-fn parse_target(rest: &str) -> Result<(Figure, Option<String>), String> {
+fn parse_target(rest: &str) -> Result<(Figure, Option<String>), RuleError> {
     let (name, service) = match rest.split_once('@') {
         Some((f, s)) => (f, Some(s)),
         None => (rest, None),
@@ -280,35 +346,32 @@ fn parse_target(rest: &str) -> Result<(Figure, Option<String>), String> {
         let hint = suggest_figure(name)
             .map(|s| format!(" (did you mean {s}?)"))
             .unwrap_or_default();
-        return Err(format!(
-            "unknown figure {name:?}{hint}; expected a column of the steps or services table: {}",
-            figure_names()
-        ));
+        return Err(RuleError::UnknownFigure {
+            name: name.to_owned(),
+            hint,
+        });
     };
     match service {
-        Some("") => Err(format!(
-            "{name}@ names no service; expected {name}@SERVICE, e.g. {name}@backend"
-        )),
-        Some(_) if figure.source == Source::Steps => Err(format!(
-            "{name} is a figure of the steps table, which has no services; @SERVICE goes with \
-             figures of the services table ({})",
-            SERVICE_FIGURES.join(", ")
-        )),
+        Some("") => Err(RuleError::EmptyService {
+            figure: name.to_owned(),
+        }),
+        Some(_) if figure.source == Source::Steps => Err(RuleError::ServiceOnStepFigure {
+            figure: name.to_owned(),
+        }),
         s => Ok((figure, s.map(str::to_owned))),
     }
 }
 
-fn parse_tolerance(t: &str) -> Result<(Direction, Amount), String> {
+fn parse_tolerance(t: &str) -> Result<(Direction, Amount), RuleError> {
     let t = t.trim();
     let (direction, number) = if let Some(n) = t.strip_prefix('+') {
         (Direction::Up, n)
     } else if let Some(n) = t.strip_prefix('-') {
         (Direction::Down, n)
     } else {
-        return Err(format!(
-            "tolerance {t:?} has no sign; expected +AMOUNT (a rise beyond it fails) or \
-             -AMOUNT (a fall beyond it fails), e.g. +10% or -0.005"
-        ));
+        return Err(RuleError::NoSign {
+            tolerance: t.to_owned(),
+        });
     };
     let (number, percent) = match number.strip_suffix('%') {
         Some(n) => (n, true),
@@ -319,11 +382,9 @@ fn parse_tolerance(t: &str) -> Result<(Direction, Amount), String> {
         .parse()
         .ok()
         .filter(|v: &f64| v.is_finite() && *v >= 0.0)
-        .ok_or_else(|| {
-            format!(
-                "tolerance {t:?}: {number:?} is not a non-negative number; expected e.g. +10% \
-                 (relative to the baseline) or +0.005 (in the figure's unit)"
-            )
+        .ok_or_else(|| RuleError::BadAmount {
+            tolerance: t.to_owned(),
+            number: number.to_owned(),
         })?;
     Ok((
         direction,
@@ -1064,7 +1125,7 @@ mod tests {
             ("replica_seconds@:+10%", "names no service"),
             ("total.replica_seconds:+10%", "unknown scope"),
         ] {
-            let e = Rule::parse(rule).unwrap_err();
+            let e = Rule::parse(rule).unwrap_err().to_string();
             assert!(e.contains(says), "{rule}: {e}");
         }
     }

@@ -97,33 +97,45 @@ fn bounds(c: &Chart) -> ((f64, f64), (f64, f64)) {
     (x, (y.0, y.1 + (y.1 - y.0) * 0.08))
 }
 
-fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, c: &Chart) -> Result<(), String> {
+/// Why a chart could not be drawn.
+#[derive(Debug, thiserror::Error)]
+pub enum PlotError {
+    /// Drawing the SVG document failed.
+    #[error(transparent)]
+    Svg(DrawingAreaErrorKind<std::io::Error>),
+    /// Drawing or writing the PNG file failed.
+    #[error(transparent)]
+    Png(DrawingAreaErrorKind<PngBackendError>),
+}
+
+/// The error type of the PNG backend (plotters does not re-export it by name).
+pub type PngBackendError = <BitMapBackend<'static> as DrawingBackend>::ErrorType;
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    c: &Chart,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     register_font();
-    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
-    root.fill(&WHITE).map_err(e)?;
+    root.fill(&WHITE)?;
     let ((x0, x1), (y0, y1)) = bounds(c);
     let mut chart = ChartBuilder::on(&root)
         .caption(&c.title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(42)
         .y_label_area_size(70)
-        .build_cartesian_2d(x0..x1, y0..y1)
-        .map_err(e)?;
+        .build_cartesian_2d(x0..x1, y0..y1)?;
     chart
         .configure_mesh()
         .x_desc(c.x_label.as_str())
         .y_desc(c.y_label.as_str())
         .label_style(("sans-serif", 14))
         .light_line_style(RGBColor(235, 235, 235))
-        .draw()
-        .map_err(e)?;
+        .draw()?;
     for &v in &c.vlines {
-        chart
-            .draw_series(std::iter::once(PathElement::new(
-                vec![(v, y0), (v, y1)],
-                RGBColor(170, 170, 170).stroke_width(1),
-            )))
-            .map_err(e)?;
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(v, y0), (v, y1)],
+            RGBColor(170, 170, 170).stroke_width(1),
+        )))?;
     }
     for l in &c.lines {
         let color = PALETTE[l.color % PALETTE.len()];
@@ -134,23 +146,17 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, c: &Chart) -> Result<(
             .filter(|p| p.0.is_finite() && p.1.is_finite())
             .collect();
         let anno = match l.style {
-            Style::Line => chart
-                .draw_series(LineSeries::new(pts, color.stroke_width(2)))
-                .map_err(e)?,
-            Style::Dashed => chart
-                .draw_series(DashedLineSeries::new(pts, 8, 5, color.stroke_width(2)))
-                .map_err(e)?,
-            Style::LinePoints => {
-                chart
-                    .draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))
-                    .map_err(e)?;
-                chart
-                    .draw_series(LineSeries::new(pts, color.stroke_width(2)))
-                    .map_err(e)?
+            Style::Line => chart.draw_series(LineSeries::new(pts, color.stroke_width(2)))?,
+            Style::Dashed => {
+                chart.draw_series(DashedLineSeries::new(pts, 8, 5, color.stroke_width(2)))?
             }
-            Style::Points => chart
-                .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
-                .map_err(e)?,
+            Style::LinePoints => {
+                chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
+                chart.draw_series(LineSeries::new(pts, color.stroke_width(2)))?
+            }
+            Style::Points => {
+                chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?
+            }
         };
         anno.label(l.name.as_str()).legend(move |(x, y)| {
             PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
@@ -163,27 +169,26 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, c: &Chart) -> Result<(
             .label_font(("sans-serif", 13))
             .background_style(WHITE.mix(0.85))
             .border_style(RGBColor(200, 200, 200))
-            .draw()
-            .map_err(e)?;
+            .draw()?;
     }
-    root.present().map_err(e)?;
+    root.present()?;
     Ok(())
 }
 
 /// Renders a chart as an SVG document.
-pub fn render_svg(c: &Chart) -> Result<String, String> {
+pub fn render_svg(c: &Chart) -> Result<String, PlotError> {
     let mut out = String::new();
     {
         let root = SVGBackend::with_string(&mut out, SIZE).into_drawing_area();
-        draw(root, c)?;
+        draw(root, c).map_err(PlotError::Svg)?;
     }
     Ok(out)
 }
 
 /// Renders a chart as a PNG file at `path` (which must end in `.png`).
-pub fn render_png(c: &Chart, path: &Path) -> Result<(), String> {
+pub fn render_png(c: &Chart, path: &Path) -> Result<(), PlotError> {
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
-    draw(root, c)
+    draw(root, c).map_err(PlotError::Png)
 }
 
 /// Keeps at most `max` points: each bucket contributes its first, smallest and largest

@@ -442,9 +442,7 @@ pub(crate) fn write_report(
     }
     let html = render_html(a, &rendered);
     let path = dir.join("report.html");
-    rundir::write_atomic(&path, |w| {
-        w.write_all(html.as_bytes()).map_err(|e| e.to_string())
-    })?;
+    rundir::write_atomic(&path, |w| w.write_all(html.as_bytes()))?;
     Ok(ReportFiles {
         html: path,
         plots: plot_files,

@@ -36,7 +36,12 @@ pub enum RunDirError {
     Corrupt { path: PathBuf, problem: String },
     /// A plot could not be drawn.
     #[error("plot {name}: {problem}")]
-    Plot { name: String, problem: String },
+    Plot {
+        /// The plot's file stem.
+        name: String,
+        /// Why drawing failed.
+        problem: plots::PlotError,
+    },
 }
 
 /// Result alias of this module.
@@ -53,10 +58,10 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RunDirError + '_ {
 /// directory, are synced, and the file is renamed over `path`. A crash leaves either the
 /// old file or the new one, never a truncated one. A path that exists and is not a regular
 /// file (`/dev/null`, a FIFO) is written in place, since a rename would replace the device
-/// node itself.
-pub fn write_atomic(
+/// node itself. An error of `write` becomes [`RunDirError::Write`], with its message.
+pub fn write_atomic<E: std::fmt::Display>(
     path: &Path,
-    write: impl FnOnce(&mut BufWriter<File>) -> std::result::Result<(), String>,
+    write: impl FnOnce(&mut BufWriter<File>) -> std::result::Result<(), E>,
 ) -> Result<()> {
     if fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
         let file = fs::OpenOptions::new()
@@ -64,9 +69,9 @@ pub fn write_atomic(
             .open(path)
             .map_err(io_err(path))?;
         let mut w = BufWriter::new(file);
-        write(&mut w).map_err(|problem| RunDirError::Write {
+        write(&mut w).map_err(|e| RunDirError::Write {
             path: path.to_owned(),
-            problem,
+            problem: e.to_string(),
         })?;
         return w.flush().map_err(io_err(path));
     }
@@ -79,9 +84,9 @@ pub fn write_atomic(
     let result = (|| {
         let file = File::create(&tmp).map_err(io_err(&tmp))?;
         let mut w = BufWriter::new(file);
-        write(&mut w).map_err(|problem| RunDirError::Write {
+        write(&mut w).map_err(|e| RunDirError::Write {
             path: path.to_owned(),
-            problem,
+            problem: e.to_string(),
         })?;
         let file = w.into_inner().map_err(|e| RunDirError::Io {
             path: tmp.clone(),
@@ -108,7 +113,6 @@ fn write_frame(
             .with_compression(ParquetCompression::Zstd(None))
             .finish(df)
             .map(|_| ())
-            .map_err(|e| e.to_string())
     })?;
     let csv = dir.join(format!("{stem}.csv"));
     write_atomic(&csv, |w| {
@@ -117,7 +121,6 @@ fn write_frame(
             // RFC 3339 (`2024-01-31T12:00:00.000+00:00`): read as UTC by pandas, polars and DuckDB.
             .with_datetime_format(Some("%Y-%m-%dT%H:%M:%S%.3f%:z".into()))
             .finish(df)
-            .map_err(|e| e.to_string())
     })?;
     written.push(format!("{stem}.parquet"));
     written.push(format!("{stem}.csv"));
@@ -258,9 +261,10 @@ impl RunDir {
 }
 
 fn write_run_json(dir: &Path, run: &RunJson) -> Result<()> {
-    write_atomic(&dir.join("run.json"), |w| {
-        serde_json::to_writer_pretty(&mut *w, run).map_err(|e| e.to_string())?;
-        w.write_all(b"\n").map_err(|e| e.to_string())
+    // serde_json's error converts into io::Error with the same message.
+    write_atomic(&dir.join("run.json"), |w| -> std::io::Result<()> {
+        serde_json::to_writer_pretty(&mut *w, run)?;
+        w.write_all(b"\n")
     })
 }
 
@@ -372,9 +376,7 @@ pub(crate) fn write_plot_files(dir: &Path, plot: &plots::Chart, svg: &str) -> Re
     let plots_dir = dir.join("plots");
     fs::create_dir_all(&plots_dir).map_err(io_err(&plots_dir))?;
     let svg_path = plots_dir.join(format!("{}.svg", plot.name));
-    write_atomic(&svg_path, |w| {
-        w.write_all(svg.as_bytes()).map_err(|e| e.to_string())
-    })?;
+    write_atomic(&svg_path, |w| w.write_all(svg.as_bytes()))?;
     let png_path = plots_dir.join(format!("{}.png", plot.name));
     // The bitmap backend picks the format from the extension, so the temporary name ends
     // in .png too.

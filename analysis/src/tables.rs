@@ -16,7 +16,12 @@ pub enum TableError {
     MissingColumn { column: String },
     /// A column has values that cannot be read as the schema's type.
     #[error("column `{column}`: {problem}")]
-    BadColumn { column: String, problem: String },
+    BadColumn {
+        /// The column's name.
+        column: String,
+        /// What is wrong with its values.
+        problem: ColumnError,
+    },
     /// polars refused to build the frame.
     #[error("cannot build the table: {0}")]
     Polars(#[from] PolarsError),
@@ -24,6 +29,34 @@ pub enum TableError {
 
 /// Result alias of this module.
 pub type Result<T, E = TableError> = std::result::Result<T, E>;
+
+/// Why the values of one column cannot be read as the schema's type; [`read_column`] adds
+/// the column's name ([`TableError::BadColumn`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ColumnError {
+    /// The column has another type and does not cast to the schema's.
+    #[error("has type {found}, expected {expected}: {source}")]
+    Cast {
+        /// The column's type.
+        found: DataType,
+        /// The schema's type.
+        expected: DataType,
+        /// Why the cast failed.
+        source: PolarsError,
+    },
+    /// polars cannot view the (cast) column as the schema's type.
+    #[error(transparent)]
+    View(PolarsError),
+    /// A column that is never null has a null.
+    #[error("row {row} is null, but the column is never null")]
+    Null {
+        /// The row, 0-based.
+        row: usize,
+    },
+    /// The column has fewer values than the table has rows.
+    #[error("shorter than the table")]
+    Short,
+}
 
 /// One documented column.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -47,19 +80,23 @@ pub trait ColumnValue: Sized {
     const TYPE_NAME: &'static str;
     fn dtype() -> DataType;
     fn column(name: &str, values: Vec<Self>) -> Column;
-    fn read(col: &Column) -> std::result::Result<Vec<Self>, String>;
+    /// Reads the column's values.
+    fn read(col: &Column) -> std::result::Result<Vec<Self>, ColumnError>;
 }
 
-fn cast_to(col: &Column, dtype: &DataType) -> std::result::Result<Column, String> {
+fn cast_to(col: &Column, dtype: &DataType) -> std::result::Result<Column, ColumnError> {
     if col.dtype() == dtype {
         return Ok(col.clone());
     }
-    col.strict_cast(dtype)
-        .map_err(|e| format!("has type {}, expected {dtype}: {e}", col.dtype()))
+    col.strict_cast(dtype).map_err(|source| ColumnError::Cast {
+        found: col.dtype().clone(),
+        expected: dtype.clone(),
+        source,
+    })
 }
 
-fn null_error(i: usize) -> String {
-    format!("row {i} is null, but the column is never null")
+fn null_error(i: usize) -> ColumnError {
+    ColumnError::Null { row: i }
 }
 
 macro_rules! primitive_column {
@@ -73,9 +110,9 @@ macro_rules! primitive_column {
             fn column(name: &str, values: Vec<Self>) -> Column {
                 Column::new(name.into(), values)
             }
-            fn read(col: &Column) -> std::result::Result<Vec<Self>, String> {
+            fn read(col: &Column) -> std::result::Result<Vec<Self>, ColumnError> {
                 let c = cast_to(col, &Self::dtype())?;
-                let ca = c.$acc().map_err(|e| e.to_string())?;
+                let ca = c.$acc().map_err(ColumnError::View)?;
                 ca.iter()
                     .enumerate()
                     .map(|(i, v)| v.ok_or_else(|| null_error(i)))
@@ -91,9 +128,9 @@ macro_rules! primitive_column {
             fn column(name: &str, values: Vec<Self>) -> Column {
                 Column::new(name.into(), values)
             }
-            fn read(col: &Column) -> std::result::Result<Vec<Self>, String> {
+            fn read(col: &Column) -> std::result::Result<Vec<Self>, ColumnError> {
                 let c = cast_to(col, &Self::dtype())?;
-                let ca = c.$acc().map_err(|e| e.to_string())?;
+                let ca = c.$acc().map_err(ColumnError::View)?;
                 Ok(ca.iter().collect())
             }
         }
@@ -114,9 +151,9 @@ impl ColumnValue for String {
     fn column(name: &str, values: Vec<Self>) -> Column {
         Column::new(name.into(), values)
     }
-    fn read(col: &Column) -> std::result::Result<Vec<Self>, String> {
+    fn read(col: &Column) -> std::result::Result<Vec<Self>, ColumnError> {
         let c = cast_to(col, &Self::dtype())?;
-        let ca = c.str().map_err(|e| e.to_string())?;
+        let ca = c.str().map_err(ColumnError::View)?;
         ca.iter()
             .enumerate()
             .map(|(i, v)| v.map(str::to_owned).ok_or_else(|| null_error(i)))
@@ -133,9 +170,9 @@ impl ColumnValue for Option<String> {
     fn column(name: &str, values: Vec<Self>) -> Column {
         Column::new(name.into(), values)
     }
-    fn read(col: &Column) -> std::result::Result<Vec<Self>, String> {
+    fn read(col: &Column) -> std::result::Result<Vec<Self>, ColumnError> {
         let c = cast_to(col, &Self::dtype())?;
-        let ca = c.str().map_err(|e| e.to_string())?;
+        let ca = c.str().map_err(ColumnError::View)?;
         Ok(ca.iter().map(|v| v.map(str::to_owned)).collect())
     }
 }
@@ -152,9 +189,9 @@ pub fn datetime_column(name: &str, values: &[Option<i64>]) -> Column {
         .into_column()
 }
 
-fn read_datetime(col: &Column) -> std::result::Result<Vec<Option<i64>>, String> {
+fn read_datetime(col: &Column) -> std::result::Result<Vec<Option<i64>>, ColumnError> {
     let c = cast_to(col, &datetime_dtype())?;
-    let ca = c.datetime().map_err(|e| e.to_string())?;
+    let ca = c.datetime().map_err(ColumnError::View)?;
     Ok(ca.physical().iter().collect())
 }
 
@@ -168,7 +205,7 @@ impl ColumnValue for Timestamp {
         let v: Vec<Option<i64>> = values.into_iter().map(|t| Some(t.0)).collect();
         datetime_column(name, &v)
     }
-    fn read(col: &Column) -> std::result::Result<Vec<Self>, String> {
+    fn read(col: &Column) -> std::result::Result<Vec<Self>, ColumnError> {
         read_datetime(col)?
             .into_iter()
             .enumerate()
@@ -187,7 +224,7 @@ impl ColumnValue for Option<Timestamp> {
         let v: Vec<Option<i64>> = values.into_iter().map(|t| t.map(|t| t.0)).collect();
         datetime_column(name, &v)
     }
-    fn read(col: &Column) -> std::result::Result<Vec<Self>, String> {
+    fn read(col: &Column) -> std::result::Result<Vec<Self>, ColumnError> {
         Ok(read_datetime(col)?
             .into_iter()
             .map(|v| v.map(Timestamp))
@@ -297,7 +334,7 @@ macro_rules! table {
                     rows.push($name {
                         $( $field: $field.next().ok_or_else(|| TableError::BadColumn {
                             column: stringify!($field).to_owned(),
-                            problem: "shorter than the table".to_owned(),
+                            problem: ColumnError::Short,
                         })?, )*
                     });
                 }

@@ -70,6 +70,36 @@ impl fmt::Display for Failure {
     }
 }
 
+/// Why a client cannot be made for a target URL.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClientError {
+    /// Not `http`.
+    #[error("scheme {scheme:?} is not supported; the load generator speaks plain http")]
+    Scheme {
+        /// The URL's scheme.
+        scheme: String,
+    },
+    /// The URL has no host.
+    #[error("the URL has no host")]
+    NoHost,
+    /// The path and query are not a valid request target.
+    #[error("path {origin:?}: {source}")]
+    Path {
+        /// Path and query.
+        origin: String,
+        /// Why it is invalid.
+        source: hyper::http::uri::InvalidUri,
+    },
+    /// The authority is not a valid `Host` header.
+    #[error("host {authority:?}: {source}")]
+    Host {
+        /// Host and port as sent.
+        authority: String,
+        /// Why it is invalid.
+        source: header::InvalidHeaderValue,
+    },
+}
+
 /// One target, one prepared request, a stack of idle connections.
 pub(crate) struct LoadClient {
     host: String,
@@ -92,16 +122,15 @@ impl LoadClient {
         headers: &HeaderMap,
         body: Option<&str>,
         timeout: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ClientError> {
         if url.scheme() != "http" {
-            return Err(format!(
-                "scheme {:?} is not supported; the load generator speaks plain http",
-                url.scheme()
-            ));
+            return Err(ClientError::Scheme {
+                scheme: url.scheme().to_owned(),
+            });
         }
         let host = url
             .host_str()
-            .ok_or_else(|| "the URL has no host".to_owned())?
+            .ok_or(ClientError::NoHost)?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
@@ -111,9 +140,10 @@ impl LoadClient {
             origin.push('?');
             origin.push_str(q);
         }
-        let path: Uri = origin
-            .parse()
-            .map_err(|e| format!("path {origin:?}: {e}"))?;
+        let path = match origin.parse::<Uri>() {
+            Ok(p) => p,
+            Err(source) => return Err(ClientError::Path { origin, source }),
+        };
         let authority = match url.port() {
             Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
             None => url.host_str().unwrap_or_default().to_owned(),
@@ -121,7 +151,10 @@ impl LoadClient {
         let mut all = headers.clone();
         all.insert(
             header::HOST,
-            HeaderValue::from_str(&authority).map_err(|e| format!("host {authority:?}: {e}"))?,
+            HeaderValue::from_str(&authority).map_err(|source| ClientError::Host {
+                authority: authority.clone(),
+                source,
+            })?,
         );
         all.entry(header::USER_AGENT)
             .or_insert(HeaderValue::from_static(concat!(
@@ -430,7 +463,8 @@ mod tests {
         let u = url::Url::parse("https://example.com/").expect("url");
         let e = LoadClient::new(Method::GET, &u, &HeaderMap::new(), None, Duration::ZERO)
             .err()
-            .expect("https refused");
+            .expect("https refused")
+            .to_string();
         assert!(e.contains("plain http"), "{e}");
     }
 }

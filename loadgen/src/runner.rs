@@ -255,10 +255,10 @@ fn load_client(req: &PreparedRequest, timeout: Duration) -> Result<LoadClient> {
         req.body.as_deref(),
         timeout,
     )
-    .map_err(|message| {
+    .map_err(|e| {
         Error::Plan(PlanError::Invalid {
             field: "target".into(),
-            message,
+            message: e.to_string(),
         })
     })
 }

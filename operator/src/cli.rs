@@ -515,22 +515,41 @@ fn validate(files: &[PathBuf], quiet: bool) -> ExitCode {
     }
 }
 
-fn read(path: &std::path::Path) -> Result<String, String> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| format!("{}: error: cannot read file: {e}", path.display()))?;
-    String::from_utf8(bytes).map_err(|_| {
-        format!(
-            "{}: error: is not UTF-8 text; expected YAML",
-            path.display()
-        )
+/// Why an input file of `meshbench import` cannot be read, in `meshbench validate`'s
+/// `file: error: ...` form.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The file cannot be read.
+    #[error("{path}: error: cannot read file: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not UTF-8.
+    #[error("{path}: error: is not UTF-8 text; expected YAML")]
+    NotUtf8 {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+fn read(path: &std::path::Path) -> Result<String, CliError> {
+    let bytes = std::fs::read(path).map_err(|source| CliError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    String::from_utf8(bytes).map_err(|_| CliError::NotUtf8 {
+        path: path.to_owned(),
     })
 }
 
 fn import(graph: &std::path::Path, measurement: Option<&std::path::Path>) -> ExitCode {
     let run = || -> Result<String, Vec<String>> {
-        let gtext = read(graph).map_err(|e| vec![e])?;
+        let gtext = read(graph).map_err(|e| vec![e.to_string()])?;
         let mtext = match measurement {
-            Some(m) => Some(read(m).map_err(|e| vec![e])?),
+            Some(m) => Some(read(m).map_err(|e| vec![e.to_string()])?),
             None => None,
         };
         let gname = graph.display().to_string();

@@ -10,6 +10,7 @@ use meshbench_analysis::{
     RunDir, RunMeta,
 };
 use meshbench_common::duration::parse as parse_duration;
+use meshbench_crds::units::UnitError;
 use meshbench_crds::{Benchmark, Bundle, ServiceMesh};
 use meshbench_loadgen::{CancellationToken, RunOptions, run_plan};
 
@@ -22,6 +23,20 @@ use crate::local::platform::{LocalOptions, LocalPlatform};
 use crate::local::prometheus::LocalPrometheus;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use meshbench_analysis::capacity::NodeModel;
+
+/// Errors of a local run's Prometheus: starting or reaching it, and collecting from it.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// `--prometheus` could not be started or reached.
+    #[error(transparent)]
+    Prometheus(#[from] crate::local::prometheus::Error),
+    /// The runner's own metrics could not be published to Prometheus.
+    #[error("cannot serve the runner's metrics for Prometheus: {0}")]
+    Targets(std::io::Error),
+    /// Querying Prometheus failed.
+    #[error(transparent)]
+    Collect(#[from] crate::k8s::collect::Error),
+}
 
 /// Arguments of `meshbench run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -115,12 +130,12 @@ impl NodeArgs {
     }
 }
 
-fn parse_cpu(s: &str) -> Result<u64, String> {
-    meshbench_crds::units::cpu_millis(&Quantity(s.to_string())).map_err(|e| e.to_string())
+fn parse_cpu(s: &str) -> Result<u64, UnitError> {
+    meshbench_crds::units::cpu_millis(&Quantity(s.to_string()))
 }
 
-fn parse_memory(s: &str) -> Result<u64, String> {
-    meshbench_crds::units::memory_bytes(&Quantity(s.to_string())).map_err(|e| e.to_string())
+fn parse_memory(s: &str) -> Result<u64, UnitError> {
+    meshbench_crds::units::memory_bytes(&Quantity(s.to_string()))
 }
 
 /// Runs `meshbench run` and returns the process exit code.
@@ -610,7 +625,7 @@ async fn start_prometheus(
     args: &RunArgs,
     run_dir: &RunDir,
     platform: &LocalPlatform,
-) -> Result<Option<LocalPrometheus>, String> {
+) -> Result<Option<LocalPrometheus>, RunError> {
     let Some(p) = &args.prometheus else {
         return Ok(None);
     };
@@ -620,11 +635,11 @@ async fn start_prometheus(
     } else {
         LocalPrometheus::external(p, &dir).await
     };
-    let prom = started.map_err(|e| e.to_string())?;
+    let prom = started?;
     platform
         .enable_prometheus(prom.targets_file().to_path_buf())
         .await
-        .map_err(|e| format!("cannot serve the runner's metrics for Prometheus: {e}"))?;
+        .map_err(RunError::Targets)?;
     if prom.is_ours() {
         eprintln!("prometheus: started at {}", prom.url());
     } else {
@@ -741,14 +756,14 @@ async fn collect_prometheus(
     overrides: &std::collections::BTreeMap<String, String>,
     from: i64,
     interval: Duration,
-) -> Result<(Vec<meshbench_analysis::Sample>, i64), String> {
+) -> Result<(Vec<meshbench_analysis::Sample>, i64), RunError> {
     use crate::k8s::collect::{Collector, Window};
     use crate::k8s::promql::{Vars, rate_window};
     use crate::local::exporter::{NAMESPACE, deployment_name};
     // Let the last scrapes of the step land before asking for them.
     tokio::time::sleep(interval * 2).await;
     let until = Utc::now().timestamp();
-    let collector = Collector::new(prom.url()).map_err(|e| e.to_string())?;
+    let collector = Collector::new(prom.url())?;
     let vars = Vars {
         namespace: NAMESPACE.to_string(),
         mesh: mesh.to_string(),
@@ -763,10 +778,7 @@ async fn collect_prometheus(
         end: until,
         step: interval.as_secs_f64().max(1.0),
     };
-    let samples = collector
-        .collect(&vars, overrides, window, None)
-        .await
-        .map_err(|e| e.to_string())?;
+    let samples = collector.collect(&vars, overrides, window, None).await?;
     Ok((samples, until + 1))
 }
 

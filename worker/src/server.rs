@@ -403,7 +403,24 @@ struct WorkDone {
     cpu: Duration,
 }
 
-async fn do_work(state: &WorkerState, ep: &EndpointShared) -> Result<WorkDone, String> {
+/// Why a request's CPU and memory work failed (its response's `cause`).
+#[derive(Debug, thiserror::Error)]
+enum WorkTaskError {
+    /// The CPU pool was closed (the server is shutting down).
+    #[error("CPU pool closed")]
+    PoolClosed,
+    /// The thread CPU clock failed.
+    #[error(transparent)]
+    Clock(#[from] work::WorkError),
+    /// The endpoint's memory could not be allocated.
+    #[error("cannot allocate memory_bytes = {0}")]
+    Memory(u64),
+    /// The blocking task panicked or was cancelled.
+    #[error("CPU task failed: {0}")]
+    Task(tokio::task::JoinError),
+}
+
+async fn do_work(state: &WorkerState, ep: &EndpointShared) -> Result<WorkDone, WorkTaskError> {
     let cpu = Duration::from_micros(ep.config.cpu_us);
     let bytes = ep.config.memory_bytes;
     let permit = state
@@ -411,19 +428,19 @@ async fn do_work(state: &WorkerState, ep: &EndpointShared) -> Result<WorkDone, S
         .clone()
         .acquire_owned()
         .await
-        .map_err(|_| "CPU pool closed".to_owned())?;
-    let job = tokio::task::spawn_blocking(move || {
+        .map_err(|_| WorkTaskError::PoolClosed)?;
+    let job = tokio::task::spawn_blocking(move || -> Result<WorkDone, WorkTaskError> {
         // The permit lives as long as the thread works, even if the request is dropped.
         let _permit = permit;
-        let start = work::thread_cpu_time().map_err(|e| e.to_string())?;
+        let start = work::thread_cpu_time()?;
         let memory = work::touch_memory(bytes);
         if memory.len() as u64 != bytes {
-            return Err(format!("cannot allocate memory_bytes = {bytes}"));
+            return Err(WorkTaskError::Memory(bytes));
         }
-        let cpu = work::burn_cpu_since(start, cpu).map_err(|e| e.to_string())?;
+        let cpu = work::burn_cpu_since(start, cpu)?;
         Ok(WorkDone { memory, cpu })
     });
-    job.await.map_err(|e| format!("CPU task failed: {e}"))?
+    job.await.map_err(WorkTaskError::Task)?
 }
 
 fn body_too_large(err: &axum::Error) -> bool {
@@ -541,7 +558,7 @@ async fn handle(state: Arc<WorkerState>, ep: Arc<EndpointShared>, req: Request) 
                     break 'work Outcome::fail(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "work_failed",
-                        cause,
+                        cause.to_string(),
                     );
                 }
             }

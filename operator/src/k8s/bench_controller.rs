@@ -359,7 +359,9 @@ async fn reconcile_inner(bench: &Benchmark, ctx: &Context) -> Result<Action> {
             let run_id = status.run_id.clone().unwrap_or_default();
             let run = match run::Run::open(ctx, bench, &ns, &run_id) {
                 Ok(run) => run,
-                Err(why) => return fail_unresumable(ctx, bench, &mut writer, why).await,
+                Err(why) => {
+                    return fail_unresumable(ctx, bench, &mut writer, why.to_string()).await;
+                }
             };
             let action = run.drive(*state, cancel || deleting, &mut writer).await?;
             if writer.current().phase.is_terminal() {

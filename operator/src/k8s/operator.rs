@@ -68,7 +68,7 @@ pub enum Error {
     Serve(std::io::Error),
     /// `--export-url` is not usable.
     #[error("--export-url {0}")]
-    Export(String),
+    Export(super::export::ExportError),
     /// Leader election failed or the Lease was lost.
     #[error("leader election: {0}")]
     Leader(#[from] super::leader::Error),

@@ -64,6 +64,35 @@ pub enum Error {
 /// Result alias of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Why the CPU metric gives no replica count this sync (upstream's
+/// `FailedGetResourceMetric` messages).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+enum MetricError {
+    /// The selector matched no pods.
+    #[error("no pods returned by selector while calculating replica count")]
+    NoPods,
+    /// A pod's usage sample is negative or not a number.
+    #[error("pod {pod}: CPU usage {usage_millis} is not a non-negative number of millicores")]
+    BadUsage {
+        /// The pod.
+        pod: String,
+        /// Its sampled usage.
+        usage_millis: f64,
+    },
+    /// No pod had a usable sample.
+    #[error("did not receive metrics for targeted pods (pods might be unready)")]
+    NoReadyPods,
+    /// A pod has no CPU request, so utilization is undefined.
+    #[error("missing request for cpu in pod {pod}")]
+    MissingRequest {
+        /// The pod.
+        pod: String,
+    },
+    /// The samples do not add up to a utilization.
+    #[error("no metrics returned matched known pods")]
+    NoMatch,
+}
+
 fn invalid(field: impl Into<String>, value: impl ToString, expected: &'static str) -> Error {
     Error::InvalidConfig {
         field: field.into(),
@@ -826,11 +855,11 @@ impl Hpa {
         now: f64,
         current: u32,
         pods: &[PodSample],
-    ) -> (Groups, std::result::Result<MetricOutcome, String>) {
+    ) -> (Groups, std::result::Result<MetricOutcome, MetricError>) {
         if pods.is_empty() {
             return (
                 Groups::default(),
-                Err("no pods returned by selector while calculating replica count".into()),
+                Err(MetricError::NoPods),
             );
         }
         let grouped = match self.group_pods(now, pods) {
@@ -848,7 +877,7 @@ impl Hpa {
         &self,
         now: f64,
         pods: &[PodSample],
-    ) -> std::result::Result<GroupedPods, (Groups, String)> {
+    ) -> std::result::Result<GroupedPods, (Groups, MetricError)> {
         let init_period = self.config.cpu_initialization_period.as_secs_f64();
         let readiness_delay = self.config.initial_readiness_delay.as_secs_f64();
         let mut g = GroupedPods::default();
@@ -875,10 +904,10 @@ impl Hpa {
             if !(metric.usage_millis.is_finite() && metric.usage_millis >= 0.0) {
                 return Err((
                     g.groups,
-                    format!(
-                        "pod {}: CPU usage {} is not a non-negative number of millicores",
-                        pod.name, metric.usage_millis
-                    ),
+                    MetricError::BadUsage {
+                        pod: pod.name.clone(),
+                        usage_millis: metric.usage_millis,
+                    },
                 ));
             }
             let is_unready = match (pod.ready, pod.start_time) {
@@ -912,7 +941,7 @@ impl Hpa {
         &self,
         current: u32,
         grouped: GroupedPods,
-    ) -> std::result::Result<MetricOutcome, String> {
+    ) -> std::result::Result<MetricOutcome, MetricError> {
         let GroupedPods {
             groups,
             ready,
@@ -921,14 +950,14 @@ impl Hpa {
             bad_request,
         } = grouped;
         if ready.is_empty() {
-            return Err("did not receive metrics for targeted pods (pods might be unready)".into());
+            return Err(MetricError::NoReadyPods);
         }
         if let Some(name) = bad_request {
-            return Err(format!("missing request for cpu in pod {name}"));
+            return Err(MetricError::MissingRequest { pod: name });
         }
         let target = i64::from(self.config.target_utilization_percent);
         let Some((usage_ratio, utilization, average)) = utilization_ratio(&ready, target) else {
-            return Err("no metrics returned matched known pods".into());
+            return Err(MetricError::NoMatch);
         };
         let outcome = |replicas: u32, verdict| MetricOutcome {
             replicas,
@@ -964,7 +993,7 @@ impl Hpa {
             entries.extend(unready.iter().map(|r| (0, *r)));
         }
         let Some((new_ratio, _, _)) = utilization_ratio(&entries, target) else {
-            return Err("no metrics returned matched known pods".into());
+            return Err(MetricError::NoMatch);
         };
         if self.tolerances.is_within(new_ratio) {
             return Ok(outcome(current, Verdict::WithinTolerance));

@@ -12,7 +12,8 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use meshbench_analysis::{
-    Enforcement, LimitsEnforcement, Phase as ReportPhase, Platform, RunData, RunDir, RunMeta,
+    Enforcement, LimitsEnforcement, Phase as ReportPhase, Platform, RunData, RunDir, RunDirError,
+    RunMeta,
 };
 use meshbench_crds::benchmark::{BenchmarkStatus, Phase};
 use meshbench_crds::{Benchmark, ServiceMesh};
@@ -30,9 +31,30 @@ use crate::k8s::mesh_controller::observe;
 use crate::k8s::promql::Vars;
 use crate::k8s::render::{self, LoadStep};
 use crate::k8s::shared::set_condition;
-use crate::k8s::store::HistoryEntry;
-use crate::k8s::store::SpecSnapshot;
+use crate::k8s::store::{self, HistoryEntry, SpecSnapshot};
 use crate::k8s::{FIELD_MANAGER, keys};
+
+/// Why a run cannot be resumed, or its report not written.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RunError {
+    /// The report volume has no directory for the run.
+    #[error(
+        "the report volume has no run {run_id:?} (was the volume replaced or emptied?); the run cannot be resumed"
+    )]
+    Lost {
+        /// The run.
+        run_id: String,
+    },
+    /// The spec the run started with cannot be read back.
+    #[error("the run's spec on the report volume is unreadable: {0}")]
+    Spec(store::Error),
+    /// The report could not be written.
+    #[error(transparent)]
+    Report(#[from] RunDirError),
+    /// The blocking task that writes the report panicked or was cancelled.
+    #[error("the report task failed: {0}")]
+    ReportTask(tokio::task::JoinError),
+}
 
 /// The per-run facts a reconcile works with.
 pub(super) struct Run<'a> {
@@ -53,16 +75,13 @@ impl<'a> Run<'a> {
         bench: &'a Benchmark,
         ns: &str,
         run_id: &str,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, RunError> {
         if !ctx.store.has_run(ns, run_id) {
-            return Err(format!(
-                "the report volume has no run {run_id:?} (was the volume replaced or emptied?); the run cannot be resumed"
-            ));
+            return Err(RunError::Lost {
+                run_id: run_id.to_string(),
+            });
         }
-        let snapshot = ctx
-            .store
-            .spec(ns, run_id)
-            .map_err(|e| format!("the run's spec on the report volume is unreadable: {e}"))?;
+        let snapshot = ctx.store.spec(ns, run_id).map_err(RunError::Spec)?;
         let name = bench.name_any();
         let schedule = ExperimentSchedule::new(&name, &snapshot.benchmark.spec);
         Ok(Self {
@@ -695,13 +714,14 @@ impl<'a> Run<'a> {
 
 /// Runs report building on the blocking pool: polars and the plots take CPU seconds that
 /// would otherwise stall the runtime's workers (and the health endpoint with them).
-async fn off_runtime<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, String>
+async fn off_runtime<T>(
+    f: impl FnOnce() -> Result<T, RunDirError> + Send + 'static,
+) -> Result<T, RunError>
 where
     T: Send + 'static,
-    E: std::fmt::Display + Send + 'static,
 {
     match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("the report task failed: {e}")),
+        Ok(r) => Ok(r?),
+        Err(e) => Err(RunError::ReportTask(e)),
     }
 }
