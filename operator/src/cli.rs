@@ -261,7 +261,7 @@ pub struct CompareArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ResultsCommand {
     #[command(flatten)]
-    pub fetch: crate::k8s::fetch::ResultsArgs,
+    pub fetch: crate::k8s::results_client::ResultsArgs,
     /// After the download, exit as `meshbench run` would have for the run: 0 it succeeded
     /// and every SLO held, 3 an SLO was violated, 4 it failed or was cancelled.
     #[arg(long)]
@@ -306,7 +306,7 @@ pub fn run(cli: Cli) -> ExitCode {
         } => {
             let on_node = local_node || node.node_cpu.is_some() || node.node_memory.is_some();
             let node = on_node.then(|| node.model());
-            crate::plan::plan(&files, json, benchmark.as_deref(), pod_budget, node)
+            crate::capacity_plan::plan(&files, json, benchmark.as_deref(), pod_budget, node)
         }
         Command::Report { dir } => rebuild_report(&dir),
         Command::Compare(args) => exit::code(compare(&args)),
@@ -383,14 +383,14 @@ fn results(args: &ResultsCommand) -> ExitCode {
             eprintln!("error: cannot configure the Kubernetes client: {e}");
             exit::RUN_FAILED
         })?;
-        let dir = crate::k8s::fetch::fetch(&client, &args.fetch)
+        let dir = crate::k8s::results_client::fetch(&client, &args.fetch)
             .await
             .map_err(|e| {
                 eprintln!("error: {e}");
                 e.exit_code()
             })?;
         let code = if args.check {
-            crate::k8s::fetch::check(&client, &args.fetch, &dir).await
+            crate::k8s::results_client::check(&client, &args.fetch, &dir).await
         } else {
             exit::OK
         };

@@ -1,10 +1,10 @@
 //! The Kubernetes platform: what the operator applies (`render`, pure), the ServiceMesh
 //! controller (`mesh_controller`), the Benchmark controller (`bench_controller`) with its
 //! report volume (`store`), results endpoint (`results`) and report export (`export`),
-//! `meshbench results` (`fetch`), the operator process (`operator`: leader election
-//! (`leader`), health, metrics), the RBAC the code needs (`rbac`), the Pod Security
-//! checks the rendered pods are tested against (`pss`), and Prometheus collection
-//! (`promql`, `collect`).
+//! `meshbench results` (`results_client`), the operator process (`operator`: leader
+//! election (`leader`), health, metrics), the RBAC the code needs (`rbac`), the Pod
+//! Security checks the rendered pods are tested against (`pss`), and Prometheus
+//! collection (`promql`, `collect`).
 //!
 //! The module is called `k8s` rather than `kube` so it does not shadow the `kube` crate
 //! inside this crate.
@@ -12,7 +12,6 @@
 pub mod bench_controller;
 pub mod collect;
 pub mod export;
-pub mod fetch;
 pub mod leader;
 pub mod mesh_controller;
 pub mod metrics;
@@ -22,6 +21,7 @@ pub mod pss;
 pub mod rbac;
 pub mod render;
 pub mod results;
+pub mod results_client;
 pub mod shared;
 pub mod store;
 pub mod token;

@@ -23,11 +23,11 @@ use meshbench_crds::benchmark::{BenchmarkStatus, Phase};
 use meshbench_crds::{Benchmark, ServiceMesh};
 use meshbench_operator::k8s::bench_controller::{self, Settings, cursor_of, ordinal};
 use meshbench_operator::k8s::export::Exporter;
-use meshbench_operator::k8s::fetch::{self, ResultsArgs};
 use meshbench_operator::k8s::mesh_controller;
 use meshbench_operator::k8s::metrics::Metrics;
 use meshbench_operator::k8s::render::{RenderOptions, TOKEN_KEY, token_secret_name};
 use meshbench_operator::k8s::results::{self, ResultsState};
+use meshbench_operator::k8s::results_client::{self, ResultsArgs};
 use meshbench_operator::k8s::store::Store;
 use meshbench_operator::k8s::token::TokenKey;
 use serde_json::{Value, json};
@@ -410,7 +410,7 @@ async fn a_benchmark_runs_from_apply_to_downloaded_report_across_an_operator_res
         partial: false,
     };
     let user: Client = cluster().admin().await;
-    let got = fetch::fetch(&user, &args).await.expect("download");
+    let got = results_client::fetch(&user, &args).await.expect("download");
     assert_eq!(got, out.path().join(&run));
     assert_eq!(
         std::fs::read(got.join("report.html")).unwrap(),
@@ -425,10 +425,10 @@ async fn a_benchmark_runs_from_apply_to_downloaded_report_across_an_operator_res
     assert!(!exported.join("inputs").exists());
     assert!(!got.join("inputs").exists());
     // A second download never overwrites the first.
-    let again = fetch::fetch(&user, &args).await;
+    let again = results_client::fetch(&user, &args).await;
     assert!(again.is_err(), "{again:?}");
     // What a pipeline gates on: the run succeeded and its SLOs held.
-    assert_eq!(fetch::check(&user, &args, &got).await, 0);
+    assert_eq!(results_client::check(&user, &args, &got).await, 0);
 
     // A changed spec starts a new run.
     change_spec(&ns).await;
@@ -589,7 +589,7 @@ async fn a_spec_change_mid_run_cancels_it_keeps_its_report_and_starts_anew() {
     };
     let user: Client = cluster().admin().await;
     assert_eq!(
-        fetch::check(&user, &args, &data.join(&ns).join(&first)).await,
+        results_client::check(&user, &args, &data.join(&ns).join(&first)).await,
         4
     );
 }
