@@ -843,6 +843,48 @@ fn partial_reason(meta: &RunMeta, completed: u32, steps: &[StepRow]) -> Option<S
     (!cut.is_empty()).then(|| format!("steps cut short or without load result: {}", cut.join(", ")))
 }
 
+/// The most replicas the HPA wanted during the step, counting the desire it carried in
+/// from before the step.
+fn desired_max(ser: &ServiceSeries, start: i64, end: i64) -> Option<f64> {
+    let carried_desired = ser
+        .replicas_desired
+        .partition_point(|p| p.0 <= start)
+        .checked_sub(1)
+        .map(|i| ser.replicas_desired[i].1);
+    max(window(&ser.replicas_desired, |p| p.0, start, end)
+        .iter()
+        .map(|p| p.1)
+        .chain(carried_desired))
+}
+
+/// CPU used ÷ CPU requested per pod, at each sample of `cpu` with a known request.
+fn cpu_utilizations(ser: &ServiceSeries, cpu: &[PodAggregate]) -> Vec<f64> {
+    cpu.iter()
+        .filter_map(|a| {
+            let req = value_at(&ser.cpu_request, a.ts_ms).filter(|r| *r > 0.0)?;
+            Some(a.sum / (f64::from(a.pods) * req))
+        })
+        .collect()
+}
+
+/// The workers' mean latency over the step, weighted by their request rate when it is
+/// known (else the plain mean).
+fn worker_latency_mean_ms(ser: &ServiceSeries, start: i64, end: i64) -> Option<f64> {
+    let w_lat = window(&ser.worker_latency_mean, |p| p.0, start, end);
+    if ser.worker_requests.is_empty() {
+        return mean(w_lat.iter().map(|p| p.1));
+    }
+    let (num, den) = w_lat.iter().fold((0.0, 0.0), |(n, d), p| {
+        let w = value_at(&ser.worker_requests, p.0).unwrap_or(0.0);
+        (n + w * p.1, d + w)
+    });
+    if den > 0.0 {
+        Some(num / den)
+    } else {
+        mean(w_lat.iter().map(|p| p.1))
+    }
+}
+
 fn service_row(
     s: &StepMeta,
     name: &str,
@@ -853,44 +895,16 @@ fn service_row(
     let (start, end) = (s.start_ms, s.end_ms);
     let fig = scaling::figures(&ser.replicas, start, end, settle_window_ms);
     let ready = scaling::figures(&ser.replicas_ready, start, end, settle_window_ms);
-    let carried_desired = ser
-        .replicas_desired
-        .partition_point(|p| p.0 <= start)
-        .checked_sub(1)
-        .map(|i| ser.replicas_desired[i].1);
-    let desired_max = max(window(&ser.replicas_desired, |p| p.0, start, end)
-        .iter()
-        .map(|p| p.1)
-        .chain(carried_desired));
     let cpu = window(&ser.cpu, |a| a.ts_ms, start, end);
     let mem = window(&ser.memory, |a| a.ts_ms, start, end);
     let last = end.saturating_sub(1);
     let request = value_at(&ser.cpu_request, last).filter(|r| *r > 0.0);
     let limit = value_at(&ser.cpu_limit, last);
     let target = value_at(&ser.hpa_target, last);
-    let utilization: Vec<f64> = cpu
-        .iter()
-        .filter_map(|a| {
-            let req = value_at(&ser.cpu_request, a.ts_ms).filter(|r| *r > 0.0)?;
-            Some(a.sum / (f64::from(a.pods) * req))
-        })
-        .collect();
+    let utilization = cpu_utilizations(ser, cpu);
     let cpu_utilization_avg = mean(utilization.iter().copied());
     let w_req = window(&ser.worker_requests, |p| p.0, start, end);
-    let w_lat = window(&ser.worker_latency_mean, |p| p.0, start, end);
-    let worker_latency_mean_ms = if ser.worker_requests.is_empty() {
-        mean(w_lat.iter().map(|p| p.1))
-    } else {
-        let (num, den) = w_lat.iter().fold((0.0, 0.0), |(n, d), p| {
-            let w = value_at(&ser.worker_requests, p.0).unwrap_or(0.0);
-            (n + w * p.1, d + w)
-        });
-        if den > 0.0 {
-            Some(num / den)
-        } else {
-            mean(w_lat.iter().map(|p| p.1))
-        }
-    };
+    // The literal below only names the figures; each is computed above or in one line.
     ServiceRow {
         mesh: s.mesh.clone(),
         repetition: s.repetition,
@@ -903,7 +917,7 @@ fn service_row(
         replicas_max: fig.map(|f| f.max),
         replicas_final: fig.map(|f| f.last),
         replicas_ready_avg: ready.map(|f| f.avg),
-        replicas_desired_max: desired_max,
+        replicas_desired_max: desired_max(ser, start, end),
         replicas_pending_max: max(window(&ser.replicas_pending, |p| p.0, start, end)
             .iter()
             .map(|p| p.1)
@@ -927,7 +941,7 @@ fn service_row(
                 .iter()
                 .map(|p| p.1),
         ),
-        worker_latency_mean_ms,
+        worker_latency_mean_ms: worker_latency_mean_ms(ser, start, end),
         worker_latency_p99_ms_max: max(window(&ser.worker_latency_p99, |p| p.0, start, end)
             .iter()
             .map(|p| p.1)),

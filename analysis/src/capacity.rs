@@ -394,193 +394,247 @@ fn check(
     }
 }
 
-impl Model {
-    /// Validates the input and computes visit ratios.
-    pub fn new(input: &CapacityInput) -> Result<Model> {
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        let mut notes = Vec::new();
-        let o = &input.overhead;
+/// Checks the mesh-wide figures: the worker overhead and the node.
+fn check_overhead_and_node(input: &CapacityInput) -> Result<()> {
+    let o = &input.overhead;
+    for (what, v) in [
+        ("overhead.request_cpu_seconds", o.request_cpu_seconds),
+        ("overhead.hop_latency_seconds", o.hop_latency_seconds),
+        ("overhead.idle_cores", o.idle_cores),
+        ("overhead.entry_ca2", o.entry_ca2),
+    ] {
+        check(|| what.to_string(), v, v >= 0.0, "a finite number ≥ 0")?;
+    }
+    if let Some(n) = &input.node {
         for (what, v) in [
-            ("overhead.request_cpu_seconds", o.request_cpu_seconds),
-            ("overhead.hop_latency_seconds", o.hop_latency_seconds),
-            ("overhead.idle_cores", o.idle_cores),
-            ("overhead.entry_ca2", o.entry_ca2),
+            ("node.cpu_cores", n.cpu_cores),
+            ("node.memory_bytes", n.memory_bytes),
         ] {
             check(|| what.to_string(), v, v >= 0.0, "a finite number ≥ 0")?;
         }
-        if let Some(n) = &input.node {
-            for (what, v) in [
-                ("node.cpu_cores", n.cpu_cores),
-                ("node.memory_bytes", n.memory_bytes),
-            ] {
-                check(|| what.to_string(), v, v >= 0.0, "a finite number ≥ 0")?;
-            }
-        }
-        for (i, s) in input.services.iter().enumerate() {
-            if index.insert(s.name.as_str(), i).is_some() {
-                return Err(CapacityError::DuplicateService(s.name.clone()));
-            }
-            let name = &s.name;
-            check(
-                || format!("service {name}: cpu_request_cores"),
-                s.cpu_request_cores,
-                s.cpu_request_cores >= 0.0,
-                "a finite number of cores ≥ 0",
-            )?;
-            check(
-                || format!("service {name}: memory_request_bytes"),
-                s.memory_request_bytes,
-                s.memory_request_bytes >= 0.0,
-                "a finite number of bytes ≥ 0",
-            )?;
-            if let Some(l) = s.cpu_limit_cores {
-                check(
-                    || format!("service {name}: cpu_limit_cores"),
-                    l,
-                    l > 0.0,
-                    "a finite number of cores > 0",
-                )?;
-            } else {
-                notes.push(format!(
-                    "service {name} has no CPU limit: its capacity is computed from its request \
-                     ({} cores)",
-                    s.cpu_request_cores
-                ));
-            }
-            match &s.hpa {
-                Some(h) => {
-                    if h.min == 0 || h.max < h.min {
-                        return Err(CapacityError::InvalidValue {
-                            what: format!("service {name}: hpa min/max"),
-                            value: format!("{}/{}", h.min, h.max),
-                            expected: "1 ≤ min ≤ max",
-                        });
-                    }
-                    let t = h.target_utilization_percent;
-                    check(
-                        || format!("service {name}: hpa target_utilization_percent"),
-                        t,
-                        t > 0.0,
-                        "a percentage > 0",
-                    )?;
-                    check(
-                        || format!("service {name}: cpu_request_cores (needed by its HPA)"),
-                        s.cpu_request_cores,
-                        s.cpu_request_cores > 0.0,
-                        "a number of cores > 0",
-                    )?;
-                }
-                None => {
-                    if s.replicas == 0 {
-                        return Err(CapacityError::InvalidValue {
-                            what: format!("service {name}: replicas"),
-                            value: "0".into(),
-                            expected: "at least 1 replica",
-                        });
-                    }
-                }
-            }
-            if s.cpu_limit_cores.unwrap_or(s.cpu_request_cores) <= 0.0
-                && s.endpoints.iter().any(|e| e.cpu_seconds > 0.0)
-            {
+    }
+    Ok(())
+}
+
+/// Checks one service's resources, scaling and endpoints; a service without a CPU limit
+/// gets a note.
+fn check_service(s: &ServiceModel, notes: &mut Vec<String>) -> Result<()> {
+    let name = &s.name;
+    check(
+        || format!("service {name}: cpu_request_cores"),
+        s.cpu_request_cores,
+        s.cpu_request_cores >= 0.0,
+        "a finite number of cores ≥ 0",
+    )?;
+    check(
+        || format!("service {name}: memory_request_bytes"),
+        s.memory_request_bytes,
+        s.memory_request_bytes >= 0.0,
+        "a finite number of bytes ≥ 0",
+    )?;
+    if let Some(l) = s.cpu_limit_cores {
+        check(
+            || format!("service {name}: cpu_limit_cores"),
+            l,
+            l > 0.0,
+            "a finite number of cores > 0",
+        )?;
+    } else {
+        notes.push(format!(
+            "service {name} has no CPU limit: its capacity is computed from its request \
+             ({} cores)",
+            s.cpu_request_cores
+        ));
+    }
+    check_scaling(s)?;
+    if s.cpu_limit_cores.unwrap_or(s.cpu_request_cores) <= 0.0
+        && s.endpoints.iter().any(|e| e.cpu_seconds > 0.0)
+    {
+        return Err(CapacityError::InvalidValue {
+            what: format!("service {name}: CPU per replica (limit, else request)"),
+            value: "0".into(),
+            expected: "cores > 0 for a service that burns CPU",
+        });
+    }
+    for e in &s.endpoints {
+        check_endpoint(name, e)?;
+    }
+    Ok(())
+}
+
+/// Checks a service's HPA (bounds, target, a CPU request to scale on) or, without one, its
+/// fixed replica count.
+fn check_scaling(s: &ServiceModel) -> Result<()> {
+    let name = &s.name;
+    match &s.hpa {
+        Some(h) => {
+            if h.min == 0 || h.max < h.min {
                 return Err(CapacityError::InvalidValue {
-                    what: format!("service {name}: CPU per replica (limit, else request)"),
-                    value: "0".into(),
-                    expected: "cores > 0 for a service that burns CPU",
+                    what: format!("service {name}: hpa min/max"),
+                    value: format!("{}/{}", h.min, h.max),
+                    expected: "1 ≤ min ≤ max",
                 });
             }
-            for e in &s.endpoints {
-                let p = &e.path;
-                check(
-                    || format!("{name} {p}: cpu_seconds"),
-                    e.cpu_seconds,
-                    e.cpu_seconds >= 0.0,
-                    "seconds ≥ 0",
-                )?;
-                check(
-                    || format!("{name} {p}: delay_seconds_mean"),
-                    e.delay_seconds_mean,
-                    e.delay_seconds_mean >= 0.0,
-                    "seconds ≥ 0",
-                )?;
-                check(
-                    || format!("{name} {p}: delay_seconds_variance"),
-                    e.delay_seconds_variance,
-                    e.delay_seconds_variance >= 0.0,
-                    "s² ≥ 0",
-                )?;
-                check(
-                    || format!("{name} {p}: delay_seconds_min"),
-                    e.delay_seconds_min,
-                    (0.0..=e.delay_seconds_mean).contains(&e.delay_seconds_min),
-                    "seconds between 0 and the delay's mean",
-                )?;
-                for c in e.call_groups.iter().flatten() {
-                    check(
-                        || format!("{name} {p}: call to {} {} probability", c.service, c.path),
-                        c.probability,
-                        (0.0..=1.0).contains(&c.probability),
-                        "a probability in [0, 1]",
-                    )?;
-                }
+            let t = h.target_utilization_percent;
+            check(
+                || format!("service {name}: hpa target_utilization_percent"),
+                t,
+                t > 0.0,
+                "a percentage > 0",
+            )?;
+            check(
+                || format!("service {name}: cpu_request_cores (needed by its HPA)"),
+                s.cpu_request_cores,
+                s.cpu_request_cores > 0.0,
+                "a number of cores > 0",
+            )?;
+        }
+        None => {
+            if s.replicas == 0 {
+                return Err(CapacityError::InvalidValue {
+                    what: format!("service {name}: replicas"),
+                    value: "0".into(),
+                    expected: "at least 1 replica",
+                });
             }
         }
-        let find = |service: &str, path: &str| -> Option<(usize, usize)> {
-            let s = *index.get(service)?;
-            let e = input.services[s]
-                .endpoints
-                .iter()
-                .position(|e| e.path == path)?;
-            Some((s, e))
-        };
-        let entry = find(&input.entry.service, &input.entry.path).ok_or_else(|| {
-            CapacityError::UnknownEntry {
-                service: input.entry.service.clone(),
-                path: input.entry.path.clone(),
-            }
-        })?;
-        let mut callees = Vec::with_capacity(input.services.len());
-        for s in &input.services {
-            let mut per_ep = Vec::with_capacity(s.endpoints.len());
-            for e in &s.endpoints {
-                let mut groups = Vec::with_capacity(e.call_groups.len());
-                for g in &e.call_groups {
-                    let mut calls = Vec::with_capacity(g.len());
-                    for c in g {
-                        let (cs, ce) = find(&c.service, &c.path).ok_or_else(|| {
+    }
+    Ok(())
+}
+
+/// Checks one endpoint's CPU time, delay and call probabilities.
+fn check_endpoint(name: &str, e: &EndpointModel) -> Result<()> {
+    let p = &e.path;
+    check(
+        || format!("{name} {p}: cpu_seconds"),
+        e.cpu_seconds,
+        e.cpu_seconds >= 0.0,
+        "seconds ≥ 0",
+    )?;
+    check(
+        || format!("{name} {p}: delay_seconds_mean"),
+        e.delay_seconds_mean,
+        e.delay_seconds_mean >= 0.0,
+        "seconds ≥ 0",
+    )?;
+    check(
+        || format!("{name} {p}: delay_seconds_variance"),
+        e.delay_seconds_variance,
+        e.delay_seconds_variance >= 0.0,
+        "s² ≥ 0",
+    )?;
+    check(
+        || format!("{name} {p}: delay_seconds_min"),
+        e.delay_seconds_min,
+        (0.0..=e.delay_seconds_mean).contains(&e.delay_seconds_min),
+        "seconds between 0 and the delay's mean",
+    )?;
+    for c in e.call_groups.iter().flatten() {
+        check(
+            || format!("{name} {p}: call to {} {} probability", c.service, c.path),
+            c.probability,
+            (0.0..=1.0).contains(&c.probability),
+            "a probability in [0, 1]",
+        )?;
+    }
+    Ok(())
+}
+
+/// (service, endpoint) indices of `service path`.
+fn find_endpoint(
+    input: &CapacityInput,
+    index: &HashMap<&str, usize>,
+    service: &str,
+    path: &str,
+) -> Option<(usize, usize)> {
+    let s = *index.get(service)?;
+    let e = input.services[s]
+        .endpoints
+        .iter()
+        .position(|e| e.path == path)?;
+    Some((s, e))
+}
+
+/// Every call of every endpoint resolved to the indices of its callee, per call group.
+fn resolve_calls(
+    input: &CapacityInput,
+    index: &HashMap<&str, usize>,
+) -> Result<Vec<Vec<Vec<Vec<ResolvedCall>>>>> {
+    let mut callees = Vec::with_capacity(input.services.len());
+    for s in &input.services {
+        let mut per_ep = Vec::with_capacity(s.endpoints.len());
+        for e in &s.endpoints {
+            let mut groups = Vec::with_capacity(e.call_groups.len());
+            for g in &e.call_groups {
+                let mut calls = Vec::with_capacity(g.len());
+                for c in g {
+                    let (cs, ce) =
+                        find_endpoint(input, index, &c.service, &c.path).ok_or_else(|| {
                             CapacityError::UnknownCallee {
                                 caller: format!("{} {}", s.name, e.path),
                                 service: c.service.clone(),
                                 path: c.path.clone(),
                             }
                         })?;
-                        calls.push(ResolvedCall {
-                            service: cs,
-                            endpoint: ce,
-                            probability: c.probability,
-                            repeat: c.repeat,
-                            expected_calls: c.probability * f64::from(c.repeat),
-                        });
-                    }
-                    groups.push(calls);
+                    calls.push(ResolvedCall {
+                        service: cs,
+                        endpoint: ce,
+                        probability: c.probability,
+                        repeat: c.repeat,
+                        expected_calls: c.probability * f64::from(c.repeat),
+                    });
                 }
-                per_ep.push(groups);
+                groups.push(calls);
             }
-            callees.push(per_ep);
+            per_ep.push(groups);
         }
+        callees.push(per_ep);
+    }
+    Ok(callees)
+}
+
+/// Visits of each endpoint per entry request, propagated in topological order.
+fn visit_counts(
+    input: &CapacityInput,
+    callees: &[Vec<Vec<Vec<ResolvedCall>>>],
+    topo: &[(usize, usize)],
+    entry: (usize, usize),
+) -> Vec<Vec<f64>> {
+    let mut visits: Vec<Vec<f64>> = input
+        .services
+        .iter()
+        .map(|s| vec![0.0; s.endpoints.len()])
+        .collect();
+    visits[entry.0][entry.1] = 1.0;
+    for &(s, e) in topo {
+        let v = visits[s][e];
+        for c in callees[s][e].iter().flatten() {
+            visits[c.service][c.endpoint] += v * c.expected_calls;
+        }
+    }
+    visits
+}
+
+impl Model {
+    /// Validates the input and computes visit ratios.
+    pub fn new(input: &CapacityInput) -> Result<Model> {
+        check_overhead_and_node(input)?;
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut notes = Vec::new();
+        for (i, s) in input.services.iter().enumerate() {
+            if index.insert(s.name.as_str(), i).is_some() {
+                return Err(CapacityError::DuplicateService(s.name.clone()));
+            }
+            check_service(s, &mut notes)?;
+        }
+        let entry = find_endpoint(input, &index, &input.entry.service, &input.entry.path)
+            .ok_or_else(|| CapacityError::UnknownEntry {
+                service: input.entry.service.clone(),
+                path: input.entry.path.clone(),
+            })?;
+        let callees = resolve_calls(input, &index)?;
         let topo = topological_order(input, &callees, entry)?;
-        let mut visits: Vec<Vec<f64>> = input
-            .services
-            .iter()
-            .map(|s| vec![0.0; s.endpoints.len()])
-            .collect();
-        visits[entry.0][entry.1] = 1.0;
-        for &(s, e) in &topo {
-            let v = visits[s][e];
-            for c in callees[s][e].iter().flatten() {
-                visits[c.service][c.endpoint] += v * c.expected_calls;
-            }
-        }
+        let visits = visit_counts(input, &callees, &topo, entry);
         Ok(Model {
             entry,
             services: input.services.clone(),
@@ -1234,6 +1288,30 @@ impl fmt::Display for CapacityPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "Capacity plan for entry {}", self.entry)?;
         writeln!(f)?;
+        write_table(f, &self.service_rows())?;
+        writeln!(f)?;
+        self.write_bottleneck_and_node(f)?;
+        if !self.rates.is_empty() {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "At entry rates (HPA steady state, its tolerance band in parentheses; latency \
+                 is a {})",
+                self.latency_model
+            )?;
+            write_table(f, &self.rate_rows())?;
+        }
+        self.write_allocation(f)?;
+        for n in &self.notes {
+            writeln!(f, "note: {n}")?;
+        }
+        Ok(())
+    }
+}
+
+impl CapacityPlan {
+    /// The services table of the printed plan: one row per service, header first.
+    fn service_rows(&self) -> Vec<Vec<String>> {
         let mut rows = vec![vec![
             "service".to_string(),
             "visits".into(),
@@ -1263,8 +1341,11 @@ impl fmt::Display for CapacityPlan {
                 }),
             ]);
         }
-        write_table(f, &rows)?;
-        writeln!(f)?;
+        rows
+    }
+
+    /// The bottleneck line, and the node's line when replicas were fitted on one.
+    fn write_bottleneck_and_node(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
             "Bottleneck: {}   predicted maximum throughput: {} rps",
@@ -1281,68 +1362,69 @@ impl fmt::Display for CapacityPlan {
                 n.memory_bytes / (1024.0 * 1024.0)
             )?;
         }
-        if !self.rates.is_empty() {
-            writeln!(f)?;
-            writeln!(
-                f,
-                "At entry rates (HPA steady state, its tolerance band in parentheses; latency \
-                 is a {})",
-                self.latency_model
-            )?;
-            let mut header = vec!["rate rps".to_string()];
-            header.extend(self.services.iter().map(|s| format!("{} pods", s.name)));
-            header.extend([
-                "capacity rps".into(),
-                "bottleneck".into(),
-                "mean ms (model)".into(),
-                "p99 ms (model)".into(),
-            ]);
-            let mut rows = vec![header];
-            for r in &self.rates {
-                let mut row = vec![format!("{:.1}", r.rate_rps)];
-                row.extend(r.services.iter().map(|s| {
-                    let mut count = match s.replicas_band {
-                        Some((lo, hi)) if lo != hi => format!("{} ({lo}–{hi})", s.replicas),
-                        _ => s.replicas.to_string(),
-                    };
-                    if s.pending > 0 {
-                        count.push_str(&format!(", {} Pending", s.pending));
-                    }
-                    if s.utilization > 1.0 {
-                        format!("{count} ({:.0}% cpu!)", s.utilization * 100.0)
-                    } else {
-                        count
-                    }
-                }));
-                row.push(opt(r.capacity_rps, 1));
-                row.push(r.bottleneck.clone().unwrap_or_else(|| "–".into()));
-                if r.saturated {
-                    row.extend(["saturated".into(), "saturated".into()]);
-                } else {
-                    row.extend([opt(r.latency_mean_ms, 1), opt(r.latency_p99_ms, 1)]);
-                }
-                rows.push(row);
-            }
-            write_table(f, &rows)?;
-        }
-        if let Some(a) = &self.allocation {
-            writeln!(f)?;
-            let parts: Vec<String> = a.replicas.iter().map(|(n, r)| format!("{n}={r}")).collect();
-            writeln!(
-                f,
-                "Best allocation for {}: {} ({} pods, {:.2} cores) carries {} rps, bottleneck {}",
-                a.budget,
-                parts.join(" "),
-                a.pods,
-                a.cores,
-                opt(a.throughput_rps, 1),
-                a.bottleneck.as_deref().unwrap_or("none")
-            )?;
-        }
-        for n in &self.notes {
-            writeln!(f, "note: {n}")?;
-        }
         Ok(())
+    }
+
+    /// The entry-rates table of the printed plan: one row per rate, header first.
+    fn rate_rows(&self) -> Vec<Vec<String>> {
+        let mut header = vec!["rate rps".to_string()];
+        header.extend(self.services.iter().map(|s| format!("{} pods", s.name)));
+        header.extend([
+            "capacity rps".into(),
+            "bottleneck".into(),
+            "mean ms (model)".into(),
+            "p99 ms (model)".into(),
+        ]);
+        let mut rows = vec![header];
+        for r in &self.rates {
+            let mut row = vec![format!("{:.1}", r.rate_rps)];
+            row.extend(r.services.iter().map(pods_cell));
+            row.push(opt(r.capacity_rps, 1));
+            row.push(r.bottleneck.clone().unwrap_or_else(|| "–".into()));
+            if r.saturated {
+                row.extend(["saturated".into(), "saturated".into()]);
+            } else {
+                row.extend([opt(r.latency_mean_ms, 1), opt(r.latency_p99_ms, 1)]);
+            }
+            rows.push(row);
+        }
+        rows
+    }
+
+    /// The best-allocation paragraph, when a budget was given.
+    fn write_allocation(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(a) = &self.allocation else {
+            return Ok(());
+        };
+        writeln!(f)?;
+        let parts: Vec<String> = a.replicas.iter().map(|(n, r)| format!("{n}={r}")).collect();
+        writeln!(
+            f,
+            "Best allocation for {}: {} ({} pods, {:.2} cores) carries {} rps, bottleneck {}",
+            a.budget,
+            parts.join(" "),
+            a.pods,
+            a.cores,
+            opt(a.throughput_rps, 1),
+            a.bottleneck.as_deref().unwrap_or("none")
+        )
+    }
+}
+
+/// A service's cell of the entry-rates table: replicas, the HPA's band, Pending replicas,
+/// and CPU utilization when above 100 %.
+fn pods_cell(s: &ServiceAtRate) -> String {
+    let mut count = match s.replicas_band {
+        Some((lo, hi)) if lo != hi => format!("{} ({lo}–{hi})", s.replicas),
+        _ => s.replicas.to_string(),
+    };
+    if s.pending > 0 {
+        count.push_str(&format!(", {} Pending", s.pending));
+    }
+    if s.utilization > 1.0 {
+        format!("{count} ({:.0}% cpu!)", s.utilization * 100.0)
+    } else {
+        count
     }
 }
 

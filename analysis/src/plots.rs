@@ -10,7 +10,7 @@ use std::sync::Once;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::analyze::Analysis;
+use crate::analyze::{Analysis, ServiceSeries};
 
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSans-subset.ttf");
 static FONT_ONCE: Once = Once::new();
@@ -279,108 +279,120 @@ pub fn timeseries_charts(a: &Analysis) -> Vec<Chart> {
     meshes.extend(a.steps.iter().map(|s| s.mesh.as_str()));
     meshes.sort_unstable();
     meshes.dedup();
-    let mut out = Vec::new();
-    for mesh in meshes {
-        let vlines: Vec<f64> = a
-            .steps
+    meshes
+        .into_iter()
+        .flat_map(|mesh| mesh_timeseries_charts(a, mesh, &axis, max))
+        .collect()
+}
+
+/// The replicas, CPU, memory and latency charts of one mesh, with its step boundaries.
+fn mesh_timeseries_charts(a: &Analysis, mesh: &str, axis: &TimeAxis, max: usize) -> Vec<Chart> {
+    let vlines: Vec<f64> = a
+        .steps
+        .iter()
+        .filter(|s| s.mesh == mesh)
+        .map(|s| axis.x(s.start.0))
+        .collect();
+    let services: Vec<(&String, &ServiceSeries)> = a
+        .series
+        .iter()
+        .filter(|(k, _)| k.0 == mesh)
+        .map(|(k, v)| (&k.1, v))
+        .collect();
+    let chart = |kind: &str, title: &str, y: &str, lines: Vec<Line>| Chart {
+        name: format!("{kind}-{}", slug(mesh)),
+        title: format!("{title} — mesh {mesh}"),
+        x_label: axis.label.into(),
+        y_label: y.into(),
+        lines,
+        vlines: vlines.clone(),
+    };
+    let lines = |f: &dyn Fn(&ServiceSeries) -> Vec<(f64, f64)>| service_lines(&services, max, f);
+    // Replicas are a step function: draw the steps.
+    let replicas = lines(&|s| replica_steps(s, axis));
+    let cpu = lines(&|s| s.cpu.iter().map(|p| (axis.x(p.ts_ms), p.sum)).collect());
+    let mem = lines(&|s| {
+        s.memory
             .iter()
-            .filter(|s| s.mesh == mesh)
-            .map(|s| axis.x(s.start.0))
-            .collect();
-        let services: Vec<(&String, &crate::analyze::ServiceSeries)> = a
-            .series
-            .iter()
-            .filter(|(k, _)| k.0 == mesh)
-            .map(|(k, v)| (&k.1, v))
-            .collect();
-        let chart = |kind: &str, title: &str, y: &str, lines: Vec<Line>| Chart {
-            name: format!("{kind}-{}", slug(mesh)),
-            title: format!("{title} — mesh {mesh}"),
-            x_label: axis.label.into(),
-            y_label: y.into(),
-            lines,
-            vlines: vlines.clone(),
-        };
-        let lines = |f: &dyn Fn(&crate::analyze::ServiceSeries) -> Vec<(f64, f64)>| -> Vec<Line> {
-            services
-                .iter()
-                .enumerate()
-                .map(|(i, (name, s))| Line {
-                    name: (*name).clone(),
-                    points: downsample(&f(s), max),
-                    style: Style::Line,
-                    color: i,
-                })
-                .filter(|l| !l.points.is_empty())
-                .collect()
-        };
-        // Replicas are a step function: draw the steps.
-        let replicas = lines(&|s| {
-            let mut v = Vec::with_capacity(s.replicas.len() * 2);
-            for (i, &(t, r)) in s.replicas.iter().enumerate() {
-                if i > 0 {
-                    v.push((axis.x(t), s.replicas[i - 1].1));
-                }
-                v.push((axis.x(t), r));
-            }
-            v
-        });
-        out.push(chart(
-            "replicas",
-            "Replicas per service",
-            "replicas",
-            replicas,
-        ));
-        let cpu = lines(&|s| s.cpu.iter().map(|p| (axis.x(p.ts_ms), p.sum)).collect());
-        out.push(chart(
-            "cpu",
-            "CPU per service (all pods)",
-            "CPU (cores)",
-            cpu,
-        ));
-        let mem = lines(&|s| {
-            s.memory
-                .iter()
-                .map(|p| (axis.x(p.ts_ms), p.sum / (1024.0 * 1024.0)))
-                .collect()
-        });
-        out.push(chart(
+            .map(|p| (axis.x(p.ts_ms), p.sum / (1024.0 * 1024.0)))
+            .collect()
+    });
+    vec![
+        chart("replicas", "Replicas per service", "replicas", replicas),
+        chart("cpu", "CPU per service (all pods)", "CPU (cores)", cpu),
+        chart(
             "memory",
             "Memory per service (all pods)",
             "memory (MiB)",
             mem,
-        ));
-        let mut lat: Vec<Line> = Vec::new();
-        let rows: Vec<&crate::tables::LatencyRow> =
-            a.latency.iter().filter(|r| r.mesh == mesh).collect();
-        let pick: [(&str, LatencyPick); 3] = [
-            ("p50", |r| r.latency_p50_ms),
-            ("p90", |r| r.latency_p90_ms),
-            ("p99", |r| r.latency_p99_ms),
-        ];
-        for (i, (name, f)) in pick.iter().enumerate() {
-            let mut pts: Vec<(f64, f64)> = rows
-                .iter()
-                .filter_map(|r| f(r).map(|v| (axis.x(r.ts.0), v)))
-                .collect();
-            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-            if !pts.is_empty() {
-                lat.push(Line {
-                    name: (*name).into(),
-                    points: downsample(&pts, max),
-                    style: Style::Line,
-                    color: i,
-                });
-            }
-        }
-        out.push(chart(
+        ),
+        chart(
             "latency",
             "Latency of successes per second",
             "latency (ms)",
-            lat,
-        ));
+            latency_lines(a, mesh, axis, max),
+        ),
+    ]
+}
+
+/// One line per service of the figure `f` picks, downsampled to `max` points; services
+/// without points are left out.
+fn service_lines(
+    services: &[(&String, &ServiceSeries)],
+    max: usize,
+    f: &dyn Fn(&ServiceSeries) -> Vec<(f64, f64)>,
+) -> Vec<Line> {
+    services
+        .iter()
+        .enumerate()
+        .map(|(i, (name, s))| Line {
+            name: (*name).clone(),
+            points: downsample(&f(s), max),
+            style: Style::Line,
+            color: i,
+        })
+        .filter(|l| !l.points.is_empty())
+        .collect()
+}
+
+/// A service's replicas as a step function: each change drawn as a vertical step.
+fn replica_steps(s: &ServiceSeries, axis: &TimeAxis) -> Vec<(f64, f64)> {
+    let mut v = Vec::with_capacity(s.replicas.len() * 2);
+    for (i, &(t, r)) in s.replicas.iter().enumerate() {
+        if i > 0 {
+            v.push((axis.x(t), s.replicas[i - 1].1));
+        }
+        v.push((axis.x(t), r));
     }
-    out
+    v
+}
+
+/// p50, p90 and p99 of the mesh's successes per second, one line each.
+fn latency_lines(a: &Analysis, mesh: &str, axis: &TimeAxis, max: usize) -> Vec<Line> {
+    let mut lat: Vec<Line> = Vec::new();
+    let rows: Vec<&crate::tables::LatencyRow> =
+        a.latency.iter().filter(|r| r.mesh == mesh).collect();
+    let pick: [(&str, LatencyPick); 3] = [
+        ("p50", |r| r.latency_p50_ms),
+        ("p90", |r| r.latency_p90_ms),
+        ("p99", |r| r.latency_p99_ms),
+    ];
+    for (i, (name, f)) in pick.iter().enumerate() {
+        let mut pts: Vec<(f64, f64)> = rows
+            .iter()
+            .filter_map(|r| f(r).map(|v| (axis.x(r.ts.0), v)))
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        if !pts.is_empty() {
+            lat.push(Line {
+                name: (*name).into(),
+                points: downsample(&pts, max),
+                style: Style::Line,
+                color: i,
+            });
+        }
+    }
+    lat
 }
 
 /// Mean over repetitions of a step figure, per target rate, for non-warm-up open-loop steps.
@@ -421,13 +433,6 @@ pub fn sweep_charts(a: &Analysis) -> Vec<Chart> {
         return Vec::new();
     }
     let multi = meshes.len() > 1;
-    let label = |m: &str, what: &str| {
-        if multi {
-            format!("{m}: {what}")
-        } else {
-            what.to_owned()
-        }
-    };
     let mut rate_lines = Vec::new();
     let mut lat_lines = Vec::new();
     let mut max_rate: f64 = 0.0;
@@ -435,49 +440,8 @@ pub fn sweep_charts(a: &Analysis) -> Vec<Chart> {
         let c = i * 3;
         let requested = by_rate(a, m, |s| s.target_rate_rps);
         max_rate = requested.iter().fold(max_rate, |acc, p| acc.max(p.0));
-        rate_lines.push(Line {
-            name: label(m, "served throughput"),
-            points: by_rate(a, m, |s| s.throughput_rps),
-            style: Style::LinePoints,
-            color: c,
-        });
-        // Secondary: an open loop sends its target whatever the mesh serves.
-        rate_lines.push(Line {
-            name: label(m, "sent"),
-            points: by_rate(a, m, |s| s.sent_rate_rps),
-            style: Style::Points,
-            color: c + 1,
-        });
-        let predicted = by_rate(a, m, |s| s.predicted_throughput_rps);
-        if !predicted.is_empty() {
-            rate_lines.push(Line {
-                name: label(m, "predicted (model)"),
-                points: predicted,
-                style: Style::Dashed,
-                color: c + 2,
-            });
-        }
-        lat_lines.push(Line {
-            name: label(m, "mean"),
-            points: by_rate(a, m, |s| s.latency_mean_ms),
-            style: Style::LinePoints,
-            color: c,
-        });
-        lat_lines.push(Line {
-            name: label(m, "p99"),
-            points: by_rate(a, m, |s| s.latency_p99_ms),
-            style: Style::LinePoints,
-            color: c + 1,
-        });
-        let predicted = by_rate(a, m, |s| s.predicted_latency_mean_ms);
-        if !predicted.is_empty() {
-            lat_lines.push(Line {
-                name: label(m, "mean, predicted (model)"),
-                points: predicted,
-                style: Style::Dashed,
-                color: c + 2,
-            });
-        }
+        rate_lines.extend(sweep_rate_lines(a, m, multi, c));
+        lat_lines.extend(sweep_latency_lines(a, m, multi, c));
     }
     rate_lines.insert(
         0,
@@ -506,6 +470,74 @@ pub fn sweep_charts(a: &Analysis) -> Vec<Chart> {
             vlines: Vec::new(),
         },
     ]
+}
+
+/// A sweep line's name: prefixed with the mesh when several meshes share the chart.
+fn sweep_label(multi: bool, mesh: &str, what: &str) -> String {
+    if multi {
+        format!("{mesh}: {what}")
+    } else {
+        what.to_owned()
+    }
+}
+
+/// One mesh's lines of the rate chart: served throughput, sent rate and the model's
+/// prediction (when there is one), in colors `c`, `c + 1`, `c + 2`.
+fn sweep_rate_lines(a: &Analysis, m: &str, multi: bool, c: usize) -> Vec<Line> {
+    let mut lines = vec![
+        Line {
+            name: sweep_label(multi, m, "served throughput"),
+            points: by_rate(a, m, |s| s.throughput_rps),
+            style: Style::LinePoints,
+            color: c,
+        },
+        // Secondary: an open loop sends its target whatever the mesh serves.
+        Line {
+            name: sweep_label(multi, m, "sent"),
+            points: by_rate(a, m, |s| s.sent_rate_rps),
+            style: Style::Points,
+            color: c + 1,
+        },
+    ];
+    let predicted = by_rate(a, m, |s| s.predicted_throughput_rps);
+    if !predicted.is_empty() {
+        lines.push(Line {
+            name: sweep_label(multi, m, "predicted (model)"),
+            points: predicted,
+            style: Style::Dashed,
+            color: c + 2,
+        });
+    }
+    lines
+}
+
+/// One mesh's lines of the latency chart: mean, p99 and the model's mean (when there is
+/// one), in colors `c`, `c + 1`, `c + 2`.
+fn sweep_latency_lines(a: &Analysis, m: &str, multi: bool, c: usize) -> Vec<Line> {
+    let mut lines = vec![
+        Line {
+            name: sweep_label(multi, m, "mean"),
+            points: by_rate(a, m, |s| s.latency_mean_ms),
+            style: Style::LinePoints,
+            color: c,
+        },
+        Line {
+            name: sweep_label(multi, m, "p99"),
+            points: by_rate(a, m, |s| s.latency_p99_ms),
+            style: Style::LinePoints,
+            color: c + 1,
+        },
+    ];
+    let predicted = by_rate(a, m, |s| s.predicted_latency_mean_ms);
+    if !predicted.is_empty() {
+        lines.push(Line {
+            name: sweep_label(multi, m, "mean, predicted (model)"),
+            points: predicted,
+            style: Style::Dashed,
+            color: c + 2,
+        });
+    }
+    lines
 }
 
 /// Every chart of the report, in display order.

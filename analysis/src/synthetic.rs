@@ -192,16 +192,60 @@ pub fn chain_mesh(services: u32, max_pods: u32) -> CapacityInput {
 /// A complete synthetic run of mesh `mesh` starting at `start`.
 pub fn run(size: &Size, mesh: &str, start: DateTime<Utc>) -> RunData {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let t0 = start.timestamp_millis();
-    let step_ms = i64::from(size.step_seconds) * 1000;
-    let mut steps = Vec::new();
-    let mut load = Vec::new();
-    let mut samples = Vec::new();
     let model = chain_mesh(size.services, size.max_pods_per_service);
     let capacity = Model::new(&model)
         .ok()
         .and_then(|m| m.plan(&[]).max_throughput_rps)
         .unwrap_or(f64::INFINITY);
+    let (steps, load, end_ms) =
+        step_loads(size, mesh, start.timestamp_millis(), capacity, &mut rng);
+    // Samples after all load results, so the large temporary buffers of histogram
+    // encoding are not interleaved with the samples' small strings.
+    let mut samples = Vec::new();
+    for meta in &steps {
+        step_samples(size, mesh, meta, capacity, &mut rng, &mut samples);
+    }
+    let mut models = BTreeMap::new();
+    models.insert(mesh.to_owned(), model);
+    RunData {
+        meta: run_meta(size, start, end_ms),
+        steps,
+        samples,
+        load,
+        models,
+        slos: vec![
+            Slo::Latency {
+                percentile: 99.0,
+                max_ms: 50.0,
+            },
+            Slo::ErrorRate { max_ratio: 0.01 },
+        ],
+        options: AnalysisOptions::default(),
+    }
+}
+
+/// Length of one step in ms.
+fn step_ms(size: &Size) -> i64 {
+    i64::from(size.step_seconds) * 1000
+}
+
+/// Successes per second at `rate`: capped just below the model's capacity.
+fn ok_rate(rate: f64, capacity: f64) -> f64 {
+    rate.min(capacity * 0.98)
+}
+
+/// Every step of every repetition, back to back from `t0`, with its load result; and the
+/// end of the last step.
+fn step_loads(
+    size: &Size,
+    mesh: &str,
+    t0: i64,
+    capacity: f64,
+    rng: &mut Rng,
+) -> (Vec<StepMeta>, Vec<StepLoad>, i64) {
+    let step_ms = step_ms(size);
+    let mut steps = Vec::new();
+    let mut load = Vec::new();
     let mut t = t0;
     for rep in 0..size.repetitions {
         for i in 0..size.steps {
@@ -217,24 +261,7 @@ pub fn run(size: &Size, mesh: &str, start: DateTime<Utc>) -> RunData {
                 users: None,
                 warmup: false,
             };
-            // Successes are capped at the model's capacity; the excess times out and the
-            // latency of successes grows as the load nears it.
-            let ok_rate = rate.min(capacity * 0.98);
-            let stretch = 1.0 / (1.0 - (ok_rate / capacity).min(0.95));
-            let seconds: Vec<SecondSpec> = (0..size.step_seconds)
-                .map(|_| {
-                    let n = ok_rate.round() as usize;
-                    SecondSpec {
-                        ok_latencies_us: (0..n)
-                            .map(|_| {
-                                (2_000.0 + 1_500.0 * stretch * -rng.next().max(1e-12).ln()) as u64
-                            })
-                            .collect(),
-                        errors: u64::from(rng.next() < 0.05),
-                        timeouts: (rate - ok_rate).round() as u64,
-                    }
-                })
-                .collect();
+            let seconds = seconds_of_step(size, rate, capacity, rng);
             load.push(StepLoad {
                 mesh: mesh.to_owned(),
                 repetition: rep,
@@ -245,104 +272,116 @@ pub fn run(size: &Size, mesh: &str, start: DateTime<Utc>) -> RunData {
             t += step_ms;
         }
     }
-    // Samples after all load results, so the large temporary buffers of histogram
-    // encoding are not interleaved with the samples' small strings.
-    for meta in &steps {
-        let t = meta.start_ms;
-        let rate = meta.target_rate.unwrap_or(0.0);
-        let ok_rate = rate.min(capacity * 0.98);
-        let mut ts = t;
-        while ts < t + step_ms {
-            let progress = (ts - t) as f64 / step_ms as f64;
-            for s in 0..size.services {
-                let svc = format!("svc-{s}");
-                let demand = 0.005 * f64::from(s + 1);
-                // The HPA's steady state for this step, reached over the first 30 % of it.
-                let want = (ok_rate * demand / (0.5 * 0.7)).ceil();
-                let replicas = if size.fixed_pods {
-                    f64::from(size.max_pods_per_service.max(1))
-                } else {
-                    (want * progress.min(0.3) / 0.3)
-                        .ceil()
-                        .clamp(1.0, f64::from(size.max_pods_per_service))
-                };
-                samples.push(Sample::service(ts, mesh, &svc, metric::REPLICAS, replicas));
-                samples.push(Sample::service(
-                    ts,
-                    mesh,
-                    &svc,
-                    metric::REPLICAS_READY,
-                    replicas,
-                ));
-                samples.push(Sample::service(
-                    ts,
-                    mesh,
-                    &svc,
-                    metric::CPU_REQUEST_CORES,
-                    0.5,
-                ));
-                samples.push(Sample::service(
-                    ts,
-                    mesh,
-                    &svc,
-                    metric::HPA_TARGET_UTILIZATION,
-                    0.7,
-                ));
-                samples.push(Sample::service(
-                    ts,
-                    mesh,
-                    &svc,
-                    metric::WORKER_REQUESTS_PER_S,
-                    ok_rate,
-                ));
-                for p in 0..replicas as u32 {
-                    let pod = format!("{svc}-{p}");
-                    let cpu = (ok_rate * demand / replicas).min(1.0) * (0.9 + 0.2 * rng.next());
-                    samples.push(Sample::pod(ts, mesh, &svc, &pod, metric::CPU_CORES, cpu));
-                    samples.push(Sample::pod(
-                        ts,
-                        mesh,
-                        &svc,
-                        &pod,
-                        metric::MEMORY_BYTES,
-                        5.0e7 + 1.0e6 * rng.next(),
-                    ));
-                }
+    (steps, load, t)
+}
+
+/// The seconds of one step at `rate`. Successes are capped at the model's capacity; the
+/// excess times out and the latency of successes grows as the load nears it.
+fn seconds_of_step(size: &Size, rate: f64, capacity: f64, rng: &mut Rng) -> Vec<SecondSpec> {
+    let ok_rate = ok_rate(rate, capacity);
+    let stretch = 1.0 / (1.0 - (ok_rate / capacity).min(0.95));
+    (0..size.step_seconds)
+        .map(|_| {
+            let n = ok_rate.round() as usize;
+            SecondSpec {
+                ok_latencies_us: (0..n)
+                    .map(|_| (2_000.0 + 1_500.0 * stretch * -rng.next().max(1e-12).ln()) as u64)
+                    .collect(),
+                errors: u64::from(rng.next() < 0.05),
+                timeouts: (rate - ok_rate).round() as u64,
             }
-            ts += size.resolution_ms;
+        })
+        .collect()
+}
+
+/// The samples of one step every `size.resolution_ms`: per service its replicas, CPU
+/// request, HPA target and requests per second; per pod its CPU and memory.
+fn step_samples(
+    size: &Size,
+    mesh: &str,
+    meta: &StepMeta,
+    capacity: f64,
+    rng: &mut Rng,
+    samples: &mut Vec<Sample>,
+) {
+    let step_ms = step_ms(size);
+    let t = meta.start_ms;
+    let ok_rate = ok_rate(meta.target_rate.unwrap_or(0.0), capacity);
+    let mut ts = t;
+    while ts < t + step_ms {
+        let progress = (ts - t) as f64 / step_ms as f64;
+        for s in 0..size.services {
+            service_samples(size, mesh, s, ts, progress, ok_rate, rng, samples);
         }
+        ts += size.resolution_ms;
     }
-    let mut models = BTreeMap::new();
-    models.insert(mesh.to_owned(), model);
-    RunData {
-        meta: RunMeta {
-            benchmark: "synthetic".into(),
-            spec: serde_json::json!({ "synthetic": { "services": size.services, "steps": size.steps } }),
-            meshbench_version: env!("CARGO_PKG_VERSION").into(),
-            platform: Platform::Local,
-            limits: LimitsEnforcement {
-                mode: Enforcement::Enforced,
-                reason: "synthetic data".into(),
-            },
-            warnings: Vec::new(),
-            phases: Vec::new(),
-            started_at: start,
-            finished_at: DateTime::from_timestamp_millis(t),
-            steps_planned: Some(size.steps * size.repetitions),
-            partial: false,
-            deviations: Vec::new(),
+}
+
+/// The samples of service `svc-{s}` and its pods at `ts`, `progress` (0..1) into a step
+/// that serves `ok_rate`.
+#[allow(clippy::too_many_arguments)] // one sample point's coordinates, all distinct
+fn service_samples(
+    size: &Size,
+    mesh: &str,
+    s: u32,
+    ts: i64,
+    progress: f64,
+    ok_rate: f64,
+    rng: &mut Rng,
+    samples: &mut Vec<Sample>,
+) {
+    let svc = format!("svc-{s}");
+    let demand = 0.005 * f64::from(s + 1);
+    // The HPA's steady state for this step, reached over the first 30 % of it.
+    let want = (ok_rate * demand / (0.5 * 0.7)).ceil();
+    let replicas = if size.fixed_pods {
+        f64::from(size.max_pods_per_service.max(1))
+    } else {
+        (want * progress.min(0.3) / 0.3)
+            .ceil()
+            .clamp(1.0, f64::from(size.max_pods_per_service))
+    };
+    for (name, value) in [
+        (metric::REPLICAS, replicas),
+        (metric::REPLICAS_READY, replicas),
+        (metric::CPU_REQUEST_CORES, 0.5),
+        (metric::HPA_TARGET_UTILIZATION, 0.7),
+        (metric::WORKER_REQUESTS_PER_S, ok_rate),
+    ] {
+        samples.push(Sample::service(ts, mesh, &svc, name, value));
+    }
+    for p in 0..replicas as u32 {
+        let pod = format!("{svc}-{p}");
+        let cpu = (ok_rate * demand / replicas).min(1.0) * (0.9 + 0.2 * rng.next());
+        samples.push(Sample::pod(ts, mesh, &svc, &pod, metric::CPU_CORES, cpu));
+        samples.push(Sample::pod(
+            ts,
+            mesh,
+            &svc,
+            &pod,
+            metric::MEMORY_BYTES,
+            5.0e7 + 1.0e6 * rng.next(),
+        ));
+    }
+}
+
+/// The run's metadata: a synthetic local run from `start` to `end_ms`.
+fn run_meta(size: &Size, start: DateTime<Utc>, end_ms: i64) -> RunMeta {
+    RunMeta {
+        benchmark: "synthetic".into(),
+        spec: serde_json::json!({ "synthetic": { "services": size.services, "steps": size.steps } }),
+        meshbench_version: env!("CARGO_PKG_VERSION").into(),
+        platform: Platform::Local,
+        limits: LimitsEnforcement {
+            mode: Enforcement::Enforced,
+            reason: "synthetic data".into(),
         },
-        steps,
-        samples,
-        load,
-        models,
-        slos: vec![
-            Slo::Latency {
-                percentile: 99.0,
-                max_ms: 50.0,
-            },
-            Slo::ErrorRate { max_ratio: 0.01 },
-        ],
-        options: AnalysisOptions::default(),
+        warnings: Vec::new(),
+        phases: Vec::new(),
+        started_at: start,
+        finished_at: DateTime::from_timestamp_millis(end_ms),
+        steps_planned: Some(size.steps * size.repetitions),
+        partial: false,
+        deviations: Vec::new(),
     }
 }

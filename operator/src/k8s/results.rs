@@ -264,62 +264,20 @@ async fn post_result(
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
-    let Ok(text) = std::str::from_utf8(&body) else {
-        return reject(StatusCode::BAD_REQUEST, "the body is not UTF-8");
-    };
-    let result = match LoadResult::from_json(text) {
+    let result = match parse_result(&body, &run) {
         Ok(r) => r,
-        Err(e) => {
-            return reject(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("not a load result: {e}"),
-            );
-        }
+        Err(r) => return r,
     };
-    if result.plan.labels.get("run").is_some_and(|r| r != &run) {
-        return reject(
-            StatusCode::CONFLICT,
-            "the result belongs to another run (labels.run)",
-        );
-    }
-    let index = result.plan.instance.index;
-    // A retried POST of the same result is idempotent; a different one for the same
-    // instance is refused, so the first one counts.
-    match state
-        .store
-        .instance_result(&namespace, &run, ordinal, index)
-    {
-        Ok(Some(existing)) if existing == result => return StatusCode::NO_CONTENT.into_response(),
-        Ok(Some(_)) => {
-            return reject(
-                StatusCode::CONFLICT,
-                format!("instance {index} of step {ordinal} already posted a different result"),
-            );
-        }
-        Ok(None) => {}
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read a stored result");
-            return reject(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "cannot read the stored results",
-            );
-        }
+    if let Some(r) = earlier_post(&state, (&namespace, &run, ordinal), &result) {
+        return r;
     }
     if let Err(r) = check_result(&state, &snapshot, (&namespace, &run, ordinal), &result) {
         return r.into_response();
     }
-    let stored = state
-        .store
-        .results_bytes(&namespace, &run)
-        .unwrap_or(u64::MAX);
-    if stored.saturating_add(body.len() as u64) > MAX_RUN_RESULT_BYTES {
-        return reject(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "run {run} already stores {stored} bytes of results; the limit is {MAX_RUN_RESULT_BYTES}"
-            ),
-        );
+    if let Err(r) = check_run_quota(&state, &namespace, &run, body.len()) {
+        return r;
     }
+    let index = result.plan.instance.index;
     match state
         .store
         .save_instance_result(&namespace, &run, ordinal, index, &result)
@@ -340,6 +298,78 @@ async fn post_result(
             reject(StatusCode::INTERNAL_SERVER_ERROR, "cannot store the result")
         }
     }
+}
+
+/// The posted body as a load result of run `run`, or the response refusing it.
+fn parse_result(body: &[u8], run: &str) -> Result<LoadResult, Response> {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Err(reject(StatusCode::BAD_REQUEST, "the body is not UTF-8"));
+    };
+    let result = match LoadResult::from_json(text) {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(reject(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("not a load result: {e}"),
+            ));
+        }
+    };
+    if result.plan.labels.get("run").is_some_and(|r| r != run) {
+        return Err(reject(
+            StatusCode::CONFLICT,
+            "the result belongs to another run (labels.run)",
+        ));
+    }
+    Ok(result)
+}
+
+/// The answer when the result's instance already posted for this step: a retried POST of
+/// the same result is idempotent (204); a different one is refused (409), so the first
+/// one counts. `None` when it has not posted yet.
+fn earlier_post(
+    state: &ResultsState,
+    (namespace, run, ordinal): (&str, &str, usize),
+    result: &LoadResult,
+) -> Option<Response> {
+    let index = result.plan.instance.index;
+    match state.store.instance_result(namespace, run, ordinal, index) {
+        Ok(Some(existing)) if existing == *result => Some(StatusCode::NO_CONTENT.into_response()),
+        Ok(Some(_)) => Some(reject(
+            StatusCode::CONFLICT,
+            format!("instance {index} of step {ordinal} already posted a different result"),
+        )),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read a stored result");
+            Some(reject(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot read the stored results",
+            ))
+        }
+    }
+}
+
+/// Refuses a result of `len` bytes that would take the run's stored results past
+/// [`MAX_RUN_RESULT_BYTES`].
+fn check_run_quota(
+    state: &ResultsState,
+    namespace: &str,
+    run: &str,
+    len: usize,
+) -> Result<(), Response> {
+    let stored = state
+        .store
+        .results_bytes(namespace, run)
+        .unwrap_or(u64::MAX);
+    if stored.saturating_add(len as u64) > MAX_RUN_RESULT_BYTES {
+        return Err(reject(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "run {run} already stores {stored} bytes of results; the limit is {MAX_RUN_RESULT_BYTES}"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 async fn list_report(

@@ -315,85 +315,121 @@ impl<'a> Run<'a> {
         Ok(Progress::Wait(Duration::from_secs(5)))
     }
 
+    /// A load step: creates its Job, then waits for every instance's result (merged and
+    /// saved) or for the Job to fail.
     async fn run_step(&self, cursor: Cursor, state: &mut RunState) -> Result<Progress> {
         let ord = ordinal(&self.schedule, cursor);
-        let jobs: Api<Job> = Api::namespaced(self.ctx.client.clone(), &self.ns);
-        let cms: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &self.ns);
         let parallelism = self.snapshot.benchmark.spec.parallelism() as usize;
         let Some(job_name) = state.job.clone() else {
-            let (Some(mesh), Some(step)) =
-                (self.mesh(cursor.mesh), self.schedule.steps.get(cursor.step))
-            else {
-                return Ok(Progress::Done(Outcome::Failed(
-                    "step not in the plan".into(),
-                )));
-            };
-            let start_at = (parallelism > 1).then(|| {
-                u64::try_from(now_ms()).unwrap_or(0)
-                    + self.ctx.settings.start_delay.as_millis() as u64
-            });
-            let objects = render::render_load_job(
-                &LoadStep {
-                    benchmark: &self.snapshot_owner(),
-                    mesh,
-                    run_id: &self.run_id,
-                    step,
-                    ordinal: ord,
-                    repetition: cursor.repetition,
-                    with_warmup: state.warmup_pending,
-                    start_at_unix_ms: start_at,
-                },
-                &self.ctx.render,
-            )?;
-            let pp = PatchParams::apply(FIELD_MANAGER).force();
-            let name = objects.job.name_any();
-            self.ctx
-                .store
-                .set_current_step(&self.ns, &self.run_id, ord)?;
-            cms.patch(&name, &pp, &Patch::Apply(&objects.plan_config_map))
-                .await
-                .map_err(kube_err(format!("applying ConfigMap {name}")))?;
-            jobs.patch(&name, &pp, &Patch::Apply(&objects.job))
-                .await
-                .map_err(kube_err(format!("applying Job {name}")))?;
-            state.job = Some(name);
-            state.warmup_pending = false;
-            return Ok(Progress::Wait(Duration::from_secs(2)));
+            return self.start_load_job(cursor, ord, parallelism, state).await;
         };
         let results = self
             .ctx
             .store
             .instance_results(&self.ns, &self.run_id, ord)?;
-        let finish = |outcome: Outcome| Progress::Done(outcome);
         if results.len() >= parallelism {
-            let merged = match LoadResult::merge(&results) {
-                Ok(m) => m,
-                Err(e) => {
-                    self.remove_job(&job_name).await?;
-                    state.job = None;
-                    return Ok(finish(Outcome::Failed(format!(
-                        "the load generators' results do not merge: {e}"
-                    ))));
-                }
-            };
-            self.ctx
-                .store
-                .save_step_result(&self.ns, &self.run_id, ord, &merged)?;
-            self.remove_job(&job_name).await?;
-            state.job = None;
-            return Ok(finish(if merged.partial {
-                Outcome::Failed("the load generators stopped early (partial result)".into())
-            } else {
-                Outcome::Ok
-            }));
+            return self.merge_results(&job_name, ord, &results, state).await;
         }
+        self.watch_load_job(&job_name, results.len(), parallelism, state)
+            .await
+    }
+
+    /// Renders and applies the step's plan ConfigMap and load Job (instances of a
+    /// multi-instance Job start together, `start_delay` from now).
+    async fn start_load_job(
+        &self,
+        cursor: Cursor,
+        ord: usize,
+        parallelism: usize,
+        state: &mut RunState,
+    ) -> Result<Progress> {
+        let (Some(mesh), Some(step)) = (self.mesh(cursor.mesh), self.schedule.steps.get(cursor.step))
+        else {
+            return Ok(Progress::Done(Outcome::Failed(
+                "step not in the plan".into(),
+            )));
+        };
+        let start_at = (parallelism > 1).then(|| {
+            u64::try_from(now_ms()).unwrap_or(0) + self.ctx.settings.start_delay.as_millis() as u64
+        });
+        let objects = render::render_load_job(
+            &LoadStep {
+                benchmark: &self.snapshot_owner(),
+                mesh,
+                run_id: &self.run_id,
+                step,
+                ordinal: ord,
+                repetition: cursor.repetition,
+                with_warmup: state.warmup_pending,
+                start_at_unix_ms: start_at,
+            },
+            &self.ctx.render,
+        )?;
+        let jobs: Api<Job> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let cms: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        let name = objects.job.name_any();
+        self.ctx
+            .store
+            .set_current_step(&self.ns, &self.run_id, ord)?;
+        cms.patch(&name, &pp, &Patch::Apply(&objects.plan_config_map))
+            .await
+            .map_err(kube_err(format!("applying ConfigMap {name}")))?;
+        jobs.patch(&name, &pp, &Patch::Apply(&objects.job))
+            .await
+            .map_err(kube_err(format!("applying Job {name}")))?;
+        state.job = Some(name);
+        state.warmup_pending = false;
+        Ok(Progress::Wait(Duration::from_secs(2)))
+    }
+
+    /// Every instance's result arrived: merges and saves them, and removes the Job.
+    async fn merge_results(
+        &self,
+        job_name: &str,
+        ord: usize,
+        results: &[LoadResult],
+        state: &mut RunState,
+    ) -> Result<Progress> {
+        let merged = match LoadResult::merge(results) {
+            Ok(m) => m,
+            Err(e) => {
+                self.remove_job(job_name).await?;
+                state.job = None;
+                return Ok(Progress::Done(Outcome::Failed(format!(
+                    "the load generators' results do not merge: {e}"
+                ))));
+            }
+        };
+        self.ctx
+            .store
+            .save_step_result(&self.ns, &self.run_id, ord, &merged)?;
+        self.remove_job(job_name).await?;
+        state.job = None;
+        Ok(Progress::Done(if merged.partial {
+            Outcome::Failed("the load generators stopped early (partial result)".into())
+        } else {
+            Outcome::Ok
+        }))
+    }
+
+    /// Results are still missing (`arrived` of `parallelism`): fails the step when the Job
+    /// is gone, failed, or completed a minute ago without them; else waits.
+    async fn watch_load_job(
+        &self,
+        job_name: &str,
+        arrived: usize,
+        parallelism: usize,
+        state: &mut RunState,
+    ) -> Result<Progress> {
+        let jobs: Api<Job> = Api::namespaced(self.ctx.client.clone(), &self.ns);
         let job = jobs
-            .get_opt(&job_name)
+            .get_opt(job_name)
             .await
             .map_err(kube_err(format!("reading Job {job_name}")))?;
         let Some(job) = job else {
             state.job = None;
-            return Ok(finish(Outcome::Failed(format!(
+            return Ok(Progress::Done(Outcome::Failed(format!(
                 "load Job {job_name} disappeared before its results arrived"
             ))));
         };
@@ -413,11 +449,10 @@ impl<'a> Run<'a> {
                     )
                 })
                 .unwrap_or_else(|| format!("{} instance(s) failed", js.failed.unwrap_or(0)));
-            self.remove_job(&job_name).await?;
+            self.remove_job(job_name).await?;
             state.job = None;
-            return Ok(finish(Outcome::Failed(format!(
-                "load Job {job_name} failed ({why}); {}/{parallelism} results arrived",
-                results.len()
+            return Ok(Progress::Done(Outcome::Failed(format!(
+                "load Job {job_name} failed ({why}); {arrived}/{parallelism} results arrived"
             ))));
         }
         let succeeded = js.succeeded.unwrap_or(0) as usize >= parallelism;
@@ -430,11 +465,10 @@ impl<'a> Run<'a> {
                 .map(|t| t.0.as_millisecond())
                 .unwrap_or(state.phase_started_ms);
             if now_ms() - completed_ms > 60_000 {
-                self.remove_job(&job_name).await?;
+                self.remove_job(job_name).await?;
                 state.job = None;
-                return Ok(finish(Outcome::Failed(format!(
-                    "load Job {job_name} completed but only {}/{parallelism} results arrived",
-                    results.len()
+                return Ok(Progress::Done(Outcome::Failed(format!(
+                    "load Job {job_name} completed but only {arrived}/{parallelism} results arrived"
                 ))));
             }
         }
@@ -468,6 +502,8 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// After a step: collects its series from Prometheus (once the last scrapes are in)
+    /// and rebuilds the report.
     async fn collect(
         &self,
         cursor: Cursor,
@@ -483,67 +519,93 @@ impl<'a> Run<'a> {
                 if waited < scrape * 2 {
                     return Ok(Progress::Wait(scrape * 2 - waited));
                 }
-                let mesh_name = self
-                    .schedule
-                    .meshes
-                    .get(cursor.mesh)
-                    .cloned()
-                    .unwrap_or_default();
-                let objects = self
-                    .mesh(cursor.mesh)
-                    .map(|m| {
-                        m.spec
-                            .services
-                            .iter()
-                            .map(|s| (render::object_name(&mesh_name, &s.name), s.name.clone()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let vars = Vars {
-                    namespace: self.ns.clone(),
-                    mesh: mesh_name,
-                    objects,
-                    window: crate::k8s::promql::rate_window(scrape),
-                };
-                let until = now_ms();
-                let from = state.collected_until_ms.unwrap_or(state.deployed_at_ms);
-                let window = Window {
-                    start: from / 1000,
-                    end: until / 1000,
-                    step: (scrape.as_secs_f64() / 3.0).max(1.0),
-                };
-                let overrides = self
-                    .snapshot
-                    .benchmark
-                    .spec
-                    .collection
-                    .as_ref()
-                    .map(|c| c.queries.clone())
-                    .unwrap_or_default();
-                let collected = match Collector::new(url) {
-                    Ok(c) => c.collect(&vars, &overrides, window, None).await,
-                    Err(e) => Err(e),
-                };
-                match collected {
-                    Ok(samples) => {
-                        self.ctx
-                            .store
-                            .save_samples(&self.ns, &self.run_id, ord, &samples)?;
-                        state.collected_until_ms = Some(until + 1000);
-                        self.degraded(status, None).await;
-                    }
-                    Err(e) => {
-                        let message = format!("step {ord}: Prometheus collection failed: {e}");
-                        self.warn(&message)?;
-                        self.degraded(status, Some(message)).await;
-                    }
-                }
+                self.collect_prometheus(url, cursor, ord, state, status)
+                    .await?;
             }
             None => self.warn(
                 "no Prometheus configured (--prometheus-url): replicas, CPU and memory are not in the report",
             )?,
         }
         // The report is rebuilt after every step, so a partial one is always there.
+        self.update_report(state, status).await
+    }
+
+    /// Queries Prometheus for the mesh's series since the last collection and saves them;
+    /// a failure is a warning and sets `Degraded`.
+    async fn collect_prometheus(
+        &self,
+        url: &str,
+        cursor: Cursor,
+        ord: usize,
+        state: &mut RunState,
+        status: &mut BenchmarkStatus,
+    ) -> Result<()> {
+        let scrape = self.ctx.settings.scrape_interval;
+        let vars = self.query_vars(cursor.mesh, scrape);
+        let until = now_ms();
+        let from = state.collected_until_ms.unwrap_or(state.deployed_at_ms);
+        let window = Window {
+            start: from / 1000,
+            end: until / 1000,
+            step: (scrape.as_secs_f64() / 3.0).max(1.0),
+        };
+        let overrides = self
+            .snapshot
+            .benchmark
+            .spec
+            .collection
+            .as_ref()
+            .map(|c| c.queries.clone())
+            .unwrap_or_default();
+        let collected = match Collector::new(url) {
+            Ok(c) => c.collect(&vars, &overrides, window, None).await,
+            Err(e) => Err(e),
+        };
+        match collected {
+            Ok(samples) => {
+                self.ctx
+                    .store
+                    .save_samples(&self.ns, &self.run_id, ord, &samples)?;
+                state.collected_until_ms = Some(until + 1000);
+                self.degraded(status, None).await;
+            }
+            Err(e) => {
+                let message = format!("step {ord}: Prometheus collection failed: {e}");
+                self.warn(&message)?;
+                self.degraded(status, Some(message)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The PromQL template variables of mesh `mesh` (its namespace, name, Deployments).
+    fn query_vars(&self, mesh: usize, scrape: Duration) -> Vars {
+        let mesh_name = self.schedule.meshes.get(mesh).cloned().unwrap_or_default();
+        let objects = self
+            .mesh(mesh)
+            .map(|m| {
+                m.spec
+                    .services
+                    .iter()
+                    .map(|s| (render::object_name(&mesh_name, &s.name), s.name.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Vars {
+            namespace: self.ns.clone(),
+            mesh: mesh_name,
+            objects,
+            window: crate::k8s::promql::rate_window(scrape),
+        }
+    }
+
+    /// Rewrites the run's report from the volume, off the runtime; the step fails when
+    /// the report cannot be written.
+    async fn update_report(
+        &self,
+        state: &RunState,
+        status: &mut BenchmarkStatus,
+    ) -> Result<Progress> {
         let data = self.run_data(state, None)?;
         let dir = self.ctx.store.run_dir(&self.ns, &self.run_id)?;
         match off_runtime(move || RunDir::open(&dir).update(&data)).await {
