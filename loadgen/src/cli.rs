@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::load_plan::{self, InstanceSpec, LoadModel, LoadPlan, PlanError, Stage, WarmUp};
 use crate::result::LoadResult;
-use crate::runner::{Error, Result, RunOptions, error_chain, run_plan};
+use crate::runner::{Result, RunOptions, RunnerError, error_chain, run_plan};
 
 /// Arguments of a load run: a plan file, or flags for a quick single-stage run.
 #[derive(Debug, Clone, clap::Args)]
@@ -118,8 +118,8 @@ pub fn runtime(worker_threads: u16) -> std::io::Result<tokio::runtime::Runtime> 
     }
 }
 
-fn usage(msg: impl Into<String>) -> Error {
-    Error::Usage(msg.into())
+fn usage(msg: impl Into<String>) -> RunnerError {
+    RunnerError::Usage(msg.into())
 }
 
 /// Parses `--start-at`: RFC 3339 or unix milliseconds.
@@ -138,7 +138,7 @@ pub fn parse_start_at(text: &str) -> Result<u64> {
 }
 
 fn read_plan(path: &Path) -> Result<LoadPlan> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::PlanFile {
+    let text = std::fs::read_to_string(path).map_err(|source| RunnerError::PlanFile {
         path: path.to_owned(),
         source,
     })?;
@@ -147,7 +147,7 @@ fn read_plan(path: &Path) -> Result<LoadPlan> {
             PlanError::Parse(m) => PlanError::Parse(format!("{}: {m}", path.display())),
             other => other,
         })
-        .map_err(Error::from)
+        .map_err(RunnerError::from)
 }
 
 /// Builds the plan the arguments describe (file plus overrides, or a quick run).
@@ -228,7 +228,7 @@ fn quick_plan(args: &LoadgenArgs, url: &str) -> Result<LoadPlan> {
 /// Stops `token` on SIGINT or SIGTERM.
 pub fn cancel_on_signals(token: CancellationToken) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let io = |source| Error::Io {
+    let io = |source| RunnerError::Io {
         path: PathBuf::from("<signal handler>"),
         source,
     };
@@ -251,7 +251,7 @@ pub fn cancel_on_signals(token: CancellationToken) -> Result<()> {
 /// in place: renaming over it would replace a device node with a plain file.
 fn write_out(path: &Path, text: &str) -> Result<()> {
     use std::io::Write as _;
-    let io = |source| Error::Io {
+    let io = |source| RunnerError::Io {
         path: path.to_owned(),
         source,
     };
@@ -285,7 +285,7 @@ pub async fn post_result(
     body: String,
     retry_for: Duration,
 ) -> Result<()> {
-    let fail = |reason: String| Error::Upload {
+    let fail = |reason: String| RunnerError::Upload {
         url: url.to_owned(),
         reason,
     };
@@ -380,7 +380,7 @@ pub async fn run(args: LoadgenArgs) -> Result<LoadResult> {
     } else {
         serde_json::to_string(&result)
     }
-    .map_err(|e| Error::Goose(format!("cannot serialise the result: {e}")))?;
+    .map_err(|e| RunnerError::Goose(format!("cannot serialise the result: {e}")))?;
     write_out(&args.out, &text)?;
     if let Some(url) = &args.results_url {
         post_result(url, args.token.as_deref(), text, args.results_retry_for).await?;

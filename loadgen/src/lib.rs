@@ -39,7 +39,7 @@ pub use cli::{
 #[cfg(feature = "runner")]
 pub use collector::RequestRecord;
 #[cfg(feature = "runner")]
-pub use runner::{Error, RunOptions, Tick, run_plan};
+pub use runner::{RunOptions, RunnerError, Tick, run_plan};
 #[cfg(feature = "runner")]
 pub use tokio_util::sync::CancellationToken;
 

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::load_plan::ResolvedStage;
 use crate::result::{Counts, LatencySummary, LoadResult};
-use crate::runner::{Error, Result};
+use crate::runner::{Result, RunnerError};
 
 /// Metrics of one loadgen instance, all prefixed `meshbench_loadgen_`.
 pub struct LiveMetrics {
@@ -169,7 +169,7 @@ pub(crate) async fn serve(
     let metrics = Arc::new(LiveMetrics::new(instance));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| Error::Metrics { addr, source })?;
+        .map_err(|source| RunnerError::Metrics { addr, source })?;
     let m = metrics.clone();
     let app = axum::Router::new().route(
         "/metrics",

@@ -51,7 +51,7 @@ use crate::schedule::{OpenSchedule, StageClock, clocks};
 
 /// Errors of a run.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum RunnerError {
     /// The plan is invalid; nothing was sent.
     #[error(transparent)]
     Plan(#[from] PlanError),
@@ -108,7 +108,7 @@ pub enum Error {
     Result(#[from] ResultError),
 }
 
-impl Error {
+impl RunnerError {
     /// Process exit code for this error ([`meshbench_common::exit`], the README's table):
     /// invalid input (1) for an invalid or unreadable plan, usage (2) for a command line
     /// that describes no run, upload failed (5) when the result was written but not
@@ -116,20 +116,20 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         use meshbench_common::exit;
         match self {
-            Error::Plan(_) | Error::PlanFile { .. } => exit::INVALID,
-            Error::Usage(_) => exit::USAGE,
-            Error::Upload { .. } => exit::UPLOAD_FAILED,
-            Error::Preflight { .. }
-            | Error::Goose(_)
-            | Error::Io { .. }
-            | Error::Metrics { .. }
-            | Error::Result(_) => exit::RUN_FAILED,
+            RunnerError::Plan(_) | RunnerError::PlanFile { .. } => exit::INVALID,
+            RunnerError::Usage(_) => exit::USAGE,
+            RunnerError::Upload { .. } => exit::UPLOAD_FAILED,
+            RunnerError::Preflight { .. }
+            | RunnerError::Goose(_)
+            | RunnerError::Io { .. }
+            | RunnerError::Metrics { .. }
+            | RunnerError::Result(_) => exit::RUN_FAILED,
         }
     }
 }
 
 /// Result alias of this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = RunnerError> = std::result::Result<T, E>;
 
 /// Options of one run besides the plan.
 #[derive(Debug, Clone)]
@@ -256,7 +256,7 @@ fn load_client(req: &PreparedRequest, timeout: Duration) -> Result<LoadClient> {
         timeout,
     )
     .map_err(|e| {
-        Error::Plan(PlanError::Invalid {
+        RunnerError::Plan(PlanError::Invalid {
             field: "target".into(),
             message: e.to_string(),
         })
@@ -280,7 +280,7 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 /// Sends the plan's request once; an error when the target does not answer, a warning
 /// when it answers with a non-2xx status.
 async fn preflight(plan: &LoadPlan, req: &PreparedRequest) -> Result<Option<String>> {
-    let fail = |reason: String| Error::Preflight {
+    let fail = |reason: String| RunnerError::Preflight {
         method: req.method.to_string(),
         url: req.url.to_string(),
         reason,
@@ -880,7 +880,7 @@ impl Shared {
             pacer: match &slots.schedule {
                 Some(_) => {
                     Some(Pacer::start().map_err(|e| {
-                        Error::Goose(format!("cannot start the pacing thread: {e}"))
+                        RunnerError::Goose(format!("cannot start the pacing thread: {e}"))
                     })?)
                 }
                 None => None,
@@ -938,10 +938,10 @@ async fn execute(
     let (goose_result, t) = tokio::join!(attack.execute(), sup);
     stopper.abort();
     goose::reset_killswitch();
-    let t = t.map_err(|e| Error::Goose(format!("supervisor failed: {e}")))?;
+    let t = t.map_err(|e| RunnerError::Goose(format!("supervisor failed: {e}")))?;
     if let Err(e) = goose_result {
         shared.stop.cancel();
-        return Err(Error::Goose(e.to_string()));
+        return Err(RunnerError::Goose(e.to_string()));
     }
     Ok(t)
 }
@@ -966,7 +966,7 @@ fn join_records(sh: &Shared, record_thread: Option<RecordThread>) -> Result<()> 
     if let Some(thread) = record_thread {
         match thread.join() {
             Ok(r) => r?,
-            Err(_) => return Err(Error::Goose("request record writer panicked".into())),
+            Err(_) => return Err(RunnerError::Goose("request record writer panicked".into())),
         }
     }
     Ok(())
@@ -1036,7 +1036,7 @@ fn quiet_goose_log() {
 }
 
 fn build_attack(plan: &LoadPlan, users: u32, shared: Arc<Shared>) -> Result<GooseAttack> {
-    let goose_err = |e: goose::GooseError| Error::Goose(e.to_string());
+    let goose_err = |e: goose::GooseError| RunnerError::Goose(e.to_string());
     // Goose's run time is only a backstop: the supervisor ends the run through the
     // killswitch once the plan is done and drained.
     let backstop =
@@ -1247,7 +1247,7 @@ fn spawn_record_writer(
     path: PathBuf,
 ) -> Result<(std::sync::mpsc::Sender<RequestRecord>, RecordThread)> {
     use std::io::Write as _;
-    let io = |source| Error::Io {
+    let io = |source| RunnerError::Io {
         path: path.clone(),
         source,
     };
@@ -1258,7 +1258,7 @@ fn spawn_record_writer(
         .name("request-records".into())
         .spawn(move || {
             let mut w = std::io::BufWriter::new(file);
-            let io = |source| Error::Io {
+            let io = |source| RunnerError::Io {
                 path: thread_path.clone(),
                 source,
             };

@@ -29,13 +29,13 @@ use meshbench_analysis::capacity::NodeModel;
 pub enum RunError {
     /// `--prometheus` could not be started or reached.
     #[error(transparent)]
-    Prometheus(#[from] crate::local::prometheus::Error),
+    Prometheus(#[from] crate::local::prometheus::PrometheusError),
     /// The runner's own metrics could not be published to Prometheus.
     #[error("cannot serve the runner's metrics for Prometheus: {0}")]
     Targets(std::io::Error),
     /// Querying Prometheus failed.
     #[error(transparent)]
-    Collect(#[from] crate::k8s::collect::Error),
+    Collect(#[from] crate::k8s::collect::CollectError),
 }
 
 /// Arguments of `meshbench run`.

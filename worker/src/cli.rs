@@ -15,7 +15,7 @@ use crate::server::{self, ServerError, WorkerState};
 
 /// Errors of a worker run.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum CliError {
     /// The config is missing (exit code 2) or invalid (exit code 1); nothing was bound.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -38,21 +38,21 @@ pub enum Error {
     Signal(std::io::Error),
 }
 
-impl Error {
+impl CliError {
     /// Process exit code ([`meshbench_common::exit`]): usage (2) when no config was given,
     /// invalid input (1) for a config that cannot be read or is invalid, run failed (4)
     /// when the worker could not bind or serve.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(ConfigError::Missing) => exit::USAGE,
-            Error::Config(_) => exit::INVALID,
+            CliError::Config(ConfigError::Missing) => exit::USAGE,
+            CliError::Config(_) => exit::INVALID,
             _ => exit::RUN_FAILED,
         }
     }
 }
 
 /// Result alias for this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = CliError> = std::result::Result<T, E>;
 
 /// Arguments of `meshbench-worker` / `meshbench worker`.
 #[derive(Debug, Clone, clap::Args)]
@@ -99,8 +99,8 @@ impl WorkerArgs {
 /// Resolves on SIGTERM or SIGINT.
 async fn terminate_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(Error::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
+    let mut term = signal(SignalKind::terminate()).map_err(CliError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(CliError::Signal)?;
     Ok(async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),
@@ -196,10 +196,10 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
     let shutdown = terminate_signal().await?;
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| Error::Bind { addr, source })?;
+        .map_err(|source| CliError::Bind { addr, source })?;
     let local = listener
         .local_addr()
-        .map_err(|source| Error::Bind { addr, source })?;
+        .map_err(|source| CliError::Bind { addr, source })?;
     // Kept until the main server has drained: liveness must hold during the drain too.
     let health = args
         .health_port

@@ -21,7 +21,7 @@ pub mod server;
 pub mod trace;
 pub mod work;
 
-pub use cli::{Error, WorkerArgs, main, run};
+pub use cli::{CliError, WorkerArgs, main, run};
 pub use config::WorkerConfig;
 pub use health::HealthServer;
 pub use server::{WorkerState, app, serve, serve_state};

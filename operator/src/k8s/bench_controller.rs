@@ -65,7 +65,7 @@ const MAX_TRANSITIONS: usize = 32;
 
 /// Errors of a reconcile.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum BenchControllerError {
     /// A request to the API server failed.
     #[error("{action}: {source}")]
     Kube {
@@ -76,10 +76,10 @@ pub enum Error {
     },
     /// The load Job could not be rendered.
     #[error(transparent)]
-    Render(#[from] render::Error),
+    Render(#[from] render::RenderError),
     /// The report volume failed.
     #[error("report volume: {0}")]
-    Store(#[from] store::Error),
+    Store(#[from] store::StoreError),
     /// The benchmark is not namespaced (the CRD is; this means a broken object).
     #[error("Benchmark {0} has no namespace")]
     NoNamespace(String),
@@ -89,25 +89,25 @@ pub enum Error {
     Stale(String),
 }
 
-impl Error {
+impl BenchControllerError {
     /// A bounded label for the failure metric.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::Kube { .. } => "kube",
-            Error::Render(_) => "render",
-            Error::Store(_) => "store",
-            Error::NoNamespace(_) => "no_namespace",
-            Error::Stale(_) => "stale",
+            BenchControllerError::Kube { .. } => "kube",
+            BenchControllerError::Render(_) => "render",
+            BenchControllerError::Store(_) => "store",
+            BenchControllerError::NoNamespace(_) => "no_namespace",
+            BenchControllerError::Stale(_) => "stale",
         }
     }
 }
 
 /// Result alias of this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = BenchControllerError> = std::result::Result<T, E>;
 
-fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> BenchControllerError {
     let action = action.into();
-    move |source| Error::Kube { action, source }
+    move |source| BenchControllerError::Kube { action, source }
 }
 
 /// Settings of the Benchmark controller.
@@ -327,9 +327,9 @@ pub async fn reconcile(bench: Arc<Benchmark>, ctx: Arc<Context>) -> Result<Actio
             Ok(action)
         }
         // A stale view: the watch delivers the fresh object shortly.
-        Err(Error::Stale(_)) => Ok(Action::requeue(Duration::from_secs(1))),
+        Err(BenchControllerError::Stale(_)) => Ok(Action::requeue(Duration::from_secs(1))),
         // Retrying cannot heal it.
-        Err(e @ Error::NoNamespace(_)) => {
+        Err(e @ BenchControllerError::NoNamespace(_)) => {
             tracing::error!(error = %e, "ignoring a Benchmark that cannot be reconciled");
             Ok(Action::await_change())
         }
@@ -341,7 +341,7 @@ async fn reconcile_inner(bench: &Benchmark, ctx: &Context) -> Result<Action> {
     let name = bench.name_any();
     let ns = bench
         .namespace()
-        .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+        .ok_or_else(|| BenchControllerError::NoNamespace(name.clone()))?;
     let api: Api<Benchmark> = Api::namespaced(ctx.client.clone(), &ns);
     let mut writer = StatusWriter::new(api.clone(), bench);
     let deleting = bench.metadata.deletion_timestamp.is_some();
@@ -653,7 +653,9 @@ async fn set_finalizer(
     {
         Ok(b) => Ok(b.metadata.resource_version),
         Err(kube::Error::Api(s)) if s.code == 404 && !on => Ok(None),
-        Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Stale(name.to_string())),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            Err(BenchControllerError::Stale(name.to_string()))
+        }
         Err(e) => Err(kube_err(format!(
             "setting the finalizer of Benchmark {name}"
         ))(e)),
@@ -729,7 +731,11 @@ fn elapsed_ms(since_ms: i64) -> Duration {
 }
 
 /// Backoff after a failed reconcile: 5 s doubling per consecutive failure, at most 5 min.
-pub fn error_policy(bench: Arc<Benchmark>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(
+    bench: Arc<Benchmark>,
+    error: &BenchControllerError,
+    ctx: Arc<Context>,
+) -> Action {
     let (n, delay) = ctx.failures.record(&*bench);
     tracing::warn!(benchmark = %bench.name_any(), error = %error, failures = n, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)

@@ -15,7 +15,7 @@ use super::promql::{self, Subject, Vars};
 
 /// Errors of collection.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum CollectError {
     /// The Prometheus URL is not usable.
     #[error("invalid Prometheus URL {url:?}: {message}")]
     Url {
@@ -49,11 +49,11 @@ pub enum Error {
     },
     /// A template override is invalid.
     #[error(transparent)]
-    Template(#[from] promql::Error),
+    Template(#[from] promql::PromqlError),
 }
 
 /// Result alias of this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = CollectError> = std::result::Result<T, E>;
 
 /// One result series: its labels and its (UTC unix ms, value) points.
 pub type Series = (BTreeMap<String, String>, Vec<(i64, f64)>);
@@ -121,8 +121,8 @@ impl Collector {
             .connect_timeout(timeouts.connect)
             .timeout(timeouts.request)
             .build()
-            .map_err(|e| Error::Client(error_chain(&e)))?;
-        let client = Client::from(http, url).map_err(|e| Error::Url {
+            .map_err(|e| CollectError::Client(error_chain(&e)))?;
+        let client = Client::from(http, url).map_err(|e| CollectError::Url {
             url: url.to_string(),
             message: e.to_string(),
         })?;
@@ -143,11 +143,14 @@ impl Collector {
             .get()
             .await
             .map_err(|e| self.query_error(name, query, &e))?;
-        let matrix = result.data().as_matrix().ok_or_else(|| Error::Query {
-            name: name.to_string(),
-            query: query.to_string(),
-            message: "expected a range vector (matrix) result".into(),
-        })?;
+        let matrix = result
+            .data()
+            .as_matrix()
+            .ok_or_else(|| CollectError::Query {
+                name: name.to_string(),
+                query: query.to_string(),
+                message: "expected a range vector (matrix) result".into(),
+            })?;
         Ok(matrix
             .iter()
             .map(|series| {
@@ -168,15 +171,20 @@ impl Collector {
     }
 
     /// The error of a failed query; a timeout says which of [`Timeouts`] ran out.
-    fn query_error(&self, name: &str, query: &str, e: &prometheus_http_query::Error) -> Error {
+    fn query_error(
+        &self,
+        name: &str,
+        query: &str,
+        e: &prometheus_http_query::Error,
+    ) -> CollectError {
         let (name, query, message) = (name.to_string(), query.to_string(), error_chain(e));
         match self.expired(e) {
-            Some((what, after)) => Error::Timeout {
+            Some((what, after)) => CollectError::Timeout {
                 name,
                 query,
                 message: format!("{what} ({after:?}): {message}"),
             },
-            None => Error::Query {
+            None => CollectError::Query {
                 name,
                 query,
                 message,
@@ -441,7 +449,7 @@ mod tests {
             .range(metric::CPU_CORES, "up", window)
             .await
             .unwrap_err();
-        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+        assert!(matches!(err, CollectError::Timeout { .. }), "{err}");
         let text = err.to_string();
         assert!(text.starts_with("query cpu_cores timed out"), "{text}");
         assert!(text.contains("request timeout (300ms)"), "{text}");

@@ -41,7 +41,7 @@ pub enum ExportError {
     },
     /// The run's directory or file list on the report volume is not usable.
     #[error(transparent)]
-    Volume(#[from] store::Error),
+    Volume(#[from] store::StoreError),
     /// A report file could not be read from the volume.
     #[error("{path}: {source}")]
     Read {

@@ -18,7 +18,7 @@ use kube::api::{Api, PostParams};
 
 /// Errors of leader election.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum LeaderError {
     /// The API server refused or failed a Lease request.
     #[error("lease {name}: {source}")]
     Api {
@@ -49,12 +49,12 @@ pub enum Error {
         /// The renew deadline.
         deadline: Duration,
         /// The last renewal's error.
-        last: Box<Error>,
+        last: Box<LeaderError>,
     },
 }
 
 /// Result alias of this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = LeaderError> = std::result::Result<T, E>;
 
 /// Settings of the election.
 #[derive(Debug, Clone)]
@@ -85,7 +85,7 @@ fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
-/// `fut`, or [`Error::Timeout`] after `budget`.
+/// `fut`, or [`LeaderError::Timeout`] after `budget`.
 async fn bounded<T>(
     name: String,
     budget: Duration,
@@ -93,7 +93,7 @@ async fn bounded<T>(
 ) -> Result<T> {
     tokio::time::timeout(budget, fut)
         .await
-        .unwrap_or(Err(Error::Timeout {
+        .unwrap_or(Err(LeaderError::Timeout {
             name,
             after: budget,
         }))
@@ -118,8 +118,8 @@ impl LeaderElector {
         &self.settings
     }
 
-    fn err(&self, source: kube::Error) -> Error {
-        Error::Api {
+    fn err(&self, source: kube::Error) -> LeaderError {
+        LeaderError::Api {
             name: self.settings.name.clone(),
             source,
         }
@@ -226,13 +226,13 @@ impl LeaderElector {
 
     /// Renews the Lease until another replica takes it or renewals fail for the renew
     /// deadline (then this replica must stop leading), and returns the reason.
-    pub async fn hold(&mut self) -> Error {
+    pub async fn hold(&mut self) -> LeaderError {
         let mut last_ok = Instant::now();
         loop {
             tokio::time::sleep(self.settings.renew_every).await;
             let deadline = self.settings.renew_deadline;
             let Some(left) = deadline.checked_sub(last_ok.elapsed()) else {
-                return self.stepped_down(Error::Timeout {
+                return self.stepped_down(LeaderError::Timeout {
                     name: self.settings.name.clone(),
                     after: deadline,
                 });
@@ -242,7 +242,7 @@ impl LeaderElector {
             match bounded(name, left, self.attempt()).await {
                 Ok(true) => last_ok = Instant::now(),
                 Ok(false) => {
-                    return Error::Lost {
+                    return LeaderError::Lost {
                         name: self.settings.name.clone(),
                     };
                 }
@@ -254,8 +254,8 @@ impl LeaderElector {
         }
     }
 
-    fn stepped_down(&self, last: Error) -> Error {
-        Error::SteppedDown {
+    fn stepped_down(&self, last: LeaderError) -> LeaderError {
+        LeaderError::SteppedDown {
             name: self.settings.name.clone(),
             deadline: self.settings.renew_deadline,
             last: Box::new(last),

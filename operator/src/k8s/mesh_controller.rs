@@ -35,7 +35,7 @@ pub const CONTROLLER: &str = "servicemesh";
 
 /// Errors of a reconcile.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum MeshControllerError {
     /// A request to the API server failed.
     #[error("{action}: {source}")]
     Kube {
@@ -46,29 +46,29 @@ pub enum Error {
     },
     /// The objects could not be rendered.
     #[error(transparent)]
-    Render(#[from] render::Error),
+    Render(#[from] render::RenderError),
     /// The mesh is not namespaced (the CRD is; this means a broken object).
     #[error("ServiceMesh {0} has no namespace")]
     NoNamespace(String),
 }
 
-impl Error {
+impl MeshControllerError {
     /// A bounded label for the failure metric.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::Kube { .. } => "kube",
-            Error::Render(_) => "render",
-            Error::NoNamespace(_) => "no_namespace",
+            MeshControllerError::Kube { .. } => "kube",
+            MeshControllerError::Render(_) => "render",
+            MeshControllerError::NoNamespace(_) => "no_namespace",
         }
     }
 }
 
 /// Result alias of this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = MeshControllerError> = std::result::Result<T, E>;
 
-fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> MeshControllerError {
     let action = action.into();
-    move |source| Error::Kube { action, source }
+    move |source| MeshControllerError::Kube { action, source }
 }
 
 /// What a reconcile needs.
@@ -410,7 +410,7 @@ async fn reconcile_inner(mesh: &ServiceMesh, ctx: &Context) -> Result<Action> {
     let name = mesh.name_any();
     let ns = mesh
         .namespace()
-        .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+        .ok_or_else(|| MeshControllerError::NoNamespace(name.clone()))?;
     if mesh.metadata.deletion_timestamp.is_some() {
         // The garbage collector removes the owned objects.
         return Ok(Action::await_change());
@@ -542,7 +542,11 @@ async fn reconcile_inner(mesh: &ServiceMesh, ctx: &Context) -> Result<Action> {
 }
 
 /// Backoff after a failed reconcile: 5 s doubling per consecutive failure, at most 5 min.
-pub fn error_policy(mesh: Arc<ServiceMesh>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(
+    mesh: Arc<ServiceMesh>,
+    error: &MeshControllerError,
+    ctx: Arc<Context>,
+) -> Action {
     let (n, delay) = ctx.failures.record(&*mesh);
     tracing::warn!(mesh = %mesh.name_any(), error = %error, failures = n, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)

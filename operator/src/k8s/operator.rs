@@ -46,7 +46,7 @@ use super::token::TokenKey;
 
 /// Errors of the operator process.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum OperatorError {
     /// No Kubernetes client configuration (in-cluster or kubeconfig).
     #[error("cannot configure the Kubernetes client: {0}")]
     Client(kube::Error),
@@ -71,14 +71,14 @@ pub enum Error {
     Export(super::export::ExportError),
     /// Leader election failed or the Lease was lost.
     #[error("leader election: {0}")]
-    Leader(#[from] super::leader::Error),
+    Leader(#[from] super::leader::LeaderError),
     /// The results token key could not be read or created.
     #[error(transparent)]
-    TokenKey(#[from] super::token::Error),
+    TokenKey(#[from] super::token::TokenError),
 }
 
 /// Result alias of this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = OperatorError> = std::result::Result<T, E>;
 
 /// Arguments of `meshbench operator`.
 #[derive(Debug, Clone, clap::Args)]
@@ -369,15 +369,15 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     meshbench_common::logging::init(args.log_format(), "info,kube=warn");
     // A bad export URL is a configuration error: refuse to start rather than lose reports.
     let export = match &args.export_url {
-        Some(url) => Some(Arc::new(Exporter::new(url).map_err(Error::Export)?)),
+        Some(url) => Some(Arc::new(Exporter::new(url).map_err(OperatorError::Export)?)),
         None => None,
     };
-    let client = Client::try_default().await.map_err(Error::Client)?;
+    let client = Client::try_default().await.map_err(OperatorError::Client)?;
     // Refuse to start without the CRDs, with an install hint.
     Api::<ServiceMesh>::all(client.clone())
         .list(&ListParams::default().limit(1))
         .await
-        .map_err(Error::MissingCrd)?;
+        .map_err(OperatorError::MissingCrd)?;
 
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
@@ -425,7 +425,7 @@ async fn serve(
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| Error::Bind { addr, source })?;
+        .map_err(|source| OperatorError::Bind { addr, source })?;
     tracing::info!(listen = %addr, "serving {what}");
     Ok(tokio::spawn(async move {
         axum::serve(listener, router.into_make_service()).await
@@ -458,7 +458,7 @@ async fn lead(
     tracing::info!("leading; starting controllers");
     let result = tokio::select! {
         () = run_controllers(client, args, metrics.clone(), export, token_key) => Ok(()),
-        lost = elector.hold() => Err(Error::Leader(lost)),
+        lost = elector.hold() => Err(OperatorError::Leader(lost)),
     };
     metrics.leader.set(0);
     if result.is_ok() {

@@ -34,7 +34,7 @@ pub use meshbench_crds::benchmark::{COLLECTION_QUERY_NAMES, COLLECTION_QUERY_PLA
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum PromqlError {
     /// An override names no built-in query.
     #[error(
         "spec.collection.queries.{name}: no built-in query has this name; expected one of {expected}"
@@ -48,7 +48,7 @@ pub enum Error {
 }
 
 /// Result alias of this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = PromqlError> = std::result::Result<T, E>;
 
 /// Which label of a result series says whose value it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,7 +162,7 @@ pub fn templates_with(overrides: &BTreeMap<String, String>) -> Result<Vec<(Templ
         .keys()
         .find(|name| !TEMPLATES.iter().any(|t| t.name == name.as_str()))
     {
-        return Err(Error::UnknownQuery {
+        return Err(PromqlError::UnknownQuery {
             name: name.clone(),
             expected: COLLECTION_QUERY_NAMES.join(", "),
         });

@@ -42,7 +42,7 @@ use crate::worker_config::readiness_probe;
 
 /// Errors of rendering.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum RenderError {
     /// The input documents have problems; the text is what `meshbench validate` prints.
     #[error("the input is invalid:\n{0}")]
     Invalid(String),
@@ -86,7 +86,7 @@ pub enum Error {
 }
 
 /// Result alias of this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = RenderError> = std::result::Result<T, E>;
 
 /// Where the worker reads its config inside the pod.
 pub const WORKER_CONFIG_PATH: &str = "/etc/meshbench/worker.json";
@@ -270,7 +270,7 @@ pub fn memory_quantity(bytes: u64) -> Quantity {
 }
 
 fn to_json<T: Serialize>(what: &str, value: &T) -> Result<String> {
-    serde_json::to_string_pretty(value).map_err(|e| Error::Serialize {
+    serde_json::to_string_pretty(value).map_err(|e| RenderError::Serialize {
         what: what.into(),
         message: e.to_string(),
     })
@@ -524,7 +524,7 @@ fn env(name: &str, value: &str) -> EnvVar {
 }
 
 fn mesh_name(mesh: &ServiceMesh) -> Result<String> {
-    mesh.metadata.name.clone().ok_or(Error::MissingName {
+    mesh.metadata.name.clone().ok_or(RenderError::MissingName {
         kind: "ServiceMesh",
     })
 }
@@ -748,13 +748,13 @@ pub fn load_plan(step: &LoadStep<'_>) -> Result<lp::LoadPlan> {
         .metadata
         .name
         .clone()
-        .ok_or(Error::MissingName { kind: "Benchmark" })?;
+        .ok_or(RenderError::MissingName { kind: "Benchmark" })?;
     let mesh = mesh_name(step.mesh)?;
     let resolved = resolve::resolve_mesh(&step.mesh.spec);
     let target = resolved
         .iter()
         .find(|s| s.name == spec.target.service)
-        .ok_or_else(|| Error::TargetNotFound {
+        .ok_or_else(|| RenderError::TargetNotFound {
             benchmark: bench_name.clone(),
             mesh: mesh.clone(),
             service: spec.target.service.clone(),
@@ -846,7 +846,7 @@ pub fn render_load_job(step: &LoadStep<'_>, opts: &RenderOptions) -> Result<Load
         .metadata
         .name
         .clone()
-        .ok_or(Error::MissingName { kind: "Benchmark" })?;
+        .ok_or(RenderError::MissingName { kind: "Benchmark" })?;
     let mesh = mesh_name(step.mesh)?;
     let namespace = bench.metadata.namespace.clone().or(opts.namespace.clone());
     let owner = bench.controller_owner_ref(&());
@@ -997,7 +997,7 @@ pub fn to_yaml_stream<T: Serialize>(objects: &[T]) -> Result<String> {
     let mut out = String::new();
     for o in objects {
         out.push_str("---\n");
-        let text = serde_yaml::to_string(o).map_err(|e| Error::Serialize {
+        let text = serde_yaml::to_string(o).map_err(|e| RenderError::Serialize {
             what: "object as YAML".into(),
             message: e.to_string(),
         })?;
@@ -1007,7 +1007,7 @@ pub fn to_yaml_stream<T: Serialize>(objects: &[T]) -> Result<String> {
 }
 
 fn value<T: Serialize>(o: &T) -> Result<serde_json::Value> {
-    serde_json::to_value(o).map_err(|e| Error::Serialize {
+    serde_json::to_value(o).map_err(|e| RenderError::Serialize {
         what: "object".into(),
         message: e.to_string(),
     })
@@ -1041,7 +1041,7 @@ pub fn render_bundle_yaml(bundle: &Bundle) -> Result<String> {
 pub fn render_bundle_yaml_with(bundle: &Bundle, opts: &RenderOptions) -> Result<String> {
     if !bundle.is_valid() {
         let text: Vec<String> = bundle.diagnostics.iter().map(ToString::to_string).collect();
-        return Err(Error::Invalid(text.join("\n")));
+        return Err(RenderError::Invalid(text.join("\n")));
     }
     let mut values = Vec::new();
     for doc in &bundle.meshes {
@@ -1053,16 +1053,18 @@ pub fn render_bundle_yaml_with(bundle: &Bundle, opts: &RenderOptions) -> Result<
             .metadata
             .name
             .clone()
-            .ok_or(Error::MissingName { kind: "Benchmark" })?;
+            .ok_or(RenderError::MissingName { kind: "Benchmark" })?;
         let Some(mesh_ref) = bench.spec.meshes.first() else {
             continue;
         };
-        let mesh = bundle.mesh(mesh_ref).ok_or_else(|| Error::MeshNotFound {
-            benchmark: bench_name.clone(),
-            mesh: mesh_ref.clone(),
-        })?;
+        let mesh = bundle
+            .mesh(mesh_ref)
+            .ok_or_else(|| RenderError::MeshNotFound {
+                benchmark: bench_name.clone(),
+                mesh: mesh_ref.clone(),
+            })?;
         let steps = resolve::plan_steps(&bench.spec);
-        let first = steps.first().ok_or(Error::NoSteps(bench_name))?;
+        let first = steps.first().ok_or(RenderError::NoSteps(bench_name))?;
         let objects = render_load_job(
             &LoadStep {
                 benchmark: bench,

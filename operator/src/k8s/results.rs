@@ -205,7 +205,7 @@ fn check_result(
     (namespace, run, ordinal): (&str, &str, usize),
     result: &LoadResult,
 ) -> Result<(), Refusal> {
-    let internal = |e: super::store::Error| {
+    let internal = |e: super::store::StoreError| {
         tracing::error!(error = %e, "cannot read the run's results");
         (
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -48,7 +48,7 @@ pub struct ResultsArgs {
 
 /// Why a download failed.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum ResultsClientError {
     /// The Benchmark does not exist.
     #[error("no Benchmark {name} in namespace {namespace}")]
     NotFound {
@@ -86,12 +86,14 @@ pub enum Error {
     },
 }
 
-impl Error {
+impl ResultsClientError {
     /// The exit code (see the README): 1 for a missing or unfinished benchmark, 4 for a
     /// failed download.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::NotFound { .. } | Error::NotReady(_) => crate::exit::INVALID,
+            ResultsClientError::NotFound { .. } | ResultsClientError::NotReady(_) => {
+                crate::exit::INVALID
+            }
             _ => crate::exit::RUN_FAILED,
         }
     }
@@ -109,11 +111,11 @@ enum Transport<'a> {
 }
 
 impl Transport<'_> {
-    async fn get(&self, path: &str, token: &str) -> Result<Vec<u8>, Error> {
+    async fn get(&self, path: &str, token: &str) -> Result<Vec<u8>, ResultsClientError> {
         match self {
             Transport::Direct(http, base) => {
                 let url = format!("{}{path}", base.trim_end_matches('/'));
-                let fail = |message: String| Error::Http {
+                let fail = |message: String| ResultsClientError::Http {
                     url: url.clone(),
                     message,
                 };
@@ -138,7 +140,7 @@ impl Transport<'_> {
                 let req = http::Request::get(&url)
                     .header(TOKEN_HEADER, token)
                     .body(Vec::new())
-                    .map_err(|e| Error::Http {
+                    .map_err(|e| ResultsClientError::Http {
                         url: url.clone(),
                         message: e.to_string(),
                     })?;
@@ -146,13 +148,13 @@ impl Transport<'_> {
                 client
                     .request_stream(req)
                     .await
-                    .map_err(|source| Error::Kube {
+                    .map_err(|source| ResultsClientError::Kube {
                         action: format!("GET {url} through the API server"),
                         source,
                     })?
                     .read_to_end(&mut body)
                     .await
-                    .map_err(|e| Error::Http {
+                    .map_err(|e| ResultsClientError::Http {
                         url,
                         message: e.to_string(),
                     })?;
@@ -174,7 +176,7 @@ fn safe_relative(rel: &str) -> bool {
 async fn read_benchmark(
     client: &Client,
     args: &ResultsArgs,
-) -> Result<(String, Option<Benchmark>), Error> {
+) -> Result<(String, Option<Benchmark>), ResultsClientError> {
     let namespace = args
         .namespace
         .clone()
@@ -183,7 +185,7 @@ async fn read_benchmark(
     let bench = benches
         .get_opt(&args.name)
         .await
-        .map_err(|source| Error::Kube {
+        .map_err(|source| ResultsClientError::Kube {
             action: format!("reading Benchmark {}", args.name),
             source,
         })?;
@@ -191,21 +193,21 @@ async fn read_benchmark(
 }
 
 /// Downloads the report; returns its directory.
-pub async fn fetch(client: &Client, args: &ResultsArgs) -> Result<PathBuf, Error> {
+pub async fn fetch(client: &Client, args: &ResultsArgs) -> Result<PathBuf, ResultsClientError> {
     let (namespace, bench) = read_benchmark(client, args).await?;
-    let bench = bench.ok_or_else(|| Error::NotFound {
+    let bench = bench.ok_or_else(|| ResultsClientError::NotFound {
         name: args.name.clone(),
         namespace: namespace.clone(),
     })?;
     let status = bench.status.unwrap_or_default();
     let Some(run) = status.run_id.clone() else {
-        return Err(Error::NotReady(format!(
+        return Err(ResultsClientError::NotReady(format!(
             "Benchmark {} has not started a run yet (phase {:?})",
             args.name, status.phase
         )));
     };
     if !status.phase.is_terminal() && !args.partial {
-        return Err(Error::NotReady(format!(
+        return Err(ResultsClientError::NotReady(format!(
             "run {run} of Benchmark {} is still in phase {:?}; wait for it, or pass --partial for the report so far",
             args.name, status.phase
         )));
@@ -215,14 +217,16 @@ pub async fn fetch(client: &Client, args: &ResultsArgs) -> Result<PathBuf, Error
     let token = secrets
         .get(&secret_name)
         .await
-        .map_err(|source| Error::Kube {
+        .map_err(|source| ResultsClientError::Kube {
             action: format!("reading Secret {secret_name} (the results token)"),
             source,
         })?
         .data
         .and_then(|mut d| d.remove(TOKEN_KEY))
         .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-        .ok_or_else(|| Error::NotReady(format!("Secret {secret_name} holds no {TOKEN_KEY}")))?;
+        .ok_or_else(|| {
+            ResultsClientError::NotReady(format!("Secret {secret_name} holds no {TOKEN_KEY}"))
+        })?;
 
     let transport = match &args.url {
         Some(url) => Transport::Direct(reqwest::Client::new(), url.clone()),
@@ -236,12 +240,14 @@ pub async fn fetch(client: &Client, args: &ResultsArgs) -> Result<PathBuf, Error
     };
     let base = format!("/v1/reports/{namespace}/{}/{run}", args.name);
     let listing: Listing =
-        serde_json::from_slice(&transport.get(&base, &token).await?).map_err(|e| Error::Http {
-            url: base.clone(),
-            message: format!("not a report listing: {e}"),
+        serde_json::from_slice(&transport.get(&base, &token).await?).map_err(|e| {
+            ResultsClientError::Http {
+                url: base.clone(),
+                message: format!("not a report listing: {e}"),
+            }
         })?;
     if listing.run != run {
-        return Err(Error::Http {
+        return Err(ResultsClientError::Http {
             url: base,
             message: format!("listed run {} instead of {run}", listing.run),
         });
@@ -249,7 +255,7 @@ pub async fn fetch(client: &Client, args: &ResultsArgs) -> Result<PathBuf, Error
 
     let target = args.out.join(&run);
     if target.exists() {
-        return Err(Error::Io {
+        return Err(ResultsClientError::Io {
             path: target,
             source: std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
@@ -264,12 +270,12 @@ pub async fn fetch(client: &Client, args: &ResultsArgs) -> Result<PathBuf, Error
         .join(format!(".{run}.download-{}", std::process::id()));
     let io = |path: &Path| {
         let path = path.to_owned();
-        move |source| Error::Io { path, source }
+        move |source| ResultsClientError::Io { path, source }
     };
     let result = async {
         for rel in &listing.files {
             if !safe_relative(rel) {
-                return Err(Error::Http {
+                return Err(ResultsClientError::Http {
                     url: base.clone(),
                     message: format!("refusing the file name {rel:?}"),
                 });
@@ -339,7 +345,7 @@ async fn run_failure(
     client: &Client,
     args: &ResultsArgs,
     run: &str,
-) -> Result<Option<String>, Error> {
+) -> Result<Option<String>, ResultsClientError> {
     let (_, bench) = read_benchmark(client, args).await?;
     let Some(status) = bench.and_then(|b| b.status) else {
         return Ok(None);

@@ -20,7 +20,7 @@ use std::io::Write as _;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum StoreError {
     /// A file could not be read or written.
     #[error("{path}: {message}")]
     Io {
@@ -35,7 +35,7 @@ pub enum Error {
 }
 
 /// Result alias of this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// The spec a run started with: the plan never changes under a running experiment.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,12 +78,12 @@ fn component(name: &str) -> Result<&str> {
     if valid_component(name) {
         Ok(name)
     } else {
-        Err(Error::BadName(name.to_string()))
+        Err(StoreError::BadName(name.to_string()))
     }
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |e| Error::Io {
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |e| StoreError::Io {
         path: path.to_owned(),
         message: e.to_string(),
     }
@@ -270,7 +270,7 @@ impl Store {
     /// a line cut short by a crash is skipped when read.
     pub fn append_history(&self, ns: &str, run: &str, entry: &HistoryEntry) -> Result<()> {
         let path = self.inputs(ns, run)?.join("history.jsonl");
-        let mut line = serde_json::to_vec(entry).map_err(|e| Error::Io {
+        let mut line = serde_json::to_vec(entry).map_err(|e| StoreError::Io {
             path: path.clone(),
             message: e.to_string(),
         })?;
@@ -410,7 +410,7 @@ fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
         serde_json::to_writer(&mut *w, value).map_err(|e| e.to_string())?;
         w.write_all(b"\n").map_err(|e| e.to_string())
     })
-    .map_err(|e| Error::Io {
+    .map_err(|e| StoreError::Io {
         path: path.to_owned(),
         message: e.to_string(),
     })
@@ -418,7 +418,7 @@ fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(io(path))?;
-    serde_json::from_str(&text).map_err(|e| Error::Io {
+    serde_json::from_str(&text).map_err(|e| StoreError::Io {
         path: path.to_owned(),
         message: format!("not the expected JSON: {e}"),
     })

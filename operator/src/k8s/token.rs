@@ -24,7 +24,7 @@ const KEY_BYTES: usize = 32;
 
 /// Errors of loading the key.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum TokenError {
     /// The key Secret could not be read or created.
     #[error("token key Secret {namespace}/{KEY_SECRET}: {source}")]
     Api {
@@ -70,11 +70,11 @@ impl TokenKey {
     }
 
     /// A fresh random key and its bytes.
-    pub fn generate() -> Result<(Self, Vec<u8>), Error> {
+    pub fn generate() -> Result<(Self, Vec<u8>), TokenError> {
         let mut bytes = vec![0u8; KEY_BYTES];
         SystemRandom::new()
             .fill(&mut bytes)
-            .map_err(|_| Error::Random)?;
+            .map_err(|_| TokenError::Random)?;
         Ok((Self::new(&bytes), bytes))
     }
 
@@ -95,9 +95,9 @@ impl TokenKey {
     /// Reads the key from [`KEY_SECRET`] in `namespace`, creating the Secret with a new key
     /// when it does not exist (two replicas starting together agree on whichever was
     /// created first).
-    pub async fn load_or_create(client: kube::Client, namespace: &str) -> Result<Self, Error> {
+    pub async fn load_or_create(client: kube::Client, namespace: &str) -> Result<Self, TokenError> {
         let api: Api<Secret> = Api::namespaced(client, namespace);
-        let err = |source| Error::Api {
+        let err = |source| TokenError::Api {
             namespace: namespace.to_string(),
             source,
         };
@@ -108,7 +108,7 @@ impl TokenKey {
                     .and_then(|mut d| d.remove(KEY_FIELD))
                     .map(|b| b.0)
                     .filter(|b| b.len() >= KEY_BYTES)
-                    .ok_or_else(|| Error::BadKey {
+                    .ok_or_else(|| TokenError::BadKey {
                         namespace: namespace.to_string(),
                     })?;
                 return Ok(Self::new(&bytes));
@@ -121,7 +121,7 @@ impl TokenKey {
                 Err(e) => return Err(err(e)),
             }
         }
-        Err(Error::BadKey {
+        Err(TokenError::BadKey {
             namespace: namespace.to_string(),
         })
     }

@@ -55,7 +55,7 @@ const RMDIR_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum CgroupError {
     /// A cgroup file or directory operation failed.
     #[error("cannot {action} {path}: {source}")]
     Io {
@@ -95,10 +95,10 @@ pub enum Error {
 }
 
 /// Result alias for this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = CgroupError> = std::result::Result<T, E>;
 
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io {
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
+    move |source| CgroupError::Io {
         action,
         path: path.to_path_buf(),
         source,
@@ -417,7 +417,7 @@ fn check_name(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::InvalidName {
+        Err(CgroupError::InvalidName {
             name: name.to_string(),
         })
     }
@@ -432,7 +432,7 @@ fn read_file(path: &Path) -> Result<String> {
 }
 
 fn parse_u64(path: &Path, text: &str) -> Result<u64> {
-    text.trim().parse().map_err(|_| Error::Parse {
+    text.trim().parse().map_err(|_| CgroupError::Parse {
         path: path.to_path_buf(),
         value: text.trim().to_string(),
         expected: "an unsigned integer",
@@ -511,7 +511,7 @@ fn remove_tree(dir: &Path) -> Result<()> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => {
                 if start.elapsed() >= RMDIR_PATIENCE {
-                    return Err(Error::Busy {
+                    return Err(CgroupError::Busy {
                         path: dir.to_path_buf(),
                         waited: start.elapsed(),
                         reason: e.to_string(),

@@ -48,7 +48,7 @@ const MAX_STABILIZATION_WINDOW_SECONDS: i32 = 3600;
 /// Errors of this module: only configuration can be wrong; a sync never fails (metric
 /// problems are reported in the [`Decision`], as upstream reports them in conditions).
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum HpaError {
     /// A configuration field has a value the upstream API would reject.
     #[error("invalid HPA configuration: {field} = {value}: expected {expected}")]
     InvalidConfig {
@@ -62,7 +62,7 @@ pub enum Error {
 }
 
 /// Result alias of this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = HpaError> = std::result::Result<T, E>;
 
 /// Why the CPU metric gives no replica count this sync (upstream's
 /// `FailedGetResourceMetric` messages).
@@ -93,8 +93,8 @@ enum MetricError {
     NoMatch,
 }
 
-fn invalid(field: impl Into<String>, value: impl ToString, expected: &'static str) -> Error {
-    Error::InvalidConfig {
+fn invalid(field: impl Into<String>, value: impl ToString, expected: &'static str) -> HpaError {
+    HpaError::InvalidConfig {
         field: field.into(),
         value: value.to_string(),
         expected,

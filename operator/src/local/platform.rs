@@ -38,14 +38,14 @@ use crate::worker_config::{readiness_probe, worker_config};
 
 /// Errors of the local platform.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum PlatformError {
     /// A proxy could not bind its loopback port.
     #[error("cannot start the proxy of service {service}: {source}")]
     Proxy {
         /// Service.
         service: String,
         /// Cause.
-        source: super::proxy::Error,
+        source: super::proxy::ProxyError,
     },
     /// A replica could not be started.
     #[error("cannot start replica of service {service}: {source}")]
@@ -53,7 +53,7 @@ pub enum Error {
         /// Service.
         service: String,
         /// Cause.
-        source: super::pods::Error,
+        source: super::pods::PodsError,
     },
     /// Replicas did not become ready in time.
     #[error("not ready after {waited:?}: {detail}")]
@@ -69,7 +69,7 @@ pub enum Error {
 }
 
 /// Result alias for this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = PlatformError> = std::result::Result<T, E>;
 
 /// Settings of the local platform.
 #[derive(Debug, Clone)]
@@ -348,7 +348,7 @@ impl LocalPlatform {
                 },
             )
             .await
-            .map_err(|source| Error::Proxy {
+            .map_err(|source| PlatformError::Proxy {
                 service: svc.name.clone(),
                 source,
             })?;
@@ -421,7 +421,7 @@ impl LocalPlatform {
         }
         let unschedulable = schedule(&mut services, &self.pods, &self.opts, self.epoch.now())?;
         {
-            let mut shared = self.shared.lock().map_err(|_| Error::NotReady {
+            let mut shared = self.shared.lock().map_err(|_| PlatformError::NotReady {
                 waited: Duration::ZERO,
                 detail: "internal state poisoned".into(),
             })?;
@@ -471,7 +471,7 @@ impl LocalPlatform {
         let start = Instant::now();
         loop {
             let missing = {
-                let shared = self.shared.lock().map_err(|_| Error::NotReady {
+                let shared = self.shared.lock().map_err(|_| PlatformError::NotReady {
                     waited: start.elapsed(),
                     detail: "internal state poisoned".into(),
                 })?;
@@ -502,7 +502,7 @@ impl LocalPlatform {
                 return Ok(());
             }
             if start.elapsed() > self.opts.ready_timeout {
-                return Err(Error::NotReady {
+                return Err(PlatformError::NotReady {
                     waited: start.elapsed(),
                     detail: missing.join(", "),
                 });
@@ -617,7 +617,7 @@ fn start_replica(
         memory_limit_bytes: s.resolved.resources.memory_limit_bytes,
         cpu_request_millis: s.resolved.resources.cpu_request_millis,
     };
-    let status = pods.start(spec).map_err(|source| Error::Replica {
+    let status = pods.start(spec).map_err(|source| PlatformError::Replica {
         service: s.resolved.name.clone(),
         source,
     })?;

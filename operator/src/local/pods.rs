@@ -59,14 +59,14 @@ const BIND_RETRIES: u32 = 5;
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum PodsError {
     /// The replica's cgroup could not be created or joined.
     #[error("cgroup of pod {pod}: {source}")]
     Cgroup {
         /// The pod.
         pod: String,
         /// What failed.
-        source: cgroup::Error,
+        source: cgroup::CgroupError,
     },
     /// The log file could not be opened or written.
     #[error("log file {path} of pod {pod}: {source}")]
@@ -100,7 +100,7 @@ pub enum Error {
 }
 
 /// Result alias for this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = PodsError> = std::result::Result<T, E>;
 
 /// What to run for one replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -282,8 +282,8 @@ pub fn pick_free_port() -> Result<u16> {
     static RECENT: OnceLock<Mutex<std::collections::VecDeque<u16>>> = OnceLock::new();
     let recent = RECENT.get_or_init(Default::default);
     for _ in 0..64 {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(Error::Port)?;
-        let port = listener.local_addr().map_err(Error::Port)?.port();
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(PodsError::Port)?;
+        let port = listener.local_addr().map_err(PodsError::Port)?.port();
         drop(listener);
         let mut recent = recent.lock().unwrap_or_else(|p| p.into_inner());
         if recent.contains(&port) {
@@ -295,7 +295,7 @@ pub fn pick_free_port() -> Result<u16> {
         recent.push_back(port);
         return Ok(port);
     }
-    Err(Error::Port(std::io::Error::new(
+    Err(PodsError::Port(std::io::Error::new(
         std::io::ErrorKind::AddrInUse,
         "every port offered by the kernel was handed out recently",
     )))
@@ -396,7 +396,7 @@ impl Supervisor {
     }
 
     fn open_log(&self, attempt: u32, port: u16) -> Result<(std::fs::File, u64)> {
-        let err = |source| Error::Log {
+        let err = |source| PodsError::Log {
             pod: self.pod.clone(),
             path: self.log_path.clone(),
             source,
@@ -422,7 +422,7 @@ impl Supervisor {
     /// Starts the program inside the cgroup; returns the child and its pid.
     async fn spawn(&self, port: u16, attempt: u32) -> Result<(Child, u32, u64)> {
         let (log, offset) = self.open_log(attempt, port)?;
-        let log_err = log.try_clone().map_err(|source| Error::Log {
+        let log_err = log.try_clone().map_err(|source| PodsError::Log {
             pod: self.pod.clone(),
             path: self.log_path.clone(),
             source,
@@ -461,7 +461,7 @@ impl Supervisor {
         for (k, v) in &self.spec.env {
             cmd.env(k, subst(v));
         }
-        let spawn_err = |source| Error::Spawn {
+        let spawn_err = |source| PodsError::Spawn {
             pod: self.pod.clone(),
             program: self.spec.program.clone(),
             source,
@@ -480,7 +480,7 @@ impl Supervisor {
             let _ = child.start_kill();
             let _ = child.wait().await;
             self.pgid.store(0, Ordering::SeqCst);
-            return Err(Error::Cgroup {
+            return Err(PodsError::Cgroup {
                 pod: self.pod.clone(),
                 source,
             });
@@ -708,12 +708,12 @@ impl Replica {
     ) -> Result<Self> {
         let pod = spec.pod_name();
         if spec.service.is_empty() {
-            return Err(Error::Spec("service name is empty".into()));
+            return Err(PodsError::Spec("service name is empty".into()));
         }
         if spec.program.as_os_str().is_empty() {
-            return Err(Error::Spec(format!("pod {pod}: program is empty")));
+            return Err(PodsError::Spec(format!("pod {pod}: program is empty")));
         }
-        std::fs::create_dir_all(&cfg.log_dir).map_err(|source| Error::Log {
+        std::fs::create_dir_all(&cfg.log_dir).map_err(|source| PodsError::Log {
             pod: pod.clone(),
             path: cfg.log_dir.clone(),
             source,
@@ -722,7 +722,7 @@ impl Replica {
             Arc::new(
                 cgroups
                     .replica(&pod, spec.limits())
-                    .map_err(|source| Error::Cgroup {
+                    .map_err(|source| PodsError::Cgroup {
                         pod: pod.clone(),
                         source,
                     })?,
@@ -862,7 +862,7 @@ impl Pods {
         let pod = spec.pod_name();
         let mut map = self.lock();
         if map.contains_key(&pod) {
-            return Err(Error::Duplicate(pod));
+            return Err(PodsError::Duplicate(pod));
         }
         let replica = Replica::start(spec, &self.cgroups, self.cfg.clone(), self.events.clone())?;
         let status = replica.status();

@@ -19,7 +19,7 @@ use tokio::process::{Child, Command};
 
 /// Errors of starting or reaching Prometheus.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum PrometheusError {
     /// `--prometheus auto` without a binary.
     #[error(
         "--prometheus auto: no `prometheus` executable on PATH (install it, e.g. `apt-get install prometheus`, or pass --prometheus URL)"
@@ -54,7 +54,7 @@ pub enum Error {
 }
 
 /// Result alias of this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = PrometheusError> = std::result::Result<T, E>;
 
 /// One scrape target of the file-based discovery.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -83,7 +83,7 @@ pub fn write_targets(path: &Path, targets: &[Target]) -> Result<()> {
         .collect();
     let json = serde_json::to_vec_pretty(&groups).unwrap_or_else(|_| b"[]".to_vec());
     let tmp = path.with_extension("json.tmp");
-    let werr = |source| Error::Write {
+    let werr = |source| PrometheusError::Write {
         path: path.to_path_buf(),
         source,
     };
@@ -143,10 +143,10 @@ fn tail(path: &Path, lines: usize) -> String {
 impl LocalPrometheus {
     /// Starts `prometheus` from PATH with its config, data and log under `dir`.
     pub async fn start(dir: &Path, scrape_interval: Duration) -> Result<Self> {
-        let program = find_on_path("prometheus").ok_or(Error::NotInstalled)?;
+        let program = find_on_path("prometheus").ok_or(PrometheusError::NotInstalled)?;
         let werr = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| Error::Write { path, source }
+            move |source| PrometheusError::Write { path, source }
         };
         std::fs::create_dir_all(dir).map_err(werr(dir))?;
         let targets_file = dir.join("targets.json");
@@ -157,7 +157,7 @@ impl LocalPrometheus {
         let log = dir.join("prometheus.log");
         let log_file = std::fs::File::create(&log).map_err(werr(&log))?;
         let log_err = log_file.try_clone().map_err(werr(&log))?;
-        let port = free_port().map_err(|source| Error::Spawn {
+        let port = free_port().map_err(|source| PrometheusError::Spawn {
             program: program.clone(),
             source,
         })?;
@@ -176,7 +176,7 @@ impl LocalPrometheus {
             .stderr(Stdio::from(log_err))
             .kill_on_drop(true)
             .spawn()
-            .map_err(|source| Error::Spawn {
+            .map_err(|source| PrometheusError::Spawn {
                 program: program.clone(),
                 source,
             })?;
@@ -193,7 +193,7 @@ impl LocalPrometheus {
     /// Uses the Prometheus at `url`; the targets are written to `dir/targets.json`,
     /// which that Prometheus must read (`file_sd_configs`).
     pub async fn external(url: &str, dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Write {
+        std::fs::create_dir_all(dir).map_err(|source| PrometheusError::Write {
             path: dir.to_path_buf(),
             source,
         })?;
@@ -211,7 +211,7 @@ impl LocalPrometheus {
 
     async fn wait_ready(&mut self, patience: Duration) -> Result<()> {
         let start = Instant::now();
-        let not_ready = |me: &Self| Error::NotReady {
+        let not_ready = |me: &Self| PrometheusError::NotReady {
             url: me.url.clone(),
             waited: start.elapsed(),
             log: me.log.as_deref().map(|l| tail(l, 10)).unwrap_or_default(),

@@ -64,7 +64,7 @@ const RELISTEN_RETRY: Duration = Duration::from_millis(100);
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum ProxyError {
     /// The service port could not be bound.
     #[error("cannot bind the proxy of service {service} on {addr}: {source}")]
     Bind {
@@ -78,7 +78,7 @@ pub enum Error {
 }
 
 /// Result alias for this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = ProxyError> = std::result::Result<T, E>;
 
 /// One endpoint of a service: a replica's address and whether it may get traffic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -364,7 +364,7 @@ impl ServiceProxy {
     /// Binds `listen` (e.g. `127.0.0.1:0` or a fixed service port). Starts with no
     /// endpoints, so refusing connections until one is ready and routed.
     pub async fn bind(service: &str, listen: SocketAddr, config: ProxyConfig) -> Result<Self> {
-        let bind_err = |source| Error::Bind {
+        let bind_err = |source| ProxyError::Bind {
             service: service.to_string(),
             addr: listen,
             source,

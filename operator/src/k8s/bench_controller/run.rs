@@ -47,7 +47,7 @@ pub(super) enum RunError {
     },
     /// The spec the run started with cannot be read back.
     #[error("the run's spec on the report volume is unreadable: {0}")]
-    Spec(store::Error),
+    Spec(store::StoreError),
     /// The report could not be written.
     #[error(transparent)]
     Report(#[from] RunDirError),

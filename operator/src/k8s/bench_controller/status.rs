@@ -12,7 +12,7 @@ use meshbench_analysis::tables::StepRow;
 use meshbench_crds::Benchmark;
 use meshbench_crds::benchmark::{BenchmarkStatus, Phase, StepSummary};
 
-use super::{Error, Result, RunState, k8s_now, kube_err, rfc3339};
+use super::{BenchControllerError, Result, RunState, k8s_now, kube_err, rfc3339};
 use crate::experiment::ExperimentSchedule;
 use crate::k8s::FIELD_MANAGER;
 use crate::k8s::shared::set_condition;
@@ -60,7 +60,7 @@ impl StatusWriter {
         &self.written
     }
 
-    /// Writes `status` if it differs from the last one. [`Error::Stale`] when the object
+    /// Writes `status` if it differs from the last one. [`BenchControllerError::Stale`] when the object
     /// changed since it was read.
     pub(super) async fn write(&mut self, status: &BenchmarkStatus) -> Result<()> {
         if *status == self.written {
@@ -84,7 +84,9 @@ impl StatusWriter {
                 self.written = status.clone();
                 Ok(())
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Stale(self.name.clone())),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                Err(BenchControllerError::Stale(self.name.clone()))
+            }
             Err(e) => Err(kube_err(format!(
                 "writing the status of Benchmark {}",
                 self.name
