@@ -103,9 +103,9 @@ pub enum PlotError {
     /// Drawing the SVG document failed.
     #[error(transparent)]
     Svg(DrawingAreaErrorKind<std::io::Error>),
-    /// Drawing or writing the PNG file failed.
+    /// Drawing or writing the PNG file failed (boxed: the image encoder's errors are large).
     #[error(transparent)]
-    Png(DrawingAreaErrorKind<PngBackendError>),
+    Png(Box<DrawingAreaErrorKind<PngBackendError>>),
 }
 
 /// The error type of the PNG backend (plotters does not re-export it by name).
@@ -188,7 +188,7 @@ pub fn render_svg(c: &Chart) -> Result<String, PlotError> {
 /// Renders a chart as a PNG file at `path` (which must end in `.png`).
 pub fn render_png(c: &Chart, path: &Path) -> Result<(), PlotError> {
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
-    draw(root, c).map_err(PlotError::Png)
+    draw(root, c).map_err(|e| PlotError::Png(Box::new(e)))
 }
 
 /// Keeps at most `max` points: each bucket contributes its first, smallest and largest
