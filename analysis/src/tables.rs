@@ -37,10 +37,10 @@ pub enum ColumnError {
     /// The column has another type and does not cast to the schema's.
     #[error("has type {found}, expected {expected}: {source}")]
     Cast {
-        /// The column's type.
-        found: DataType,
+        /// The column's type (boxed: a `DataType` would make every table result large).
+        found: Box<DataType>,
         /// The schema's type.
-        expected: DataType,
+        expected: Box<DataType>,
         /// Why the cast failed.
         source: PolarsError,
     },
@@ -89,8 +89,8 @@ fn cast_to(col: &Column, dtype: &DataType) -> std::result::Result<Column, Column
         return Ok(col.clone());
     }
     col.strict_cast(dtype).map_err(|source| ColumnError::Cast {
-        found: col.dtype().clone(),
-        expected: dtype.clone(),
+        found: Box::new(col.dtype().clone()),
+        expected: Box::new(dtype.clone()),
         source,
     })
 }

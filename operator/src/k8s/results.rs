@@ -266,7 +266,7 @@ async fn post_result(
     };
     let result = match parse_result(&body, &run) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Some(r) = earlier_post(&state, (&namespace, &run, ordinal), &result) {
         return r;
@@ -274,7 +274,7 @@ async fn post_result(
     if let Err(r) = check_result(&state, &snapshot, (&namespace, &run, ordinal), &result) {
         return r.into_response();
     }
-    if let Err(r) = check_run_quota(&state, &namespace, &run, body.len()) {
+    if let Some(r) = over_run_quota(&state, &namespace, &run, body.len()) {
         return r;
     }
     let index = result.plan.instance.index;
@@ -300,25 +300,26 @@ async fn post_result(
     }
 }
 
-/// The posted body as a load result of run `run`, or the response refusing it.
-fn parse_result(body: &[u8], run: &str) -> Result<LoadResult, Response> {
+/// The posted body as a load result of run `run`, or the response refusing it (boxed:
+/// a response is large beside the result).
+fn parse_result(body: &[u8], run: &str) -> Result<LoadResult, Box<Response>> {
     let Ok(text) = std::str::from_utf8(body) else {
-        return Err(reject(StatusCode::BAD_REQUEST, "the body is not UTF-8"));
+        return Err(Box::new(reject(StatusCode::BAD_REQUEST, "the body is not UTF-8")));
     };
     let result = match LoadResult::from_json(text) {
         Ok(r) => r,
         Err(e) => {
-            return Err(reject(
+            return Err(Box::new(reject(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("not a load result: {e}"),
-            ));
+            )));
         }
     };
     if result.plan.labels.get("run").is_some_and(|r| r != run) {
-        return Err(reject(
+        return Err(Box::new(reject(
             StatusCode::CONFLICT,
             "the result belongs to another run (labels.run)",
-        ));
+        )));
     }
     Ok(result)
 }
@@ -349,27 +350,26 @@ fn earlier_post(
     }
 }
 
-/// Refuses a result of `len` bytes that would take the run's stored results past
-/// [`MAX_RUN_RESULT_BYTES`].
-fn check_run_quota(
+/// The refusal of a result of `len` bytes that would take the run's stored results past
+/// [`MAX_RUN_RESULT_BYTES`], if it would.
+fn over_run_quota(
     state: &ResultsState,
     namespace: &str,
     run: &str,
     len: usize,
-) -> Result<(), Response> {
+) -> Option<Response> {
     let stored = state
         .store
         .results_bytes(namespace, run)
         .unwrap_or(u64::MAX);
-    if stored.saturating_add(len as u64) > MAX_RUN_RESULT_BYTES {
-        return Err(reject(
+    (stored.saturating_add(len as u64) > MAX_RUN_RESULT_BYTES).then(|| {
+        reject(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "run {run} already stores {stored} bytes of results; the limit is {MAX_RUN_RESULT_BYTES}"
             ),
-        ));
-    }
-    Ok(())
+        )
+    })
 }
 
 async fn list_report(
