@@ -16,6 +16,7 @@ pub use benchmark::{Benchmark, BenchmarkSpec, BenchmarkStatus};
 pub use diag::Diagnostic;
 pub use load::{BenchmarkDoc, Bundle, MeshDoc};
 pub use mesh::{ServiceMesh, ServiceMeshSpec, ServiceMeshStatus};
+pub use validate::{Invalid, ValidBenchmark, ValidMesh};
 
 use kube::CustomResourceExt;
 

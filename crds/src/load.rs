@@ -10,7 +10,9 @@ use crate::benchmark::Benchmark;
 use crate::diag::{Diagnostic, suggest};
 use crate::locate::{Locator, index_documents};
 use crate::mesh::ServiceMesh;
-use crate::validate::{Issue, validate_benchmark, validate_mesh};
+use crate::validate::{
+    Invalid, Issue, ValidBenchmark, ValidMesh, validate_benchmark, validate_mesh,
+};
 
 /// The API version of every meshbench resource.
 pub const API_VERSION: &str = "meshbench.io/v1alpha1";
@@ -117,6 +119,25 @@ impl Bundle {
             .iter()
             .map(|d| &d.mesh)
             .find(|m| m.metadata.name.as_deref() == Some(name))
+    }
+
+    /// `bench` checked against every mesh of the bundle (as [`Bundle::validate`] checks
+    /// it), and the meshes it names, in its order, each checked on its own: what a run or
+    /// a plan of it takes. Always `Ok` for a bundle that [`is_valid`](Self::is_valid).
+    pub fn validated(
+        &self,
+        bench: &Benchmark,
+    ) -> Result<(ValidBenchmark, Vec<ValidMesh>), Invalid> {
+        let all: Vec<&ServiceMesh> = self.meshes.iter().map(|d| &d.mesh).collect();
+        let bench = ValidBenchmark::new(bench.clone(), &all)?;
+        let meshes = bench
+            .spec()
+            .meshes
+            .iter()
+            .filter_map(|name| self.mesh(name))
+            .map(|m| ValidMesh::new(m.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((bench, meshes))
     }
 
     /// Reads one file (without the cross-document validation; call [`Bundle::validate`]).

@@ -1,6 +1,7 @@
 //! The effective view of a spec: mesh defaults applied to every service and endpoint,
 //! units parsed, calls grouped — what the platforms deploy and the capacity model reads.
-//! Call on validated specs; invalid values resolve to harmless defaults.
+//! Call on validated specs ([`crate::ValidMesh`] holds a mesh's resolved services);
+//! invalid values resolve to harmless defaults.
 
 use std::time::Duration as StdDuration;
 
@@ -8,7 +9,8 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscalerBehavior;
 
 use crate::benchmark::{BenchmarkSpec, LoadKind};
 use crate::mesh::{
-    Delay, DelayMode, EndpointBehavior, Expose, HttpMethod, ServiceMeshSpec, ServiceSpec,
+    CallSpec, Delay, DelayMode, EndpointBehavior, EndpointSpec, Expose, HttpMethod, MeshDefaults,
+    ServiceMeshSpec, ServiceSpec,
 };
 use crate::units;
 
@@ -184,119 +186,135 @@ fn merge_behavior(ep: &EndpointBehavior, d: Option<&EndpointBehavior>) -> Endpoi
 
 /// Resolves every service of a mesh.
 pub fn resolve_mesh(mesh: &ServiceMeshSpec) -> Vec<ResolvedService> {
-    let defaults = mesh.defaults.as_ref();
     mesh.services
         .iter()
-        .map(|svc| {
-            let auto = svc
-                .autoscaling
-                .as_ref()
-                .or(defaults.and_then(|d| d.autoscaling.as_ref()))
-                .filter(|a| a.enabled != Some(false))
-                .map(|a| ResolvedAutoscaling {
-                    min_replicas: a.min_replicas.unwrap_or(1),
-                    max_replicas: a.max_replicas.unwrap_or(a.min_replicas.unwrap_or(1)),
-                    target_cpu_utilization: a
-                        .target_cpu_utilization
-                        .unwrap_or(DEFAULT_TARGET_UTILIZATION),
-                    behavior: a.behavior.clone(),
-                });
-            let idle = svc.idle.as_ref().or(defaults.and_then(|d| d.idle.as_ref()));
-            let endpoints = svc
-                .endpoints
-                .iter()
-                .map(|ep| {
-                    let b =
-                        merge_behavior(&ep.behavior(), defaults.and_then(|d| d.endpoint.as_ref()));
-                    let call_timeout = b
-                        .call_timeout
-                        .as_ref()
-                        .map(|t| t.get())
-                        .unwrap_or(DEFAULT_CALL_TIMEOUT);
-                    // Calls without a group share one implicit group; named groups keep
-                    // the order of their first call.
-                    let mut groups: Vec<(Option<&str>, Vec<ResolvedCall>)> = Vec::new();
-                    for call in &ep.calls {
-                        let rc = ResolvedCall {
-                            service: call.service.clone(),
-                            path: endpoint_path(call.path.as_deref()).to_string(),
-                            probability: call.probability.unwrap_or(1.0),
-                            repeat: call.repeat.unwrap_or(1).max(1) as u32,
-                            timeout: call
-                                .timeout
-                                .as_ref()
-                                .map(|t| t.get())
-                                .unwrap_or(call_timeout),
-                        };
-                        let key = call.group.as_deref();
-                        match groups.iter_mut().find(|(k, _)| *k == key) {
-                            Some((_, g)) => g.push(rc),
-                            None => groups.push((key, vec![rc])),
-                        }
-                    }
-                    ResolvedEndpoint {
-                        path: ep.path.clone(),
-                        method: ep.method.unwrap_or(HttpMethod::Get),
-                        cpu: b.cpu.as_ref().map(|c| c.get()).unwrap_or_default(),
-                        memory_bytes: b
-                            .memory
-                            .as_ref()
-                            .and_then(|m| units::memory_bytes(m).ok())
-                            .unwrap_or(0),
-                        delay: b.delay.clone().map(|delay| ResolvedDelay {
-                            mode: delay.mode.unwrap_or_default(),
-                            delay,
-                        }),
-                        response_bytes: b.response_size.unwrap_or(0).max(0) as u64,
-                        error_rate: b.error_rate.unwrap_or(0.0),
-                        max_in_flight: b.max_in_flight.map(|m| m.max(1) as u32),
-                        ignore_call_timeouts: b.ignore_call_timeouts.unwrap_or(false),
-                        call_groups: groups.into_iter().map(|(_, g)| g).collect(),
-                    }
-                })
-                .collect();
-            ResolvedService {
-                name: svc.name.clone(),
-                replicas: svc
-                    .replicas
-                    .or(defaults.and_then(|d| d.replicas))
-                    .unwrap_or(1),
-                port: svc
-                    .port
-                    .or(defaults.and_then(|d| d.port))
-                    .unwrap_or(DEFAULT_PORT),
-                resources: resolved_resources(mesh, svc),
-                autoscaling: auto,
-                expose: svc.expose.clone(),
-                startup_delay: svc
-                    .startup_delay
-                    .as_ref()
-                    .or(defaults.and_then(|d| d.startup_delay.as_ref()))
-                    .map(|d| d.get())
-                    .unwrap_or_default(),
-                idle_cpu_millis: idle
-                    .and_then(|i| i.cpu.as_ref())
-                    .and_then(|q| units::cpu_millis(q).ok())
-                    .unwrap_or(0),
-                idle_memory_bytes: idle
-                    .and_then(|i| i.memory.as_ref())
-                    .and_then(|q| units::memory_bytes(q).ok())
-                    .unwrap_or(0),
-                readiness_max_in_flight: svc
-                    .readiness
-                    .as_ref()
-                    .and_then(|r| r.max_in_flight)
-                    .map(|m| m.max(1) as u32),
-                readiness_period: svc
-                    .readiness
-                    .as_ref()
-                    .and_then(|r| r.period.as_ref())
-                    .map(|p| p.get())
-                    .unwrap_or(StdDuration::from_secs(1)),
-                endpoints,
-            }
-        })
+        .map(|svc| resolve_service(mesh, svc))
         .collect()
+}
+
+/// One service: each setting its own, else the mesh default, else the built-in default.
+fn resolve_service(mesh: &ServiceMeshSpec, svc: &ServiceSpec) -> ResolvedService {
+    let defaults = mesh.defaults.as_ref();
+    let idle = svc.idle.as_ref().or(defaults.and_then(|d| d.idle.as_ref()));
+    let endpoint_defaults = defaults.and_then(|d| d.endpoint.as_ref());
+    ResolvedService {
+        name: svc.name.clone(),
+        replicas: svc
+            .replicas
+            .or(defaults.and_then(|d| d.replicas))
+            .unwrap_or(1),
+        port: svc
+            .port
+            .or(defaults.and_then(|d| d.port))
+            .unwrap_or(DEFAULT_PORT),
+        resources: resolved_resources(mesh, svc),
+        autoscaling: resolve_autoscaling(defaults, svc),
+        expose: svc.expose.clone(),
+        startup_delay: svc
+            .startup_delay
+            .as_ref()
+            .or(defaults.and_then(|d| d.startup_delay.as_ref()))
+            .map(|d| d.get())
+            .unwrap_or_default(),
+        idle_cpu_millis: idle
+            .and_then(|i| i.cpu.as_ref())
+            .and_then(|q| units::cpu_millis(q).ok())
+            .unwrap_or(0),
+        idle_memory_bytes: idle
+            .and_then(|i| i.memory.as_ref())
+            .and_then(|q| units::memory_bytes(q).ok())
+            .unwrap_or(0),
+        readiness_max_in_flight: svc
+            .readiness
+            .as_ref()
+            .and_then(|r| r.max_in_flight)
+            .map(|m| m.max(1) as u32),
+        readiness_period: svc
+            .readiness
+            .as_ref()
+            .and_then(|r| r.period.as_ref())
+            .map(|p| p.get())
+            .unwrap_or(StdDuration::from_secs(1)),
+        endpoints: svc
+            .endpoints
+            .iter()
+            .map(|ep| resolve_endpoint(ep, endpoint_defaults))
+            .collect(),
+    }
+}
+
+/// The HPA of a service (its own autoscaling, else the mesh default), unless disabled.
+fn resolve_autoscaling(
+    defaults: Option<&MeshDefaults>,
+    svc: &ServiceSpec,
+) -> Option<ResolvedAutoscaling> {
+    svc.autoscaling
+        .as_ref()
+        .or(defaults.and_then(|d| d.autoscaling.as_ref()))
+        .filter(|a| a.enabled != Some(false))
+        .map(|a| ResolvedAutoscaling {
+            min_replicas: a.min_replicas.unwrap_or(1),
+            max_replicas: a.max_replicas.unwrap_or(a.min_replicas.unwrap_or(1)),
+            target_cpu_utilization: a
+                .target_cpu_utilization
+                .unwrap_or(DEFAULT_TARGET_UTILIZATION),
+            behavior: a.behavior.clone(),
+        })
+}
+
+/// One endpoint, its behaviour merged field by field with the mesh's endpoint defaults.
+fn resolve_endpoint(ep: &EndpointSpec, defaults: Option<&EndpointBehavior>) -> ResolvedEndpoint {
+    let b = merge_behavior(&ep.behavior(), defaults);
+    let call_timeout = b
+        .call_timeout
+        .as_ref()
+        .map(|t| t.get())
+        .unwrap_or(DEFAULT_CALL_TIMEOUT);
+    ResolvedEndpoint {
+        path: ep.path.clone(),
+        method: ep.method.unwrap_or(HttpMethod::Get),
+        cpu: b.cpu.as_ref().map(|c| c.get()).unwrap_or_default(),
+        memory_bytes: b
+            .memory
+            .as_ref()
+            .and_then(|m| units::memory_bytes(m).ok())
+            .unwrap_or(0),
+        delay: b.delay.clone().map(|delay| ResolvedDelay {
+            mode: delay.mode.unwrap_or_default(),
+            delay,
+        }),
+        response_bytes: b.response_size.unwrap_or(0).max(0) as u64,
+        error_rate: b.error_rate.unwrap_or(0.0),
+        max_in_flight: b.max_in_flight.map(|m| m.max(1) as u32),
+        ignore_call_timeouts: b.ignore_call_timeouts.unwrap_or(false),
+        call_groups: call_groups(&ep.calls, call_timeout),
+    }
+}
+
+/// An endpoint's calls in their groups. Calls without a group share one implicit group;
+/// named groups keep the order of their first call. A call without its own timeout
+/// takes `call_timeout`, the endpoint's.
+fn call_groups(calls: &[CallSpec], call_timeout: StdDuration) -> Vec<Vec<ResolvedCall>> {
+    let mut groups: Vec<(Option<&str>, Vec<ResolvedCall>)> = Vec::new();
+    for call in calls {
+        let rc = ResolvedCall {
+            service: call.service.clone(),
+            path: endpoint_path(call.path.as_deref()).to_string(),
+            probability: call.probability.unwrap_or(1.0),
+            repeat: call.repeat.unwrap_or(1).max(1) as u32,
+            timeout: call
+                .timeout
+                .as_ref()
+                .map(|t| t.get())
+                .unwrap_or(call_timeout),
+        };
+        let key = call.group.as_deref();
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, g)) => g.push(rc),
+            None => groups.push((key, vec![rc])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
 }
 
 /// One measured step of a benchmark's profile.

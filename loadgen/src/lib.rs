@@ -11,10 +11,6 @@
 //!   `meshbench loadgen` both call [`main`]); [`run`] is its async part.
 
 pub mod load_plan;
-// The module's former name, kept while `operator/src/k8s/render.rs` still imports it;
-// drop it once that file uses `load_plan`.
-#[doc(hidden)]
-pub use load_plan as plan;
 pub mod result;
 
 #[cfg(feature = "runner")]

@@ -878,11 +878,9 @@ impl Shared {
             total: plan.total_duration(),
             clocks,
             pacer: match &slots.schedule {
-                Some(_) => {
-                    Some(Pacer::start().map_err(|e| {
-                        RunnerError::Goose(format!("cannot start the pacing thread: {e}"))
-                    })?)
-                }
+                Some(_) => Some(Pacer::start().map_err(|e| {
+                    RunnerError::Goose(format!("cannot start the pacing thread: {e}"))
+                })?),
                 None => None,
             },
             schedule: slots.schedule,

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meshbench_crds::Bundle;
+use meshbench_crds::{Bundle, ValidMesh};
 use meshbench_operator::local::platform::{LocalOptions, LocalPlatform};
 
 fn env_num(name: &str, default: u64) -> u64 {
@@ -82,7 +82,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 async fn ready_time_platform(reps: u64, dir: &std::path::Path) -> f64 {
     let bundle = Bundle::from_str("bench20.yaml", &mesh_yaml("bench20", 20, 2));
     assert!(bundle.is_valid(), "{:?}", bundle.diagnostics);
-    let mesh = bundle.meshes[0].mesh.clone();
+    let mesh = ValidMesh::new(bundle.meshes[0].mesh.clone()).expect("valid mesh");
     let mut times = Vec::new();
     for r in 0..reps {
         let mut p = platform(&format!("bench-ready-{}-{r}", std::process::id()), dir);
@@ -158,7 +158,7 @@ fn ready_time_bare(reps: u64) -> f64 {
 
 async fn runner_cpu_at(rate: u64, secs: u64, dir: &std::path::Path) -> (f64, f64, f64) {
     let bundle = Bundle::from_str("bench1k.yaml", &mesh_yaml("bench1k", 1, 2));
-    let mesh = bundle.meshes[0].mesh.clone();
+    let mesh = ValidMesh::new(bundle.meshes[0].mesh.clone()).expect("valid mesh");
     let mut p = platform(&format!("bench-cpu-{}", std::process::id()), dir);
     p.deploy(&mesh).await.expect("deploy");
     p.wait_ready().await.expect("ready");

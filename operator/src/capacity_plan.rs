@@ -40,25 +40,25 @@ pub fn plan(
     }
     let mut out = Vec::new();
     for bench in chosen {
-        let rates = convert::rates(&bench.spec);
-        for mesh_name in &bench.spec.meshes {
-            let Some(mesh) = bundle.mesh(mesh_name) else {
-                continue;
-            };
-            let mut input = convert::capacity_input(mesh, &bench.spec);
+        let (bench, meshes) = match bundle.validated(bench) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::code(exit::INVALID);
+            }
+        };
+        let rates = convert::rates(&bench);
+        for mesh in &meshes {
+            let mut input = convert::capacity_input(mesh, bench.spec());
             input.node = node;
             let result = match pod_budget {
                 Some(p) => capacity::plan_with_budget(&input, &rates, Budget::Pods(p)),
                 None => capacity::plan(&input, &rates),
             };
             match result {
-                Ok(p) => out.push((
-                    bench.metadata.name.clone().unwrap_or_default(),
-                    mesh_name.clone(),
-                    p,
-                )),
+                Ok(p) => out.push((bench.name().to_string(), mesh.name().to_string(), p)),
                 Err(e) => {
-                    eprintln!("error: mesh {mesh_name}: {e}");
+                    eprintln!("error: mesh {}: {e}", mesh.name());
                     return exit::code(exit::INVALID);
                 }
             }

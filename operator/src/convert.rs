@@ -8,10 +8,10 @@ use meshbench_analysis::Slo;
 use meshbench_analysis::capacity::{
     CallModel, CapacityInput, EndpointModel, EntryPoint, HpaModel, Overhead, ServiceModel,
 };
-use meshbench_crds::ServiceMesh;
 use meshbench_crds::benchmark::{BenchmarkSpec, LoadKind};
 use meshbench_crds::mesh::{Delay, DelayMode};
-use meshbench_crds::resolve::{PlannedStep, endpoint_path, resolve_mesh};
+use meshbench_crds::resolve::{PlannedStep, ResolvedEndpoint, ResolvedService, endpoint_path};
+use meshbench_crds::{ValidBenchmark, ValidMesh};
 use meshbench_loadgen::load_plan::{LoadModel, LoadPlan, RequestSpec, Stage};
 
 /// Mean, variance and smallest value of a delay distribution, in seconds.
@@ -36,55 +36,15 @@ fn delay_moments(d: &Delay) -> (f64, f64, f64) {
 }
 
 /// The capacity model's view of a mesh with the benchmark's entry point.
-pub fn capacity_input(mesh: &ServiceMesh, bench: &BenchmarkSpec) -> CapacityInput {
-    let services = resolve_mesh(&mesh.spec)
-        .into_iter()
-        .map(|s| ServiceModel {
-            name: s.name.clone(),
-            replicas: s.replicas.max(0) as u32,
-            cpu_request_cores: s.resources.cpu_request_millis.unwrap_or(0) as f64 / 1000.0,
-            cpu_limit_cores: s.resources.cpu_limit_millis.map(|m| m as f64 / 1000.0),
-            hpa: s.autoscaling.as_ref().map(|a| HpaModel {
-                min: a.min_replicas.max(1) as u32,
-                max: a.max_replicas.max(1) as u32,
-                target_utilization_percent: f64::from(a.target_cpu_utilization),
-            }),
-            idle_cpu_cores: s.idle_cpu_millis as f64 / 1000.0,
-            memory_request_bytes: s.resources.memory_request_bytes.unwrap_or(0) as f64,
-            endpoints: s
-                .endpoints
-                .iter()
-                .map(|e| {
-                    let delay = e.delay.as_ref();
-                    let (mean, variance, min) =
-                        delay.map_or((0.0, 0.0, 0.0), |d| delay_moments(&d.delay));
-                    EndpointModel {
-                        path: e.path.clone(),
-                        cpu_seconds: e.cpu.as_secs_f64(),
-                        delay_seconds_mean: mean,
-                        delay_seconds_variance: variance,
-                        delay_seconds_min: min,
-                        delay_minimum_total: delay
-                            .is_some_and(|d| d.mode == DelayMode::MinimumTotal),
-                        call_groups: e
-                            .call_groups
-                            .iter()
-                            .map(|g| {
-                                g.iter()
-                                    .map(|c| CallModel {
-                                        service: c.service.clone(),
-                                        path: c.path.clone(),
-                                        probability: c.probability,
-                                        repeat: c.repeat,
-                                    })
-                                    .collect()
-                            })
-                            .collect(),
-                    }
-                })
-                .collect(),
-        })
-        .collect();
+pub fn capacity_input(mesh: &ValidMesh, bench: &BenchmarkSpec) -> CapacityInput {
+    capacity_input_of(mesh.services(), bench)
+}
+
+/// [`capacity_input`] of services the caller resolved. A cluster's run builds its models
+/// from the meshes of its spec snapshot, which the Benchmark controller does not validate
+/// as meshes (the ServiceMesh controller does), so it resolves them itself.
+pub fn capacity_input_of(services: &[ResolvedService], bench: &BenchmarkSpec) -> CapacityInput {
+    let services = services.iter().map(service_model).collect();
     CapacityInput {
         entry: EntryPoint {
             service: bench.target.service.clone(),
@@ -93,6 +53,53 @@ pub fn capacity_input(mesh: &ServiceMesh, bench: &BenchmarkSpec) -> CapacityInpu
         services,
         overhead: Overhead::default(),
         node: None,
+    }
+}
+
+/// The capacity model's view of one service.
+fn service_model(s: &ResolvedService) -> ServiceModel {
+    ServiceModel {
+        name: s.name.clone(),
+        replicas: s.replicas.max(0) as u32,
+        cpu_request_cores: s.resources.cpu_request_millis.unwrap_or(0) as f64 / 1000.0,
+        cpu_limit_cores: s.resources.cpu_limit_millis.map(|m| m as f64 / 1000.0),
+        hpa: s.autoscaling.as_ref().map(|a| HpaModel {
+            min: a.min_replicas.max(1) as u32,
+            max: a.max_replicas.max(1) as u32,
+            target_utilization_percent: f64::from(a.target_cpu_utilization),
+        }),
+        idle_cpu_cores: s.idle_cpu_millis as f64 / 1000.0,
+        memory_request_bytes: s.resources.memory_request_bytes.unwrap_or(0) as f64,
+        endpoints: s.endpoints.iter().map(endpoint_model).collect(),
+    }
+}
+
+/// The capacity model's view of one endpoint: its CPU, the moments of its delay, and
+/// its calls.
+fn endpoint_model(e: &ResolvedEndpoint) -> EndpointModel {
+    let delay = e.delay.as_ref();
+    let (mean, variance, min) = delay.map_or((0.0, 0.0, 0.0), |d| delay_moments(&d.delay));
+    EndpointModel {
+        path: e.path.clone(),
+        cpu_seconds: e.cpu.as_secs_f64(),
+        delay_seconds_mean: mean,
+        delay_seconds_variance: variance,
+        delay_seconds_min: min,
+        delay_minimum_total: delay.is_some_and(|d| d.mode == DelayMode::MinimumTotal),
+        call_groups: e
+            .call_groups
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|c| CallModel {
+                        service: c.service.clone(),
+                        path: c.path.clone(),
+                        probability: c.probability,
+                        repeat: c.repeat,
+                    })
+                    .collect()
+            })
+            .collect(),
     }
 }
 
@@ -188,11 +195,8 @@ pub fn step_plan(
 }
 
 /// The rates of a benchmark's measured steps (open loop), for `plan`.
-pub fn rates(bench: &BenchmarkSpec) -> Vec<f64> {
-    meshbench_crds::resolve::plan_steps(bench)
-        .iter()
-        .filter_map(|s| s.rate)
-        .collect()
+pub fn rates(bench: &ValidBenchmark) -> Vec<f64> {
+    bench.steps().iter().filter_map(|s| s.rate).collect()
 }
 
 /// Records one measured step of mesh `mesh` in the analysis input: its timing and load

@@ -7,10 +7,9 @@
 
 use std::time::Duration;
 
-use meshbench_crds::benchmark::{
-    BenchmarkSpec, LoadKind, Phase, RedeployPolicy, StepFailurePolicy,
-};
-use meshbench_crds::resolve::{PlannedStep, plan_steps};
+use meshbench_crds::ValidBenchmark;
+use meshbench_crds::benchmark::{LoadKind, Phase, RedeployPolicy, StepFailurePolicy};
+use meshbench_crds::resolve::PlannedStep;
 use serde::{Deserialize, Serialize};
 
 /// What a benchmark will do, derived from its spec.
@@ -37,9 +36,10 @@ pub struct ExperimentSchedule {
 }
 
 impl ExperimentSchedule {
-    /// Builds the schedule of a (validated) benchmark.
-    pub fn new(name: &str, spec: &BenchmarkSpec) -> Self {
-        let steps = plan_steps(spec);
+    /// Builds the schedule of a validated benchmark.
+    pub fn new(bench: &ValidBenchmark) -> Self {
+        let spec = bench.spec();
+        let steps = bench.steps().to_vec();
         let warmup = spec.warmup.as_ref().map(|w| PlannedStep {
             index: 0,
             name: "warmup".to_string(),
@@ -57,7 +57,7 @@ impl ExperimentSchedule {
             duration: w.duration.get(),
         });
         Self {
-            benchmark: name.to_string(),
+            benchmark: bench.name().to_string(),
             meshes: spec.meshes.clone(),
             repetitions: spec.repetitions.unwrap_or(1).max(1) as u32,
             steps,

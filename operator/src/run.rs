@@ -11,7 +11,7 @@ use meshbench_analysis::{
 };
 use meshbench_common::duration::parse as parse_duration;
 use meshbench_crds::units::UnitError;
-use meshbench_crds::{Benchmark, Bundle, ServiceMesh};
+use meshbench_crds::{Benchmark, Bundle, ValidBenchmark, ValidMesh};
 use meshbench_loadgen::{CancellationToken, RunOptions, run_plan};
 
 use crate::convert;
@@ -152,12 +152,13 @@ pub async fn run(args: RunArgs) -> u8 {
         Ok(b) => b,
         Err(code) => return code,
     };
-    let meshes: Vec<ServiceMesh> = bench
-        .spec
-        .meshes
-        .iter()
-        .filter_map(|m| bundle.mesh(m).cloned())
-        .collect();
+    let (bench, meshes) = match bundle.validated(bench) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::INVALID;
+        }
+    };
     let mut session = match Session::start(&args, bench, meshes).await {
         Ok(s) => s,
         Err(code) => return code,
@@ -202,8 +203,9 @@ fn select_benchmark<'a>(args: &RunArgs, bundle: &'a Bundle) -> Result<&'a Benchm
 /// One run in progress: what its phases read and write.
 struct Session<'a> {
     args: &'a RunArgs,
-    bench: &'a Benchmark,
-    meshes: Vec<ServiceMesh>,
+    bench: ValidBenchmark,
+    /// The meshes the benchmark names, in its order.
+    meshes: Vec<ValidMesh>,
     schedule: ExperimentSchedule,
     run_dir: RunDir,
     platform: LocalPlatform,
@@ -222,11 +224,11 @@ impl<'a> Session<'a> {
     /// asked. Stops with an exit code when any of them cannot be had.
     async fn start(
         args: &'a RunArgs,
-        bench: &'a Benchmark,
-        meshes: Vec<ServiceMesh>,
+        bench: ValidBenchmark,
+        meshes: Vec<ValidMesh>,
     ) -> Result<Session<'a>, u8> {
-        let name = bench.metadata.name.clone().unwrap_or_default();
-        let schedule = ExperimentSchedule::new(&name, &bench.spec);
+        let name = bench.name().to_string();
+        let schedule = ExperimentSchedule::new(&bench);
         let started = Utc::now();
         let run_dir = RunDir::create(&args.out, &name, started).map_err(|e| {
             eprintln!(
@@ -250,7 +252,7 @@ impl<'a> Session<'a> {
             return Err(exit::RUN_FAILED);
         }
         let limits = LimitsEnforcement { mode, reason };
-        let data = run_data(args, bench, &meshes, &schedule, limits, started);
+        let data = run_data(args, &bench, &meshes, &schedule, limits, started);
         let prom = match start_prometheus(args, &run_dir, &platform).await {
             Ok(p) => p,
             Err(e) => {
@@ -380,7 +382,7 @@ impl<'a> Session<'a> {
 
     /// Drives the load of one step (or the warm-up) and records its result.
     async fn load_step(&mut self, cursor: Cursor, warm: bool, label: &str) -> Outcome {
-        let spec = &self.bench.spec;
+        let spec = self.bench.spec();
         let step = if warm {
             self.schedule.warmup.clone()
         } else {
@@ -445,11 +447,11 @@ impl<'a> Session<'a> {
                 let services: Vec<String> = self
                     .meshes
                     .get(mesh)
-                    .map(|m| m.spec.services.iter().map(|s| s.name.clone()).collect())
+                    .map(|m| m.spec().services.iter().map(|s| s.name.clone()).collect())
                     .unwrap_or_default();
                 let overrides = self
                     .bench
-                    .spec
+                    .spec()
                     .collection
                     .as_ref()
                     .map(|c| c.queries.clone())
@@ -578,8 +580,8 @@ fn enforcement(platform: &LocalPlatform) -> (ReportEnforcement, String) {
 /// model of every mesh on this node.
 fn run_data(
     args: &RunArgs,
-    bench: &Benchmark,
-    meshes: &[ServiceMesh],
+    bench: &ValidBenchmark,
+    meshes: &[ValidMesh],
     schedule: &ExperimentSchedule,
     limits: LimitsEnforcement,
     started: chrono::DateTime<Utc>,
@@ -594,8 +596,8 @@ fn run_data(
         warnings.push(w);
     }
     let mut data = RunData::new(RunMeta {
-        benchmark: bench.metadata.name.clone().unwrap_or_default(),
-        spec: serde_json::json!({ "benchmark": bench, "meshes": meshes }),
+        benchmark: bench.name().to_string(),
+        spec: spec_json(bench, meshes),
         meshbench_version: env!("CARGO_PKG_VERSION").to_string(),
         platform: Platform::Local,
         limits,
@@ -608,12 +610,11 @@ fn run_data(
         deviations: deviations(args),
     });
     for m in meshes {
-        let mut input = convert::capacity_input(m, &bench.spec);
+        let mut input = convert::capacity_input(m, bench.spec());
         input.node = Some(args.node.model());
-        data.models
-            .insert(m.metadata.name.clone().unwrap_or_default(), input);
+        data.models.insert(m.name().to_string(), input);
     }
-    data.slos = convert::slos(&bench.spec);
+    data.slos = convert::slos(bench.spec());
     // A short HPA settle window keeps the scaling figures meaningful for short steps.
     data.options.settle_window_ms = 10_000;
     data
@@ -683,11 +684,17 @@ fn print_step(row: &meshbench_analysis::tables::StepRow, replicas: &[(String, us
             .unwrap_or_default(),
     );
 }
+/// The spec of the run as run.json records it: the resources as written.
+fn spec_json(bench: &ValidBenchmark, meshes: &[ValidMesh]) -> serde_json::Value {
+    let meshes: Vec<&meshbench_crds::ServiceMesh> = meshes.iter().map(ValidMesh::mesh).collect();
+    serde_json::json!({ "benchmark": bench.benchmark(), "meshes": meshes })
+}
+
 /// Whether any service of `meshes` has a CPU or memory limit to enforce.
-fn wants_limits(meshes: &[ServiceMesh]) -> bool {
+fn wants_limits(meshes: &[ValidMesh]) -> bool {
     meshes
         .iter()
-        .flat_map(|m| meshbench_crds::resolve::resolve_mesh(&m.spec))
+        .flat_map(|m| m.services())
         .any(|s| s.resources.cpu_limit_millis.is_some() || s.resources.memory_limit_bytes.is_some())
 }
 

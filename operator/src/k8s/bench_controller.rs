@@ -38,8 +38,8 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use meshbench_crds::benchmark::{BenchmarkStatus, Phase};
-use meshbench_crds::validate::{Issue, validate_benchmark};
-use meshbench_crds::{Benchmark, ServiceMesh};
+use meshbench_crds::validate::Issue;
+use meshbench_crds::{Benchmark, ServiceMesh, ValidBenchmark};
 use serde::{Deserialize, Serialize};
 
 use super::export::Exporter;
@@ -376,16 +376,15 @@ async fn reconcile_inner(bench: &Benchmark, ctx: &Context) -> Result<Action> {
 /// Validates a new spec against the meshes in the namespace, claims the meshes, and
 /// starts a run; or says why it cannot start yet.
 async fn start(ctx: &Context, bench: &Benchmark, writer: &mut StatusWriter) -> Result<Action> {
-    let (meshes, issues) = fetch_meshes(ctx, bench).await?;
-    let issues = if issues.is_empty() {
-        let refs: Vec<&ServiceMesh> = meshes.iter().collect();
-        validate_benchmark(bench, &refs)
-    } else {
-        issues
-    };
-    if !issues.is_empty() {
-        return invalid(ctx, bench, writer, &issues).await;
+    let (meshes, missing) = fetch_meshes(ctx, bench).await?;
+    if !missing.is_empty() {
+        return invalid(ctx, bench, writer, &missing).await;
     }
+    let refs: Vec<&ServiceMesh> = meshes.iter().collect();
+    let valid = match ValidBenchmark::new(bench.clone(), &refs) {
+        Ok(valid) => valid,
+        Err(e) => return invalid(ctx, bench, writer, &e.issues).await,
+    };
     let run_id = render::dns_name(&[
         &bench.name_any(),
         &meshbench_analysis::analyze::compact_timestamp(Utc::now()).to_ascii_lowercase(),
@@ -393,7 +392,7 @@ async fn start(ctx: &Context, bench: &Benchmark, writer: &mut StatusWriter) -> R
     if let Some(held) = claims::acquire(&ctx.client, bench, &run_id, &bench.spec.meshes).await? {
         return waiting(ctx, bench, writer, &held).await;
     }
-    start_run(ctx, bench, writer, meshes, run_id).await
+    start_run(ctx, &valid, writer, meshes, run_id).await
 }
 
 /// The meshes the benchmark names, and an issue per mesh that does not exist.
@@ -409,7 +408,7 @@ async fn fetch_meshes(ctx: &Context, bench: &Benchmark) -> Result<(Vec<ServiceMe
             .map_err(kube_err(format!("reading ServiceMesh {m}")))?
         {
             Some(mesh) => meshes.push(mesh),
-            // Said in cluster terms; `validate_benchmark` speaks of input files.
+            // Said in cluster terms; validation speaks of input files.
             None => missing.push(
                 Issue::new(
                     format!("spec.meshes[{i}]"),
@@ -486,11 +485,12 @@ async fn waiting(
 /// from one view, only one succeeds).
 async fn start_run(
     ctx: &Context,
-    bench: &Benchmark,
+    valid: &ValidBenchmark,
     writer: &mut StatusWriter,
     meshes: Vec<ServiceMesh>,
     run_id: String,
 ) -> Result<Action> {
+    let bench = valid.benchmark();
     let name = bench.name_any();
     let ns = bench.namespace().unwrap_or_default();
     let generation = bench.metadata.generation;
@@ -517,7 +517,7 @@ async fn start_run(
         meshes,
     };
     ctx.store.start_run(&ns, &run_id, &snapshot)?;
-    let schedule = ExperimentSchedule::new(&name, &bench.spec);
+    let schedule = ExperimentSchedule::new(valid);
     let mut status = writer.current().clone();
     started_status(&mut status, &run_id, generation);
     let state = RunState::new(Utc::now().timestamp_millis());

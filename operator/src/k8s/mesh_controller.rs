@@ -18,16 +18,16 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
-use meshbench_crds::ServiceMesh;
 use meshbench_crds::mesh::{ServiceMeshStatus, ServiceStatus};
-use meshbench_crds::validate::{Issue, validate_mesh};
+use meshbench_crds::validate::Issue;
+use meshbench_crds::{ServiceMesh, ValidMesh};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::FIELD_MANAGER;
 use super::keys;
 use super::metrics::Metrics;
-use super::render::{self, RenderOptions, ServiceObjects};
+use super::render::{self, MeshObjects, RenderOptions, ServiceObjects};
 use super::shared::{self, Failures, invalid_message, set_condition};
 
 /// Name of this controller in metrics and logs.
@@ -415,43 +415,70 @@ async fn reconcile_inner(mesh: &ServiceMesh, ctx: &Context) -> Result<Action> {
         // The garbage collector removes the owned objects.
         return Ok(Action::await_change());
     }
-    let meshes: Api<ServiceMesh> = Api::namespaced(ctx.client.clone(), &ns);
-    let old = mesh.status.clone().unwrap_or_default();
-    let generation = mesh.metadata.generation;
     let now = Time(k8s_openapi::jiff::Timestamp::now());
+    // An invalid spec touches nothing but the status.
+    let valid = match ValidMesh::new(mesh.clone()) {
+        Ok(valid) => valid,
+        Err(invalid) => {
+            report_invalid(ctx, mesh, &ns, &invalid.issues, &now).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let objects = render::render_mesh(&valid, &ctx.render)?;
+    let observed = apply_all(&ctx.client, &ns, &objects).await?;
+    let pruned = prune_removed(&ctx.client, &ns, mesh, &objects).await?;
+    report_applied(ctx, mesh, &ns, &observed, &pruned, &now).await
+}
 
-    // Validate: an invalid spec touches nothing but the status.
-    let issues = validate_mesh(mesh);
-    if !issues.is_empty() {
-        let (status, changed) = invalid_status(&old, generation, &issues, &now);
-        if status != old {
-            patch_status(&meshes, &name, &status).await?;
-        }
-        if changed {
-            publish(
-                ctx,
-                mesh,
-                EventType::Warning,
-                "InvalidSpec",
-                "Validate",
-                invalid_message(&issues),
-            )
-            .await;
-        }
-        return Ok(Action::await_change());
+/// Writes `Valid=False` with every problem, and publishes a Warning Event when that is
+/// news.
+async fn report_invalid(
+    ctx: &Context,
+    mesh: &ServiceMesh,
+    ns: &str,
+    issues: &[Issue],
+    now: &Time,
+) -> Result<()> {
+    let old = mesh.status.clone().unwrap_or_default();
+    let (status, changed) = invalid_status(&old, mesh.metadata.generation, issues, now);
+    if status != old {
+        let meshes: Api<ServiceMesh> = Api::namespaced(ctx.client.clone(), ns);
+        patch_status(&meshes, &mesh.name_any(), &status).await?;
     }
+    if changed {
+        publish(
+            ctx,
+            mesh,
+            EventType::Warning,
+            "InvalidSpec",
+            "Validate",
+            invalid_message(issues),
+        )
+        .await;
+    }
+    Ok(())
+}
 
-    // Build.
-    let objects = render::render_mesh(mesh, &ctx.render)?;
-
-    // Apply.
+/// Applies the objects of every service, in spec order; returns their replica counts.
+async fn apply_all(client: &Client, ns: &str, objects: &MeshObjects) -> Result<Vec<Observed>> {
     let mut observed = Vec::with_capacity(objects.services.len());
     for s in &objects.services {
-        let dep = apply_service(&ctx.client, &ns, s).await?;
+        let dep = apply_service(client, ns, s).await?;
         observed.push(observe(&s.service, &dep));
     }
+    Ok(observed)
+}
 
-    // Prune objects of removed services, and HPAs of services no longer autoscaled.
+/// Deletes the objects of services removed from the spec, and the HPAs of services no
+/// longer autoscaled; returns what it deleted.
+async fn prune_removed(
+    client: &Client,
+    ns: &str,
+    mesh: &ServiceMesh,
+    objects: &MeshObjects,
+) -> Result<Vec<String>> {
+    let name = mesh.name_any();
+    let uid = mesh.metadata.uid.clone().unwrap_or_default();
     let keep: BTreeSet<String> = objects.services.iter().map(|s| s.service.clone()).collect();
     let keep_hpa: BTreeSet<String> = objects
         .services
@@ -460,11 +487,9 @@ async fn reconcile_inner(mesh: &ServiceMesh, ctx: &Context) -> Result<Action> {
         .map(|s| s.service.clone())
         .collect();
     let mut pruned = Vec::new();
-    let client = &ctx.client;
-    let uid = mesh.metadata.uid.clone().unwrap_or_default();
     pruned.extend(
         prune(
-            &Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns),
+            &Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns),
             &name,
             &uid,
             &keep_hpa,
@@ -473,7 +498,7 @@ async fn reconcile_inner(mesh: &ServiceMesh, ctx: &Context) -> Result<Action> {
     );
     pruned.extend(
         prune(
-            &Api::<Deployment>::namespaced(client.clone(), &ns),
+            &Api::<Deployment>::namespaced(client.clone(), ns),
             &name,
             &uid,
             &keep,
@@ -482,7 +507,7 @@ async fn reconcile_inner(mesh: &ServiceMesh, ctx: &Context) -> Result<Action> {
     );
     pruned.extend(
         prune(
-            &Api::<Service>::namespaced(client.clone(), &ns),
+            &Api::<Service>::namespaced(client.clone(), ns),
             &name,
             &uid,
             &keep,
@@ -491,18 +516,31 @@ async fn reconcile_inner(mesh: &ServiceMesh, ctx: &Context) -> Result<Action> {
     );
     pruned.extend(
         prune(
-            &Api::<ConfigMap>::namespaced(client.clone(), &ns),
+            &Api::<ConfigMap>::namespaced(client.clone(), ns),
             &name,
             &uid,
             &keep,
         )
         .await?,
     );
+    Ok(pruned)
+}
 
-    // Status.
-    let (status, ready_changed) = ready_status(&old, generation, &observed, &now);
+/// Writes the status of an applied mesh, publishes what was pruned and a change of
+/// `Ready`, and says when to look again.
+async fn report_applied(
+    ctx: &Context,
+    mesh: &ServiceMesh,
+    ns: &str,
+    observed: &[Observed],
+    pruned: &[String],
+    now: &Time,
+) -> Result<Action> {
+    let old = mesh.status.clone().unwrap_or_default();
+    let (status, ready_changed) = ready_status(&old, mesh.metadata.generation, observed, now);
     if status != old {
-        patch_status(&meshes, &name, &status).await?;
+        let meshes: Api<ServiceMesh> = Api::namespaced(ctx.client.clone(), ns);
+        patch_status(&meshes, &mesh.name_any(), &status).await?;
     }
     if !pruned.is_empty() {
         publish(

@@ -304,7 +304,10 @@ async fn post_result(
 /// a response is large beside the result).
 fn parse_result(body: &[u8], run: &str) -> Result<LoadResult, Box<Response>> {
     let Ok(text) = std::str::from_utf8(body) else {
-        return Err(Box::new(reject(StatusCode::BAD_REQUEST, "the body is not UTF-8")));
+        return Err(Box::new(reject(
+            StatusCode::BAD_REQUEST,
+            "the body is not UTF-8",
+        )));
     };
     let result = match LoadResult::from_json(text) {
         Ok(r) => r,

@@ -857,10 +857,7 @@ impl Hpa {
         pods: &[PodSample],
     ) -> (Groups, std::result::Result<MetricOutcome, MetricError>) {
         if pods.is_empty() {
-            return (
-                Groups::default(),
-                Err(MetricError::NoPods),
-            );
+            return (Groups::default(), Err(MetricError::NoPods));
         }
         let grouped = match self.group_pods(now, pods) {
             Ok(g) => g,

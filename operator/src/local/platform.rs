@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use meshbench_analysis::{Sample, metric};
-use meshbench_crds::ServiceMesh;
-use meshbench_crds::resolve::{ResolvedService, resolve_mesh};
+use meshbench_crds::ValidMesh;
+use meshbench_crds::resolve::ResolvedService;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -334,26 +334,9 @@ impl LocalPlatform {
 
     /// Deploys a mesh: proxies first (their ports are the services' addresses), then the
     /// replicas, then the control loop.
-    pub async fn deploy(&mut self, mesh: &ServiceMesh) -> Result<()> {
-        let name = mesh.metadata.name.clone().unwrap_or_default();
-        let resolved = resolve_mesh(&mesh.spec);
-        let mut proxies = Vec::new();
-        for svc in &resolved {
-            let proxy = ServiceProxy::bind(
-                &svc.name,
-                SocketAddr::from(([127, 0, 0, 1], 0)),
-                ProxyConfig {
-                    balance: self.opts.balance,
-                    ..ProxyConfig::default()
-                },
-            )
-            .await
-            .map_err(|source| PlatformError::Proxy {
-                service: svc.name.clone(),
-                source,
-            })?;
-            proxies.push(proxy);
-        }
+    pub async fn deploy(&mut self, mesh: &ValidMesh) -> Result<()> {
+        let resolved = mesh.services();
+        let proxies = self.bind_proxies(resolved).await?;
         let addrs: BTreeMap<String, SocketAddr> = resolved
             .iter()
             .zip(&proxies)
@@ -371,68 +354,106 @@ impl LocalPlatform {
         let first_scrape = self.epoch.now() + self.opts.metric_resolution.as_secs_f64() / 2.0;
         let mut services = Vec::new();
         for (svc, proxy) in resolved.iter().zip(proxies) {
-            let cfg = worker_config(svc, &resolved, &base_url);
-            let config_json = serde_json::to_string(&cfg)?;
-            let prober = proxy.spawn_prober(readiness_probe(svc).into());
-            let hpa = svc.autoscaling.as_ref().and_then(|a| {
-                HpaConfig::new(
-                    a.min_replicas,
-                    a.max_replicas,
-                    a.target_cpu_utilization,
-                    a.behavior.clone(),
-                )
-                .map(|c| HpaConfig {
-                    cpu_initialization_period: self.opts.hpa_cpu_initialization_period,
-                    ..c
-                })
-                .and_then(Hpa::new)
-                .map_err(|e| tracing::warn!(service = %svc.name, "HPA disabled: {e}"))
-                .ok()
-            });
-            services.push(Service {
-                resolved: svc.clone(),
-                proxy,
-                prober,
-                config_json,
-                replicas: Vec::new(),
-                pending: Vec::new(),
-                requests: Resources {
-                    cpu_millis: svc.resources.cpu_request_millis.unwrap_or(0),
-                    memory_bytes: svc.resources.memory_request_bytes.unwrap_or(0),
-                },
-                next_index: 0,
-                hpa,
-                cpu_prev: BTreeMap::new(),
-                metrics: MetricsPipeline::new(self.opts.metric_resolution, first_scrape),
-                lifecycle: PodLifecycle::default(),
-                counters_prev: WorkerCounters::default(),
-                last_desired: None,
-            });
+            let config_json = serde_json::to_string(&worker_config(svc, resolved, &base_url))?;
+            services.push(self.service(svc, proxy, config_json, first_scrape));
         }
         for s in &mut services {
-            let initial = match &s.resolved.autoscaling {
-                Some(a) => s.resolved.replicas.clamp(a.min_replicas, a.max_replicas),
-                None => s.resolved.replicas,
-            }
-            .max(0) as u32;
-            for _ in 0..initial {
+            for _ in 0..initial_replicas(&s.resolved) {
                 create_replica(s, self.epoch.now());
             }
         }
         let unschedulable = schedule(&mut services, &self.pods, &self.opts, self.epoch.now())?;
-        {
-            let mut shared = self.shared.lock().map_err(|_| PlatformError::NotReady {
-                waited: Duration::ZERO,
-                detail: "internal state poisoned".into(),
-            })?;
-            record_unschedulable(&mut shared, unschedulable);
-            shared.deployed = Some(Deployed {
-                mesh: name,
-                services,
-            });
-            shared.last_hpa = Instant::now();
-        }
+        self.set_deployed(mesh.name().to_string(), services, unschedulable)?;
         self.start_control();
+        Ok(())
+    }
+
+    /// Binds one loopback proxy per service, in order.
+    async fn bind_proxies(&self, services: &[ResolvedService]) -> Result<Vec<ServiceProxy>> {
+        let mut proxies = Vec::new();
+        for svc in services {
+            let proxy = ServiceProxy::bind(
+                &svc.name,
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                ProxyConfig {
+                    balance: self.opts.balance,
+                    ..ProxyConfig::default()
+                },
+            )
+            .await
+            .map_err(|source| PlatformError::Proxy {
+                service: svc.name.clone(),
+                source,
+            })?;
+            proxies.push(proxy);
+        }
+        Ok(proxies)
+    }
+
+    /// A service with no replicas yet: its proxy probing readiness, its HPA when
+    /// autoscaled, its CPU metrics first scraped at `first_scrape`.
+    fn service(
+        &self,
+        svc: &ResolvedService,
+        proxy: ServiceProxy,
+        config_json: String,
+        first_scrape: f64,
+    ) -> Service {
+        let prober = proxy.spawn_prober(readiness_probe(svc).into());
+        Service {
+            resolved: svc.clone(),
+            proxy,
+            prober,
+            config_json,
+            replicas: Vec::new(),
+            pending: Vec::new(),
+            requests: Resources {
+                cpu_millis: svc.resources.cpu_request_millis.unwrap_or(0),
+                memory_bytes: svc.resources.memory_request_bytes.unwrap_or(0),
+            },
+            next_index: 0,
+            hpa: self.hpa(svc),
+            cpu_prev: BTreeMap::new(),
+            metrics: MetricsPipeline::new(self.opts.metric_resolution, first_scrape),
+            lifecycle: PodLifecycle::default(),
+            counters_prev: WorkerCounters::default(),
+            last_desired: None,
+        }
+    }
+
+    /// The HPA of an autoscaled service; one whose settings the controller refuses is
+    /// left out with a warning, and the service keeps its replicas.
+    fn hpa(&self, svc: &ResolvedService) -> Option<Hpa> {
+        let a = svc.autoscaling.as_ref()?;
+        HpaConfig::new(
+            a.min_replicas,
+            a.max_replicas,
+            a.target_cpu_utilization,
+            a.behavior.clone(),
+        )
+        .map(|c| HpaConfig {
+            cpu_initialization_period: self.opts.hpa_cpu_initialization_period,
+            ..c
+        })
+        .and_then(Hpa::new)
+        .map_err(|e| tracing::warn!(service = %svc.name, "HPA disabled: {e}"))
+        .ok()
+    }
+
+    /// Records the deployed mesh, and the replicas the node has no room for.
+    fn set_deployed(
+        &self,
+        mesh: String,
+        services: Vec<Service>,
+        unschedulable: Vec<String>,
+    ) -> Result<()> {
+        let mut shared = self.shared.lock().map_err(|_| PlatformError::NotReady {
+            waited: Duration::ZERO,
+            detail: "internal state poisoned".into(),
+        })?;
+        record_unschedulable(&mut shared, unschedulable);
+        shared.deployed = Some(Deployed { mesh, services });
+        shared.last_hpa = Instant::now();
         Ok(())
     }
 
@@ -578,6 +599,16 @@ fn record_event(shared: &Arc<Mutex<Shared>>, ev: &PodEvent) {
             s.events.push(t);
         }
     }
+}
+
+/// The replicas a service starts with: the spec's, within the HPA's bounds when
+/// autoscaled.
+fn initial_replicas(svc: &ResolvedService) -> u32 {
+    match &svc.autoscaling {
+        Some(a) => svc.replicas.clamp(a.min_replicas, a.max_replicas),
+        None => svc.replicas,
+    }
+    .max(0) as u32
 }
 
 /// Creates one more replica of `s` at `clock`, Pending until [`schedule`] binds it.

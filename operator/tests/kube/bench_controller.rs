@@ -497,11 +497,21 @@ async fn a_benchmark_naming_a_missing_mesh_is_invalid_and_starts_nothing() {
 
 #[test]
 fn step_ordinals_round_trip() {
-    let (_, bench) = documents();
+    let (mesh, bench) = documents();
     let mut bench: Benchmark = serde_json::from_value(bench).unwrap();
     bench.spec.meshes = vec!["a".into(), "b".into()];
     bench.spec.repetitions = Some(3);
-    let schedule = meshbench_operator::experiment::ExperimentSchedule::new("ramp", &bench.spec);
+    let meshes: Vec<ServiceMesh> = ["a", "b"]
+        .into_iter()
+        .map(|name| {
+            let mut m: ServiceMesh = serde_json::from_value(mesh.clone()).unwrap();
+            m.metadata.name = Some(name.into());
+            m
+        })
+        .collect();
+    let refs: Vec<&ServiceMesh> = meshes.iter().collect();
+    let bench = meshbench_crds::ValidBenchmark::new(bench, &refs).expect("valid benchmark");
+    let schedule = meshbench_operator::experiment::ExperimentSchedule::new(&bench);
     let total = schedule.total_steps();
     assert_eq!(total, 2 * 3 * 2);
     for o in 0..total {

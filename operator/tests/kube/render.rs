@@ -8,7 +8,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PodSpec, Service};
-use meshbench_crds::{Bundle, ServiceMesh};
+use meshbench_crds::{Bundle, ServiceMesh, ValidMesh};
 use meshbench_operator::k8s::pss::restricted_violations;
 use meshbench_operator::k8s::render::{
     self, RenderOptions, dns_name, render_bundle_yaml_with, render_mesh,
@@ -187,6 +187,11 @@ fn mesh_from(yaml: &str) -> ServiceMesh {
     bundle.meshes[0].mesh.clone()
 }
 
+/// `mesh`, which must pass validation, as rendering takes it.
+fn valid(mesh: ServiceMesh) -> ValidMesh {
+    ValidMesh::new(mesh).expect("valid mesh")
+}
+
 fn quickstart_mesh() -> ServiceMesh {
     let text = std::fs::read_to_string(root().join("../experiments/quickstart.yaml")).unwrap();
     let bundle = Bundle::from_str("quickstart.yaml", &text);
@@ -198,7 +203,7 @@ fn owned_objects_carry_owner_reference_and_labels() {
     let mut mesh = quickstart_mesh();
     mesh.metadata.uid = Some("0b5a1e7c-0000-4000-8000-000000000001".into());
     mesh.metadata.namespace = Some("bench".into());
-    let objects = render_mesh(&mesh, &opts()).unwrap();
+    let objects = render_mesh(&valid(mesh), &opts()).unwrap();
     let values = objects.values().unwrap();
     check_golden(
         "quickstart-owned.yaml",
@@ -228,7 +233,7 @@ fn owned_objects_carry_owner_reference_and_labels() {
 
 #[test]
 fn no_replicas_under_an_hpa_and_hpa_matches_spec() {
-    let objects = render_mesh(&quickstart_mesh(), &opts()).unwrap();
+    let objects = render_mesh(&valid(quickstart_mesh()), &opts()).unwrap();
     let frontend = &objects.services[0];
     let backend = &objects.services[1];
     assert_eq!(frontend.deployment.spec.as_ref().unwrap().replicas, Some(1));
@@ -273,13 +278,13 @@ fn config_hash(o: &render::ServiceObjects) -> String {
 
 #[test]
 fn config_hash_changes_exactly_when_the_worker_config_changes() {
-    let a = render_mesh(&quickstart_mesh(), &opts()).unwrap();
-    let b = render_mesh(&quickstart_mesh(), &opts()).unwrap();
+    let a = render_mesh(&valid(quickstart_mesh()), &opts()).unwrap();
+    let b = render_mesh(&valid(quickstart_mesh()), &opts()).unwrap();
     assert_eq!(config_hash(&a.services[1]), config_hash(&b.services[1]));
 
     let mut changed = quickstart_mesh();
     changed.spec.services[1].endpoints[0].cpu = Some("20ms".into());
-    let c = render_mesh(&changed, &opts()).unwrap();
+    let c = render_mesh(&valid(changed), &opts()).unwrap();
     assert_ne!(config_hash(&a.services[1]), config_hash(&c.services[1]));
     // The frontend's config does not depend on the backend's CPU cost.
     assert_eq!(config_hash(&a.services[0]), config_hash(&c.services[0]));
@@ -287,7 +292,7 @@ fn config_hash_changes_exactly_when_the_worker_config_changes() {
     // Replica count alone is not part of the worker config: no roll.
     let mut scaled = quickstart_mesh();
     scaled.spec.services[0].replicas = Some(3);
-    let d = render_mesh(&scaled, &opts()).unwrap();
+    let d = render_mesh(&valid(scaled), &opts()).unwrap();
     assert_eq!(config_hash(&a.services[0]), config_hash(&d.services[0]));
     assert_eq!(
         d.services[0].deployment.spec.as_ref().unwrap().replicas,
@@ -297,7 +302,7 @@ fn config_hash_changes_exactly_when_the_worker_config_changes() {
 
 #[test]
 fn workers_call_each_other_through_mesh_scoped_services() {
-    let objects = render_mesh(&quickstart_mesh(), &opts()).unwrap();
+    let objects = render_mesh(&valid(quickstart_mesh()), &opts()).unwrap();
     let cm = &objects.services[0].config_map;
     let cfg: meshbench_worker::config::WorkerConfig =
         serde_json::from_str(&cm.data.as_ref().unwrap()[render::WORKER_CONFIG_KEY]).unwrap();
@@ -334,9 +339,9 @@ fn invalid_input_is_refused_with_the_validate_messages() {
 
 #[test]
 fn restricted_check_catches_violations() {
-    let mut spec = render_mesh(&mesh_from(
+    let mut spec = render_mesh(&valid(mesh_from(
         "apiVersion: meshbench.io/v1alpha1\nkind: ServiceMesh\nmetadata: {name: m}\nspec:\n  services:\n    - name: a\n      endpoints: [{path: /}]\n",
-    ), &opts())
+    )), &opts())
     .unwrap()
     .services[0]
         .deployment

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{Job, JobStatus};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -16,7 +16,8 @@ use meshbench_analysis::{
     RunMeta,
 };
 use meshbench_crds::benchmark::{BenchmarkStatus, Phase};
-use meshbench_crds::{Benchmark, ServiceMesh};
+use meshbench_crds::resolve::resolve_mesh;
+use meshbench_crds::{Benchmark, ServiceMesh, ValidBenchmark};
 use meshbench_loadgen::LoadResult;
 
 use super::status::{self, StatusWriter};
@@ -48,6 +49,10 @@ pub(super) enum RunError {
     /// The spec the run started with cannot be read back.
     #[error("the run's spec on the report volume is unreadable: {0}")]
     Spec(store::StoreError),
+    /// The spec the run started with no longer passes validation (the rules changed
+    /// between operator versions while the run went on).
+    #[error("the run's spec on the report volume does not pass validation: {0}")]
+    Invalid(meshbench_crds::Invalid),
     /// The report could not be written.
     #[error(transparent)]
     Report(#[from] RunDirError),
@@ -64,6 +69,9 @@ pub(super) struct Run<'a> {
     bench: &'a Benchmark,
     run_id: String,
     snapshot: SpecSnapshot,
+    /// The Benchmark the load Jobs are owned by: the live object (its uid) with the spec
+    /// the run started with, validated again against the run's meshes.
+    owner: ValidBenchmark,
     schedule: ExperimentSchedule,
 }
 
@@ -83,7 +91,8 @@ impl<'a> Run<'a> {
         }
         let snapshot = ctx.store.spec(ns, run_id).map_err(RunError::Spec)?;
         let name = bench.name_any();
-        let schedule = ExperimentSchedule::new(&name, &snapshot.benchmark.spec);
+        let owner = snapshot_owner(&snapshot, bench, ns, &name)?;
+        let schedule = ExperimentSchedule::new(&owner);
         Ok(Self {
             ctx,
             ns: ns.to_string(),
@@ -91,6 +100,7 @@ impl<'a> Run<'a> {
             bench,
             run_id: run_id.to_string(),
             snapshot,
+            owner,
             schedule,
         })
     }
@@ -343,7 +353,8 @@ impl<'a> Run<'a> {
         parallelism: usize,
         state: &mut RunState,
     ) -> Result<Progress> {
-        let (Some(mesh), Some(step)) = (self.mesh(cursor.mesh), self.schedule.steps.get(cursor.step))
+        let (Some(mesh), Some(step)) =
+            (self.mesh(cursor.mesh), self.schedule.steps.get(cursor.step))
         else {
             return Ok(Progress::Done(Outcome::Failed(
                 "step not in the plan".into(),
@@ -354,7 +365,7 @@ impl<'a> Run<'a> {
         });
         let objects = render::render_load_job(
             &LoadStep {
-                benchmark: &self.snapshot_owner(),
+                benchmark: &self.owner,
                 mesh,
                 run_id: &self.run_id,
                 step,
@@ -434,55 +445,18 @@ impl<'a> Run<'a> {
             ))));
         };
         let js = job.status.clone().unwrap_or_default();
-        let failed_condition = js
-            .conditions
-            .iter()
-            .flatten()
-            .find(|c| c.type_ == "Failed" && c.status == "True");
-        if js.failed.unwrap_or(0) > 0 || failed_condition.is_some() {
-            let why = failed_condition
-                .map(|c| {
-                    format!(
-                        "{}: {}",
-                        c.reason.clone().unwrap_or_default(),
-                        c.message.clone().unwrap_or_default()
-                    )
-                })
-                .unwrap_or_else(|| format!("{} instance(s) failed", js.failed.unwrap_or(0)));
-            self.remove_job(job_name).await?;
-            state.job = None;
-            return Ok(Progress::Done(Outcome::Failed(format!(
-                "load Job {job_name} failed ({why}); {arrived}/{parallelism} results arrived"
-            ))));
-        }
-        let succeeded = js.succeeded.unwrap_or(0) as usize >= parallelism;
-        if succeeded && elapsed_ms(state.phase_started_ms).as_secs() > 0 {
-            // Results are posted before the instance exits; allow a minute for stragglers
-            // counted from the completion.
-            let completed_ms = js
-                .completion_time
-                .as_ref()
-                .map(|t| t.0.as_millisecond())
-                .unwrap_or(state.phase_started_ms);
-            if now_ms() - completed_ms > 60_000 {
-                self.remove_job(job_name).await?;
-                state.job = None;
-                return Ok(Progress::Done(Outcome::Failed(format!(
-                    "load Job {job_name} completed but only {arrived}/{parallelism} results arrived"
-                ))));
-            }
-        }
-        Ok(Progress::Wait(Duration::from_secs(5)))
-    }
-
-    /// The Benchmark the Job is owned by: the live object (its uid), with the spec the
-    /// run started with.
-    fn snapshot_owner(&self) -> Benchmark {
-        let mut b = self.snapshot.benchmark.clone();
-        b.metadata.uid = self.bench.metadata.uid.clone();
-        b.metadata.name = Some(self.name.clone());
-        b.metadata.namespace = Some(self.ns.clone());
-        b
+        let failure = if let Some(why) = job_failure(&js) {
+            format!("load Job {job_name} failed ({why}); {arrived}/{parallelism} results arrived")
+        } else if results_overdue(&js, parallelism, state) {
+            format!(
+                "load Job {job_name} completed but only {arrived}/{parallelism} results arrived"
+            )
+        } else {
+            return Ok(Progress::Wait(Duration::from_secs(5)));
+        };
+        self.remove_job(job_name).await?;
+        state.job = None;
+        Ok(Progress::Done(Outcome::Failed(failure)))
     }
 
     pub(super) async fn remove_job(&self, name: &str) -> Result<()> {
@@ -745,8 +719,9 @@ impl<'a> Run<'a> {
             deviations: Vec::new(),
         });
         for m in &self.snapshot.meshes {
+            let services = resolve_mesh(&m.spec);
             data.models
-                .insert(m.name_any(), convert::capacity_input(m, spec));
+                .insert(m.name_any(), convert::capacity_input_of(&services, spec));
         }
         data.slos = convert::slos(spec);
         let total = self.schedule.total_steps();
@@ -772,6 +747,63 @@ impl<'a> Run<'a> {
         data.samples = self.ctx.store.samples(&self.ns, &self.run_id, total)?;
         Ok(data)
     }
+}
+
+/// Whether every instance of the Job completed more than a minute ago and some results
+/// are still missing: results are posted before an instance exits, so a minute from
+/// the completion is ample for stragglers.
+fn results_overdue(js: &JobStatus, parallelism: usize, state: &RunState) -> bool {
+    let succeeded = js.succeeded.unwrap_or(0) as usize >= parallelism;
+    if !(succeeded && elapsed_ms(state.phase_started_ms).as_secs() > 0) {
+        return false;
+    }
+    let completed_ms = js
+        .completion_time
+        .as_ref()
+        .map(|t| t.0.as_millisecond())
+        .unwrap_or(state.phase_started_ms);
+    now_ms() - completed_ms > 60_000
+}
+
+/// Why a load Job failed, if it did: its `Failed` condition, else the count of failed
+/// instances.
+fn job_failure(js: &JobStatus) -> Option<String> {
+    let failed_condition = js
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Failed" && c.status == "True");
+    if js.failed.unwrap_or(0) == 0 && failed_condition.is_none() {
+        return None;
+    }
+    Some(
+        failed_condition
+            .map(|c| {
+                format!(
+                    "{}: {}",
+                    c.reason.clone().unwrap_or_default(),
+                    c.message.clone().unwrap_or_default()
+                )
+            })
+            .unwrap_or_else(|| format!("{} instance(s) failed", js.failed.unwrap_or(0))),
+    )
+}
+
+/// The Benchmark the load Jobs are owned by: the live object (its uid), with the spec the
+/// run started with. That spec passed validation against the run's meshes when the run
+/// started; `Err` says why the run cannot be resumed if it no longer does.
+fn snapshot_owner(
+    snapshot: &SpecSnapshot,
+    bench: &Benchmark,
+    ns: &str,
+    name: &str,
+) -> Result<ValidBenchmark, RunError> {
+    let mut b = snapshot.benchmark.clone();
+    b.metadata.uid = bench.metadata.uid.clone();
+    b.metadata.name = Some(name.to_string());
+    b.metadata.namespace = Some(ns.to_string());
+    let meshes: Vec<&ServiceMesh> = snapshot.meshes.iter().collect();
+    ValidBenchmark::new(b, &meshes).map_err(RunError::Invalid)
 }
 
 /// Runs report building on the blocking pool: polars and the plots take CPU seconds that

@@ -226,6 +226,8 @@ mod tests {
     use super::*;
     use crate::experiment::Outcome;
     use meshbench_crds::benchmark::BenchmarkSpec;
+    use meshbench_crds::mesh::ServiceMeshSpec;
+    use meshbench_crds::{Benchmark, ServiceMesh, ValidBenchmark};
 
     /// The largest schedule the CRD admits, with names at their longest.
     fn largest_spec() -> BenchmarkSpec {
@@ -240,6 +242,23 @@ mod tests {
             stages.join(", ")
         );
         serde_yaml::from_str(&yaml).expect("spec")
+    }
+
+    /// `spec` as a validated Benchmark named `b`, checked against meshes of the names it
+    /// uses, each serving its target.
+    fn valid(spec: BenchmarkSpec) -> ValidBenchmark {
+        let meshes: Vec<ServiceMesh> = spec
+            .meshes
+            .iter()
+            .map(|name| {
+                let mesh: ServiceMeshSpec =
+                    serde_yaml::from_str("services:\n  - name: api\n    endpoints: [{path: /}]\n")
+                        .expect("mesh spec");
+                ServiceMesh::new(name, mesh)
+            })
+            .collect();
+        let refs: Vec<&ServiceMesh> = meshes.iter().collect();
+        ValidBenchmark::new(Benchmark::new("b", spec), &refs).expect("valid benchmark")
     }
 
     fn summary(i: usize) -> StepSummary {
@@ -263,8 +282,7 @@ mod tests {
     /// failure messages), stays far below etcd's 1.5 MiB object limit.
     #[test]
     fn the_largest_plan_keeps_the_status_small() {
-        let spec = largest_spec();
-        let schedule = ExperimentSchedule::new("b", &spec);
+        let schedule = ExperimentSchedule::new(&valid(largest_spec()));
         assert_eq!(schedule.total_steps(), 16 * 100 * 200);
         let mut state = RunState::new(0);
         let mut transitions = 0usize;
