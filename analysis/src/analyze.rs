@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use hdrhistogram::Histogram;
-use meshbench_loadgen::result::{Counts, SecondBucket, StageResult};
+use meshbench_loadgen::result::{Counts, LatencySummary, SecondBucket, StageResult};
 use serde::{Deserialize, Serialize};
 
 use crate::capacity::{CapacityPlan, Model, StepPrediction};
@@ -34,19 +34,26 @@ pub const SCHEMA_VERSION: u32 = 2;
 /// The content of `run.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunJson {
+    /// Layout version the directory was written with ([`SCHEMA_VERSION`]); version 1 tables are
+    /// upgraded on read.
     pub schema_version: u32,
     /// Version of the analysis crate that wrote the directory.
     pub analysis_version: String,
     /// The runner's metadata; its `partial` is true when the run is incomplete for any reason.
     #[serde(flatten)]
     pub meta: RunMeta,
+    /// Steps analysed (all meshes and repetitions); fewer than `steps_planned` makes the run
+    /// partial.
     pub steps_completed: u32,
     /// Why the run is partial, when it is.
     pub partial_reason: Option<String>,
+    /// The benchmark's SLOs the steps were judged against (empty: no verdict).
     pub slos: Vec<Slo>,
+    /// The SLO verdict, per step and for the whole run.
     pub slo: RunVerdict,
     /// Capacity plan per mesh at the run's target rates (a model, not a measurement).
     pub predictions: BTreeMap<String, CapacityPlan>,
+    /// The tunables the tables were computed with.
     pub options: AnalysisOptions,
     /// Files of the directory, relative names.
     pub tables: Vec<String>,
@@ -58,11 +65,17 @@ pub struct RunJson {
 /// A borrowed sample, so one aggregation serves in-memory samples and a read-back table.
 #[derive(Debug, Clone, Copy)]
 pub struct SampleRef<'a> {
+    /// Instant of the value, UTC unix milliseconds.
     pub ts_ms: i64,
+    /// Mesh the service belongs to.
     pub mesh: &'a str,
+    /// Service the value is for.
     pub service: &'a str,
+    /// Pod name for per-pod metrics; `None` for per-service metrics.
     pub pod: Option<&'a str>,
+    /// Metric name, normally one of [`metric`] (others are not summarised).
     pub metric: &'a str,
+    /// Value in the unit of the metric.
     pub value: f64,
 }
 
@@ -82,6 +95,7 @@ impl<'a> From<&'a Sample> for SampleRef<'a> {
 /// Per-pod values aggregated per instant.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PodAggregate {
+    /// Instant, UTC unix milliseconds.
     pub ts_ms: i64,
     /// Σ over pods.
     pub sum: f64,
@@ -94,18 +108,32 @@ pub struct PodAggregate {
 /// All series of one service, sorted by time.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServiceSeries {
+    /// Replicas the workload is scaled to, as `(ts_ms, count)`; derived from the pods with CPU
+    /// samples when the platform reported none.
     pub replicas: Vec<(i64, f64)>,
+    /// Ready replicas, `(ts_ms, count)`.
     pub replicas_ready: Vec<(i64, f64)>,
+    /// Replicas left Pending for want of room on the node, `(ts_ms, count)`.
     pub replicas_pending: Vec<(i64, f64)>,
+    /// The HPA's desired replicas at its last decision, `(ts_ms, count)`.
     pub replicas_desired: Vec<(i64, f64)>,
+    /// CPU request of one pod, `(ts_ms, cores)`.
     pub cpu_request: Vec<(i64, f64)>,
+    /// CPU limit of one pod, `(ts_ms, cores)`; empty when unlimited.
     pub cpu_limit: Vec<(i64, f64)>,
+    /// The HPA's target CPU utilization as a fraction of the request (0.7 = 70 %).
     pub hpa_target: Vec<(i64, f64)>,
+    /// CPU used in cores (CPU seconds per second), summed and maxed over pods per instant.
     pub cpu: Vec<PodAggregate>,
+    /// Memory working set in bytes, summed and maxed over pods per instant.
     pub memory: Vec<PodAggregate>,
+    /// Requests per second the service's workers handled (all pods).
     pub worker_requests: Vec<(i64, f64)>,
+    /// Requests per second the workers answered with an error (5xx, shed).
     pub worker_errors: Vec<(i64, f64)>,
+    /// Mean worker-side latency over each sampling interval, in milliseconds.
     pub worker_latency_mean: Vec<(i64, f64)>,
+    /// 99th percentile of worker-side latency over each sampling interval, in milliseconds.
     pub worker_latency_p99: Vec<(i64, f64)>,
 }
 
@@ -227,6 +255,7 @@ pub struct StepIndex<'a> {
 }
 
 impl<'a> StepIndex<'a> {
+    /// Indexes the step windows of every mesh; `steps` may come in any order.
     pub fn new(steps: &'a [StepMeta]) -> Self {
         let mut by_mesh: HashMap<&str, Vec<&StepMeta>> = HashMap::new();
         for s in steps {
@@ -260,10 +289,15 @@ impl<'a> StepIndex<'a> {
 /// The analysis of a run: everything the tables and the report are made of.
 #[derive(Debug, Clone)]
 pub struct Analysis {
+    /// The content of `run.json`.
     pub run: RunJson,
+    /// Rows of the `steps` table.
     pub steps: Vec<StepRow>,
+    /// Rows of the `services` table.
     pub services: Vec<ServiceRow>,
+    /// Rows of the `latency` table (one per second of each step).
     pub latency: Vec<LatencyRow>,
+    /// Rows of the `repetitions` table (statistics over repetitions; warm-up steps excluded).
     pub repetitions: Vec<RepetitionRow>,
     /// Series per service, for the plots.
     pub series: SeriesMap,
@@ -345,8 +379,14 @@ fn relative_error(predicted: Option<f64>, measured: Option<f64>) -> Option<f64> 
     (m > 0.0 && p.is_finite()).then(|| (p - m) / m)
 }
 
+/// Outcomes that are neither a success nor a timeout. Summed from the outcomes, not
+/// `sent − ok − timeouts`: per second the sends are counted when they left and the outcomes
+/// when they were planned, and requests aborted by a stop have no outcome at all.
 fn errors_of(c: &Counts) -> u64 {
-    c.sent.saturating_sub(c.ok).saturating_sub(c.timeouts)
+    c.completed
+        .saturating_sub(c.ok)
+        .saturating_add(c.connection_errors)
+        .saturating_add(c.other_errors)
 }
 
 /// Runs the whole analysis of `data`. Problems with parts of the input (an undecodable
@@ -636,6 +676,11 @@ fn slo_verdict(slos: &[Slo], s: &StepMeta, m: &Measured<'_>) -> (StepVerdict, Op
     (verdict, violations_text)
 }
 
+/// A figure of a summary in ms; `None` when it holds no values.
+fn summary_ms(s: &LatencySummary, figure: impl Fn(&LatencySummary) -> u64) -> Option<f64> {
+    (s.count > 0).then(|| figure(s) as f64 / 1000.0)
+}
+
 fn step_row(
     s: &StepMeta,
     m: &Measured<'_>,
@@ -663,7 +708,7 @@ fn step_row(
         errors: counts.map(|c| errors_of(&c)),
         timeouts: counts.map(|c| c.timeouts),
         dropped: counts.map(|c| c.dropped),
-        sent_rate_rps: counts.and_then(|c| m.per_s(c.sent)),
+        sent_rate_rps: m.load.map(|l| l.summary.sent_rate),
         throughput_rps: throughput,
         successes_incl_late_rps: counts.and_then(|c| m.per_s(c.ok)),
         throughput_ratio: throughput
@@ -680,6 +725,15 @@ fn step_row(
         latency_p99_ms: lat.as_ref().map(|l| l.p99),
         latency_p999_ms: lat.as_ref().map(|l| l.p999),
         latency_max_ms: lat.as_ref().map(|l| l.max),
+        response_time_p50_ms: m
+            .load
+            .and_then(|l| summary_ms(&l.summary.response_time, |r| r.p50_us)),
+        response_time_p99_ms: m
+            .load
+            .and_then(|l| summary_ms(&l.summary.response_time, |r| r.p99_us)),
+        lateness_p99_ms: m
+            .load
+            .and_then(|l| summary_ms(&l.summary.lateness, |r| r.p99_us)),
         latency_growth: m.growth.and_then(|g| g.ratio()),
         saturated,
         saturation,
@@ -715,7 +769,8 @@ fn push_latency_rows(latency: &mut Vec<LatencyRow>, s: &StepMeta, l: &StageResul
             repetition: s.repetition,
             step: s.index,
             second: b.second,
-            requests: b.counts.sent.saturating_add(b.counts.dropped),
+            requests: b.counts.planned,
+            sent: b.counts.sent,
             successes: b.counts.ok,
             errors: errors_of(&b.counts),
             timeouts: b.counts.timeouts,
@@ -787,6 +842,8 @@ fn service_rows(
                 row.predicted_replicas_low = p.replicas_band.map(|b| b.0);
                 row.predicted_replicas_high = p.replicas_band.map(|b| b.1);
                 row.predicted_cpu_utilization = Some(p.request_utilization);
+                row.predicted_cpu_utilization_error =
+                    relative_error(Some(p.request_utilization), row.cpu_utilization_avg);
                 row.predicted_replicas_pending = Some(p.pending);
             }
             services.push(row);
@@ -956,6 +1013,7 @@ fn service_row(
         predicted_replicas_high: None,
         predicted_replicas_pending: None,
         predicted_cpu_utilization: None,
+        predicted_cpu_utilization_error: None,
     }
 }
 

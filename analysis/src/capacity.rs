@@ -42,22 +42,37 @@ use queue::Station;
 pub enum CapacityError {
     /// The entry endpoint does not exist in the mesh.
     #[error("entry endpoint {service} {path} is not defined in the mesh")]
-    UnknownEntry { service: String, path: String },
+    UnknownEntry {
+        /// Service named as the entry.
+        service: String,
+        /// Endpoint path named as the entry.
+        path: String,
+    },
     /// An endpoint calls an endpoint that does not exist.
     #[error("{caller} calls {service} {path}, which is not defined in the mesh")]
     UnknownCallee {
+        /// The calling endpoint, as `service path`.
         caller: String,
+        /// Service the call names.
         service: String,
+        /// Endpoint path the call names on that service.
         path: String,
     },
     /// The call graph has a cycle, so visit ratios are not finite.
     #[error("the call graph has a cycle through {cycle}; the model needs an acyclic graph")]
-    Cycle { cycle: String },
+    Cycle {
+        /// The endpoints of the cycle as `service path`, joined by ` → `, ending where it
+        /// starts.
+        cycle: String,
+    },
     /// A number is out of range.
     #[error("{what} is {value}, expected {expected}")]
     InvalidValue {
+        /// Where the value is in the input, e.g. `service api: replicas`.
         what: String,
+        /// The value as given.
         value: String,
+        /// The accepted range, in words.
         expected: &'static str,
     },
     /// Two services share a name.
@@ -68,8 +83,11 @@ pub enum CapacityError {
         "a budget of {budget} cannot give each of the {services} services one replica ({needed} needed)"
     )]
     BudgetTooSmall {
+        /// The budget as given (`4 pods`, `2.5 cores`).
         budget: String,
+        /// Services in the mesh; each needs at least one replica.
         services: usize,
+        /// What one replica per service costs, in the budget's unit.
         needed: String,
     },
 }
@@ -80,14 +98,18 @@ pub type Result<T, E = CapacityError> = std::result::Result<T, E>;
 /// The endpoint that receives the load (the benchmark's target).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EntryPoint {
+    /// Service that receives the load.
     pub service: String,
+    /// Endpoint path the load is sent to.
     pub path: String,
 }
 
 /// Everything the model needs about one mesh, converted from the ServiceMesh spec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CapacityInput {
+    /// The endpoint the load enters by; visit ratios are relative to it.
     pub entry: EntryPoint,
+    /// Every service of the mesh, each once (a duplicate name is an error).
     pub services: Vec<ServiceModel>,
     /// What the worker and the platform add to every request (defaults: measured).
     #[serde(default)]
@@ -159,6 +181,7 @@ const HPA_TOLERANCE: f64 = 0.1;
 /// One service of the mesh.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceModel {
+    /// Service name, unique in the mesh; calls refer to it.
     pub name: String,
     /// Replicas without an HPA (with an HPA this is only the initial count).
     pub replicas: u32,
@@ -166,6 +189,7 @@ pub struct ServiceModel {
     pub cpu_request_cores: f64,
     /// CPU limit per pod in cores; `None` means unlimited (the model then uses the request).
     pub cpu_limit_cores: Option<f64>,
+    /// CPU autoscaling, if any: replicas then follow the load within its bounds.
     pub hpa: Option<HpaModel>,
     /// CPU each replica burns with no requests (the spec's `idle.cpu`), in cores: it takes
     /// quota from the requests and counts toward the HPA's utilization.
@@ -175,13 +199,16 @@ pub struct ServiceModel {
     /// fits on the node.
     #[serde(default)]
     pub memory_request_bytes: f64,
+    /// Endpoints the service serves; calls refer to them by path.
     pub endpoints: Vec<EndpointModel>,
 }
 
 /// A HorizontalPodAutoscaler on CPU utilization.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HpaModel {
+    /// Fewest replicas the HPA scales to (at least 1).
     pub min: u32,
+    /// Most replicas the HPA scales to (at least `min`).
     pub max: u32,
     /// Target average CPU utilization in percent of the request (e.g. 70).
     pub target_utilization_percent: f64,
@@ -190,6 +217,7 @@ pub struct HpaModel {
 /// One endpoint of a service.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EndpointModel {
+    /// Path of the endpoint; calls refer to it together with the service name.
     pub path: String,
     /// CPU time burned per request, in seconds.
     pub cpu_seconds: f64,
@@ -212,7 +240,9 @@ pub struct EndpointModel {
 /// One downstream call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallModel {
+    /// Service called.
     pub service: String,
+    /// Endpoint path called on that service.
     pub path: String,
     /// Probability in [0, 1] that the call is made.
     pub probability: f64,
@@ -242,6 +272,7 @@ impl fmt::Display for Budget {
 /// What the model says about one service, independent of the rate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServicePlan {
+    /// Service the figures are for.
     pub name: String,
     /// Expected visits of this service per entry request.
     pub visit_ratio: f64,
@@ -265,12 +296,14 @@ pub struct ServicePlan {
     /// base count, when fewer than `max_replicas`; the rest would stay Pending.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_admitted_replicas: Option<u32>,
+    /// The service's HPA, when it has one (as in the input).
     pub hpa: Option<HpaModel>,
 }
 
 /// One service at one entry rate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceAtRate {
+    /// Service the figures are for.
     pub name: String,
     /// Replicas at this rate: the HPA's steady state, or the configured count (including
     /// any the node leaves Pending).
@@ -293,7 +326,9 @@ pub struct ServiceAtRate {
 /// The mesh at one entry rate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RatePlan {
+    /// Entry rate these figures are for, requests per second.
     pub rate_rps: f64,
+    /// Per service at this rate, in the order of the input.
     pub services: Vec<ServiceAtRate>,
     /// Throughput the mesh carries with these replicas.
     pub capacity_rps: Option<f64>,
@@ -311,13 +346,17 @@ pub struct RatePlan {
 /// A replica allocation under a budget.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Allocation {
+    /// The budget the allocation stays within.
     pub budget: Budget,
     /// Replicas per service, in the order of the input.
     pub replicas: Vec<(String, u32)>,
+    /// Pods the allocation uses: Σ replicas.
     pub pods: u32,
+    /// Cores the allocation uses: Σ replicas × cores per replica (the limit, else the request).
     pub cores: f64,
     /// Throughput this allocation carries (the model's maximum under the budget).
     pub throughput_rps: Option<f64>,
+    /// The service that limits `throughput_rps`.
     pub bottleneck: Option<String>,
 }
 
@@ -326,11 +365,13 @@ pub struct Allocation {
 pub struct CapacityPlan {
     /// `service path` of the entry endpoint.
     pub entry: String,
+    /// Rate-independent figures per service, in the order of the input.
     pub services: Vec<ServicePlan>,
     /// Service with the smallest capacity at its largest replica count.
     pub bottleneck: Option<String>,
     /// Capacity of the bottleneck: the most the mesh can carry.
     pub max_throughput_rps: Option<f64>,
+    /// The mesh at each entry rate asked for, in that order.
     pub rates: Vec<RatePlan>,
     /// Best allocation under a budget, when one was asked for.
     pub allocation: Option<Allocation>,
@@ -1031,9 +1072,8 @@ impl Model {
             .collect();
         for &(s, e) in self.topo.iter().rev() {
             let ep = &self.services[s].endpoints[e];
-            let work = waits[s].then(Moments::fixed(
-                ep.cpu_seconds + self.overhead.hop_latency_seconds,
-            ));
+            let run = self.station(s).run_time(ep.cpu_seconds);
+            let work = waits[s].then(Moments::fixed(run + self.overhead.hop_latency_seconds));
             let downstream = self.callees[s][e]
                 .iter()
                 .map(|g| {
@@ -1474,11 +1514,17 @@ pub(crate) fn write_table(f: &mut impl fmt::Write, rows: &[Vec<String>]) -> fmt:
 /// Predicted figures for one step of a run, as written into `steps` and `services`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepPrediction {
+    /// The mesh's predicted maximum throughput, requests per second; `None` when no service burns
+    /// CPU (the model sees no limit).
     pub max_throughput_rps: Option<f64>,
+    /// The service that limits `max_throughput_rps`.
     pub bottleneck: Option<String>,
     /// min(target rate, maximum throughput).
     pub achieved_rps: Option<f64>,
+    /// Predicted mean latency of an entry request, ms; `None` when saturated or without a target
+    /// rate (closed loop).
     pub latency_mean_ms: Option<f64>,
+    /// Predicted 99th percentile latency of an entry request, ms; `None` as for the mean.
     pub latency_p99_ms: Option<f64>,
     /// Per service at the step's rate.
     pub services: BTreeMap<String, ServicePrediction>,

@@ -191,7 +191,7 @@ fn list_section(o: &mut String, heading: &str, items: &[String]) {
 }
 
 fn steps_section(o: &mut String, steps: &[StepRow]) {
-    o.push_str("<h2>Steps</h2><p class=\"note\">Served rps is the served throughput: successes per second until the step's last success arrived (vegeta's definition); sent rps is what the load generator sent, which an open loop keeps at the target whatever the mesh serves. Shaded columns are predictions of the capacity model, not measurements; the model's error beside each, (predicted − measured) ÷ measured.</p>");
+    o.push_str("<h2>Steps</h2><p class=\"note\">Served rps is the served throughput: successes per second until the step's last success arrived (vegeta's definition); sent rps is what the load generator sent, which an open loop keeps at the target whatever the mesh serves. Latency counts from each request's planned send time (coordinated-omission free); response time from the moment it actually left, so the difference is what the load generator added. Shaded columns are predictions of the capacity model, not measurements; the model's error beside each, (predicted − measured) ÷ measured.</p>");
     let header = [
         ("mesh", false),
         ("rep", false),
@@ -205,6 +205,7 @@ fn steps_section(o: &mut String, steps: &[StepRow]) {
         ("error ratio", false),
         ("p50 ms", false),
         ("p99 ms", false),
+        ("response p99 ms", false),
         ("mean ms", false),
         ("predicted mean ms (error)", true),
         ("predicted p99 ms (error)", true),
@@ -238,6 +239,7 @@ fn step_cells(s: &StepRow) -> Vec<(String, bool)> {
         r(num(s.error_ratio, 4)),
         r(num(s.latency_p50_ms, 2)),
         r(num(s.latency_p99_ms, 2)),
+        r(num(s.response_time_p99_ms, 2)),
         r(num(s.latency_mean_ms, 2)),
         r(with_error(
             num(s.predicted_latency_mean_ms, 2),
@@ -323,7 +325,10 @@ fn service_cells(s: &ServiceRow) -> Vec<(String, bool)> {
         ),
         r(num(s.cpu_cores_avg, 3)),
         r(num(s.cpu_utilization_avg, 3)),
-        r(num(s.predicted_cpu_utilization, 3)),
+        r(with_error(
+            num(s.predicted_cpu_utilization, 3),
+            s.predicted_cpu_utilization_error,
+        )),
         r(num(s.cpu_utilization_vs_target, 2)),
         r(num(s.memory_bytes_max.map(|b| b / 1_048_576.0), 1)),
         r(num(s.scale_up_reaction_s, 1)),

@@ -13,7 +13,10 @@ use serde::Serialize;
 pub enum TableError {
     /// A column the schema requires is missing.
     #[error("column `{column}` is missing")]
-    MissingColumn { column: String },
+    MissingColumn {
+        /// The column's name.
+        column: String,
+    },
     /// A column has values that cannot be read as the schema's type.
     #[error("column `{column}`: {problem}")]
     BadColumn {
@@ -61,10 +64,13 @@ pub enum ColumnError {
 /// One documented column.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ColumnSpec {
+    /// Column name, as in the files.
     pub name: &'static str,
     /// Type as a reader sees it, e.g. `f64`, `string`, `datetime[ms, UTC]`.
     pub dtype: &'static str,
+    /// Whether the column can hold nulls (an `Option` field).
     pub nullable: bool,
+    /// What the column holds, from the field's doc comment (see `docs/report-schema.md`).
     pub doc: &'static str,
 }
 
@@ -75,10 +81,13 @@ pub struct Timestamp(pub i64);
 
 /// A Rust type that maps to one polars column type.
 pub trait ColumnValue: Sized {
+    /// True for `Option<T>`: the column can hold nulls.
     const NULLABLE: bool;
     /// Type name for the docs.
     const TYPE_NAME: &'static str;
+    /// The polars type the column is stored as.
     fn dtype() -> DataType;
+    /// Builds the column `name` from the values.
     fn column(name: &str, values: Vec<Self>) -> Column;
     /// Reads the column's values.
     fn read(col: &Column) -> std::result::Result<Vec<Self>, ColumnError>;
@@ -281,10 +290,13 @@ pub trait Table: Sized {
     const NAME: &'static str;
     /// What one row is.
     const DESCRIPTION: &'static str;
+    /// The documented columns, in column order.
     fn schema() -> Vec<ColumnSpec>;
     /// The polars type of a column.
     fn dtype_of(column: &str) -> Option<DataType>;
+    /// Builds the DataFrame of `rows`, columns in schema order.
     fn to_frame(rows: &[Self]) -> Result<DataFrame>;
+    /// Reads the rows back, checking each column against the schema.
     fn from_frame(df: &DataFrame) -> Result<Vec<Self>>;
 }
 
@@ -381,9 +393,10 @@ table! {
         pub timeouts: Option<u64>,
         /// Planned requests never sent because they were too late (open loop).
         pub dropped: Option<u64>,
-        /// Sent rate: requests the load generator sent per second of the step. An open loop
-        /// sends at its target whatever the mesh does, so this is the offered load, not
-        /// what was served.
+        /// Sent rate: requests the load generator sent per second of the time they took to
+        /// leave, from the step's start to its last send (at least the step's length), so a
+        /// sender that fell behind shows a lower rate. An open loop sends at its target
+        /// whatever the mesh does, so this is the offered load, not what was served.
         pub sent_rate_rps: Option<f64>,
         /// Served throughput, the headline rate: successes per second of the time they took
         /// to arrive, from the step's start to its last success (at least the step's
@@ -413,6 +426,14 @@ table! {
         pub latency_p999_ms: Option<f64>,
         /// Largest latency of a success, ms.
         pub latency_max_ms: Option<f64>,
+        /// Median response time of successes, ms: from the moment the request actually left,
+        /// so latency minus response time is what the load generator added (sending late).
+        pub response_time_p50_ms: Option<f64>,
+        /// 99th percentile response time of successes, ms.
+        pub response_time_p99_ms: Option<f64>,
+        /// 99th percentile of how late requests left after their planned time, ms (open
+        /// loop; every request's, from 0); null for closed-loop steps.
+        pub lateness_p99_ms: Option<f64>,
         /// Median latency of the last third of the step's seconds ÷ that of the first third
         /// (per-second medians of successes, averaged): well above 1 when a queue builds up
         /// through the step; null with fewer than 3 seconds with successes.
@@ -532,6 +553,8 @@ table! {
         pub predicted_replicas_high: Option<u32>,
         /// Model: CPU utilization of the request at those replicas (fraction).
         pub predicted_cpu_utilization: Option<f64>,
+        /// The model's error on the utilization: (predicted − `cpu_utilization_avg`) ÷ `cpu_utilization_avg` (0.1 = predicted 10 % high).
+        pub predicted_cpu_utilization_error: Option<f64>,
         /// Model: of `predicted_replicas`, those the node has no room for (local runs).
         pub predicted_replicas_pending: Option<u32>,
     }
@@ -539,7 +562,9 @@ table! {
 
 table! {
     /// One row per second of each step: outcomes of the requests planned (open loop) or
-    /// sent (closed loop) in that second and the latency of their successes.
+    /// sent (closed loop) in that second and the latency of their successes, and the
+    /// requests that actually left in that second (a stalled sender shows as a gap, then a
+    /// burst).
     pub struct LatencyRow = "latency" {
         /// Start of the second (UTC).
         pub ts: Timestamp,
@@ -551,11 +576,13 @@ table! {
         pub step: u32,
         /// Offset of the second in the step, 0-based.
         pub second: u32,
-        /// Requests due in this second (sent plus dropped).
+        /// Requests planned in this second (open loop; dropped ones included) or sent in it (closed loop).
         pub requests: u64,
-        /// Successes.
+        /// Requests that left in this second, whenever they were planned.
+        pub sent: u64,
+        /// Successes among the requests planned in this second.
         pub successes: u64,
-        /// Non-2xx responses and connection/other errors.
+        /// Non-2xx responses and connection/other errors among the requests planned in this second.
         pub errors: u64,
         /// Timeouts.
         pub timeouts: u64,

@@ -431,6 +431,32 @@ fn latency_and_timeseries_tables() {
     assert_eq!(pods[0], None);
 }
 
+/// A sender stalled through second 3 sent its requests in second 4: the sent counts show
+/// the gap and the burst, while the outcomes stay with the second they were planned in and
+/// no phantom errors appear where sends and outcomes fall in different seconds.
+#[test]
+fn a_stall_shows_in_the_sent_counts_not_as_errors() {
+    let mut data = known_run(1);
+    let secs = &mut data.load[0].stage.seconds;
+    secs[4].counts.sent += secs[3].counts.sent;
+    secs[3].counts.sent = 0;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = RunDir::create(tmp.path(), "stall", started()).unwrap();
+    dir.update(&data).unwrap();
+    let lat = read(dir.path(), "latency");
+    let (sent, requests, errors) = (
+        u64s(&lat, "sent"),
+        u64s(&lat, "requests"),
+        u64s(&lat, "errors"),
+    );
+    assert_eq!((sent[3], sent[4]), (Some(0), Some(200)), "{sent:?}");
+    assert_eq!((requests[3], requests[4]), (Some(100), Some(100)));
+    assert_eq!(
+        errors[..6],
+        [Some(5), Some(0), Some(0), Some(0), Some(0), Some(0)]
+    );
+}
+
 #[test]
 fn tables_match_the_documented_schema() {
     let tmp = tempfile::tempdir().unwrap();

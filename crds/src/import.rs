@@ -697,7 +697,7 @@ fn imported_profile(qps: &Qps, step_duration: Duration, notes: &mut Vec<String>)
         }),
     };
     let usable = qps.granularity.is_finite() && qps.granularity > 0.0 && qps.to.is_finite();
-    if qps.from != 0.0 || !usable || qps.to < qps.granularity {
+    if qps.from != 0.0 || !usable || qps.to < 0.0 {
         return sweep(qps.from);
     }
     // 1 rps, then granularity, 2×granularity, … up to To (as the prototype's loop).
@@ -712,9 +712,21 @@ fn imported_profile(qps: &Qps, step_duration: Duration, notes: &mut Vec<String>)
     }
     let rates =
         std::iter::once(1.0).chain((1..=count as u32).map(|i| f64::from(i) * qps.granularity));
+    let rest = if count >= 1.0 {
+        format!(
+            ", then {} to {} rps in steps of {}",
+            qps.granularity,
+            count * qps.granularity,
+            qps.granularity
+        )
+    } else {
+        format!(
+            " (QPS.To {} is below QPS.Granularity {}: the only step)",
+            qps.to, qps.granularity
+        )
+    };
     notes.push(format!(
-        "QPS.From 0: the prototype's script sent that step at 1 rps (0 means \"as fast as possible\" to vegeta); imported as a first stage at 1 rps, then {} to {} rps in steps of {}",
-        qps.granularity, qps.to, qps.granularity
+        "QPS.From 0: the prototype's script sent that step at 1 rps (0 means \"as fast as possible\" to vegeta); imported as a first stage at 1 rps{rest}"
     ));
     Profile {
         stages: Some(

@@ -391,3 +391,19 @@ fn a_sweep_from_zero_is_imported_as_the_prototype_ran_it() {
         .profile;
     assert!(sweep.stages.is_none() && sweep.sweep.is_some());
 }
+
+/// `From: 0` with `To` below `Granularity` was one step to the prototype's loop: one
+/// stage at 1 rps, valid, and the output says why.
+#[test]
+fn a_sweep_from_zero_below_one_granularity_is_one_stage_at_one_rps() {
+    let m = read("measurement-from-zero.yaml").replace("To: 30", "To: 5");
+    let i = import("g.yaml", &read("servicegraph.yaml"), Some(("m.yaml", &m))).expect("converts");
+    let b = i.benchmark.as_ref().expect("benchmark");
+    let stages = b.spec.profile.stages.as_ref().expect("stages");
+    assert_eq!(stages.len(), 1, "{stages:?}");
+    assert_eq!(stages[0].rate, Some(1.0));
+    let yaml = i.to_yaml();
+    assert!(yaml.contains("QPS.To 5 is below QPS.Granularity 10"), "{yaml}");
+    let diagnostics = Bundle::from_str("out.yaml", &yaml).diagnostics;
+    assert!(diagnostics.is_empty(), "{diagnostics:?}");
+}

@@ -5,13 +5,17 @@
 //! 2. capacity against a no-work target (a bare axum server, then a meshbench worker with a
 //!    no-work endpoint) as a ratio to wrk on the same target (Locust for context), and CPU
 //!    time per 1000 requests at a fixed 5000 rps beside oha and hey,
-//! 3. the open loop against a target that saturates at a known rate, beside the closed loop.
+//! 3. the open loop against a target that saturates at a known rate, beside the closed loop,
+//! 4. latency percentiles (from the planned time), send delay and CPU per 1000 requests at
+//!    100, 1000 and 5000 rps beside oha on a bare axum server and a no-work worker, with
+//!    the targets checked.
 //!
 //! Every load generator runs as its own process; CPU time is the child's user + system
 //! time (`getrusage(RUSAGE_CHILDREN)` around its wait). The targets are child processes of
 //! this bench too (the same executable in another role), reaped only at the end.
 //! Environment: `BENCH_SECS` (default 5) run length, `BENCH_REPS` (default 3) repetitions
-//! of the cost figures (medians are printed), `OHA` path to oha (default: on PATH or
+//! of the cost figures (medians are printed), `BENCH_ONLY` sections to run (e.g. `1,4`),
+//! `OHA` path to oha (default: on PATH or
 //! /work/target-tools/oha/bin/oha).
 
 use std::net::SocketAddr;
@@ -419,7 +423,8 @@ fn oha_path() -> Option<PathBuf> {
         .map(|_| "oha".into())
 }
 
-fn oha(url: &str, rate: u64, secs: u64) -> Option<Run> {
+/// oha's JSON summary and its run at `rate` for `secs` (latency-corrected, 50 connections).
+fn oha_json(url: &str, rate: u64, secs: u64) -> Option<(serde_json::Value, Run)> {
     let bin = oha_path()?;
     let (stdout, stderr, cpu) = measure(Command::new(bin).args([
         "-z",
@@ -443,13 +448,18 @@ fn oha(url: &str, rate: u64, secs: u64) -> Option<Run> {
     };
     let rate = v["summary"]["requestsPerSec"].as_f64()?;
     let total = v["summary"]["total"].as_f64()?;
-    Some(Run {
+    let run = Run {
         requests: rate * total,
         rate,
         cpu,
         jitter_p99_us: None,
         result: None,
-    })
+    };
+    Some((v, run))
+}
+
+fn oha(url: &str, rate: u64, secs: u64) -> Option<Run> {
+    oha_json(url, rate, secs).map(|(_, run)| run)
 }
 
 fn goose_throttle_run(url: &str, rate: u64, secs: u64) -> Option<Run> {
@@ -513,206 +523,353 @@ fn bench() {
     let reps = env_u64("BENCH_REPS", 3);
     println!("meshbench-loadgen benchmarks ({secs} s runs, medians of {reps} where noted)");
     println!("loadgen binary: {LOADGEN}");
+    // BENCH_ONLY=2,4 runs only those sections.
+    let only: Option<Vec<u32>> = std::env::var("BENCH_ONLY")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
+    let run = |section: u32| only.as_ref().is_none_or(|o| o.contains(&section));
+    // The references are what the figures mean: without them, stop before measuring
+    // anything rather than print a table of gaps (hey and locust are optional context).
+    let wrk_missing = run(2) && Command::new("wrk").arg("--version").output().is_err();
+    let oha_missing = (run(2) || run(4)) && oha_path().is_none();
+    if wrk_missing || oha_missing {
+        let missing: Vec<&str> = [
+            (wrk_missing, "wrk (apt-get install -y wrk)"),
+            (
+                oha_missing,
+                "oha (cargo install oha --root /work/target-tools/oha, or set OHA)",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(m, what)| m.then_some(what))
+        .collect();
+        eprintln!(
+            "loadgen bench: reference missing: {}; nothing measured",
+            missing.join(", ")
+        );
+        std::process::exit(1);
+    }
     let fast = Target::start("target");
     let url = fast.url();
 
-    // 1. Rate accuracy.
-    println!("\n== 1. Rate accuracy against a fast target (open loop, 1000 slots) ==");
-    println!(
-        "{:<28} {:>10} {:>12} {:>9} {:>16} {:>14}",
-        "generator", "asked/s", "achieved/s", "error", "send jitter p99", "sent ≤10ms late"
-    );
-    for rate in [100u64, 1000, 5000] {
-        match loadgen(&open_args(&url, rate as f64, secs, 1000)) {
-            Some(r) => {
-                let s = r
-                    .result
-                    .as_ref()
-                    .and_then(|x| x.measured_stages().last().cloned());
-                let sent = s.as_ref().map(|s| s.summary.sent_rate).unwrap_or(0.0);
-                // Sent rate counts requests by planned second; how many actually left on
-                // time comes from the send-delay histogram.
-                let on_time = s
-                    .as_ref()
-                    .and_then(|s| s.send_delay.decode().ok())
-                    .map(|h| {
-                        let total = h.len().max(1) as f64;
-                        h.iter_recorded()
-                            .filter(|v| v.value_iterated_to() <= 10_000)
-                            .map(|v| v.count_at_value() as f64)
-                            .sum::<f64>()
-                            / total
-                            * 100.0
-                    })
-                    .unwrap_or(0.0);
-                println!(
-                    "{:<28} {:>10} {:>12.1} {:>8.2}% {:>13} µs {:>13.1}%",
-                    "meshbench-loadgen (open)",
-                    rate,
-                    sent,
-                    (sent - rate as f64) / rate as f64 * 100.0,
-                    r.jitter_p99_us.unwrap_or(0),
-                    on_time
-                );
+    if run(1) {
+        // 1. Rate accuracy.
+        println!("\n== 1. Rate accuracy against a fast target (open loop, 1000 slots) ==");
+        println!(
+            "{:<28} {:>10} {:>12} {:>9} {:>16} {:>14}",
+            "generator", "asked/s", "achieved/s", "error", "send jitter p99", "sent ≤10ms late"
+        );
+        for rate in [100u64, 1000, 5000] {
+            match loadgen(&open_args(&url, rate as f64, secs, 1000)) {
+                Some(r) => {
+                    let s = r
+                        .result
+                        .as_ref()
+                        .and_then(|x| x.measured_stages().last().cloned());
+                    let sent = s.as_ref().map(|s| s.summary.sent_rate).unwrap_or(0.0);
+                    // The sent rate spans until the last send, so a sender that fell behind
+                    // shows it; how many left on time comes from the send-delay histogram.
+                    let on_time = s
+                        .as_ref()
+                        .and_then(|s| s.send_delay.decode().ok())
+                        .map(|h| {
+                            let total = h.len().max(1) as f64;
+                            h.iter_recorded()
+                                .filter(|v| v.value_iterated_to() <= 10_000)
+                                .map(|v| v.count_at_value() as f64)
+                                .sum::<f64>()
+                                / total
+                                * 100.0
+                        })
+                        .unwrap_or(0.0);
+                    println!(
+                        "{:<28} {:>10} {:>12.1} {:>8.2}% {:>13} µs {:>13.1}%",
+                        "meshbench-loadgen (open)",
+                        rate,
+                        sent,
+                        (sent - rate as f64) / rate as f64 * 100.0,
+                        r.jitter_p99_us.unwrap_or(0),
+                        on_time
+                    );
+                }
+                None => println!("meshbench-loadgen at {rate}/s failed"),
             }
-            None => println!("meshbench-loadgen at {rate}/s failed"),
+        }
+        for rate in [2000u64, 10000] {
+            match goose_throttle_run(&url, rate, secs) {
+                Some(r) => println!(
+                    "{:<28} {:>10} {:>12.1} {:>8.2}% {:>16}",
+                    "goose --throttle-requests",
+                    rate,
+                    r.rate,
+                    (r.rate - rate as f64) / rate as f64 * 100.0,
+                    "-"
+                ),
+                None => println!("goose throttle at {rate}/s failed"),
+            }
         }
     }
-    for rate in [2000u64, 10000] {
-        match goose_throttle_run(&url, rate, secs) {
-            Some(r) => println!(
-                "{:<28} {:>10} {:>12.1} {:>8.2}% {:>16}",
-                "goose --throttle-requests",
-                rate,
-                r.rate,
-                (r.rate - rate as f64) / rate as f64 * 100.0,
-                "-"
-            ),
-            None => println!("goose throttle at {rate}/s failed"),
-        }
-    }
-
-    // 2. Capacity and cost.
-    println!("\n== 2. Capacity against a no-work target, and cost at a fixed rate ==");
-    let wrk_m = medians(reps, || wrk(&url, secs));
-    let closed_m = medians(reps, || loadgen(&closed_args(&url, 64, secs)));
-    let closed2_m = medians(reps, || {
-        loadgen(&with_threads(closed_args(&url, 64, secs), 2))
-    });
-    println!(
-        "{:<36} {:>12} {:>10} {:>18}",
-        "generator", "rate/s", "× wrk", "CPU ms/1000 req"
-    );
-    let wrk_rate = wrk_m.map(|m| m.0).unwrap_or(f64::NAN);
-    capacity_row(
-        "wrk -t2 -c64 (closed, full speed)",
-        wrk_m,
-        wrk_rate,
-        "wrk not available",
-    );
-    capacity_row(
-        "loadgen closed loop, 64 users",
-        closed_m,
-        wrk_rate,
-        "loadgen failed",
-    );
-    capacity_row(
-        "  same, --worker-threads 2",
-        closed2_m,
-        wrk_rate,
-        "loadgen failed",
-    );
-    // The same two against a meshbench worker with a no-work endpoint.
-    {
-        let worker = Target::start("worker");
-        let wurl = worker.url();
-        let wrk_w = medians(reps, || wrk(&wurl, secs));
-        let closed_w = medians(reps, || loadgen(&closed_args(&wurl, 64, secs)));
-        let wrk_w_rate = wrk_w.map(|m| m.0).unwrap_or(f64::NAN);
+    if run(2) {
+        // 2. Capacity and cost.
+        println!("\n== 2. Capacity against a no-work target, and cost at a fixed rate ==");
+        let wrk_m = medians(reps, || wrk(&url, secs));
+        let closed_m = medians(reps, || loadgen(&closed_args(&url, 64, secs)));
+        let closed2_m = medians(reps, || {
+            loadgen(&with_threads(closed_args(&url, 64, secs), 2))
+        });
+        println!(
+            "{:<36} {:>12} {:>10} {:>18}",
+            "generator", "rate/s", "× wrk", "CPU ms/1000 req"
+        );
+        let wrk_rate = wrk_m.map(|m| m.0).unwrap_or(f64::NAN);
         capacity_row(
-            "wrk against a no-work worker",
-            wrk_w,
-            wrk_w_rate,
+            "wrk -t2 -c64 (closed, full speed)",
+            wrk_m,
+            wrk_rate,
             "wrk not available",
         );
         capacity_row(
-            "loadgen closed loop against it",
-            closed_w,
-            wrk_w_rate,
+            "loadgen closed loop, 64 users",
+            closed_m,
+            wrk_rate,
             "loadgen failed",
         );
-    }
-    // Locust, for context: the Python tool many studies use (FastHttpUser, one process).
-    capacity_row(
-        "locust FastHttpUser, 64 users",
-        medians(reps.min(1), || locust(&url, 64, secs)),
-        wrk_rate,
-        "locust not installed (pip install locust) or failed",
-    );
-    // Highest open-loop rate sustained: 99 % of requests leave within 10 ms of their
-    // planned time and complete successfully.
-    let sustained = |rate: f64| -> Option<(bool, f64, u64)> {
-        let r = loadgen(&open_args(&url, rate, secs.min(3), 1000))?;
-        let s = r.result?.measured_stages().last()?.clone();
-        let ok = s.summary.send_delay.p99_us <= 10_000 && s.summary.success_ratio >= 0.999;
-        Some((ok, s.summary.completed_rate, s.summary.send_delay.p99_us))
-    };
-    let (mut lo, mut hi) = (5_000.0f64, (wrk_rate * 1.2).max(20_000.0));
-    let mut best = None;
-    for _ in 0..6 {
-        let mid = ((lo + hi) / 2.0 / 500.0).round() * 500.0;
-        match sustained(mid) {
-            Some((true, achieved, p99)) => {
-                best = Some((mid, achieved, p99));
-                lo = mid;
-            }
-            Some((false, _, _)) | None => hi = mid,
-        }
-        if hi - lo < 1000.0 {
-            break;
-        }
-    }
-    match best {
-        Some((rate, achieved, p99)) => println!(
-            "{:<36} {:>12.0} {:>10.2} {:>18}   (asked {rate:.0}/s, send jitter p99 {p99} µs)",
-            "loadgen open loop, max sustained",
-            achieved,
-            achieved / wrk_rate,
-            "-"
-        ),
-        None => println!("loadgen open loop sustained no rate above 5000/s"),
-    }
-
-    println!("\n-- CPU time per 1000 requests at a fixed 5000 rps (medians of {reps}) --");
-    println!(
-        "{:<44} {:>12} {:>18}",
-        "generator", "achieved/s", "CPU ms/1000 req"
-    );
-    let fixed = 5000u64;
-    let rows: Vec<(&str, Option<Medians>)> = vec![
-        (
-            "meshbench-loadgen open loop (1000 slots)",
-            medians(reps, || loadgen(&open_args(&url, fixed as f64, secs, 1000))),
-        ),
-        (
+        capacity_row(
             "  same, --worker-threads 2",
-            medians(reps, || {
-                loadgen(&with_threads(open_args(&url, fixed as f64, secs, 1000), 2))
-            }),
-        ),
-        (
-            "oha -q 5000 --latency-correction -c 50",
-            medians(reps, || oha(&url, fixed, secs)),
-        ),
-        (
-            "hey -c 50 -q 100 (per worker)",
-            medians(reps, || hey(&url, fixed, secs)),
-        ),
-    ];
-    for (name, m) in rows {
-        match m {
-            Some((rate, cpu, _)) => println!("{name:<44} {rate:>12.0} {cpu:>18.1}"),
-            None => println!("{name:<44} {:>12} {:>18}", "n/a", "not installed or failed"),
+            closed2_m,
+            wrk_rate,
+            "loadgen failed",
+        );
+        // The same two against a meshbench worker with a no-work endpoint.
+        {
+            let worker = Target::start("worker");
+            let wurl = worker.url();
+            let wrk_w = medians(reps, || wrk(&wurl, secs));
+            let closed_w = medians(reps, || loadgen(&closed_args(&wurl, 64, secs)));
+            let wrk_w_rate = wrk_w.map(|m| m.0).unwrap_or(f64::NAN);
+            capacity_row(
+                "wrk against a no-work worker",
+                wrk_w,
+                wrk_w_rate,
+                "wrk not available",
+            );
+            capacity_row(
+                "loadgen closed loop against it",
+                closed_w,
+                wrk_w_rate,
+                "loadgen failed",
+            );
+        }
+        // Locust, for context: the Python tool many studies use (FastHttpUser, one process).
+        capacity_row(
+            "locust FastHttpUser, 64 users",
+            medians(reps.min(1), || locust(&url, 64, secs)),
+            wrk_rate,
+            "locust not installed (pip install locust) or failed",
+        );
+        // Highest open-loop rate sustained: 99 % of requests leave within 10 ms of their
+        // planned time and complete successfully.
+        let sustained = |rate: f64| -> Option<(bool, f64, u64)> {
+            let r = loadgen(&open_args(&url, rate, secs.min(3), 1000))?;
+            let s = r.result?.measured_stages().last()?.clone();
+            let ok = s.summary.send_delay.p99_us <= 10_000 && s.summary.success_ratio >= 0.999;
+            Some((ok, s.summary.completed_rate, s.summary.send_delay.p99_us))
+        };
+        let (mut lo, mut hi) = (5_000.0f64, (wrk_rate * 1.2).max(20_000.0));
+        let mut best = None;
+        for _ in 0..6 {
+            let mid = ((lo + hi) / 2.0 / 500.0).round() * 500.0;
+            match sustained(mid) {
+                Some((true, achieved, p99)) => {
+                    best = Some((mid, achieved, p99));
+                    lo = mid;
+                }
+                Some((false, _, _)) | None => hi = mid,
+            }
+            if hi - lo < 1000.0 {
+                break;
+            }
+        }
+        match best {
+            Some((rate, achieved, p99)) => println!(
+                "{:<36} {:>12.0} {:>10.2} {:>18}   (asked {rate:.0}/s, send jitter p99 {p99} µs)",
+                "loadgen open loop, max sustained",
+                achieved,
+                achieved / wrk_rate,
+                "-"
+            ),
+            None => println!("loadgen open loop sustained no rate above 5000/s"),
+        }
+
+        println!("\n-- CPU time per 1000 requests at a fixed 5000 rps (medians of {reps}) --");
+        println!(
+            "{:<44} {:>12} {:>18}",
+            "generator", "achieved/s", "CPU ms/1000 req"
+        );
+        let fixed = 5000u64;
+        let rows: Vec<(&str, Option<Medians>)> = vec![
+            (
+                "meshbench-loadgen open loop (1000 slots)",
+                medians(reps, || loadgen(&open_args(&url, fixed as f64, secs, 1000))),
+            ),
+            (
+                "  same, --worker-threads 2",
+                medians(reps, || {
+                    loadgen(&with_threads(open_args(&url, fixed as f64, secs, 1000), 2))
+                }),
+            ),
+            (
+                "oha -q 5000 --latency-correction -c 50",
+                medians(reps, || oha(&url, fixed, secs)),
+            ),
+            (
+                "hey -c 50 -q 100 (per worker)",
+                medians(reps, || hey(&url, fixed, secs)),
+            ),
+        ];
+        for (name, m) in rows {
+            match m {
+                Some((rate, cpu, _)) => println!("{name:<44} {rate:>12.0} {cpu:>18.1}"),
+                None => println!("{name:<44} {:>12} {:>18}", "n/a", "not installed or failed"),
+            }
         }
     }
     drop(fast);
 
-    // 3. Overload.
-    let capacity = SAT_PERMITS as f64 / SAT_HOLD.as_secs_f64();
-    println!("\n== 3. Overload: target saturating at {capacity:.0} rps, asked for 2 × capacity ==",);
-    let sat = Target::start("saturating");
-    let surl = sat.url();
-    let open = loadgen(&open_args(&surl, capacity * 2.0, secs, 200));
-    let closed = loadgen(&closed_args(&surl, 50, secs));
-    print_overload(
-        "open loop 800/s, 200 slots (latency from planned time)",
-        open.as_ref(),
+    if run(3) {
+        // 3. Overload.
+        let capacity = SAT_PERMITS as f64 / SAT_HOLD.as_secs_f64();
+        println!(
+            "\n== 3. Overload: target saturating at {capacity:.0} rps, asked for 2 × capacity ==",
+        );
+        let sat = Target::start("saturating");
+        let surl = sat.url();
+        let open = loadgen(&open_args(&surl, capacity * 2.0, secs, 200));
+        let closed = loadgen(&closed_args(&surl, 50, secs));
+        print_overload(
+            "open loop 800/s, 200 slots (latency from planned time)",
+            open.as_ref(),
+        );
+        print_overload(
+            "closed loop, 50 users (Goose users, latency from send)",
+            closed.as_ref(),
+        );
+        drop(sat);
+    }
+    if run(4) {
+        latency_beside_oha(secs);
+    }
+}
+
+/// Latency percentiles as each tool reports them, µs, and CPU per 1000 requests.
+struct Latency {
+    p50_us: f64,
+    p99_us: f64,
+    /// The loadgen's send delay p99 (oha does not report one).
+    send_p99_us: Option<f64>,
+    cpu_per_1000_ms: f64,
+}
+
+fn loadgen_latency(url: &str, rate: u64, secs: u64) -> Option<Latency> {
+    // 50 slots, as oha's -c 50 below.
+    let run = loadgen(&open_args(url, rate as f64, secs, 50))?;
+    let stage = run.result.as_ref()?.measured_stages().last()?.clone();
+    Some(Latency {
+        p50_us: stage.summary.latency.p50_us as f64,
+        p99_us: stage.summary.latency.p99_us as f64,
+        send_p99_us: Some(stage.summary.send_delay.p99_us as f64),
+        cpu_per_1000_ms: run.cpu_per_1000_ms(),
+    })
+}
+
+fn oha_latency(url: &str, rate: u64, secs: u64) -> Option<Latency> {
+    let (json, run) = oha_json(url, rate, secs)?;
+    let pct = |k: &str| json["latencyPercentiles"][k].as_f64().map(|s| s * 1e6);
+    Some(Latency {
+        p50_us: pct("p50")?,
+        p99_us: pct("p99")?,
+        send_p99_us: None,
+        cpu_per_1000_ms: run.cpu_per_1000_ms(),
+    })
+}
+
+/// The bound: oha's figure + 50 µs or + 15 %, whichever is larger.
+fn within_oha(ours: f64, oha: f64) -> bool {
+    ours <= oha + (oha * 0.15).max(50.0)
+}
+
+/// Section 4: latency from the planned time, the loadgen beside oha (latency-corrected,
+/// so also from the planned time) on the same target at the same rate, alternating
+/// which goes first.
+fn latency_beside_oha(secs: u64) {
+    println!(
+        "\n== 4. Latency beside oha (open loop, 50 connections, latency from the planned time) =="
     );
-    print_overload(
-        "closed loop, 50 users (Goose users, latency from send)",
-        closed.as_ref(),
+    println!(
+        "{:<28} {:>6} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10} {:>8}",
+        "target",
+        "rps",
+        "ours p50",
+        "oha p50",
+        "ours p99",
+        "oha p99",
+        "send p99",
+        "CPU ours",
+        "CPU oha"
     );
-    drop(sat);
+    let mut misses = Vec::new();
+    for role in ["target", "worker"] {
+        let target = Target::start(role);
+        let url = target.url();
+        let name = if role == "target" {
+            "bare axum"
+        } else {
+            "no-work meshbench worker"
+        };
+        for (i, rate) in [100u64, 1000, 5000].into_iter().enumerate() {
+            let (ours, oha) = if i % 2 == 0 {
+                let o = loadgen_latency(&url, rate, secs);
+                (o, oha_latency(&url, rate, secs))
+            } else {
+                let h = oha_latency(&url, rate, secs);
+                (loadgen_latency(&url, rate, secs), h)
+            };
+            let (Some(ours), Some(oha)) = (ours, oha) else {
+                println!("{name:<28} {rate:>6} a run failed");
+                continue;
+            };
+            println!(
+                "{name:<28} {rate:>6} {:>8.0}µs {:>8.0}µs {:>10.0}µs {:>8.0}µs {:>8.0}µs {:>8.1}ms {:>6.1}ms",
+                ours.p50_us,
+                oha.p50_us,
+                ours.p99_us,
+                oha.p99_us,
+                ours.send_p99_us.unwrap_or(f64::NAN),
+                ours.cpu_per_1000_ms,
+                oha.cpu_per_1000_ms
+            );
+            if !within_oha(ours.p50_us, oha.p50_us) {
+                misses.push(format!("{name} {rate} rps: p50"));
+            }
+            if !within_oha(ours.p99_us, oha.p99_us) {
+                misses.push(format!("{name} {rate} rps: p99"));
+            }
+            if ours.send_p99_us.is_some_and(|s| s > 100.0) {
+                misses.push(format!("{name} {rate} rps: send delay p99"));
+            }
+            if ours.cpu_per_1000_ms > oha.cpu_per_1000_ms {
+                misses.push(format!("{name} {rate} rps: CPU"));
+            }
+        }
+    }
+    println!(
+        "targets: p50 and p99 ≤ oha + max(50 µs, 15 %), send delay p99 ≤ 100 µs, CPU ≤ oha's; {}",
+        if misses.is_empty() {
+            "all met".to_owned()
+        } else {
+            format!("missed: {}", misses.join(", "))
+        }
+    );
 }
 
 /// One row of the capacity table: rate, its ratio to wrk's on the same target, CPU.

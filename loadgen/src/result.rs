@@ -8,10 +8,13 @@
 //!   encoding (deflate) in standard base64, the format of HdrHistogram interval logs,
 //!   readable by the Java, Go, Python and Rust implementations.
 //! - Timestamps are UTC unix milliseconds.
-//! - A request belongs to the stage and second in which it was *planned* (open loop) or
-//!   *sent* (closed loop), whenever it completes; so in every bucket
+//! - A request's outcome and latency belong to the stage and second in which it was
+//!   *planned* (open loop) or *sent* (closed loop), whenever it completes; its `sent` and
+//!   `late` counts belong to the second in which it actually left, so a stalled sender
+//!   shows as a gap and then a burst. Per stage,
 //!   `sent = completed + timeouts + connectionErrors + otherErrors` once the run has
-//!   drained.
+//!   drained (requests aborted by a stop excepted); per second only when every request
+//!   left in the second it was planned in.
 //! - Open-loop latency is measured from the planned send time (coordinated-omission
 //!   free); closed-loop latency from the actual send time.
 //!
@@ -292,7 +295,8 @@ pub struct SecondBucket {
     pub second: u32,
     /// Wall-clock start of this second (UTC unix ms); after a merge, the earliest instance's.
     pub start_unix_ms: u64,
-    /// Counts of the requests planned (open) or sent (closed) in this second.
+    /// Counts of the requests planned (open) or sent (closed) in this second, except
+    /// `sent` and `late`: the requests that actually left in it.
     pub counts: Counts,
     /// Latency of successes (µs).
     pub latency_ok: EncodedHistogram,

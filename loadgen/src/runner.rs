@@ -193,7 +193,7 @@ impl Default for RunOptions {
 
 /// A claim later than this after its planned time counts as late (a busy slot or a stalled
 /// sender). Every request's lateness, from 0, is in the lateness histogram; the count
-/// leaves out the pacing thread's own jitter (tens of µs).
+/// leaves out the pacer's own jitter (tens of µs).
 pub const LATE_TOLERANCE: Duration = Duration::from_micros(250);
 /// Pause of a user with nothing left to do, between Goose's checks for its stop command.
 const IDLE: Duration = Duration::from_millis(20);
@@ -862,7 +862,7 @@ impl Slots {
 }
 
 impl Shared {
-    /// The state of a run shared by its users; starts the pacing thread (open loop) and
+    /// The state of a run shared by its users; creates the pacer's timer (open loop) and
     /// the load client, either of which can fail.
     fn new(
         plan: &LoadPlan,
@@ -879,7 +879,7 @@ impl Shared {
             clocks,
             pacer: match &slots.schedule {
                 Some(_) => Some(Pacer::start().map_err(|e| {
-                    RunnerError::Goose(format!("cannot start the pacing thread: {e}"))
+                    RunnerError::Goose(format!("cannot create the pacing timer: {e}"))
                 })?),
                 None => None,
             },

@@ -32,6 +32,8 @@ use serde_json::json;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_meshbench-worker");
 const ROLE: &str = "MESHBENCH_BENCH_ROLE";
+/// Set in a reference server's environment: calibrate the prototype's way (wall clock).
+const WALL_CALIBRATION: &str = "MESHBENCH_BENCH_WALL_CALIBRATION";
 
 fn main() {
     match std::env::var(ROLE).as_deref() {
@@ -73,15 +75,39 @@ mod roles {
     }
 
     /// The prototype's approach: count how many iterations fit in 100 ms of wall time at
-    /// start-up, then burn `ms` as `ms × iterations per ms`.
-    fn calibrate() -> f64 {
+    /// start-up, then burn `ms` as `ms × iterations per ms`. Any CPU the calibrating
+    /// thread did not get in those 100 ms makes every later burn short.
+    fn calibrate_wall() -> f64 {
         let t = Instant::now();
         let mut iters = 0u64;
         while t.elapsed() < Duration::from_millis(100) {
-            spin(10_000);
+            spin(black_box(10_000));
             iters += 10_000;
         }
         iters as f64 / t.elapsed().as_secs_f64() / 1000.0
+    }
+
+    /// A calibration done properly: iterations per millisecond of this thread's own CPU
+    /// time, the median of five 20 ms windows, so neither a preemption nor one odd window
+    /// sets the rate.
+    fn calibrate_cpu() -> f64 {
+        let cpu = || meshbench_worker::work::thread_cpu_time().unwrap_or_default();
+        let mut rates: Vec<f64> = (0..5)
+            .map(|_| {
+                let t0 = cpu();
+                let mut iters = 0u64;
+                loop {
+                    spin(black_box(10_000));
+                    iters += 10_000;
+                    let used = cpu().saturating_sub(t0);
+                    if used >= Duration::from_millis(20) {
+                        break iters as f64 / used.as_secs_f64() / 1000.0;
+                    }
+                }
+            })
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        rates[2]
     }
 
     /// `ms` from a `?ms=<f64>` query (0 when absent).
@@ -100,7 +126,11 @@ mod roles {
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let per_ms = calibrate();
+            let per_ms = if std::env::var_os(WALL_CALIBRATION).is_some() {
+                calibrate_wall()
+            } else {
+                calibrate_cpu()
+            };
             let downstream = std::env::var("MESHBENCH_BENCH_DOWNSTREAM").ok();
             let mut conn = HttpConnector::new();
             conn.set_nodelay(true);
@@ -239,8 +269,16 @@ fn start_worker(config: serde_json::Value) -> Proc {
 }
 
 fn start_hello(downstream: Option<&str>) -> Proc {
+    start_hello_with(downstream, false)
+}
+
+/// A bare axum server; `wall_calibration` makes its calibrated loop the prototype's.
+fn start_hello_with(downstream: Option<&str>, wall_calibration: bool) -> Proc {
     let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
     cmd.env(ROLE, "hello").stdout(Stdio::piped());
+    if wall_calibration {
+        cmd.env(WALL_CALIBRATION, "1");
+    }
     if let Some(d) = downstream {
         cmd.env("MESHBENCH_BENCH_DOWNSTREAM", d);
     }
@@ -628,11 +666,13 @@ async fn cpu_accuracy(client: &BenchClient) {
         {"path": "/1", "cpu_us": 1000}, {"path": "/10", "cpu_us": 10000}, {"path": "/50", "cpu_us": 50000}
     ]}));
     let reference = start_hello(None);
-    // The prototype's worst case: calibrated while both cores were busy.
+    // The prototype's calibration (wall clock) and its worst case: done while both cores
+    // were busy.
+    let prototype = start_hello_with(None, true);
     let late = {
         let _busy = start_busy(2);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        start_hello(None)
+        start_hello_with(None, true)
     };
     println!(
         "{:<52} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
@@ -642,12 +682,17 @@ async fn cpu_accuracy(client: &BenchClient) {
         let _busy = start_busy(busy_n);
         tokio::time::sleep(Duration::from_millis(300)).await;
         let label = ["alone", "1 busy process", "2 busy processes"][busy_n];
-        let approaches: [Approach; 4] = [
+        let approaches: [Approach; 5] = [
             ("thread CPU clock (worker)", &burner, |ms| format!("/{ms}")),
-            ("calibrated loop", &reference, |ms| {
+            ("calibrated loop (CPU-time calibration)", &reference, |ms| {
                 format!("/calibrated?ms={ms}")
             }),
-            ("calibrated loop, calibrated busy", &late, |ms| {
+            (
+                "calibrated loop (prototype: wall clock)",
+                &prototype,
+                |ms| format!("/calibrated?ms={ms}"),
+            ),
+            ("prototype calibration done busy", &late, |ms| {
                 format!("/calibrated?ms={ms}")
             }),
             ("wall-clock loop", &reference, |ms| format!("/wall?ms={ms}")),
@@ -672,7 +717,7 @@ async fn cpu_accuracy(client: &BenchClient) {
             println!("{:<52} {}", format!("{name}, {label}"), cells.join(" "));
         }
     }
-    drop((burner, reference, late));
+    drop((burner, reference, prototype, late));
 }
 
 async fn memory(client: &BenchClient) {

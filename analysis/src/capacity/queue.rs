@@ -16,6 +16,10 @@
 
 use super::moments::Moments;
 
+/// The CFS period the kubelet sets (`cpu.cfs_period_us` = 100 ms) and the local platform
+/// copies.
+const CFS_PERIOD_S: f64 = 0.1;
+
 /// The capacity of one replica: request threads and the cores the quota allows.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Station {
@@ -45,24 +49,36 @@ impl Station {
             return Some(Moments::ZERO);
         }
         let variability = ((ca2 + cs2) / 2.0).max(0.0);
-        if self.cores >= f64::from(self.threads) {
-            let c = self.threads;
-            let offered = arrival * service;
-            let rho = offered / f64::from(c);
-            if rho >= 1.0 {
-                return None;
-            }
-            let p_wait = super::erlang_c(c, offered);
-            let when_waiting = service / (f64::from(c) * (1.0 - rho)) * variability;
-            Some(exponential_wait(p_wait, when_waiting))
-        } else {
-            let rho = arrival * service / self.cores;
-            if rho >= 1.0 {
-                return None;
-            }
-            let when_waiting = service / self.cores / (1.0 - rho) * variability;
-            Some(exponential_wait(rho, when_waiting))
+        // ⌊L⌋ threads share what the quota leaves: at full speed unless the idle load takes
+        // part of it (then each runs at cores ÷ threads). One thread under a quota below a
+        // core serves at the quota's rate over periods, the same formula with speed L.
+        let c = f64::from(self.threads);
+        let speed = (self.cores / c).min(1.0);
+        if speed <= 0.0 {
+            return None;
         }
+        let service = service / speed;
+        let offered = arrival * service;
+        let rho = offered / c;
+        if rho >= 1.0 {
+            return None;
+        }
+        let p_wait = super::erlang_c(self.threads, offered);
+        let when_waiting = service / (c * (1.0 - rho)) * variability;
+        Some(exponential_wait(p_wait, when_waiting))
+    }
+
+    /// Wall time of `cpu` seconds of CPU on one of the replica's threads. Below one core
+    /// the CFS quota stops the thread for the rest of each period once it used
+    /// `cores` × the period, so a visit longer than that spans periods: a 50 ms quota makes
+    /// 80 ms of CPU take 130 ms (the visit taken to start with a period).
+    pub fn run_time(&self, cpu: f64) -> f64 {
+        let per_period = self.cores * CFS_PERIOD_S;
+        if self.cores >= 1.0 || per_period <= 0.0 || cpu <= per_period {
+            return cpu;
+        }
+        let periods = (cpu / per_period).ceil();
+        cpu + (periods - 1.0) * (1.0 - self.cores) * CFS_PERIOD_S
     }
 }
 
@@ -122,6 +138,34 @@ mod tests {
         let w = s.wait(40.0, 0.010, 1.0, 0.0).expect("stable");
         // Kingman: ρ · (S/L) · (Ca² + Cs²)/2 ÷ (1 − ρ) = 0.8 · 20 ms · 0.5 ÷ 0.2 = 40 ms.
         assert!((w.mean - 0.040).abs() < 1e-9, "{w:?}");
+    }
+
+    #[test]
+    fn idle_load_slows_the_threads_but_keeps_them_servers() {
+        // 2 cores less 10 millicores of idle load: two servers at 0.995 speed, close to
+        // M/D/2, not one server at 1.99 cores.
+        let full = Station::with_cores(2.0);
+        let idle = Station {
+            cores: 1.99,
+            ..full
+        };
+        let (a, b) = (
+            full.wait(150.0, 0.010, 1.0, 0.0).expect("stable"),
+            idle.wait(150.0, 0.010, 1.0, 0.0).expect("stable"),
+        );
+        assert!(b.mean > a.mean && b.mean < a.mean * 1.1, "{a:?} {b:?}");
+        // M/D/2 at ρ = 0.75: Erlang C(2, 1.5) = 0.643; × 10 ms ÷ (2 × 0.25) × ½ = 6.4 ms.
+        assert!((a.mean - 0.00643).abs() < 1e-4, "{a:?}");
+    }
+
+    #[test]
+    fn a_visit_longer_than_the_quota_waits_out_periods() {
+        let half = Station::with_cores(0.5);
+        assert!((half.run_time(0.080) - 0.130).abs() < 1e-12);
+        assert_eq!(half.run_time(0.040), 0.040);
+        assert!((half.run_time(0.120) - 0.220).abs() < 1e-12);
+        assert_eq!(Station::with_cores(1.0).run_time(0.5), 0.5);
+        assert_eq!(Station::with_cores(2.5).run_time(0.5), 0.5);
     }
 
     #[test]
