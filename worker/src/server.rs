@@ -484,14 +484,84 @@ async fn handle(state: Arc<WorkerState>, ep: Arc<EndpointShared>, req: Request) 
     let arrived = Instant::now();
     let (guard, n) = InFlight::enter(&ep);
     let trace = TraceContext::from_headers(req.headers());
-    let mut timings = Timings::default();
-    let mut calls: Vec<CallReport> = Vec::new();
-    let mut held: Vec<u8> = Vec::new();
+    let mut ex = Exchange::default();
+    let outcome = steps(&state, &ep, &trace, (arrived, n), req, &mut ex)
+        .await
+        .err()
+        .unwrap_or_else(Outcome::ok);
+    ex.timings.total_us = arrived.elapsed().as_micros() as u64;
+    let body = render_body(
+        &state,
+        &ep,
+        &trace,
+        &ex.timings,
+        &ex.calls,
+        ex.held.len() as u64,
+        &outcome,
+    );
+    // The memory is held until the response is built, so the burst spans the request.
+    drop(ex.held);
+    let resp = respond(&trace, &outcome, body);
+    ep.metrics.count_status(outcome.status.as_u16());
+    ep.metrics.latency.observe(arrived.elapsed());
+    log_outcome(&ep, &trace, &outcome, ex.timings.total_us);
+    drop(guard);
+    resp
+}
 
-    let outcome = 'work: {
-        if let Some(max) = ep.config.max_in_flight
-            && n > max
-        {
+/// What one request gathered on its way: its timings, its downstream calls and the memory
+/// it holds.
+#[derive(Default)]
+struct Exchange {
+    timings: Timings,
+    calls: Vec<CallReport>,
+    held: Vec<u8>,
+}
+
+/// The request's steps in order — admission, body, CPU and memory work, downstream calls,
+/// delay, injected error — the first failure ending it; `(arrived, n)`: when it arrived
+/// and the requests in flight, this one included.
+async fn steps(
+    state: &WorkerState,
+    ep: &Arc<EndpointShared>,
+    trace: &TraceContext,
+    (arrived, n): (Instant, u32),
+    req: Request,
+    ex: &mut Exchange,
+) -> Result<(), Outcome> {
+    shed(ep, n)?;
+    read_body(state, req).await?;
+    if ep.config.cpu_us > 0 || ep.config.memory_bytes > 0 {
+        ex.held = work(state, ep, &mut ex.timings).await?;
+    }
+    if !ep.groups.is_empty() {
+        call_downstream(state, ep, trace, ex).await?;
+    }
+    // Drawn before the delay so the delay applies to injected errors too.
+    let injected = ep.rng.chance(ep.config.error_rate);
+    if let Some((sampler, mode)) = &ep.delay {
+        let d = sampler.sample(&ep.rng);
+        let t = Instant::now();
+        match mode {
+            DelayMode::AfterWork => tokio::time::sleep(d).await,
+            DelayMode::MinimumTotal => tokio::time::sleep_until((arrived + d).into()).await,
+        }
+        ex.timings.delay_us = t.elapsed().as_micros() as u64;
+    }
+    if injected {
+        return Err(Outcome::fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "injected",
+            format!("error injected with error_rate = {}", ep.config.error_rate),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses the request when `n` in flight exceeds the endpoint's `max_in_flight`.
+fn shed(ep: &EndpointShared, n: u32) -> Result<(), Outcome> {
+    match ep.config.max_in_flight {
+        Some(max) if n > max => {
             ep.metrics.shed.inc();
             let mut o = Outcome::fail(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -503,123 +573,97 @@ async fn handle(state: Arc<WorkerState>, ep: Arc<EndpointShared>, req: Request) 
                 ),
             );
             o.retry_after = true;
-            break 'work o;
+            Err(o)
         }
-        let limit = usize::try_from(state.config.max_request_body_bytes).unwrap_or(usize::MAX);
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|d| d > limit as u64) {
-            break 'work Outcome::fail(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!(
-                    "request body of {} bytes exceeds max_request_body_bytes = {limit}",
-                    declared.unwrap_or(0)
-                ),
-            );
-        }
-        let body = req.into_body();
-        // Most requests have no body; skip the collecting machinery for them.
-        let read = if axum::body::HttpBody::is_end_stream(&body) {
-            Ok(Bytes::new())
-        } else {
-            axum::body::to_bytes(body, limit).await
-        };
-        match read {
-            Ok(_) => {}
-            Err(e) if body_too_large(&e) => {
-                break 'work Outcome::fail(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!("request body exceeds max_request_body_bytes = {limit}"),
-                );
-            }
-            Err(e) => {
-                break 'work Outcome::fail(
-                    StatusCode::BAD_REQUEST,
-                    "bad_body",
-                    format!("cannot read the request body: {e}"),
-                );
-            }
-        }
+        _ => Ok(()),
+    }
+}
 
-        if ep.config.cpu_us > 0 || ep.config.memory_bytes > 0 {
-            let t = Instant::now();
-            match do_work(&state, &ep).await {
-                Ok(done) => {
-                    timings.cpu_us = done.cpu.as_micros() as u64;
-                    ep.metrics.cpu_seconds.inc_by(done.cpu.as_secs_f64());
-                    held = done.memory;
-                }
-                Err(cause) => {
-                    break 'work Outcome::fail(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "work_failed",
-                        cause.to_string(),
-                    );
-                }
-            }
-            timings.work_wall_us = t.elapsed().as_micros() as u64;
-        }
-
-        if !ep.groups.is_empty() {
-            let t = Instant::now();
-            let result = downstream::run_groups(&state.client, &ep, &trace).await;
-            timings.calls_us = t.elapsed().as_micros() as u64;
-            let failure = result
-                .failure(ep.config.on_downstream_timeout)
-                .map(|(status, r)| (status, r.cause.clone().unwrap_or_default()));
-            calls = result.reports;
-            if let Some((status, cause)) = failure {
-                let error = if status == StatusCode::GATEWAY_TIMEOUT {
-                    "downstream_timeout"
-                } else {
-                    "downstream_failed"
-                };
-                break 'work Outcome::fail(status, error, cause);
-            }
-        }
-
-        let injected = ep.rng.chance(ep.config.error_rate);
-
-        if let Some((sampler, mode)) = &ep.delay {
-            let d = sampler.sample(&ep.rng);
-            let t = Instant::now();
-            match mode {
-                DelayMode::AfterWork => tokio::time::sleep(d).await,
-                DelayMode::MinimumTotal => tokio::time::sleep_until((arrived + d).into()).await,
-            }
-            timings.delay_us = t.elapsed().as_micros() as u64;
-        }
-
-        if injected {
-            break 'work Outcome::fail(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "injected",
-                format!("error injected with error_rate = {}", ep.config.error_rate),
-            );
-        }
-        Outcome::ok()
+/// Reads (and discards) the body within `max_request_body_bytes`, refusing a larger one
+/// by its declared length before reading any of it.
+async fn read_body(state: &WorkerState, req: Request) -> Result<(), Outcome> {
+    let limit = usize::try_from(state.config.max_request_body_bytes).unwrap_or(usize::MAX);
+    let too_large = |what: String| {
+        Outcome::fail(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body {what}exceeds max_request_body_bytes = {limit}"),
+        )
     };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(d) = declared.filter(|d| *d > limit as u64) {
+        return Err(too_large(format!("of {d} bytes ")));
+    }
+    let body = req.into_body();
+    // Most requests have no body; skip the collecting machinery for them.
+    if axum::body::HttpBody::is_end_stream(&body) {
+        return Ok(());
+    }
+    match axum::body::to_bytes(body, limit).await {
+        Ok(_) => Ok(()),
+        Err(e) if body_too_large(&e) => Err(too_large(String::new())),
+        Err(e) => Err(Outcome::fail(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!("cannot read the request body: {e}"),
+        )),
+    }
+}
 
-    timings.total_us = arrived.elapsed().as_micros() as u64;
-    let memory_bytes = held.len() as u64;
-    let body = render_body(
-        &state,
-        &ep,
-        &trace,
-        &timings,
-        &calls,
-        memory_bytes,
-        &outcome,
-    );
-    drop(held);
+/// The endpoint's CPU and memory work; returns the memory, held until the response.
+async fn work(
+    state: &WorkerState,
+    ep: &EndpointShared,
+    timings: &mut Timings,
+) -> Result<Vec<u8>, Outcome> {
+    let t = Instant::now();
+    let done = do_work(state, ep).await.map_err(|cause| {
+        Outcome::fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "work_failed",
+            cause.to_string(),
+        )
+    })?;
+    timings.cpu_us = done.cpu.as_micros() as u64;
+    ep.metrics.cpu_seconds.inc_by(done.cpu.as_secs_f64());
+    timings.work_wall_us = t.elapsed().as_micros() as u64;
+    Ok(done.memory)
+}
 
-    let status = outcome.status;
-    let mut resp = json(status, Body::from(body));
+/// Runs the endpoint's call groups; a failure the endpoint's policy does not tolerate
+/// becomes its outcome (504 for a downstream timeout, 502 otherwise).
+async fn call_downstream(
+    state: &WorkerState,
+    ep: &Arc<EndpointShared>,
+    trace: &TraceContext,
+    ex: &mut Exchange,
+) -> Result<(), Outcome> {
+    let t = Instant::now();
+    let result = downstream::run_groups(&state.client, ep, trace).await;
+    ex.timings.calls_us = t.elapsed().as_micros() as u64;
+    let failure = result
+        .failure(ep.config.on_downstream_timeout)
+        .map(|(status, r)| (status, r.cause.clone().unwrap_or_default()));
+    ex.calls = result.reports;
+    match failure {
+        Some((status, cause)) => {
+            let error = if status == StatusCode::GATEWAY_TIMEOUT {
+                "downstream_timeout"
+            } else {
+                "downstream_failed"
+            };
+            Err(Outcome::fail(status, error, cause))
+        }
+        None => Ok(()),
+    }
+}
+
+fn respond(trace: &TraceContext, outcome: &Outcome, body: Bytes) -> Response {
+    let mut resp = json(outcome.status, Body::from(body));
     if outcome.retry_after {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -627,8 +671,12 @@ async fn handle(state: Arc<WorkerState>, ep: Arc<EndpointShared>, req: Request) 
     if let Ok(v) = HeaderValue::from_str(&trace.request_id) {
         resp.headers_mut().insert(REQUEST_ID, v);
     }
-    ep.metrics.count_status(status.as_u16());
-    ep.metrics.latency.observe(arrived.elapsed());
+    resp
+}
+
+/// Failures at info (they are what an operator looks for), successes at debug.
+fn log_outcome(ep: &EndpointShared, trace: &TraceContext, outcome: &Outcome, total_us: u64) {
+    let status = outcome.status;
     if status.is_server_error() || status.is_client_error() {
         tracing::info!(
             endpoint = %ep.label,
@@ -637,7 +685,7 @@ async fn handle(state: Arc<WorkerState>, ep: Arc<EndpointShared>, req: Request) 
             trace_id = %trace.trace_id,
             span_id = %trace.span_id,
             cause = outcome.cause.as_deref().unwrap_or(""),
-            total_us = timings.total_us,
+            total_us,
             "request failed"
         );
     } else {
@@ -647,12 +695,10 @@ async fn handle(state: Arc<WorkerState>, ep: Arc<EndpointShared>, req: Request) 
             request_id = %trace.request_id,
             trace_id = %trace.trace_id,
             span_id = %trace.span_id,
-            total_us = timings.total_us,
+            total_us,
             "request served"
         );
     }
-    drop(guard);
-    resp
 }
 
 fn render_body(

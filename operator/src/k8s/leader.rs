@@ -10,11 +10,13 @@
 //! hung connection must not outlast the lease), and a holder shutting down releases the
 //! Lease so the next one takes over at once.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
+// Tokio's clock, so tests can run the real durations on paused time.
+use tokio::time::Instant;
 
 /// Errors of leader election.
 #[derive(Debug, thiserror::Error)]
@@ -298,5 +300,223 @@ impl LeaderElector {
             Err(e) if is_conflict(&e) => Ok(()),
             Err(e) => Err(self.err(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod paused_time_tests {
+    //! The election's timing with the operator's real durations (15 s lease, 10 s renew
+    //! deadline, 2 s renewals) on Tokio's paused clock, against a `tower` service that
+    //! keeps one Lease with compare-and-swap on `resourceVersion` as kube-apiserver does
+    //! and can fail or hang on demand: faults a real API server cannot be made to show.
+    //! The protocol against the real kube-apiserver: `tests/kube/leader.rs`.
+
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use http::{Request, Response, header};
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::Client;
+    use kube::api::Api;
+    use tokio::time::Instant;
+
+    use super::{LeaderElector, LeaderError, LeaseSettings};
+
+    const NS: &str = "meshbench-system";
+
+    #[derive(Default)]
+    struct Store {
+        lease: Option<Lease>,
+        version: u64,
+        /// Answer every request with a 500.
+        failing: bool,
+        /// Never answer.
+        hung: bool,
+        /// When each accepted write happened.
+        writes: Vec<Instant>,
+    }
+
+    type Shared = Arc<Mutex<Store>>;
+
+    fn status(code: u16, reason: &str) -> (u16, serde_json::Value) {
+        let body = serde_json::json!({ "kind": "Status", "apiVersion": "v1",
+            "status": "Failure", "code": code, "reason": reason, "message": reason });
+        (code, body)
+    }
+
+    /// What kube-apiserver answers for the Lease routes the elector uses.
+    fn answer(store: &mut Store, method: &http::Method, body: &[u8]) -> (u16, serde_json::Value) {
+        let sent: Option<Lease> = serde_json::from_slice(body).ok();
+        let stored = store.lease.clone();
+        match (method.as_str(), stored, sent) {
+            ("GET", Some(l), _) => (200, serde_json::to_value(l).expect("lease JSON")),
+            ("GET" | "PUT", None, _) => status(404, "NotFound"),
+            ("POST", Some(_), _) => status(409, "AlreadyExists"),
+            // Compare-and-swap on resourceVersion, as kube-apiserver does for an update.
+            ("PUT", Some(l), Some(s))
+                if l.metadata.resource_version != s.metadata.resource_version =>
+            {
+                status(409, "Conflict")
+            }
+            ("POST" | "PUT", _, Some(mut l)) => {
+                store.version += 1;
+                l.metadata.resource_version = Some(store.version.to_string());
+                store.writes.push(Instant::now());
+                store.lease = Some(l.clone());
+                (200, serde_json::to_value(l).expect("lease JSON"))
+            }
+            _ => status(400, "BadRequest"),
+        }
+    }
+
+    fn fake_api(store: Shared) -> Client {
+        let service = tower::service_fn(move |req: Request<kube::client::Body>| {
+            let store = store.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let bytes = body.collect_bytes().await.expect("request body");
+                let hung = store.lock().expect("store").hung;
+                if hung {
+                    std::future::pending::<()>().await;
+                }
+                let (code, json) = {
+                    let mut s = store.lock().expect("store");
+                    if s.failing {
+                        status(500, "InternalError")
+                    } else {
+                        answer(&mut s, &parts.method, &bytes)
+                    }
+                };
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .status(code)
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .body(kube::client::Body::from(
+                            serde_json::to_vec(&json).expect("JSON"),
+                        ))
+                        .expect("response"),
+                )
+            }
+        });
+        Client::new(service, NS)
+    }
+
+    /// A candidate with the operator's durations (`k8s::operator`).
+    fn candidate(store: &Shared, who: &str) -> LeaderElector {
+        LeaderElector::new(
+            Api::namespaced(fake_api(store.clone()), NS),
+            LeaseSettings {
+                name: "meshbench-operator".into(),
+                identity: who.into(),
+                lease_duration: Duration::from_secs(15),
+                renew_deadline: Duration::from_secs(10),
+                renew_every: Duration::from_secs(2),
+            },
+        )
+    }
+
+    fn holder(store: &Shared) -> Option<String> {
+        let s = store.lock().expect("store");
+        s.lease.as_ref()?.spec.as_ref()?.holder_identity.clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn takeover_only_after_one_lease_duration_of_an_unchanged_record() {
+        let store = Shared::default();
+        let (mut a, mut b) = (candidate(&store, "pod-a"), candidate(&store, "pod-b"));
+        assert!(a.try_acquire_or_renew().await.unwrap());
+        assert!(
+            !b.try_acquire_or_renew().await.unwrap(),
+            "b first sees a's record"
+        );
+        tokio::time::sleep(Duration::from_millis(14_900)).await;
+        assert!(
+            !b.try_acquire_or_renew().await.unwrap(),
+            "14.9 s: not yet expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            b.try_acquire_or_renew().await.unwrap(),
+            "15.1 s: taken over"
+        );
+        assert_eq!(holder(&store).as_deref(), Some("pod-b"));
+        assert!(
+            !a.try_acquire_or_renew().await.unwrap(),
+            "a sees a new record"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewals_keep_the_record_fresh_for_other_candidates() {
+        let store = Shared::default();
+        let (mut a, mut b) = (candidate(&store, "pod-a"), candidate(&store, "pod-b"));
+        assert!(a.try_acquire_or_renew().await.unwrap());
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            assert!(a.try_acquire_or_renew().await.unwrap());
+            assert!(
+                !b.try_acquire_or_renew().await.unwrap(),
+                "a renewed: b waits"
+            );
+        }
+        assert_eq!(holder(&store).as_deref(), Some("pod-a"));
+    }
+
+    /// The holder must stop leading before any other candidate can judge the Lease
+    /// expired: within the lease duration of its last successful renewal.
+    #[tokio::test(start_paused = true)]
+    async fn a_holder_that_cannot_renew_steps_down_before_the_lease_expires() {
+        let store = Shared::default();
+        let mut a = candidate(&store, "pod-a");
+        a.acquire().await.unwrap();
+        let breaker = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(7)).await;
+                store.lock().expect("store").failing = true;
+            })
+        };
+        let reason = a.hold().await;
+        let stepped_down_at = Instant::now();
+        breaker.await.unwrap();
+        assert!(
+            matches!(reason, LeaderError::SteppedDown { .. }),
+            "{reason}"
+        );
+        let last_renewal = *store.lock().expect("store").writes.last().unwrap();
+        let after = stepped_down_at - last_renewal;
+        assert!(
+            after >= Duration::from_secs(10) && after < Duration::from_secs(15),
+            "stepped down {after:?} after the last renewal"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_api_server_is_a_timeout_within_the_renew_deadline() {
+        let store = Shared::default();
+        store.lock().expect("store").hung = true;
+        let mut a = candidate(&store, "pod-a");
+        let started = Instant::now();
+        let err = a.try_acquire_or_renew().await.unwrap_err();
+        assert!(matches!(err, LeaderError::Timeout { .. }), "{err}");
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_released_lease_is_taken_at_once() {
+        let store = Shared::default();
+        let (mut a, mut b) = (candidate(&store, "pod-a"), candidate(&store, "pod-b"));
+        assert!(a.try_acquire_or_renew().await.unwrap());
+        assert!(!b.try_acquire_or_renew().await.unwrap());
+        a.release().await.unwrap();
+        assert_eq!(holder(&store), None);
+        assert!(
+            b.try_acquire_or_renew().await.unwrap(),
+            "no wait after a release"
+        );
+        // A release by a non-holder leaves the Lease alone.
+        a.release().await.unwrap();
+        assert_eq!(holder(&store).as_deref(), Some("pod-b"));
     }
 }
