@@ -13,7 +13,9 @@ use crate::summary;
 /// The CI view of one command's result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Document {
+    /// The JUnit XML report: a case per step and SLO of a run, or per gate check.
     pub junit: Report,
+    /// The Markdown summary, also appended to `$GITHUB_STEP_SUMMARY` when that is set.
     pub markdown: String,
 }
 

@@ -17,28 +17,40 @@ use crate::tables::{ServiceRow, StepRow};
 /// One figure of one step (and service) in both runs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ComparisonRow {
+    /// Mesh of run A (the meshes differ only when the runs share none and have one each).
     pub mesh_a: String,
+    /// Mesh of run B paired with `mesh_a`.
     pub mesh_b: String,
+    /// Position of the step in the profile, 0-based; warm-up steps are not compared.
     pub step: u32,
+    /// Step name from run A's profile.
     pub step_name: String,
+    /// Offered rate of the step in run A, requests per second; `None` for a closed-loop step.
     pub target_rate_rps: Option<f64>,
     /// `None` for step figures.
     pub service: Option<String>,
+    /// Column of the steps or services table compared (see `STEP_FIGURES`, `SERVICE_FIGURES`).
     pub figure: String,
+    /// The figure over run A's repetitions.
     pub a: Estimate,
+    /// The figure over run B's repetitions.
     pub b: Estimate,
     /// b − a.
     pub diff: f64,
     /// (b − a) ÷ |a| × 100; `None` when a is 0.
     pub diff_percent: Option<f64>,
+    /// Whether `diff` is beyond the noise of the repetitions (Welch's test at 5 %).
     pub significance: Significance,
 }
 
 /// The comparison of two run directories.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Comparison {
+    /// Directory of run A, the reference.
     pub a: PathBuf,
+    /// Directory of run B, compared against A.
     pub b: PathBuf,
+    /// One row per figure of each step (and service) both runs have.
     pub rows: Vec<ComparisonRow>,
     /// Steps present in only one run, as text.
     pub unmatched: Vec<String>,

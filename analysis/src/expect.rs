@@ -37,7 +37,9 @@ const MAX_BYTES: u64 = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepRef {
+    /// The steps table's `step`, 0-based.
     Index(u32),
+    /// The steps table's `step_name`.
     Name(String),
 }
 
@@ -55,9 +57,14 @@ impl fmt::Display for StepRef {
 pub struct Expected {
     /// Field path of the figure in the file, e.g. `steps[0].services.backend.cpu_cores_avg`.
     pub path: String,
+    /// The figure bounded.
     pub figure: Figure,
+    /// Service of a services figure; `None` for a steps figure, or a services figure combined over
+    /// the mesh's services.
     pub service: Option<String>,
+    /// Smallest passing value (inclusive); `None`: no lower bound.
     pub min: Option<f64>,
+    /// Largest passing value (inclusive); `None`: no upper bound.
     pub max: Option<f64>,
 }
 
@@ -68,13 +75,16 @@ pub struct StepExpectation {
     pub path: String,
     /// `None`: every mesh of the run.
     pub mesh: Option<String>,
+    /// The step the bounds apply to.
     pub step: StepRef,
+    /// Bounds of the step's figures, in file order.
     pub bounds: Vec<Expected>,
 }
 
 /// A parsed expectations file.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Expectations {
+    /// Bounds per step, in file order.
     pub steps: Vec<StepExpectation>,
     /// Bounds over the whole run.
     pub run: Vec<Expected>,
@@ -87,6 +97,7 @@ pub struct Problem {
     pub path: String,
     /// What is wrong: the value and what was expected.
     pub message: String,
+    /// A suggestion printed on a line of its own, e.g. the closest known figure name.
     pub hint: Option<String>,
     /// 1-based line and column, when known.
     pub position: Option<(usize, usize)>,
@@ -116,6 +127,7 @@ pub struct ExpectationsError {
     pub file: String,
     /// Its text, so a caller can place each problem (see [`ExpectationsError::locate`]).
     pub text: String,
+    /// Every problem found, in the order found.
     pub problems: Vec<Problem>,
 }
 

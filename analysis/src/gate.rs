@@ -71,6 +71,7 @@ pub enum Combine {
 pub struct Figure {
     /// Column name.
     pub name: &'static str,
+    /// The table the column is in.
     pub source: Source,
     /// Over the services of a step, when no service is named.
     pub over_services: Combine,
@@ -207,11 +208,15 @@ pub enum Amount {
 pub struct Rule {
     /// The rule as written.
     pub text: String,
+    /// Judged per step (the default) or over the whole run (`run.`).
     pub scope: Scope,
+    /// The figure judged.
     pub figure: Figure,
     /// `@SERVICE` of a services figure; without it the figure combines over services.
     pub service: Option<String>,
+    /// Which change is a regression: `+` a rise, `-` a fall.
     pub direction: Direction,
+    /// The change tolerated before the rule fails.
     pub amount: Amount,
 }
 
@@ -481,18 +486,25 @@ impl fmt::Display for Noise {
 pub struct Check {
     /// The rule as written, or the expectations file's field path of the bound.
     pub gate: String,
+    /// Mesh of the new run the check is for.
     pub mesh: String,
     /// The step; `None` for a check over the whole run.
     pub step: Option<u32>,
+    /// Name of the step, when known; `None` for a check over the whole run.
     pub step_name: Option<String>,
+    /// Service of a services figure; `None` for a steps figure or one combined over services.
     pub service: Option<String>,
+    /// Column name of the figure judged.
     pub figure: String,
     /// The baseline run's value (rules against a run directory).
     pub baseline: Option<Estimate>,
     /// The new run's value; `None` when it was not measured (a missing step, a null figure).
     pub measured: Option<Estimate>,
+    /// The limit the new run's mean must stay within.
     pub bound: Bound,
+    /// Whether the miss (if any) is beyond the repetitions' noise; inside it never fails.
     pub noise: Noise,
+    /// The verdict: false when not measured, or beyond the bound and not inside the noise.
     pub pass: bool,
 }
 
@@ -619,10 +631,13 @@ pub enum BaselineKind {
 /// Every check of one `meshbench compare`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GateReport {
+    /// The baseline run directory or expectations file.
     pub baseline: PathBuf,
+    /// Whether `baseline` is a run directory or an expectations file.
     pub baseline_kind: BaselineKind,
     /// The new run's directory.
     pub candidate: PathBuf,
+    /// Every check made, passed or not, in the order judged.
     pub checks: Vec<Check>,
     /// Mesh pairing and partial runs.
     pub notes: Vec<String>,
@@ -674,9 +689,13 @@ impl fmt::Display for GateReport {
 /// What `meshbench compare` and `meshbench results` read of a run directory.
 #[derive(Debug, Clone)]
 pub struct RunTables {
+    /// The run directory read.
     pub dir: PathBuf,
+    /// Its `run.json`.
     pub run: RunJson,
+    /// Rows of its `steps` table.
     pub steps: Vec<StepRow>,
+    /// Rows of its `services` table.
     pub services: Vec<ServiceRow>,
 }
 
@@ -877,7 +896,9 @@ pub enum GateError {
 /// The baseline of `meshbench compare`: a run directory or an expectations file.
 #[derive(Debug, Clone)]
 pub enum Baseline {
+    /// A run directory, judged with `--fail-on` rules.
     Run(Box<RunTables>),
+    /// An expectations file of fixed bounds.
     Expectations(Expectations),
 }
 

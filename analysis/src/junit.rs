@@ -14,14 +14,18 @@ use crate::tables::StepRow;
 /// How one test case ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Status {
+    /// The objective held: a bare `<testcase>`.
     Passed,
     /// `<failure message="…">detail</failure>`.
     Failed {
+        /// The one-line verdict (the `message` attribute).
         message: String,
+        /// Measured value and bound, or why it failed (the element's text).
         detail: String,
     },
     /// `<skipped message="…"/>`: the objective does not apply.
     Skipped {
+        /// Why the objective does not apply (the `message` attribute).
         message: String,
     },
 }
@@ -31,9 +35,11 @@ pub enum Status {
 pub struct Case {
     /// Groups cases in the CI's view, e.g. `meshbench.quickstart.slo`.
     pub classname: String,
+    /// What was judged, e.g. the step and the SLO.
     pub name: String,
     /// Seconds, e.g. the step's duration.
     pub time_s: Option<f64>,
+    /// How the case ended.
     pub status: Status,
     /// `<system-out>`: what was measured when it passed.
     pub output: Option<String>,
@@ -42,7 +48,9 @@ pub struct Case {
 /// One `<testsuite>`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Suite {
+    /// What the suite judges, e.g. `meshbench run <benchmark>`.
     pub name: String,
+    /// The suite's test cases, in report order.
     pub cases: Vec<Case>,
 }
 
@@ -65,7 +73,9 @@ impl Suite {
 /// A `<testsuites>` document.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
+    /// Name of the `<testsuites>` element, e.g. `meshbench run <benchmark>`.
     pub name: String,
+    /// The suites, in report order.
     pub suites: Vec<Suite>,
 }
 

@@ -14,11 +14,13 @@ use crate::slo::Slo;
 /// One step of a run, for one mesh and one repetition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepMeta {
+    /// Mesh the step ran against.
     pub mesh: String,
     /// Repetition number, 0-based.
     pub repetition: u32,
     /// Position of the step in the profile, 0-based (the warm-up, when present, is 0).
     pub index: u32,
+    /// Step name from the profile (shown in tables and plots).
     pub name: String,
     /// Start of the load of this step, UTC unix ms.
     pub start_ms: i64,
@@ -46,7 +48,9 @@ impl StepMeta {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Platform {
+    /// The local runtime: worker processes on this machine.
     Local,
+    /// A Kubernetes cluster, through the operator.
     Kubernetes,
 }
 
@@ -84,6 +88,7 @@ impl std::fmt::Display for Enforcement {
 /// Limits enforcement with its explanation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LimitsEnforcement {
+    /// Whether the limits were enforced, partly or not at all.
     pub mode: Enforcement,
     /// Why, e.g. "cgroup v2 cpu.max writable" or "no delegated cgroup".
     pub reason: String,
@@ -92,8 +97,11 @@ pub struct LimitsEnforcement {
 /// A phase of the run (deploy, warm-up, step, collect, …) with its timestamps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Phase {
+    /// What the phase did, e.g. a step's label.
     pub name: String,
+    /// When the phase began.
     pub started_at: DateTime<Utc>,
+    /// When it ended; `None` while it is still running.
     pub finished_at: Option<DateTime<Utc>>,
 }
 
@@ -104,13 +112,21 @@ pub struct RunMeta {
     pub benchmark: String,
     /// The Benchmark and ServiceMesh documents as run.
     pub spec: serde_json::Value,
+    /// Version of the meshbench that ran the benchmark.
     pub meshbench_version: String,
+    /// Where the run executed.
     pub platform: Platform,
+    /// Whether CPU and memory limits were enforced, and why; capacity figures of a run without them
+    /// are not comparable with the model.
     pub limits: LimitsEnforcement,
+    /// Things the reader should know about the data (missing samples, unenforced limits), one line
+    /// each; the analysis adds its own.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The runner's phases in order, with their timestamps.
     #[serde(default)]
     pub phases: Vec<Phase>,
+    /// When the run started.
     pub started_at: DateTime<Utc>,
     /// `None` while the run is in progress.
     pub finished_at: Option<DateTime<Utc>>,
@@ -128,10 +144,13 @@ pub struct RunMeta {
 /// The load result of one step: the loadgen stage that ran during it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepLoad {
+    /// Mesh the load was sent to.
     pub mesh: String,
+    /// Repetition number, 0-based.
     pub repetition: u32,
     /// The step's `index`.
     pub step: u32,
+    /// The loadgen's result for the stage, with its histograms.
     pub stage: StageResult,
 }
 
@@ -173,14 +192,19 @@ impl Default for AnalysisOptions {
 /// Everything collected for a run so far: the analysis input.
 #[derive(Debug, Clone)]
 pub struct RunData {
+    /// Run metadata, the basis of `run.json`.
     pub meta: RunMeta,
     /// Completed steps (all meshes and repetitions).
     pub steps: Vec<StepMeta>,
+    /// Samples collected so far, in any order; the analysis attributes them to steps by time.
     pub samples: Vec<Sample>,
+    /// The loadgen's result of each completed step.
     pub load: Vec<StepLoad>,
     /// Capacity model input per mesh, for predictions.
     pub models: BTreeMap<String, CapacityInput>,
+    /// The benchmark's SLOs; empty when it declares none.
     pub slos: Vec<Slo>,
+    /// Tunables of the analysis.
     pub options: AnalysisOptions,
 }
 

@@ -29,18 +29,24 @@ pub const SIZE: (u32, u32) = (1000, 460);
 /// How a line is drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Style {
+    /// A solid line.
     Line,
     /// Dashed: used for model predictions.
     Dashed,
+    /// A solid line with a marker at every point.
     LinePoints,
+    /// Markers only, no line (scattered values).
     Points,
 }
 
 /// One named series.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Line {
+    /// Legend label.
     pub name: String,
+    /// `(x, y)` in the chart's axis units; non-finite points are skipped.
     pub points: Vec<(f64, f64)>,
+    /// How the line is drawn.
     pub style: Style,
     /// Index into the palette (lines that belong together share a color).
     pub color: usize,
@@ -51,10 +57,15 @@ pub struct Line {
 pub struct Chart {
     /// File stem (`replicas-mesh-a`).
     pub name: String,
+    /// Title above the plot.
     pub title: String,
+    /// Label of the x axis, with its unit.
     pub x_label: String,
+    /// Label of the y axis, with its unit.
     pub y_label: String,
+    /// The series, drawn in order and listed in the legend.
     pub lines: Vec<Line>,
+    /// x positions of vertical markers (step boundaries), in x axis units.
     pub vlines: Vec<f64>,
 }
 

@@ -21,19 +21,36 @@ pub enum RunDirError {
     /// Creating, writing or renaming a file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory being created, written or renamed.
         path: PathBuf,
+        /// What the operating system reported.
         #[source]
         source: std::io::Error,
     },
     /// A table could not be built or written.
     #[error("{path}: cannot write table: {problem}")]
-    Write { path: PathBuf, problem: String },
+    Write {
+        /// The file that was being written.
+        path: PathBuf,
+        /// What went wrong, from the writer.
+        problem: String,
+    },
     /// A table is missing.
     #[error("{path}: table is missing; a run directory has {expected}")]
-    Missing { path: PathBuf, expected: String },
+    Missing {
+        /// Where the table was looked for.
+        path: PathBuf,
+        /// The files a run directory holds, in words.
+        expected: String,
+    },
     /// A table exists but cannot be read or does not match its schema.
     #[error("{path}: {problem}")]
-    Corrupt { path: PathBuf, problem: String },
+    Corrupt {
+        /// The file that could not be read.
+        path: PathBuf,
+        /// Why: not Parquet or JSON, or the column or field that does not match.
+        problem: String,
+    },
     /// A plot could not be drawn.
     #[error("plot {name}: {problem}")]
     Plot {
@@ -185,6 +202,7 @@ pub struct RunDir {
 /// Files the report step wrote.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReportFiles {
+    /// The `report.html` written.
     pub html: PathBuf,
     /// SVG and PNG files of the plots.
     pub plots: Vec<PathBuf>,

@@ -65,10 +65,16 @@ impl Growth {
 /// What a step measured, as the saturation rules need it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepFigures<'a> {
+    /// Offered rate of the step, requests per second; `None` for a closed-loop step.
     pub target_rate: Option<f64>,
+    /// Served throughput of the step, requests per second.
     pub throughput: Option<f64>,
+    /// Requests that timed out in the step.
     pub timeouts: u64,
+    /// Median latency at the start and the end of the step; `None` with fewer than three seconds of
+    /// successes.
     pub growth: Option<Growth>,
+    /// The model's bottleneck service, named in the reason when the step saturated.
     pub predicted_bottleneck: Option<&'a str>,
     /// The highest served throughput of an earlier step of the same sweep with a lower
     /// target rate, and that rate.
@@ -132,6 +138,7 @@ fn ms(x: f64) -> String {
 /// Where one mesh's sweep saturated, over all repetitions (open-loop, non-warm-up steps).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MeshSaturation {
+    /// Mesh the figures are for.
     pub mesh: String,
     /// The lowest target rate with a saturated step; `None` when no step saturated.
     pub first_saturated_rate_rps: Option<f64>,

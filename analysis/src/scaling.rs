@@ -10,7 +10,9 @@
 pub struct ScalingFigures {
     /// Time-weighted mean replicas over the covered part of the window.
     pub avg: f64,
+    /// Fewest replicas in force during the window.
     pub min: f64,
+    /// Most replicas in force during the window.
     pub max: f64,
     /// Replicas at the end of the window.
     pub last: f64,

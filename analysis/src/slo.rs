@@ -9,13 +9,24 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Slo {
     /// The given percentile (e.g. 99 or 99.9) of the latency of successes is at most `max_ms`.
-    Latency { percentile: f64, max_ms: f64 },
+    Latency {
+        /// The percentile, in percent (99, 99.9).
+        percentile: f64,
+        /// Largest passing latency at that percentile, milliseconds (inclusive).
+        max_ms: f64,
+    },
     /// Failed requests ÷ due requests is at most `max_ratio` (0.01 = 1 %).
-    ErrorRate { max_ratio: f64 },
+    ErrorRate {
+        /// Largest passing ratio of failed to due requests (inclusive).
+        max_ratio: f64,
+    },
     /// Served throughput ÷ target rate is at least `min_ratio` (open-loop steps only; the
     /// spec's `minAchievedRatio`). Not the sent rate: an open loop always sends its target.
     #[serde(alias = "achieved")]
-    Throughput { min_ratio: f64 },
+    Throughput {
+        /// Smallest passing ratio of served throughput to target rate (inclusive).
+        min_ratio: f64,
+    },
 }
 
 impl fmt::Display for Slo {
@@ -35,9 +46,12 @@ impl fmt::Display for Slo {
 pub struct StepOutcome<'a> {
     /// Requests due (sent + dropped); 0 or `None` when nothing ran.
     pub requests: Option<u64>,
+    /// Requests due that did not succeed (errors, timeouts, dropped).
     pub failed: Option<u64>,
     /// Served throughput, rps (vegeta's definition; see `steps.throughput_rps`).
     pub throughput: Option<f64>,
+    /// Offered rate, requests per second; `None` for a closed-loop step, which the throughput SLO
+    /// does not judge.
     pub target_rate: Option<f64>,
     /// Latency of successes in µs, to evaluate any percentile exactly.
     pub latency_us: Option<&'a hdrhistogram::Histogram<u64>>,
@@ -125,12 +139,19 @@ pub fn evaluate(slos: &[Slo], outcome: &StepOutcome<'_>) -> Vec<Violation> {
 /// A step's verdict, as stored in `run.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepVerdict {
+    /// Mesh the step ran against.
     pub mesh: String,
+    /// Repetition number, 0-based.
     pub repetition: u32,
+    /// Position of the step in the profile, 0-based.
     pub step: u32,
+    /// Step name from the profile.
     pub step_name: String,
+    /// A warm-up step: judged, but left out of the run's verdict.
     pub warmup: bool,
+    /// True when no objective was violated.
     pub pass: bool,
+    /// The objectives the step violated, in the benchmark's order.
     pub violations: Vec<Violation>,
 }
 
@@ -139,6 +160,7 @@ pub struct StepVerdict {
 pub struct RunVerdict {
     /// `None` when the benchmark declares no SLOs.
     pub pass: Option<bool>,
+    /// Every step's verdict, warm-up steps included.
     pub steps: Vec<StepVerdict>,
     /// One line per failing step, e.g. "mesh a, repetition 0, step 3 (60rps): latency p99 ≤ 250 ms (measured 312)".
     pub summary: Vec<String>,

@@ -6,12 +6,15 @@ use serde::{Deserialize, Serialize};
 /// Mean and spread of one figure over repetitions.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Estimate {
+    /// Number of values (repetitions).
     pub n: u32,
+    /// Arithmetic mean of the values.
     pub mean: f64,
     /// Sample standard deviation; `None` for n < 2.
     pub std: Option<f64>,
     /// Bounds of the 95 % confidence interval of the mean; `None` for n < 2.
     pub ci95_low: Option<f64>,
+    /// Upper bound of that interval; `None` for n < 2.
     pub ci95_high: Option<f64>,
 }
 

@@ -27,6 +27,7 @@ pub struct SecondSpec {
     pub ok_latencies_us: Vec<u64>,
     /// Non-2xx responses.
     pub errors: u64,
+    /// Requests that timed out (no latency recorded).
     pub timeouts: u64,
 }
 
@@ -103,12 +104,17 @@ pub fn stage(
 /// Size of a synthetic run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Size {
+    /// Services of the chain mesh `svc-0 → svc-1 → …`.
     pub services: u32,
     /// Largest replica count of every service (pods sampled = current replicas).
     pub max_pods_per_service: u32,
+    /// Steps per repetition.
     pub steps: u32,
+    /// Duration of each step, seconds.
     pub step_seconds: u32,
+    /// Interval between samples, milliseconds.
     pub resolution_ms: i64,
+    /// Repetitions of the whole profile.
     pub repetitions: u32,
     /// Offered rate of the first step; each next step adds as much again.
     pub base_rate: f64,

@@ -99,6 +99,7 @@ pub struct LoadgenArgs {
     /// more instances (`--instances`).
     #[arg(long, value_name = "N", env = "MESHBENCH_LOADGEN_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: u16,
+    /// `--log-format`; logs go to stderr, which keeps stdout for the result (`--out -`).
     #[command(flatten)]
     pub log: LogArgs,
 }

@@ -79,6 +79,8 @@ pub enum Command {
         /// --node-cpu / --node-memory say otherwise (either one alone implies this).
         #[arg(long)]
         local_node: bool,
+        /// `--node-cpu` / `--node-memory`: the node to fit the replicas on (either one implies
+        /// `--local-node`).
         #[command(flatten)]
         node: crate::run::NodeArgs,
     },
@@ -253,6 +255,7 @@ pub struct CompareArgs {
         value_parser = Rule::parse
     )]
     pub fail_on: Vec<Rule>,
+    /// `--junit` / `--summary-md`: the gate checks for CI systems.
     #[command(flatten)]
     pub ci: CiArgs,
 }
@@ -260,14 +263,17 @@ pub struct CompareArgs {
 /// Arguments of `meshbench results`: the download, then what to judge and write.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ResultsCommand {
+    /// Which Benchmark to download, where to write it and how to reach the operator.
     #[command(flatten)]
     pub fetch: crate::k8s::results_client::ResultsArgs,
     /// After the download, exit as `meshbench run` would have for the run: 0 it succeeded
     /// and every SLO held, 3 an SLO was violated, 4 it failed or was cancelled.
     #[arg(long)]
     pub check: bool,
+    /// `--junit` / `--summary-md`: the downloaded run's verdicts for CI systems.
     #[command(flatten)]
     pub ci: CiArgs,
+    /// `--log-format`; logs go to stderr.
     #[command(flatten)]
     pub log: LogArgs,
 }

@@ -88,10 +88,13 @@ pub struct RunArgs {
     /// iptables/nftables rules (the default), or `round-robin` as IPVS `rr`.
     #[arg(long, value_enum, default_value = "random", value_name = "MODE")]
     pub service_balance: crate::local::proxy::Balance,
+    /// `--node-cpu` / `--node-memory`: the node the replicas are scheduled on.
     #[command(flatten)]
     pub node: NodeArgs,
+    /// `--junit` / `--summary-md`: the run's verdicts for CI systems.
     #[command(flatten)]
     pub ci: crate::cli::CiArgs,
+    /// `--log-format`; logs go to stderr.
     #[command(flatten)]
     pub log: meshbench_common::logging::LogArgs,
 }

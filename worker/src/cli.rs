@@ -77,6 +77,7 @@ pub struct WorkerArgs {
     /// Validate the config, print it with defaults filled in, and exit.
     #[arg(long)]
     pub check: bool,
+    /// `--log-format`; logs go to stderr, stdout carries the `listening on` lines.
     #[command(flatten)]
     pub log: LogArgs,
 }

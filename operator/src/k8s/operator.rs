@@ -157,6 +157,7 @@ pub struct OperatorArgs {
     /// How long a mesh may take to become ready before its run fails.
     #[arg(long, env = "MESHBENCH_READY_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub ready_timeout: Duration,
+    /// `--log-format`; the operator logs JSON unless told otherwise, as it runs in a cluster.
     #[command(flatten)]
     pub log: LogArgs,
     /// Deprecated spelling of `--log-format json|text` (which wins when both are given);
