@@ -28,8 +28,16 @@ use crate::tables::{LatencyRow, RepetitionRow, ServiceRow, StepRow, Timestamp};
 /// served throughput, `successes_incl_late_rps`; was `achieved_rate_rps` and
 /// `successful_rate_rps`), adds `throughput_ratio`, `latency_growth`, `saturated`,
 /// `saturation`, and renames `predicted_achieved_rps` to `predicted_throughput_rps`;
-/// `run.json` gains `saturation`. Readers of this crate upgrade version 1 tables on read.
-pub const SCHEMA_VERSION: u32 = 2;
+/// `run.json` gains `saturation`.
+///
+/// 3: `steps` adds `response_time_p50_ms`, `response_time_p99_ms` and `lateness_p99_ms`,
+/// and `sent_rate_rps` spans until the step's last send; `latency` adds `sent` (requests
+/// that left in that second) and its `requests` counts the requests planned in it;
+/// `services` adds `predicted_cpu_utilization_error`; `errors` counts outcomes, so
+/// requests aborted by a stop are no longer errors.
+///
+/// Readers of this crate upgrade older tables on read (renamed columns, added ones null).
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The content of `run.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -708,7 +716,10 @@ fn step_row(
         errors: counts.map(|c| errors_of(&c)),
         timeouts: counts.map(|c| c.timeouts),
         dropped: counts.map(|c| c.dropped),
-        sent_rate_rps: m.load.map(|l| l.summary.sent_rate),
+        sent_rate_rps: m
+            .load
+            .filter(|_| m.duration_s > 0.0)
+            .map(|l| l.sent_rate(m.duration_s)),
         throughput_rps: throughput,
         successes_incl_late_rps: counts.and_then(|c| m.per_s(c.ok)),
         throughput_ratio: throughput
@@ -770,7 +781,7 @@ fn push_latency_rows(latency: &mut Vec<LatencyRow>, s: &StepMeta, l: &StageResul
             step: s.index,
             second: b.second,
             requests: b.counts.planned,
-            sent: b.counts.sent,
+            sent: Some(b.counts.sent),
             successes: b.counts.ok,
             errors: errors_of(&b.counts),
             timeouts: b.counts.timeouts,

@@ -19,8 +19,8 @@
 //!   in a band around that count, depending on whether the load rose or fell;
 //! - **latency**: each replica is its own station fed over its connections
 //!   ([`queue`]: Allen–Cunneen waits with the arrivals' and service times' variability, the
-//!   CFS quota's rate below one core); a visit takes its wait, its CPU time at full speed,
-//!   the hop's own cost, its downstream calls (call groups in parallel as the expected
+//!   CFS quota's rate below one core); a visit takes its wait, its CPU time at full speed
+//!   plus, below one core, the rest of each CFS period it runs past, the hop's own cost, its downstream calls (call groups in parallel as the expected
 //!   maximum of their branches, calls in a group in sequence) and its delay (after the
 //!   work, or as a minimum total time). Response times are carried as mean, variance and
 //!   floor ([`moments`]), which gives the p99. It is a model, labelled as such wherever
@@ -1072,7 +1072,11 @@ impl Model {
             .collect();
         for &(s, e) in self.topo.iter().rev() {
             let ep = &self.services[s].endpoints[e];
-            let run = self.station(s).run_time(ep.cpu_seconds);
+            // Without a limit there is no CFS quota to wait out.
+            let run = match self.services[s].cpu_limit_cores {
+                Some(_) => self.station(s).run_time(ep.cpu_seconds),
+                None => ep.cpu_seconds,
+            };
             let work = waits[s].then(Moments::fixed(run + self.overhead.hop_latency_seconds));
             let downstream = self.callees[s][e]
                 .iter()

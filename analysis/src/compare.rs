@@ -190,7 +190,7 @@ pub fn compare(dir_a: &Path, dir_b: &Path) -> Result<Comparison> {
         if run.schema_version < SCHEMA_VERSION {
             notes.push(format!(
                 "run {label} ({}) has report schema {}; its tables were upgraded on read \
-                 (rates renamed; saturation unknown)",
+                 (renamed columns; figures added since are unknown)",
                 dir.display(),
                 run.schema_version
             ));

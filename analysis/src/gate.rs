@@ -38,6 +38,9 @@ const EXTRA_STEP_FIGURES: &[&str] = &[
     "latency_p95_ms",
     "latency_p999_ms",
     "latency_max_ms",
+    "response_time_p50_ms",
+    "response_time_p99_ms",
+    "lateness_p99_ms",
 ];
 
 /// The table a figure is a column of.
@@ -119,6 +122,9 @@ impl Figure {
             "latency_p95_ms" => r.latency_p95_ms,
             "latency_p999_ms" => r.latency_p999_ms,
             "latency_max_ms" => r.latency_max_ms,
+            "response_time_p50_ms" => r.response_time_p50_ms,
+            "response_time_p99_ms" => r.response_time_p99_ms,
+            "lateness_p99_ms" => r.lateness_p99_ms,
             n => step_figure(r, n),
         }
     }

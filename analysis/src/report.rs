@@ -191,7 +191,7 @@ fn list_section(o: &mut String, heading: &str, items: &[String]) {
 }
 
 fn steps_section(o: &mut String, steps: &[StepRow]) {
-    o.push_str("<h2>Steps</h2><p class=\"note\">Served rps is the served throughput: successes per second until the step's last success arrived (vegeta's definition); sent rps is what the load generator sent, which an open loop keeps at the target whatever the mesh serves. Latency counts from each request's planned send time (coordinated-omission free); response time from the moment it actually left, so the difference is what the load generator added. Shaded columns are predictions of the capacity model, not measurements; the model's error beside each, (predicted − measured) ÷ measured.</p>");
+    o.push_str("<h2>Steps</h2><p class=\"note\">Served rps is the served throughput: successes per second until the step's last success arrived (vegeta's definition); sent rps is what the load generator sent, which an open loop keeps at the target whatever the mesh serves (lower only when the load generator fell behind). Latency counts from each request's planned send time (coordinated-omission free); response time from the moment it actually left, so the difference is what the load generator added. Shaded columns are predictions of the capacity model, not measurements; the model's error beside each, (predicted − measured) ÷ measured.</p>");
     let header = [
         ("mesh", false),
         ("rep", false),
@@ -290,7 +290,7 @@ fn services_section(o: &mut String, services: &[ServiceRow]) {
         ("predicted replicas", true),
         ("CPU cores avg", false),
         ("CPU util. avg", false),
-        ("predicted util.", true),
+        ("predicted util. (error)", true),
         ("util./target", false),
         ("memory max MiB", false),
         ("reaction s", false),

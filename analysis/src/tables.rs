@@ -387,7 +387,9 @@ table! {
         pub sent: Option<u64>,
         /// Successes: a 2xx response within the timeout.
         pub successes: Option<u64>,
-        /// Sent requests that got a non-2xx response or a connection/other error (timeouts excluded).
+        /// Sent requests that got a non-2xx response or a connection/other error (timeouts
+        /// excluded). Requests in flight when a stop aborted the step have no outcome: they
+        /// count in `sent` and `error_ratio`, in none of successes, errors and timeouts.
         pub errors: Option<u64>,
         /// Requests without a response within the timeout.
         pub timeouts: Option<u64>,
@@ -578,13 +580,14 @@ table! {
         pub second: u32,
         /// Requests planned in this second (open loop; dropped ones included) or sent in it (closed loop).
         pub requests: u64,
-        /// Requests that left in this second, whenever they were planned.
-        pub sent: u64,
+        /// Requests that left in this second, whenever they were planned; null in directories
+        /// written before schema 3.
+        pub sent: Option<u64>,
         /// Successes among the requests planned in this second.
         pub successes: u64,
         /// Non-2xx responses and connection/other errors among the requests planned in this second.
         pub errors: u64,
-        /// Timeouts.
+        /// Timeouts among the requests planned in this second.
         pub timeouts: u64,
         /// Mean latency of this second's successes, ms; null when there were none.
         pub latency_mean_ms: Option<f64>,

@@ -431,6 +431,46 @@ fn latency_and_timeseries_tables() {
     assert_eq!(pods[0], None);
 }
 
+/// Response time (from the actual send) and lateness come from the stage's own histograms;
+/// the services table puts the model's utilization error beside its prediction.
+#[test]
+fn response_time_lateness_and_utilization_error_columns() {
+    use meshbench_loadgen::result::{EncodedHistogram, new_histogram};
+    let mut data = known_run(2);
+    let stage = &mut data.load[0].stage;
+    let (mut resp, mut late) = (new_histogram(), new_histogram());
+    for i in 0..100u64 {
+        resp.record(800).unwrap();
+        late.record(if i < 98 { 50 } else { 3_000 }).unwrap();
+    }
+    stage.response_time_ok = EncodedHistogram::encode(&resp);
+    stage.lateness = EncodedHistogram::encode(&late);
+    stage.recompute_summary().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = RunDir::create(tmp.path(), "resp", started()).unwrap();
+    dir.update(&data).unwrap();
+    let steps = read(dir.path(), "steps");
+    assert!(close(f64s(&steps, "response_time_p50_ms")[0], 0.8, 0.001));
+    assert!(close(f64s(&steps, "response_time_p99_ms")[0], 0.8, 0.001));
+    assert!(close(f64s(&steps, "lateness_p99_ms")[0], 3.0, 0.001));
+    assert_eq!(
+        f64s(&steps, "response_time_p99_ms")[1],
+        None,
+        "no successes"
+    );
+    let services = read(dir.path(), "services");
+    let (pred, meas, err) = (
+        f64s(&services, "predicted_cpu_utilization"),
+        f64s(&services, "cpu_utilization_avg"),
+        f64s(&services, "predicted_cpu_utilization_error"),
+    );
+    let row = (0..pred.len())
+        .find(|&i| pred[i].is_some() && meas[i].is_some_and(|m| m > 0.0))
+        .expect("a service with a prediction and a measurement");
+    let expected = (pred[row].unwrap() - meas[row].unwrap()) / meas[row].unwrap();
+    assert!(close(err[row], expected, 1e-9), "{err:?}");
+}
+
 /// A sender stalled through second 3 sent its requests in second 4: the sent counts show
 /// the gap and the burst, while the outcomes stay with the second they were planned in and
 /// no phantom errors appear where sends and outcomes fall in different seconds.
@@ -733,8 +773,14 @@ fn compare_separates_real_differences_from_noise() {
     assert!(n.iter().all(|n| *n == Some(3)));
 }
 
-/// Rewrites a schema-2 run directory as schema 1 wrote it: the old rate names, no
-/// saturation columns, `schema_version: 1` and no `saturation` in run.json.
+fn drop_columns(dir: &Path, stem: &str, columns: &[&str]) {
+    let mut df = read(dir, stem).drop_many(columns.iter().copied());
+    let mut f = fs::File::create(dir.join(format!("{stem}.parquet"))).unwrap();
+    ParquetWriter::new(&mut f).finish(&mut df).unwrap();
+}
+
+/// Rewrites a current run directory as schema 1 wrote it (without the columns schema 2
+/// and 3 added): the old rate names, no saturation columns, `schema_version: 1` and no `saturation` in run.json.
 fn downgrade_to_schema_1(dir: &Path) {
     let path = dir.join("steps.parquet");
     let mut df = read(dir, "steps");
@@ -751,10 +797,15 @@ fn downgrade_to_schema_1(dir: &Path) {
             "latency_growth",
             "saturated",
             "saturation",
+            "response_time_p50_ms",
+            "response_time_p99_ms",
+            "lateness_p99_ms",
         ])
         .clone();
     let mut f = fs::File::create(&path).unwrap();
     ParquetWriter::new(&mut f).finish(&mut df).unwrap();
+    drop_columns(dir, "latency", &["sent"]);
+    drop_columns(dir, "services", &["predicted_cpu_utilization_error"]);
     let run_json = dir.join("run.json");
     let mut run: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(&run_json).unwrap()).unwrap();
@@ -784,6 +835,8 @@ fn compare_reads_a_schema_1_directory() {
     assert!(sent.iter().all(|r| r.a.n == 3), "{ab}");
     let old = meshbench_analysis::load(&a).unwrap();
     assert!(old.steps.iter().all(|r| r.saturated.is_none()));
+    assert!(old.steps.iter().all(|r| r.response_time_p99_ms.is_none()));
+    assert!(old.latency.iter().all(|r| r.sent.is_none()));
     assert!(old.run.saturation.is_empty());
 }
 

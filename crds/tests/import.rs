@@ -403,7 +403,10 @@ fn a_sweep_from_zero_below_one_granularity_is_one_stage_at_one_rps() {
     assert_eq!(stages.len(), 1, "{stages:?}");
     assert_eq!(stages[0].rate, Some(1.0));
     let yaml = i.to_yaml();
-    assert!(yaml.contains("QPS.To 5 is below QPS.Granularity 10"), "{yaml}");
+    assert!(
+        yaml.contains("QPS.To 5 is below QPS.Granularity 10"),
+        "{yaml}"
+    );
     let diagnostics = Bundle::from_str("out.yaml", &yaml).diagnostics;
     assert!(diagnostics.is_empty(), "{diagnostics:?}");
 }

@@ -10,9 +10,11 @@
 //! Waits follow Allen–Cunneen's G/G/c approximation, `W = W(M/M/c) × (Ca² + Cs²) ÷ 2`:
 //! service times are nearly constant (fixed CPU per endpoint, Cs² from their mix) and
 //! open-loop arrivals are paced (Ca² = 0), so an M/M/c model (both 1) over-states waits
-//! by 2× or more. The quota-bound case uses Kingman's heavy-traffic form for the backlog of
-//! CPU time the quota carries from period to period, which is the same formula with the
-//! quota's rate L as the server's speed.
+//! by 2× or more. One formula covers every limit: c = ⌊L⌋ threads, each at speed
+//! min(1, cores ÷ threads) (the idle load takes its share of the quota); with c = 1 and a
+//! quota below one core it is Kingman's heavy-traffic form for the backlog of CPU time the
+//! quota carries from period to period. A visit's own time is [`Station::run_time`]: its
+//! CPU at full speed, plus the rest of each CFS period it runs past below one core.
 
 use super::moments::Moments;
 
@@ -77,7 +79,8 @@ impl Station {
         if self.cores >= 1.0 || per_period <= 0.0 || cpu <= per_period {
             return cpu;
         }
-        let periods = (cpu / per_period).ceil();
+        // Less a hair: an exact multiple (140 ms at 700m) must not round up a period.
+        let periods = (cpu / per_period - 1e-9).ceil();
         cpu + (periods - 1.0) * (1.0 - self.cores) * CFS_PERIOD_S
     }
 }
@@ -164,6 +167,8 @@ mod tests {
         assert!((half.run_time(0.080) - 0.130).abs() < 1e-12);
         assert_eq!(half.run_time(0.040), 0.040);
         assert!((half.run_time(0.120) - 0.220).abs() < 1e-12);
+        // Two whole quotas of 70 ms: one stall of 30 ms, not two.
+        assert!((Station::with_cores(0.7).run_time(0.140) - 0.170).abs() < 1e-12);
         assert_eq!(Station::with_cores(1.0).run_time(0.5), 0.5);
         assert_eq!(Station::with_cores(2.5).run_time(0.5), 0.5);
     }

@@ -74,6 +74,20 @@ pub struct LeaseSettings {
     pub renew_every: Duration,
 }
 
+impl LeaseSettings {
+    /// client-go's defaults, which the operator uses: a 15 s lease renewed every 2 s, given
+    /// up after 10 s of failed renewals, before another replica can take it.
+    pub fn client_go_defaults(name: String, identity: String) -> Self {
+        LeaseSettings {
+            name,
+            identity,
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            renew_every: Duration::from_secs(2),
+        }
+    }
+}
+
 /// One candidate's view of the Lease.
 #[derive(Debug)]
 pub struct LeaderElector {
@@ -333,6 +347,9 @@ mod paused_time_tests {
         failing: bool,
         /// Never answer.
         hung: bool,
+        /// Another writer updates the Lease right after each GET, so the reader's
+        /// resourceVersion is stale by the time it writes.
+        written_after_get: bool,
         /// When each accepted write happened.
         writes: Vec<Instant>,
     }
@@ -350,7 +367,17 @@ mod paused_time_tests {
         let sent: Option<Lease> = serde_json::from_slice(body).ok();
         let stored = store.lease.clone();
         match (method.as_str(), stored, sent) {
-            ("GET", Some(l), _) => (200, serde_json::to_value(l).expect("lease JSON")),
+            ("GET", Some(l), _) => {
+                let read = serde_json::to_value(l).expect("lease JSON");
+                if store.written_after_get {
+                    store.version += 1;
+                    let version = store.version.to_string();
+                    if let Some(stored) = store.lease.as_mut() {
+                        stored.metadata.resource_version = Some(version);
+                    }
+                }
+                (200, read)
+            }
             ("GET" | "PUT", None, _) => status(404, "NotFound"),
             ("POST", Some(_), _) => status(409, "AlreadyExists"),
             // Compare-and-swap on resourceVersion, as kube-apiserver does for an update.
@@ -406,13 +433,7 @@ mod paused_time_tests {
     fn candidate(store: &Shared, who: &str) -> LeaderElector {
         LeaderElector::new(
             Api::namespaced(fake_api(store.clone()), NS),
-            LeaseSettings {
-                name: "meshbench-operator".into(),
-                identity: who.into(),
-                lease_duration: Duration::from_secs(15),
-                renew_deadline: Duration::from_secs(10),
-                renew_every: Duration::from_secs(2),
-            },
+            LeaseSettings::client_go_defaults("meshbench-operator".into(), who.into()),
         )
     }
 
@@ -501,6 +522,25 @@ mod paused_time_tests {
         let err = a.try_acquire_or_renew().await.unwrap_err();
         assert!(matches!(err, LeaderError::Timeout { .. }), "{err}");
         assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    /// Every write is a compare-and-swap: a renewal over a read another replica's write made
+    /// stale is refused, and the candidate does not count itself leader.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_over_a_stale_read_is_refused() {
+        let store = Shared::default();
+        let mut a = candidate(&store, "pod-a");
+        assert!(a.try_acquire_or_renew().await.unwrap());
+        let writes = {
+            let mut s = store.lock().expect("store");
+            s.written_after_get = true;
+            s.writes.len()
+        };
+        assert!(
+            !a.try_acquire_or_renew().await.unwrap(),
+            "a renewal over a stale read"
+        );
+        assert_eq!(store.lock().expect("store").writes.len(), writes);
     }
 
     #[tokio::test(start_paused = true)]

@@ -441,17 +441,9 @@ async fn lead(
     export: Option<Arc<Exporter>>,
     token_key: TokenKey,
 ) -> Result<()> {
-    // client-go's defaults: a 15 s lease renewed every 2 s, given up after 10 s of failed
-    // renewals, before another replica can take it.
     let mut elector = LeaderElector::new(
         Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
-        LeaseSettings {
-            name: args.lease_name.clone(),
-            identity: args.identity.clone(),
-            lease_duration: Duration::from_secs(15),
-            renew_deadline: Duration::from_secs(10),
-            renew_every: Duration::from_secs(2),
-        },
+        LeaseSettings::client_go_defaults(args.lease_name.clone(), args.identity.clone()),
     );
     tracing::info!(lease = %args.lease_name, identity = %args.identity, "waiting for leadership");
     elector.acquire().await?;
