@@ -551,214 +551,234 @@ fn bench() {
     }
     let fast = Target::start("target");
     let url = fast.url();
-
     if run(1) {
-        // 1. Rate accuracy.
-        println!("\n== 1. Rate accuracy against a fast target (open loop, 1000 slots) ==");
-        println!(
-            "{:<28} {:>10} {:>12} {:>9} {:>16} {:>14}",
-            "generator", "asked/s", "achieved/s", "error", "send jitter p99", "sent ≤10ms late"
-        );
-        for rate in [100u64, 1000, 5000] {
-            match loadgen(&open_args(&url, rate as f64, secs, 1000)) {
-                Some(r) => {
-                    let s = r
-                        .result
-                        .as_ref()
-                        .and_then(|x| x.measured_stages().last().cloned());
-                    let sent = s.as_ref().map(|s| s.summary.sent_rate).unwrap_or(0.0);
-                    // The sent rate spans until the last send, so a sender that fell behind
-                    // shows it; how many left on time comes from the send-delay histogram.
-                    let on_time = s
-                        .as_ref()
-                        .and_then(|s| s.send_delay.decode().ok())
-                        .map(|h| {
-                            let total = h.len().max(1) as f64;
-                            h.iter_recorded()
-                                .filter(|v| v.value_iterated_to() <= 10_000)
-                                .map(|v| v.count_at_value() as f64)
-                                .sum::<f64>()
-                                / total
-                                * 100.0
-                        })
-                        .unwrap_or(0.0);
-                    println!(
-                        "{:<28} {:>10} {:>12.1} {:>8.2}% {:>13} µs {:>13.1}%",
-                        "meshbench-loadgen (open)",
-                        rate,
-                        sent,
-                        (sent - rate as f64) / rate as f64 * 100.0,
-                        r.jitter_p99_us.unwrap_or(0),
-                        on_time
-                    );
-                }
-                None => println!("meshbench-loadgen at {rate}/s failed"),
-            }
-        }
-        for rate in [2000u64, 10000] {
-            match goose_throttle_run(&url, rate, secs) {
-                Some(r) => println!(
-                    "{:<28} {:>10} {:>12.1} {:>8.2}% {:>16}",
-                    "goose --throttle-requests",
-                    rate,
-                    r.rate,
-                    (r.rate - rate as f64) / rate as f64 * 100.0,
-                    "-"
-                ),
-                None => println!("goose throttle at {rate}/s failed"),
-            }
-        }
+        rate_accuracy(&url, secs);
     }
     if run(2) {
-        // 2. Capacity and cost.
-        println!("\n== 2. Capacity against a no-work target, and cost at a fixed rate ==");
-        let wrk_m = medians(reps, || wrk(&url, secs));
-        let closed_m = medians(reps, || loadgen(&closed_args(&url, 64, secs)));
-        let closed2_m = medians(reps, || {
-            loadgen(&with_threads(closed_args(&url, 64, secs), 2))
-        });
-        println!(
-            "{:<36} {:>12} {:>10} {:>18}",
-            "generator", "rate/s", "× wrk", "CPU ms/1000 req"
-        );
-        let wrk_rate = wrk_m.map(|m| m.0).unwrap_or(f64::NAN);
-        capacity_row(
-            "wrk -t2 -c64 (closed, full speed)",
-            wrk_m,
-            wrk_rate,
-            "wrk not available",
-        );
-        capacity_row(
-            "loadgen closed loop, 64 users",
-            closed_m,
-            wrk_rate,
-            "loadgen failed",
-        );
-        capacity_row(
-            "  same, --worker-threads 2",
-            closed2_m,
-            wrk_rate,
-            "loadgen failed",
-        );
-        // The same two against a meshbench worker with a no-work endpoint.
-        {
-            let worker = Target::start("worker");
-            let wurl = worker.url();
-            let wrk_w = medians(reps, || wrk(&wurl, secs));
-            let closed_w = medians(reps, || loadgen(&closed_args(&wurl, 64, secs)));
-            let wrk_w_rate = wrk_w.map(|m| m.0).unwrap_or(f64::NAN);
-            capacity_row(
-                "wrk against a no-work worker",
-                wrk_w,
-                wrk_w_rate,
-                "wrk not available",
-            );
-            capacity_row(
-                "loadgen closed loop against it",
-                closed_w,
-                wrk_w_rate,
-                "loadgen failed",
-            );
-        }
-        // Locust, for context: the Python tool many studies use (FastHttpUser, one process).
-        capacity_row(
-            "locust FastHttpUser, 64 users",
-            medians(reps.min(1), || locust(&url, 64, secs)),
-            wrk_rate,
-            "locust not installed (pip install locust) or failed",
-        );
-        // Highest open-loop rate sustained: 99 % of requests leave within 10 ms of their
-        // planned time and complete successfully.
-        let sustained = |rate: f64| -> Option<(bool, f64, u64)> {
-            let r = loadgen(&open_args(&url, rate, secs.min(3), 1000))?;
-            let s = r.result?.measured_stages().last()?.clone();
-            let ok = s.summary.send_delay.p99_us <= 10_000 && s.summary.success_ratio >= 0.999;
-            Some((ok, s.summary.completed_rate, s.summary.send_delay.p99_us))
-        };
-        let (mut lo, mut hi) = (5_000.0f64, (wrk_rate * 1.2).max(20_000.0));
-        let mut best = None;
-        for _ in 0..6 {
-            let mid = ((lo + hi) / 2.0 / 500.0).round() * 500.0;
-            match sustained(mid) {
-                Some((true, achieved, p99)) => {
-                    best = Some((mid, achieved, p99));
-                    lo = mid;
-                }
-                Some((false, _, _)) | None => hi = mid,
-            }
-            if hi - lo < 1000.0 {
-                break;
-            }
-        }
-        match best {
-            Some((rate, achieved, p99)) => println!(
-                "{:<36} {:>12.0} {:>10.2} {:>18}   (asked {rate:.0}/s, send jitter p99 {p99} µs)",
-                "loadgen open loop, max sustained",
-                achieved,
-                achieved / wrk_rate,
-                "-"
-            ),
-            None => println!("loadgen open loop sustained no rate above 5000/s"),
-        }
-
-        println!("\n-- CPU time per 1000 requests at a fixed 5000 rps (medians of {reps}) --");
-        println!(
-            "{:<44} {:>12} {:>18}",
-            "generator", "achieved/s", "CPU ms/1000 req"
-        );
-        let fixed = 5000u64;
-        let rows: Vec<(&str, Option<Medians>)> = vec![
-            (
-                "meshbench-loadgen open loop (1000 slots)",
-                medians(reps, || loadgen(&open_args(&url, fixed as f64, secs, 1000))),
-            ),
-            (
-                "  same, --worker-threads 2",
-                medians(reps, || {
-                    loadgen(&with_threads(open_args(&url, fixed as f64, secs, 1000), 2))
-                }),
-            ),
-            (
-                "oha -q 5000 --latency-correction -c 50",
-                medians(reps, || oha(&url, fixed, secs)),
-            ),
-            (
-                "hey -c 50 -q 100 (per worker)",
-                medians(reps, || hey(&url, fixed, secs)),
-            ),
-        ];
-        for (name, m) in rows {
-            match m {
-                Some((rate, cpu, _)) => println!("{name:<44} {rate:>12.0} {cpu:>18.1}"),
-                None => println!("{name:<44} {:>12} {:>18}", "n/a", "not installed or failed"),
-            }
-        }
+        let wrk_rate = capacity(&url, secs, reps);
+        max_sustained(&url, secs, wrk_rate);
+        cost_at_fixed_rate(&url, secs, reps);
     }
     drop(fast);
-
     if run(3) {
-        // 3. Overload.
-        let capacity = SAT_PERMITS as f64 / SAT_HOLD.as_secs_f64();
-        println!(
-            "\n== 3. Overload: target saturating at {capacity:.0} rps, asked for 2 × capacity ==",
-        );
-        let sat = Target::start("saturating");
-        let surl = sat.url();
-        let open = loadgen(&open_args(&surl, capacity * 2.0, secs, 200));
-        let closed = loadgen(&closed_args(&surl, 50, secs));
-        print_overload(
-            "open loop 800/s, 200 slots (latency from planned time)",
-            open.as_ref(),
-        );
-        print_overload(
-            "closed loop, 50 users (Goose users, latency from send)",
-            closed.as_ref(),
-        );
-        drop(sat);
+        overload(secs);
     }
     if run(4) {
         latency_beside_oha(secs);
     }
+}
+
+/// Section 1: the open loop's sent rate and send delay at 100, 1000 and 5000 rps, beside
+/// Goose's own throttle.
+fn rate_accuracy(url: &str, secs: u64) {
+    println!("\n== 1. Rate accuracy against a fast target (open loop, 1000 slots) ==");
+    println!(
+        "{:<28} {:>10} {:>12} {:>9} {:>16} {:>14}",
+        "generator", "asked/s", "achieved/s", "error", "send jitter p99", "sent ≤10ms late"
+    );
+    for rate in [100u64, 1000, 5000] {
+        match loadgen(&open_args(url, rate as f64, secs, 1000)) {
+            Some(r) => {
+                let s = r
+                    .result
+                    .as_ref()
+                    .and_then(|x| x.measured_stages().last().cloned());
+                let sent = s.as_ref().map(|s| s.summary.sent_rate).unwrap_or(0.0);
+                // The sent rate spans until the last send, so a sender that fell behind
+                // shows it; how many left on time comes from the send-delay histogram.
+                let on_time = s
+                    .as_ref()
+                    .and_then(|s| s.send_delay.decode().ok())
+                    .map(|h| {
+                        let total = h.len().max(1) as f64;
+                        h.iter_recorded()
+                            .filter(|v| v.value_iterated_to() <= 10_000)
+                            .map(|v| v.count_at_value() as f64)
+                            .sum::<f64>()
+                            / total
+                            * 100.0
+                    })
+                    .unwrap_or(0.0);
+                println!(
+                    "{:<28} {:>10} {:>12.1} {:>8.2}% {:>13} µs {:>13.1}%",
+                    "meshbench-loadgen (open)",
+                    rate,
+                    sent,
+                    (sent - rate as f64) / rate as f64 * 100.0,
+                    r.jitter_p99_us.unwrap_or(0),
+                    on_time
+                );
+            }
+            None => println!("meshbench-loadgen at {rate}/s failed"),
+        }
+    }
+    for rate in [2000u64, 10000] {
+        match goose_throttle_run(url, rate, secs) {
+            Some(r) => println!(
+                "{:<28} {:>10} {:>12.1} {:>8.2}% {:>16}",
+                "goose --throttle-requests",
+                rate,
+                r.rate,
+                (r.rate - rate as f64) / rate as f64 * 100.0,
+                "-"
+            ),
+            None => println!("goose throttle at {rate}/s failed"),
+        }
+    }
+}
+
+/// Section 2: closed-loop capacity against a no-work target and a no-work worker, beside
+/// wrk (and Locust for context); returns wrk's rate on the bare target.
+fn capacity(url: &str, secs: u64, reps: u64) -> f64 {
+    println!("\n== 2. Capacity against a no-work target, and cost at a fixed rate ==");
+    let wrk_m = medians(reps, || wrk(url, secs));
+    let closed_m = medians(reps, || loadgen(&closed_args(url, 64, secs)));
+    let closed2_m = medians(reps, || {
+        loadgen(&with_threads(closed_args(url, 64, secs), 2))
+    });
+    println!(
+        "{:<36} {:>12} {:>10} {:>18}",
+        "generator", "rate/s", "× wrk", "CPU ms/1000 req"
+    );
+    let wrk_rate = wrk_m.map(|m| m.0).unwrap_or(f64::NAN);
+    capacity_row(
+        "wrk -t2 -c64 (closed, full speed)",
+        wrk_m,
+        wrk_rate,
+        "wrk not available",
+    );
+    capacity_row(
+        "loadgen closed loop, 64 users",
+        closed_m,
+        wrk_rate,
+        "loadgen failed",
+    );
+    capacity_row(
+        "  same, --worker-threads 2",
+        closed2_m,
+        wrk_rate,
+        "loadgen failed",
+    );
+    // The same two against a meshbench worker with a no-work endpoint.
+    {
+        let worker = Target::start("worker");
+        let wurl = worker.url();
+        let wrk_w = medians(reps, || wrk(&wurl, secs));
+        let closed_w = medians(reps, || loadgen(&closed_args(&wurl, 64, secs)));
+        let wrk_w_rate = wrk_w.map(|m| m.0).unwrap_or(f64::NAN);
+        capacity_row(
+            "wrk against a no-work worker",
+            wrk_w,
+            wrk_w_rate,
+            "wrk not available",
+        );
+        capacity_row(
+            "loadgen closed loop against it",
+            closed_w,
+            wrk_w_rate,
+            "loadgen failed",
+        );
+    }
+    // Locust, for context: the Python tool many studies use (FastHttpUser, one process).
+    capacity_row(
+        "locust FastHttpUser, 64 users",
+        medians(reps.min(1), || locust(url, 64, secs)),
+        wrk_rate,
+        "locust not installed (pip install locust) or failed",
+    );
+    wrk_rate
+}
+
+/// The highest open-loop rate sustained: 99 % of requests leave within 10 ms of their
+/// planned time and complete successfully.
+fn max_sustained(url: &str, secs: u64, wrk_rate: f64) {
+    let sustained = |rate: f64| -> Option<(bool, f64, u64)> {
+        let r = loadgen(&open_args(url, rate, secs.min(3), 1000))?;
+        let s = r.result?.measured_stages().last()?.clone();
+        let ok = s.summary.send_delay.p99_us <= 10_000 && s.summary.success_ratio >= 0.999;
+        Some((ok, s.summary.completed_rate, s.summary.send_delay.p99_us))
+    };
+    let (mut lo, mut hi) = (5_000.0f64, (wrk_rate * 1.2).max(20_000.0));
+    let mut best = None;
+    for _ in 0..6 {
+        let mid = ((lo + hi) / 2.0 / 500.0).round() * 500.0;
+        match sustained(mid) {
+            Some((true, achieved, p99)) => {
+                best = Some((mid, achieved, p99));
+                lo = mid;
+            }
+            Some((false, _, _)) | None => hi = mid,
+        }
+        if hi - lo < 1000.0 {
+            break;
+        }
+    }
+    match best {
+        Some((rate, achieved, p99)) => println!(
+            "{:<36} {:>12.0} {:>10.2} {:>18}   (asked {rate:.0}/s, send jitter p99 {p99} µs)",
+            "loadgen open loop, max sustained",
+            achieved,
+            achieved / wrk_rate,
+            "-"
+        ),
+        None => println!("loadgen open loop sustained no rate above 5000/s"),
+    }
+}
+
+/// CPU time per 1000 requests at a fixed 5000 rps: the loadgen beside oha and hey.
+fn cost_at_fixed_rate(url: &str, secs: u64, reps: u64) {
+    println!("\n-- CPU time per 1000 requests at a fixed 5000 rps (medians of {reps}) --");
+    println!(
+        "{:<44} {:>12} {:>18}",
+        "generator", "achieved/s", "CPU ms/1000 req"
+    );
+    let fixed = 5000u64;
+    let rows: Vec<(&str, Option<Medians>)> = vec![
+        (
+            "meshbench-loadgen open loop (1000 slots)",
+            medians(reps, || loadgen(&open_args(url, fixed as f64, secs, 1000))),
+        ),
+        (
+            "  same, --worker-threads 2",
+            medians(reps, || {
+                loadgen(&with_threads(open_args(url, fixed as f64, secs, 1000), 2))
+            }),
+        ),
+        (
+            "oha -q 5000 --latency-correction -c 50",
+            medians(reps, || oha(url, fixed, secs)),
+        ),
+        (
+            "hey -c 50 -q 100 (per worker)",
+            medians(reps, || hey(url, fixed, secs)),
+        ),
+    ];
+    for (name, m) in rows {
+        match m {
+            Some((rate, cpu, _)) => println!("{name:<44} {rate:>12.0} {cpu:>18.1}"),
+            None => println!("{name:<44} {:>12} {:>18}", "n/a", "not installed or failed"),
+        }
+    }
+}
+
+/// Section 3: the open and the closed loop against a target saturating at 400 rps, asked
+/// for twice that.
+fn overload(secs: u64) {
+    let capacity = SAT_PERMITS as f64 / SAT_HOLD.as_secs_f64();
+    println!("\n== 3. Overload: target saturating at {capacity:.0} rps, asked for 2 × capacity ==",);
+    let sat = Target::start("saturating");
+    let surl = sat.url();
+    let open = loadgen(&open_args(&surl, capacity * 2.0, secs, 200));
+    let closed = loadgen(&closed_args(&surl, 50, secs));
+    print_overload(
+        "open loop 800/s, 200 slots (latency from planned time)",
+        open.as_ref(),
+    );
+    print_overload(
+        "closed loop, 50 users (Goose users, latency from send)",
+        closed.as_ref(),
+    );
+    drop(sat);
 }
 
 /// Latency percentiles as each tool reports them, µs, and CPU per 1000 requests.
