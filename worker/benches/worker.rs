@@ -654,8 +654,21 @@ async fn hop_cost(client: &BenchClient) {
     print_rate("bare axum 3-chain", &bc);
     print_hop("worker", &wd, &wc);
     print_hop("bare axum", &bd, &bc);
+    // The targets, relative to bare axum measured in the same invocation.
+    let hop = |d: &RateRun, c: &RateRun| {
+        (
+            (pct(&c.lat, 0.5) - pct(&d.lat, 0.5)) / 2.0,
+            (c.cpu_us - d.cpu_us) / 2.0,
+        )
+    };
+    let ((w_p50, w_cpu), (a_p50, a_cpu)) = (hop(&wd, &wc), hop(&bd, &bc));
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     println!(
-        "targets per worker hop: p50 < 100 µs, p99 < 1000 µs, CPU ≤ 50 µs; worker downstream calls {calls:.0}, new connections {conns:.0} ({:.2} %)",
+        "targets per worker hop: p50 ≤ bare axum's + 30 µs ({:+.0} µs: {}), CPU ≤ 1.2 × bare axum's ({:.2} ×: {}); worker downstream calls {calls:.0}, new connections {conns:.0} ({:.2} %)",
+        w_p50 - a_p50,
+        verdict(w_p50 <= a_p50 + 30.0),
+        w_cpu / a_cpu,
+        verdict(w_cpu <= 1.2 * a_cpu),
         conns / calls.max(1.0) * 100.0
     );
 }
