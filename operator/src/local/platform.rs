@@ -10,7 +10,7 @@
 //! [`super::proxy`]), the kubelet's crash back-off and 30 s termination grace
 //! ([`PodsConfig::new`]), and the worker's 30 s drain.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -185,6 +185,9 @@ pub struct LocalPlatform {
     events_task: Option<JoinHandle<()>>,
     epoch: RunClock,
 }
+
+/// How long one scrape of a worker's metrics may wait to connect, and for each read.
+const SCRAPE_TIMEOUT: Duration = Duration::from_millis(300);
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -750,6 +753,10 @@ fn record_unschedulable(shared: &mut Shared, messages: Vec<String>) {
 /// What one sampling round works with: its time and where it reads and writes.
 struct Tick<'a> {
     pods: &'a Arc<Pods>,
+    /// The replicas' status at the start of the round.
+    statuses: &'a [ReplicaStatus],
+    /// Each replica's worker metrics text, scraped at the start of the round.
+    scraped: &'a HashMap<String, String>,
     opts: &'a LocalOptions,
     mesh: &'a str,
     /// Wall time of the samples, ms.
@@ -776,6 +783,13 @@ fn control_tick(
     opts: &LocalOptions,
     epoch: RunClock,
 ) {
+    // Scrapes wait up to 300 ms per stalled pod; done before taking the lock, which the
+    // async side (progress, readiness, events) also takes, so they never wait on them.
+    let statuses = pods.statuses();
+    let scraped: HashMap<String, String> = statuses
+        .iter()
+        .filter_map(|st| Some((st.pod.clone(), scrape(st.addr, SCRAPE_TIMEOUT)?)))
+        .collect();
     let Ok(mut guard) = shared.lock() else { return };
     let sh = &mut *guard;
     let Some(d) = sh.deployed.as_mut() else {
@@ -783,6 +797,8 @@ fn control_tick(
     };
     let tick = Tick {
         pods,
+        statuses: &statuses,
+        scraped: &scraped,
         opts,
         mesh: &d.mesh,
         ts: now_ms(),
@@ -813,10 +829,10 @@ fn control_tick(
 fn service_tick(s: &mut Service, tick: &Tick, run_hpa: bool, out: &mut TickOut) {
     let name = s.resolved.name.clone();
     let statuses: Vec<ReplicaStatus> = tick
-        .pods
-        .statuses()
-        .into_iter()
+        .statuses
+        .iter()
         .filter(|st| s.replicas.iter().any(|i| st.pod == format!("{name}-{i}")))
+        .cloned()
         .collect();
     let ready = sync_pods(s, tick.clock, &statuses);
     s.metrics.tick(tick.clock);
@@ -824,8 +840,8 @@ fn service_tick(s: &mut Service, tick: &Tick, run_hpa: bool, out: &mut TickOut) 
     let mut total = WorkerCounters::default();
     for st in &statuses {
         sample_pod(s, tick, st, &mut state, out);
-        if let Some(text) = scrape(st.addr, Duration::from_millis(300)) {
-            total.add(&parse_worker_metrics(&text));
+        if let Some(text) = tick.scraped.get(&st.pod) {
+            total.add(&parse_worker_metrics(text));
         }
     }
     worker_samples(s, tick, total, &mut out.samples);

@@ -797,8 +797,17 @@ impl Replica {
         {
             tracing::error!(pod = %self.pod, error = %e, "supervisor task failed");
         }
-        if let Err(e) = self.cgroup.remove() {
-            tracing::warn!(pod = %self.pod, error = %e, "cannot remove the replica's cgroup");
+        // Removal retries rmdir with sleeps while the kernel finishes exiting tasks
+        // (seconds, per hierarchy); on an async worker that would stall whatever else it
+        // runs, the in-process load generator included.
+        let cgroup = self.cgroup.clone();
+        let removed = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(pod = %self.pod, error = %e, "cannot remove the replica's cgroup")
+            }
+            Err(e) => tracing::warn!(pod = %self.pod, error = %e, "cgroup removal task failed"),
         }
     }
 }
