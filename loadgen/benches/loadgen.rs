@@ -790,9 +790,11 @@ struct Latency {
     cpu_per_1000_ms: f64,
 }
 
-fn loadgen_latency(url: &str, rate: u64, secs: u64) -> Option<Latency> {
+fn loadgen_latency(url: &str, rate: u64, secs: u64, pacing: &str) -> Option<Latency> {
     // 50 slots, as oha's -c 50 below.
-    let run = loadgen(&open_args(url, rate as f64, secs, 50))?;
+    let mut args = open_args(url, rate as f64, secs, 50);
+    args.extend(["--pacing".into(), pacing.into()]);
+    let run = loadgen(&args)?;
     let stage = run.result.as_ref()?.measured_stages().last()?.clone();
     Some(Latency {
         p50_us: stage.summary.latency.p50_us as f64,
@@ -811,6 +813,19 @@ fn oha_latency(url: &str, rate: u64, secs: u64) -> Option<Latency> {
         send_p99_us: None,
         cpu_per_1000_ms: run.cpu_per_1000_ms(),
     })
+}
+
+fn latency_row(name: &str, rate: u64, ours: &Latency, oha: &Latency) {
+    println!(
+        "{name:<28} {rate:>6} {:>8.0}µs {:>8.0}µs {:>10.0}µs {:>8.0}µs {:>8.0}µs {:>8.1}ms {:>6.1}ms",
+        ours.p50_us,
+        oha.p50_us,
+        ours.p99_us,
+        oha.p99_us,
+        ours.send_p99_us.unwrap_or(f64::NAN),
+        ours.cpu_per_1000_ms,
+        oha.cpu_per_1000_ms
+    );
 }
 
 /// The issue's bound: oha's figure + 50 µs or + 15 %, whichever is larger.
@@ -847,27 +862,23 @@ fn latency_beside_oha(secs: u64) {
             "no-work meshbench worker"
         };
         for (i, rate) in [100u64, 1000, 5000].into_iter().enumerate() {
-            let (ours, oha) = if i % 2 == 0 {
-                let o = loadgen_latency(&url, rate, secs);
-                (o, oha_latency(&url, rate, secs))
+            let (ours, coarse, oha) = if i % 2 == 0 {
+                let o = loadgen_latency(&url, rate, secs, "precise");
+                let c = loadgen_latency(&url, rate, secs, "coarse");
+                (o, c, oha_latency(&url, rate, secs))
             } else {
                 let h = oha_latency(&url, rate, secs);
-                (loadgen_latency(&url, rate, secs), h)
+                let c = loadgen_latency(&url, rate, secs, "coarse");
+                (loadgen_latency(&url, rate, secs, "precise"), c, h)
             };
             let (Some(ours), Some(oha)) = (ours, oha) else {
                 println!("{name:<28} {rate:>6} a run failed");
                 continue;
             };
-            println!(
-                "{name:<28} {rate:>6} {:>8.0}µs {:>8.0}µs {:>10.0}µs {:>8.0}µs {:>8.0}µs {:>8.1}ms {:>6.1}ms",
-                ours.p50_us,
-                oha.p50_us,
-                ours.p99_us,
-                oha.p99_us,
-                ours.send_p99_us.unwrap_or(f64::NAN),
-                ours.cpu_per_1000_ms,
-                oha.cpu_per_1000_ms
-            );
+            latency_row(name, rate, &ours, &oha);
+            if let Some(c) = &coarse {
+                latency_row("  … with --pacing coarse", rate, c, &oha);
+            }
             if !within_oha(ours.p50_us, oha.p50_us) {
                 misses.push(format!("{name} {rate} rps: p50"));
             }
@@ -883,7 +894,11 @@ fn latency_beside_oha(secs: u64) {
         }
     }
     println!(
-        "targets: p50 and p99 ≤ oha + max(50 µs, 15 %), send delay p99 ≤ 100 µs, CPU ≤ oha's; {}",
+        "oha's latency correction starts the clock when its 1 ms timer wakes, not at the planned \
+         time, so its figures leave out its own timer's delay; ours include the send delay."
+    );
+    println!(
+        "targets (default precise pacing): p50 and p99 ≤ oha + max(50 µs, 15 %), send delay p99 ≤ 100 µs, CPU ≤ oha's; {}",
         if misses.is_empty() {
             "all met".to_owned()
         } else {

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::load_plan::{self, InstanceSpec, LoadModel, LoadPlan, PlanError, Stage, WarmUp};
 use crate::result::LoadResult;
-use crate::runner::{Result, RunOptions, RunnerError, error_chain, run_plan};
+use crate::runner::{Pacing, Result, RunOptions, RunnerError, error_chain, run_plan};
 
 /// Arguments of a load run: a plan file, or flags for a quick single-stage run.
 #[derive(Debug, Clone, clap::Args)]
@@ -99,6 +99,12 @@ pub struct LoadgenArgs {
     /// more instances (`--instances`).
     #[arg(long, value_name = "N", env = "MESHBENCH_LOADGEN_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: u16,
+    /// How open-loop sends wait for their planned times: `precise` (a high-resolution
+    /// timer, tens of µs late) or `coarse` (tokio's 1 ms timer: up to 1 ms late, less CPU
+    /// per request at thousands of requests per second). Latency is measured from the
+    /// planned time either way.
+    #[arg(long, value_enum, value_name = "HOW", env = "MESHBENCH_LOADGEN_PACING", default_value_t = Pacing::Precise)]
+    pub pacing: Pacing,
     /// `--log-format`; logs go to stderr, which keeps stdout for the result (`--out -`).
     #[command(flatten)]
     pub log: LogArgs,
@@ -368,6 +374,7 @@ pub async fn run(args: LoadgenArgs) -> Result<LoadResult> {
         cancel: cancel.clone(),
         record_requests: args.record_requests.clone(),
         metrics_listen: args.metrics_listen,
+        pacing: args.pacing,
         ..RunOptions::default()
     };
     if args.quiet {

@@ -35,7 +35,7 @@ pub use cli::{
 #[cfg(feature = "runner")]
 pub use collector::RequestRecord;
 #[cfg(feature = "runner")]
-pub use runner::{RunOptions, RunnerError, Tick, run_plan};
+pub use runner::{Pacing, RunOptions, RunnerError, Tick, run_plan};
 #[cfg(feature = "runner")]
 pub use tokio_util::sync::CancellationToken;
 

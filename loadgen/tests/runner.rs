@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use meshbench_loadgen::load_plan::{LoadModel, LoadPlan, Profile, Stage, WarmUp};
-use meshbench_loadgen::{CancellationToken, LoadResult, RunOptions, run_plan};
+use meshbench_loadgen::{CancellationToken, LoadResult, Pacing, RunOptions, run_plan};
 
 fn stage(rate: Option<f64>, users: Option<u32>, ms: u64) -> Stage {
     Stage {
@@ -402,4 +402,30 @@ fn open_loop_sends_leave_at_their_planned_time() {
     assert!(d.p50_us < 400, "{d:?}");
     let l = &r.stages[0].summary.lateness;
     assert!(l.p50_us < 400, "lateness is recorded from 0: {l:?}");
+}
+
+#[test]
+fn coarse_pacing_sends_the_same_plan_later_than_precise_pacing() {
+    let _g = common::serial();
+    let addr = common::start_target();
+    let plan = LoadPlan::single_stage(
+        format!("http://{addr}"),
+        open(20, None),
+        stage(Some(200.0), None, 1500),
+    );
+    let run = |pacing| {
+        let opts = RunOptions { pacing, ..quiet() };
+        let r = common::runtime().block_on(run_plan(&plan, opts)).unwrap();
+        check_consistent(&r);
+        let s = r.stages.last().unwrap().clone();
+        assert_eq!(s.counts.sent, s.counts.planned, "{pacing:?}");
+        s.summary.send_delay.p50_us
+    };
+    let precise = run(Pacing::Precise);
+    let coarse = run(Pacing::Coarse);
+    // tokio's timer fires on the first 1 ms tick after a deadline; the timerfd at it.
+    assert!(
+        coarse > precise,
+        "send delay p50: coarse {coarse} µs, precise {precise} µs"
+    );
 }

@@ -403,6 +403,7 @@ impl<'a> Session<'a> {
             metrics_listen: None,
             progress: false,
             ticks: Some(tick_tx),
+            ..RunOptions::default()
         };
         let bar = (!self.args.quiet)
             .then(|| step_bar(&format!("{label}: {}", target_text(&step)), step.duration));
