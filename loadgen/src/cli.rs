@@ -99,10 +99,10 @@ pub struct LoadgenArgs {
     /// more instances (`--instances`).
     #[arg(long, value_name = "N", env = "MESHBENCH_LOADGEN_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: u16,
-    /// How open-loop sends wait for their planned times: `precise` (a high-resolution
-    /// timer, tens of µs late) or `coarse` (tokio's 1 ms timer: up to 1 ms late, less CPU
-    /// per request at thousands of requests per second). Latency is measured from the
-    /// planned time either way.
+    /// How open-loop sends wait for their planned times: `precise` (a timerfd on Linux,
+    /// tens of µs late; elsewhere tokio's timer) or `coarse` (tokio's 1 ms timer: up to
+    /// about 2 ms late, less CPU per request at thousands of requests per second). Latency
+    /// is measured from the planned time either way.
     #[arg(long, value_enum, value_name = "HOW", env = "MESHBENCH_LOADGEN_PACING", default_value_t = Pacing::Precise)]
     pub pacing: Pacing,
     /// `--log-format`; logs go to stderr, which keeps stdout for the result (`--out -`).

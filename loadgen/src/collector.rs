@@ -169,6 +169,7 @@ pub(crate) struct Elapsed {
 /// Shared recorder of one run.
 pub(crate) struct Collector {
     inner: Mutex<Inner>,
+    late_tolerance: Duration,
 }
 
 /// Records `v` (µs, at least 1), growing the histogram as needed. (`saturating_record`
@@ -225,8 +226,13 @@ fn outcome_counts(outcome: Outcome) -> (Counts, bool) {
 }
 
 impl Collector {
-    /// A collector for `stages` stages, optionally forwarding every request's record.
-    pub fn new(stages: usize, records: Option<Sender<RequestRecord>>) -> Self {
+    /// A collector for `stages` stages, optionally forwarding every request's record; a
+    /// send later than `late_tolerance` counts as late.
+    pub fn new(
+        stages: usize,
+        records: Option<Sender<RequestRecord>>,
+        late_tolerance: Duration,
+    ) -> Self {
         let stages = (0..stages)
             .map(|_| StageAcc {
                 counts: Counts::default(),
@@ -243,6 +249,7 @@ impl Collector {
             .collect();
         Self {
             inner: Mutex::new(Inner { stages, records }),
+            late_tolerance,
         }
     }
 
@@ -254,7 +261,8 @@ impl Collector {
 
     /// A request is leaving in second `second` of its stage: count it, with its send delay
     /// and its lateness (open loop; every request's, from 0 — a request later than
-    /// [`crate::runner::LATE_TOLERANCE`] also counts as late).
+    /// the collector's tolerance, [`crate::runner::Pacing::late_tolerance`], also counts as
+    /// late).
     pub fn sent(
         &self,
         stage: usize,
@@ -270,7 +278,7 @@ impl Collector {
         if let Some(d) = send_delay {
             record(&mut st.send_delay, us(d).max(1));
         }
-        let late = lateness.is_some_and(|l| l > crate::runner::LATE_TOLERANCE);
+        let late = lateness.is_some_and(|l| l > self.late_tolerance);
         if let Some(l) = lateness {
             record(&mut st.lateness, us(l).max(1));
         }
@@ -466,7 +474,7 @@ mod tests {
 
     #[test]
     fn counts_and_sealed_seconds_stay_exact() {
-        let c = Collector::new(1, None);
+        let c = Collector::new(1, None, crate::runner::LATE_TOLERANCE);
         for i in 0..10u32 {
             c.sent(
                 0,

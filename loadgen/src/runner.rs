@@ -157,10 +157,21 @@ pub enum Pacing {
     /// planned time, for one wake-up of the sending thread per request.
     #[default]
     Precise,
-    /// tokio's 1 ms timer: requests leave up to about 1 ms late, those due in the same
-    /// millisecond together, which costs less CPU per request at thousands of requests per
-    /// second (`cargo bench -p meshbench-loadgen --bench loadgen` measures both).
+    /// tokio's 1 ms timer: requests leave up to about 2 ms late (the deadline rounded up
+    /// to the next tick, then the tick's own delay), those due in the same millisecond
+    /// together, which costs less CPU per request at thousands of requests per second
+    /// (`cargo bench -p meshbench-loadgen --bench loadgen` measures both).
     Coarse,
+}
+
+impl Pacing {
+    /// Lateness beyond which a send counts as late: what the timer alone can add.
+    pub fn late_tolerance(self) -> Duration {
+        match self {
+            Pacing::Precise => LATE_TOLERANCE,
+            Pacing::Coarse => COARSE_LATE_TOLERANCE,
+        }
+    }
 }
 
 /// What happened in the last second of a run, sent to [`RunOptions::ticks`].
@@ -208,10 +219,12 @@ impl Default for RunOptions {
     }
 }
 
-/// A claim later than this after its planned time counts as late (a busy slot or a stalled
-/// sender). Every request's lateness, from 0, is in the lateness histogram; the count
-/// leaves out the pacer's own jitter (tens of µs).
+/// With precise pacing, a send later than this after its planned time counts as late (a
+/// busy slot or a stalled sender). Every request's lateness, from 0, is in the lateness
+/// histogram; the count leaves out the pacer's own jitter (tens of µs).
 pub const LATE_TOLERANCE: Duration = Duration::from_micros(250);
+/// The same with coarse pacing, whose timer alone leaves up to about 2 ms late.
+pub const COARSE_LATE_TOLERANCE: Duration = Duration::from_micros(2500);
 /// Pause of a user with nothing left to do, between Goose's checks for its stop command.
 const IDLE: Duration = Duration::from_millis(20);
 /// Time between all users started and `t0`, so the first requests are not late.
@@ -318,8 +331,10 @@ struct Shared {
     clocks: Vec<StageClock>,
     total: Duration,
     schedule: Option<OpenSchedule>,
-    /// Sub-millisecond waits for the open loop's planned times.
+    /// Sub-millisecond waits for the open loop's planned times (precise pacing).
     pacer: Option<Pacer>,
+    /// Lateness beyond which a send counts as late, from the pacing.
+    late_tolerance: Duration,
     max_lateness: Option<Duration>,
     think_time: Duration,
     timeout: Duration,
@@ -444,7 +459,7 @@ async fn open_turn(sh: &Shared, t0: Instant, mut stopped: Stopped<'_, '_>) -> bo
         let now = Instant::now();
         let lateness = now.saturating_duration_since(planned);
         if let Some(max) = sh.max_lateness
-            && lateness > LATE_TOLERANCE
+            && lateness > sh.late_tolerance
             && lateness > max
         {
             sh.collector
@@ -802,7 +817,7 @@ pub async fn run_plan(plan: &LoadPlan, opts: RunOptions) -> Result<LoadResult> {
     };
 
     let (t0_tx, t0_rx) = watch::channel(None);
-    let collector = Collector::new(stages.len(), record_tx);
+    let collector = Collector::new(stages.len(), record_tx, opts.pacing.late_tolerance());
     let shared = Arc::new(Shared::new(
         plan, clocks, slots, &request, collector, t0_rx, &opts,
     )?);
@@ -899,6 +914,7 @@ impl Shared {
                 })?),
                 _ => None,
             },
+            late_tolerance: opts.pacing.late_tolerance(),
             schedule: slots.schedule,
             max_lateness: slots.max_lateness,
             think_time: slots.think_time,
@@ -1104,7 +1120,7 @@ fn assemble(
     let mut out = Vec::with_capacity(stages.len());
     for (i, s) in stages.iter().enumerate() {
         let stage = stage_result(i, s, sh, timing)?;
-        warn_about_stage(s, &stage, &mut warnings);
+        warn_about_stage(s, &stage, sh.late_tolerance, &mut warnings);
         out.push(stage);
     }
     let partial = timing.stopped_at.is_some();
@@ -1223,7 +1239,12 @@ fn second_buckets(
 }
 
 /// Warns about a stage with a real share of late requests, or with dropped ones.
-fn warn_about_stage(s: &ResolvedStage, stage: &StageResult, warnings: &mut Vec<String>) {
+fn warn_about_stage(
+    s: &ResolvedStage,
+    stage: &StageResult,
+    tolerance: Duration,
+    warnings: &mut Vec<String>,
+) {
     // A stray late request is scheduling noise; one in a hundred skews the stage.
     if stage.counts.late > 0 && stage.counts.late.saturating_mul(100) >= stage.counts.sent {
         warnings.push(format!(
@@ -1232,7 +1253,7 @@ fn warn_about_stage(s: &ResolvedStage, stage: &StageResult, warnings: &mut Vec<S
             s.name,
             stage.counts.late,
             stage.counts.sent,
-            LATE_TOLERANCE.as_micros(),
+            tolerance.as_micros(),
             stage.summary.lateness.p99_us
         ));
     }

@@ -753,9 +753,9 @@ fn record_unschedulable(shared: &mut Shared, messages: Vec<String>) {
 /// What one sampling round works with: its time and where it reads and writes.
 struct Tick<'a> {
     pods: &'a Arc<Pods>,
-    /// The replicas' status at the start of the round.
+    /// The replicas' status, taken with the lock held.
     statuses: &'a [ReplicaStatus],
-    /// Each replica's worker metrics text, scraped at the start of the round.
+    /// Each replica's worker metrics text, scraped before the lock was taken.
     scraped: &'a HashMap<String, String>,
     opts: &'a LocalOptions,
     mesh: &'a str,
@@ -785,8 +785,8 @@ fn control_tick(
 ) {
     // Scrapes wait up to 300 ms per stalled pod; done before taking the lock, which the
     // async side (progress, readiness, events) also takes, so they never wait on them.
-    let statuses = pods.statuses();
-    let scraped: HashMap<String, String> = statuses
+    let scraped: HashMap<String, String> = pods
+        .statuses()
         .iter()
         .filter_map(|st| Some((st.pod.clone(), scrape(st.addr, SCRAPE_TIMEOUT)?)))
         .collect();
@@ -795,6 +795,9 @@ fn control_tick(
     let Some(d) = sh.deployed.as_mut() else {
         return;
     };
+    // Membership and pod status from now, not from before the scrapes: a crash or a
+    // restart's new port during them must not linger in the proxy for a round.
+    let statuses = pods.statuses();
     let tick = Tick {
         pods,
         statuses: &statuses,
