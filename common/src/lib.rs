@@ -8,7 +8,9 @@
 //! - [`duration`]: the one duration parser (`25ms`, `1.5s`, `1m30s`), used by every
 //!   command-line flag, the CRDs and load plans;
 //! - `logging` (feature `logging`): [`logging::LogArgs`] (`--log-format`) and the tracing
-//!   set-up.
+//!   set-up;
+//! - `pacer` (feature `pacer`): sub-millisecond waits on a tokio runtime (the loadgen's
+//!   open-loop sends, the worker's delays).
 //!
 //! This crate depends on neither kube nor polars nor goose, so the minimal worker image
 //! stays free of them.
@@ -17,6 +19,8 @@ pub mod duration;
 pub mod exit;
 #[cfg(feature = "logging")]
 pub mod logging;
+#[cfg(feature = "pacer")]
+pub mod pacer;
 
 /// Prints `error: <msg>` on stderr: a failure that ends the command.
 pub fn error(msg: impl std::fmt::Display) {

@@ -22,8 +22,6 @@ mod collector;
 #[cfg(feature = "runner")]
 pub mod live;
 #[cfg(feature = "runner")]
-mod pacer;
-#[cfg(feature = "runner")]
 pub mod runner;
 #[cfg(feature = "runner")]
 mod schedule;

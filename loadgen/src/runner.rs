@@ -42,12 +42,12 @@ use crate::client::LoadClient;
 use crate::collector::{Collector, Elapsed, Outcome, RequestRecord, SecondData, bucket};
 use crate::live::{LiveMetrics, Progress};
 use crate::load_plan::{LoadModel, LoadPlan, ModelKind, PlanError, ResolvedStage};
-use crate::pacer::Pacer;
 use crate::result::{
     Counts, InstanceReport, LoadResult, RESULT_VERSION, ResultError, SecondBucket, StageResult,
     StageSummary,
 };
 use crate::schedule::{OpenSchedule, StageClock, clocks};
+use meshbench_common::pacer::Pacer;
 
 /// Errors of a run.
 #[derive(Debug, thiserror::Error)]

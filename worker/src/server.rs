@@ -2,8 +2,8 @@
 //! graceful serving ([`serve`]).
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -13,6 +13,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{MethodFilter, MethodRouter, get};
 use axum::serve::ListenerExt;
+use meshbench_common::pacer::Pacer;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -91,6 +92,9 @@ pub struct WorkerState {
     cpu_pool: Arc<Semaphore>,
     endpoints: Vec<Arc<EndpointShared>>,
     baseline: Vec<u8>,
+    /// Sub-millisecond delays; created on the first delay, inside the runtime that serves
+    /// (`None` if its timer could not be made: tokio's 1 ms timer then).
+    pacer: OnceLock<Option<Pacer>>,
 }
 
 /// The pod name when neither the command line nor the config gives one.
@@ -169,7 +173,17 @@ impl WorkerState {
             endpoints,
             baseline,
             config,
+            pacer: OnceLock::new(),
         }))
+    }
+
+    /// Waits until `at`: tokio's timer would add 0–2 ms to every delay (a 2 ms delay took
+    /// about 3), which the latency of every hop with a delay would carry.
+    async fn sleep_until(&self, at: Instant) {
+        match self.pacer.get_or_init(|| Pacer::start().ok()) {
+            Some(p) => p.sleep_until(at).await,
+            None => tokio::time::sleep_until(at.into()).await,
+        }
     }
 
     /// The config this worker runs.
@@ -542,9 +556,14 @@ async fn steps(
     if let Some((sampler, mode)) = &ep.delay {
         let d = sampler.sample(&ep.rng);
         let t = Instant::now();
-        match mode {
-            DelayMode::AfterWork => tokio::time::sleep(d).await,
-            DelayMode::MinimumTotal => tokio::time::sleep_until((arrived + d).into()).await,
+        let until = match mode {
+            DelayMode::AfterWork => t.checked_add(d),
+            DelayMode::MinimumTotal => arrived.checked_add(d),
+        };
+        match until {
+            Some(at) => state.sleep_until(at).await,
+            // Past the clock's range: tokio caps the sleep instead of overflowing.
+            None => tokio::time::sleep(d).await,
         }
         ex.timings.delay_us = t.elapsed().as_micros() as u64;
     }

@@ -94,6 +94,35 @@ async fn delay_after_work_and_minimum_total() {
     w.stop().await;
 }
 
+/// A 2 ms delay takes 2 ms, not the 3 that tokio's 1 ms timer makes of it (its sleeps end
+/// on the first tick after the deadline, then wait for the runtime's next turn).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_ends_within_a_fraction_of_a_millisecond_of_its_length() {
+    let w = Worker::start(config(json!([
+        {"path": "/d", "delay": {"distribution": {"kind": "fixed", "value_us": 2000}}},
+        {"path": "/m", "cpu_us": 500,
+         "delay": {"distribution": {"kind": "fixed", "value_us": 2000}, "mode": "minimum_total"}}
+    ])))
+    .await;
+    let c = client();
+    for (path, field) in [("d", "delay_us"), ("m", "total_us")] {
+        let mut took: Vec<u64> = Vec::new();
+        for _ in 0..31 {
+            let r = get(&c, &format!("{}/{path}", w.url)).await.json();
+            took.push(r["timings"][field].as_u64().unwrap());
+        }
+        took.sort_unstable();
+        assert!(took[0] >= 2000, "/{path}: never short, {took:?}");
+        // The median, so a loaded machine's odd late wake-up does not decide.
+        assert!(
+            took[15] < 2600,
+            "/{path}: {field} median {} µs of {took:?}",
+            took[15]
+        );
+    }
+    w.stop().await;
+}
+
 /// A → {group 0: B, group 1: C} in parallel; B → C. Every hop succeeds and is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_service_chain_with_parallel_fan_out() {

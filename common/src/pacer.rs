@@ -1,9 +1,9 @@
-//! Sub-millisecond pacing of open-loop sends.
+//! Sub-millisecond waits: the load generator's open-loop sends and the worker's delays.
 //!
 //! tokio's timer wheel has 1 ms ticks and fires a sleep at the first tick after its
-//! deadline, so a request paced by `sleep_until` alone leaves 0–1 ms (and more under
+//! deadline, so a request paced by `sleep_until` alone leaves 0–2 ms (and more under
 //! load) after its planned time — an error every latency measured from the planned time
-//! carries. Here every wait goes into one queue whose earliest deadline is armed on a
+//! carries — and a worker's 2 ms delay takes about 3. Here every wait goes into one queue whose earliest deadline is armed on a
 //! Linux `timerfd`; the runtime's own reactor watches that descriptor, and a driver task
 //! wakes every waiter whose time has come. A timerfd is a high-resolution timer without
 //! timer slack, so the reactor wakes at the deadline, and the waiter runs on the thread
@@ -21,10 +21,10 @@
 //! Elsewhere than Linux the pacer falls back to tokio's timer (1 ms).
 
 #[cfg(target_os = "linux")]
-pub(crate) use linux::Pacer;
+pub use linux::Pacer;
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) use fallback::Pacer;
+pub use fallback::Pacer;
 
 #[cfg(target_os = "linux")]
 mod linux {
@@ -131,7 +131,7 @@ mod linux {
 
     /// The pacer of one run: a timerfd watched by the current runtime and the task that
     /// wakes waiters; the task ends when the pacer is dropped.
-    pub(crate) struct Pacer {
+    pub struct Pacer {
         shared: Arc<Shared>,
         driver: tokio::task::JoinHandle<()>,
     }
@@ -168,6 +168,13 @@ mod linux {
             }
             // A dropped sender (the pacer stopped) also ends the wait.
             let _ = woken.await;
+        }
+    }
+
+    impl std::fmt::Debug for Pacer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let waiting = self.shared.lock().waiting.len();
+            f.debug_struct("Pacer").field("waiting", &waiting).finish()
         }
     }
 
@@ -231,7 +238,8 @@ mod fallback {
     use std::time::Instant;
 
     /// tokio's timer: 1 ms resolution.
-    pub(crate) struct Pacer;
+    #[derive(Debug)]
+    pub struct Pacer;
 
     impl Pacer {
         /// Always succeeds.
