@@ -32,3 +32,21 @@ pub fn error(msg: impl std::fmt::Display) {
 pub fn warning(msg: impl std::fmt::Display) {
     eprintln!("warning: {msg}");
 }
+
+/// Env var the node agent (`meshbench node`) sets to the loopback address it gave the
+/// pod. Pods on one machine share its network stack; in a cluster each pod has a network
+/// namespace of its own, where binding the wildcard address means the pod's IP.
+pub const POD_IP_ENV: &str = "MESHBENCH_POD_IP";
+
+/// The address to bind for `addr`: under the node agent a wildcard address becomes the
+/// pod's IP (see [`POD_IP_ENV`]), so two pods can both listen on their container port.
+/// Elsewhere, and for a specific address, `addr` itself.
+pub fn pod_bind_addr(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    if !addr.ip().is_unspecified() {
+        return addr;
+    }
+    std::env::var(POD_IP_ENV)
+        .ok()
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+        .map_or(addr, |ip| std::net::SocketAddr::new(ip, addr.port()))
+}

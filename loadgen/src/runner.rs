@@ -810,9 +810,14 @@ pub async fn run_plan(plan: &LoadPlan, opts: RunOptions) -> Result<LoadResult> {
         None => (None, None),
     };
     let live = match opts.metrics_listen {
-        Some(addr) => {
-            Some(crate::live::serve(addr, plan.instance.index, opts.cancel.clone()).await?)
-        }
+        Some(addr) => Some(
+            crate::live::serve(
+                meshbench_common::pod_bind_addr(addr),
+                plan.instance.index,
+                opts.cancel.clone(),
+            )
+            .await?,
+        ),
         None => None,
     };
 

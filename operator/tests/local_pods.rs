@@ -71,6 +71,10 @@ fn sh(service: &str, index: u32, script: &str) -> ReplicaSpec {
         cpu_limit_millis: None,
         memory_limit_bytes: None,
         cpu_request_millis: None,
+        restart: meshbench_operator::local::pods::RestartPolicy::Always,
+        ip: std::net::Ipv4Addr::LOCALHOST,
+        cwd: None,
+        inherit_env: true,
     }
 }
 
@@ -315,6 +319,10 @@ fn stale_helper() {
             cpu_limit_millis: None,
             memory_limit_bytes: None,
             cpu_request_millis: None,
+            restart: meshbench_operator::local::pods::RestartPolicy::Always,
+            ip: std::net::Ipv4Addr::LOCALHOST,
+            cwd: None,
+            inherit_env: true,
         })
         .expect("start");
         let (replica, _) = started(&mut events).await;
@@ -418,6 +426,10 @@ async fn crashed_replica_restarts_at_once_then_with_exponential_backoff() {
         cpu_limit_millis: Some(100),
         memory_limit_bytes: Some(64 << 20),
         cpu_request_millis: None,
+        restart: meshbench_operator::local::pods::RestartPolicy::Always,
+        ip: std::net::Ipv4Addr::LOCALHOST,
+        cwd: None,
+        inherit_env: true,
     };
     pods.start(spec).expect("start");
     let (pid1, addr1) = started(&mut events).await;
@@ -944,6 +956,10 @@ async fn supervised_servers_behind_the_proxy() {
             cpu_limit_millis: Some(500),
             memory_limit_bytes: Some(256 << 20),
             cpu_request_millis: None,
+            restart: meshbench_operator::local::pods::RestartPolicy::Always,
+            ip: std::net::Ipv4Addr::LOCALHOST,
+            cwd: None,
+            inherit_env: true,
         })
         .expect("start");
         let (_, addr) = started(&mut events).await;

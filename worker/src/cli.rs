@@ -192,7 +192,7 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
         return Ok(());
     }
     raise_fd_limit();
-    let addr = args.listen.unwrap_or_else(|| config.listen_addr());
+    let addr = meshbench_common::pod_bind_addr(args.listen.unwrap_or_else(|| config.listen_addr()));
     let state = WorkerState::new(config)?;
     let shutdown = terminate_signal().await?;
     let listener = TcpListener::bind(addr)

@@ -650,6 +650,10 @@ fn start_replica(
         cpu_limit_millis: s.resolved.resources.cpu_limit_millis,
         memory_limit_bytes: s.resolved.resources.memory_limit_bytes,
         cpu_request_millis: s.resolved.resources.cpu_request_millis,
+        restart: crate::local::pods::RestartPolicy::Always,
+        ip: std::net::Ipv4Addr::LOCALHOST,
+        cwd: None,
+        inherit_env: true,
     };
     let status = pods.start(spec).map_err(|source| PlatformError::Replica {
         service: s.resolved.name.clone(),

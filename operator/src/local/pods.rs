@@ -122,12 +122,71 @@ pub struct ReplicaSpec {
     pub memory_limit_bytes: Option<u64>,
     /// CPU request in millicores: the replica's weight when CPU is contended.
     pub cpu_request_millis: Option<u64>,
+    /// When the program is started again after it exits (the pod's `restartPolicy`).
+    pub restart: RestartPolicy,
+    /// The replica's address: `127.0.0.1` for `meshbench run`, a pod IP of its own under
+    /// the node agent.
+    pub ip: Ipv4Addr,
+    /// Working directory of the program (the runner's when `None`).
+    pub cwd: Option<PathBuf>,
+    /// Whether the program inherits the runner's environment (`meshbench run`) or
+    /// starts from `env` and `PATH` alone, as a container does (the node agent: its own
+    /// credentials must not leak into pods).
+    pub inherit_env: bool,
+}
+
+/// A pod's `restartPolicy`: whether the supervisor starts the program again after an
+/// exit (with the CrashLoopBackOff delay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum RestartPolicy {
+    /// After every exit (Deployments).
+    #[default]
+    Always,
+    /// After a non-zero exit or a kill only (Jobs that retry in place).
+    OnFailure,
+    /// Never: the first exit is final (Job pods).
+    Never,
+}
+
+impl RestartPolicy {
+    /// Whether an exit with `code` (None: killed by a signal) is followed by a restart.
+    pub fn restarts_after(self, code: Option<i32>) -> bool {
+        match self {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => code != Some(0),
+            RestartPolicy::Never => false,
+        }
+    }
+}
+
+/// How one run of the program ended (the container's `lastState.terminated`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExitRecord {
+    /// Exit code; 128 + signal when killed, as a container runtime reports it.
+    pub code: i32,
+    /// The terminating signal, when killed.
+    pub signal: Option<i32>,
+    /// Killed by the OOM killer for its memory limit.
+    pub oom_killed: bool,
+    /// When that run started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: DateTime<Utc>,
 }
 
 impl ReplicaSpec {
     /// The pod name, `<service>-<index>`.
     pub fn pod_name(&self) -> String {
         format!("{}-{}", self.service, self.index)
+    }
+
+    /// Whether the program is told its port (otherwise it keeps the one it chose, and a
+    /// bind failure cannot be cured by moving it).
+    fn uses_port_placeholder(&self) -> bool {
+        self.args
+            .iter()
+            .chain(self.env.iter().map(|(_, v)| v))
+            .any(|a| a.contains(PORT_PLACEHOLDER))
     }
 
     fn limits(&self) -> Limits {
@@ -272,6 +331,8 @@ pub struct ReplicaStatus {
     pub restarts: u32,
     /// When the current run started.
     pub started_at: Option<DateTime<Utc>>,
+    /// How the last run ended, once one has.
+    pub last_exit: Option<ExitRecord>,
 }
 
 /// Picks a loopback port that is free right now (bind to port 0, read, close) and that
@@ -409,9 +470,10 @@ impl Supervisor {
         let offset = file.metadata().map_err(err)?.len();
         writeln!(
             file,
-            "=== meshbench: {} start #{attempt} at {} on 127.0.0.1:{port}: {} {}",
+            "=== meshbench: {} start #{attempt} at {} on {}:{port}: {} {}",
             self.pod,
             Utc::now().to_rfc3339(),
+            self.spec.ip,
             self.spec.program.display(),
             self.spec.args.join(" ")
         )
@@ -453,6 +515,15 @@ impl Supervisor {
             c.args(&argv[1..]).stdin(Stdio::null());
             c
         };
+        if !self.spec.inherit_env {
+            cmd.env_clear().env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            );
+        }
+        if let Some(dir) = &self.spec.cwd {
+            cmd.current_dir(dir);
+        }
         cmd.stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
             .process_group(0)
@@ -589,7 +660,7 @@ impl Supervisor {
 
     /// The program started as `pid`, listening on `port`.
     fn mark_running(&self, pid: u32, port: u16) {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let addr = SocketAddr::from((self.spec.ip, port));
         self.set_status(|s| {
             s.phase = PodPhase::Running;
             s.pid = Some(pid);
@@ -611,7 +682,9 @@ impl Supervisor {
             s.phase = PodPhase::BackOff;
             s.pid = None;
         });
-        if self.cgroup.oom_kills() > exit.oom_before {
+        let oom_killed = self.cgroup.oom_kills() > exit.oom_before;
+        self.record_exit(&exit, oom_killed);
+        if oom_killed {
             self.emit(PodEventKind::OomKilled);
         } else {
             self.emit(PodEventKind::Exited {
@@ -619,7 +692,11 @@ impl Supervisor {
                 signal: exit.status.signal(),
             });
         }
+        if !self.spec.restart.restarts_after(exit.status.code()) {
+            return false;
+        }
         if exit.status.code() != Some(0)
+            && self.spec.uses_port_placeholder()
             && st.bind_failures < BIND_RETRIES
             && ran < Duration::from_secs(10)
             && looks_like_bind_failure(&log_tail(&self.log_path, exit.log_offset))
@@ -631,6 +708,23 @@ impl Supervisor {
         }
         st.crash_streak = self.cfg.crash_streak(st.crash_streak, ran);
         self.back_off(&mut st.restarts, st.crash_streak).await
+    }
+
+    fn record_exit(&self, exit: &Exit, oom_killed: bool) {
+        let signal = exit.status.signal();
+        let code = exit
+            .status
+            .code()
+            .unwrap_or_else(|| 128 + signal.unwrap_or(0));
+        self.set_status(|s| {
+            s.last_exit = Some(ExitRecord {
+                code,
+                signal,
+                oom_killed,
+                started_at: s.started_at,
+                finished_at: Utc::now(),
+            });
+        });
     }
 
     /// After a bind failure: picks a free port and counts a restart; false when no port
@@ -732,9 +826,10 @@ impl Replica {
             pod: pod.clone(),
             phase: PodPhase::BackOff,
             pid: None,
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            addr: SocketAddr::from((spec.ip, port)),
             restarts: 0,
             started_at: None,
+            last_exit: None,
         });
         let (stop_tx, stop_rx) = watch::channel(None);
         let pgid = Arc::new(AtomicI32::new(0));
@@ -989,6 +1084,10 @@ mod tests {
             cpu_limit_millis: None,
             memory_limit_bytes: None,
             cpu_request_millis: None,
+            restart: RestartPolicy::Always,
+            ip: std::net::Ipv4Addr::LOCALHOST,
+            cwd: None,
+            inherit_env: true,
         };
         assert_eq!(spec.pod_name(), "front-3");
     }
