@@ -6,12 +6,16 @@
 #   scripts/control-plane.sh build
 #       Builds the binaries into $MESHBENCH_TESTENV_BIN (default target/testenv/bin) unless
 #       they are current for testenv/go.sum; Go's build cache makes a rebuild cheap.
-#   scripts/control-plane.sh up [--scheduler] [--owner-pid PID]
+#   scripts/control-plane.sh up [--scheduler] [--with-node] [--owner-pid PID]
 #       Builds what is missing, makes the certificates and the service-account key, starts
 #       the components on free loopback ports with their data in a new temporary directory,
 #       waits until /readyz answers and the controllers run, and prints the path of an
 #       admin kubeconfig on its last line. With --owner-pid, everything is torn down when
 #       that process exits (a test binary that panics or is killed leaves nothing behind).
+#       --with-node also starts kube-scheduler and `meshbench node` (the node agent, as
+#       the node's own identity system:node:meshbench-node, so the Node authorizer and
+#       NodeRestriction apply to it) and waits until the node is registered; the agent is
+#       $MESHBENCH_BIN (default target/debug/meshbench, built if missing).
 #   scripts/control-plane.sh down DIR|KUBECONFIG
 #       Stops every process that `up` started for that directory and removes it.
 #
@@ -92,6 +96,7 @@ pki() {
   cert kube-controller-manager system:kube-controller-manager
   cert kube-scheduler system:kube-scheduler
   cert front-proxy-client front-proxy-client "" "" front-proxy-ca
+  cert node "system:node:$NODE_NAME" system:nodes
   openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/sa.key" 2>/dev/null
   openssl ec -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
 }
@@ -145,14 +150,32 @@ wait_for() {
 }
 
 default_sa() { apicurl /api/v1/namespaces/default/serviceaccounts/default; }
+node_registered() { apicurl "/api/v1/nodes/$NODE_NAME" | grep -q '"type": *"Ready"'; }
+
+NODE_NAME=meshbench-node
+
+# The node agent: pods bound to the node run as processes (see `meshbench node --help`).
+start_node() {
+  local mb="${MESHBENCH_BIN:-$ROOT/target/debug/meshbench}"
+  if [ ! -x "$mb" ]; then
+    log "building $mb (cargo build --bin meshbench)"
+    (cd "$ROOT" && cargo build --locked --bin meshbench >&2)
+  fi
+  mkdir -p "$DIR/node"
+  KUBECONFIG="$DIR/node.kubeconfig" RUST_LOG="${MESHBENCH_NODE_LOG:-info,kube=warn}" \
+    setsid "$mb" node --name "$NODE_NAME" --data-dir "$DIR/node" \
+    >"$DIR/logs/meshbench-node.log" 2>&1 < /dev/null &
+  echo "$!" >> "$DIR/pids"
+}
 
 up() {
-  local scheduler=0 owner=""
+  local scheduler=0 node=0 owner=""
   while [ $# -gt 0 ]; do
     case $1 in
       --scheduler) scheduler=1 ;;
+      --with-node) scheduler=1; node=1 ;;
       --owner-pid) owner=$2; shift ;;
-      *) die "unknown option $1 (usage: up [--scheduler] [--owner-pid PID])" ;;
+      *) die "unknown option $1 (usage: up [--scheduler] [--with-node] [--owner-pid PID])" ;;
     esac
     shift
   done
@@ -171,6 +194,7 @@ up() {
   kubeconfig admin
   kubeconfig kube-controller-manager
   kubeconfig kube-scheduler
+  kubeconfig node
   echo "$API_PORT" > "$DIR/api-port"
 
   start etcd --name default --data-dir "$DIR/etcd" --unsafe-no-fsync \
@@ -210,6 +234,10 @@ up() {
   fi
   # The service-account controller creating `default` shows the controllers run.
   wait_for "kube-controller-manager" 60 default_sa
+  if [ "$node" = 1 ]; then
+    start_node
+    wait_for "the node agent to register $NODE_NAME" 60 node_registered
+  fi
   if [ -n "$owner" ]; then
     # Detached from the caller's process group and output, so it outlives a killed owner.
     setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; exec "$2" down "$3"' \
@@ -223,7 +251,8 @@ down_dir() {
   local dir=$1 pid
   [ -f "$dir/pids" ] || return 0
   for pid in $(tac "$dir/pids"); do kill -TERM "$pid" 2>/dev/null || true; done
-  for _ in $(seq 50); do
+  # The node agent stops its pods on SIGTERM (up to 5 s of grace each, in parallel).
+  for _ in $(seq 100); do
     local alive=0
     for pid in $(cat "$dir/pids"); do kill -0 "$pid" 2>/dev/null && alive=1; done
     [ "$alive" = 0 ] && break
@@ -248,5 +277,5 @@ case "${1:-}" in
   build) build ;;
   up) shift; up "$@" ;;
   down) shift; down "$@" ;;
-  *) die "usage: $0 build | up [--scheduler] [--owner-pid PID] | down DIR|KUBECONFIG" ;;
+  *) die "usage: $0 build | up [--scheduler] [--with-node] [--owner-pid PID] | down DIR|KUBECONFIG" ;;
 esac

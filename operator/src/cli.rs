@@ -112,6 +112,14 @@ pub enum Command {
     /// kubeconfig or in-cluster credentials and the CRDs installed
     /// (`meshbench crds | kubectl apply -f -`).
     Operator(Box<crate::k8s::operator::OperatorArgs>),
+    /// Run this machine as a Kubernetes node for meshbench's pods (a kubelet for
+    /// processes): registers a Node, keeps its Lease, and runs the pods bound to it whose
+    /// containers are meshbench commands, each with a loopback IP of its own, its
+    /// volumes, environment, CPU and memory limits (cgroups), probes and restart policy,
+    /// reporting their status. Other pods are reported Failed with the reason. Needs a
+    /// kubeconfig (KUBECONFIG) with a node's rights. Runs until SIGTERM or Ctrl-C, then
+    /// stops its pods. Exit status: 0 after a signal, 4 when it cannot start.
+    Node(Box<crate::node::NodeAgentArgs>),
     /// Download a Benchmark's report from the operator in the cluster.
     ///
     /// Reads the run from the Benchmark's status and the results token from its Secret
@@ -321,6 +329,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Worker(args) => meshbench_worker::main(*args),
         Command::Loadgen(args) => meshbench_loadgen::main(*args),
         Command::Operator(args) => run_operator(*args),
+        Command::Node(args) => run_node(*args),
         Command::Validate { files, quiet } => validate(&files, quiet),
         Command::Results(args) => results(&args),
         Command::Render {
@@ -370,6 +379,19 @@ fn run_operator(args: crate::k8s::operator::OperatorArgs) -> ExitCode {
         return exit::code(exit::RUN_FAILED);
     };
     match rt.block_on(crate::k8s::operator::run(args)) {
+        Ok(()) => exit::code(exit::OK),
+        Err(e) => {
+            meshbench_common::error(e);
+            exit::code(exit::RUN_FAILED)
+        }
+    }
+}
+
+fn run_node(args: crate::node::NodeAgentArgs) -> ExitCode {
+    let Some(rt) = runtime() else {
+        return exit::code(exit::RUN_FAILED);
+    };
+    match rt.block_on(crate::node::run(args)) {
         Ok(()) => exit::code(exit::OK),
         Err(e) => {
             meshbench_common::error(e);

@@ -8,5 +8,6 @@ pub mod exit;
 pub mod experiment;
 pub mod k8s;
 pub mod local;
+pub mod node;
 pub mod run;
 pub mod worker_config;

@@ -5,7 +5,8 @@
 //! Tests that talk to an API server use the real control plane of [`cluster`] (etcd,
 //! kube-apiserver and kube-controller-manager built from their Go modules by
 //! `scripts/control-plane.sh`); the test plays the kubelet ([`kubelet`]) for the pods the
-//! real controllers create.
+//! real controllers create. [`node`] starts a second control plane with kube-scheduler
+//! and the real node agent (`meshbench node`) instead, and checks the agent.
 
 mod cluster;
 mod kubelet;
@@ -17,6 +18,7 @@ mod deploy;
 mod leader;
 mod lifecycle;
 mod mesh_controller;
+mod node;
 mod render;
 mod results;
 mod schema;
