@@ -9,6 +9,8 @@
 //!   command-line flag, the CRDs and load plans;
 //! - `logging` (feature `logging`): [`logging::LogArgs`] (`--log-format`) and the tracing
 //!   set-up;
+//! - [`names`]: Service names of pods under the node agent (its hosts file and search
+//!   domains);
 //! - `pacer` (feature `pacer`): sub-millisecond waits on a tokio runtime (the loadgen's
 //!   open-loop sends, the worker's delays).
 //!
@@ -19,6 +21,7 @@ pub mod duration;
 pub mod exit;
 #[cfg(feature = "logging")]
 pub mod logging;
+pub mod names;
 #[cfg(feature = "pacer")]
 pub mod pacer;
 

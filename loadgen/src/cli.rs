@@ -296,10 +296,16 @@ pub async fn post_result(
         url: url.to_owned(),
         reason,
     };
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| fail(error_chain(&e)))?;
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+    // A Service name under the node agent (see meshbench_common::names).
+    if let Ok(parsed) = reqwest::Url::parse(url)
+        && let Some(host) = parsed.host_str()
+        && let Some(ip) = meshbench_common::names::lookup(host)
+    {
+        let port = parsed.port_or_known_default().unwrap_or(80);
+        builder = builder.resolve(host, std::net::SocketAddr::new(ip, port));
+    }
+    let client = builder.build().map_err(|e| fail(error_chain(&e)))?;
     let deadline = tokio::time::Instant::now() + retry_for;
     let mut backoff = Duration::from_millis(500);
     loop {

@@ -227,9 +227,11 @@ impl LoadClient {
     }
 
     async fn connect(&self) -> Result<Sender, Failure> {
-        let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(Failure::Connect)?;
+        let connected = match meshbench_common::names::lookup(&self.host) {
+            Some(ip) => tokio::net::TcpStream::connect((ip, self.port)).await,
+            None => tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await,
+        };
+        let stream = connected.map_err(Failure::Connect)?;
         // Small requests must leave at once, not wait for Nagle's timer.
         stream.set_nodelay(true).map_err(Failure::Connect)?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream))

@@ -6,6 +6,7 @@
 //! of its calls). New connections are counted in `meshbench_worker_downstream_connections`.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use axum::http::{HeaderMap, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
@@ -44,10 +46,36 @@ pub type Result<T, E = DownstreamError> = std::result::Result<T, E>;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Resolves Service names from the node agent's hosts file first (see
+/// [`meshbench_common::names`]), then through the system resolver.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PodResolver;
+
+impl tower::Service<Name> for PodResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        Box::pin(async move {
+            // The connector sets the port; 0 here as with its own resolver.
+            if let Some(ip) = meshbench_common::names::lookup(name.as_str()) {
+                return Ok(vec![SocketAddr::new(ip, 0)].into_iter());
+            }
+            let addrs = tokio::net::lookup_host((name.as_str(), 0)).await?;
+            Ok(addrs.collect::<Vec<_>>().into_iter())
+        })
+    }
+}
+
 /// An [`HttpConnector`] that counts the connections it opens.
 #[derive(Debug, Clone)]
 pub struct CountingConnector {
-    inner: HttpConnector,
+    inner: HttpConnector<PodResolver>,
     opened: Counter,
 }
 
@@ -76,7 +104,7 @@ pub type HttpClient = Client<CountingConnector, Empty<Bytes>>;
 
 /// Builds the pooled keep-alive client; `opened` counts new connections.
 pub fn client(opened: Counter) -> HttpClient {
-    let mut http = HttpConnector::new();
+    let mut http = HttpConnector::new_with_resolver(PodResolver);
     // Small request/response pairs: Nagle would add up to 40 ms per hop.
     http.set_nodelay(true);
     http.set_keepalive(Some(Duration::from_secs(60)));
