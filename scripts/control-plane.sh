@@ -14,8 +14,12 @@
 #       that process exits (a test binary that panics or is killed leaves nothing behind).
 #       --with-node also starts kube-scheduler and `meshbench node` (the node agent, as
 #       the node's own identity system:node:meshbench-node, so the Node authorizer and
-#       NodeRestriction apply to it) and waits until the node is registered; the agent is
-#       $MESHBENCH_BIN (default target/debug/meshbench, built if missing).
+#       NodeRestriction apply to it; bound to kube-proxy's role system:node-proxier for
+#       its Service proxy) and waits until the node is registered; the agent is
+#       $MESHBENCH_BIN (default target/debug/meshbench, built if missing), then
+#       metrics-server (registered as v1beta1.metrics.k8s.io). Pods get IPs from
+#       198.18.0.0/16 and Services ClusterIPs from 198.19.0.0/16; the agent makes both
+#       ranges local to this machine (`local` routes on lo, removed by `down`).
 #   scripts/control-plane.sh down DIR|KUBECONFIG
 #       Stops every process that `up` started for that directory and removes it.
 #
@@ -28,7 +32,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TESTENV="$ROOT/testenv"
 BIN="${MESHBENCH_TESTENV_BIN:-$ROOT/target/testenv/bin}"
 K8S_VERSION="v1.34.4"
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler metrics-server)
 
 die() { echo "control-plane: $*" >&2; exit 1; }
 log() { echo "control-plane: $*" >&2; }
@@ -58,6 +62,8 @@ build() {
     log "building $c (k8s.io/kubernetes $K8S_VERSION)"
     (cd "$TESTENV" && go build -ldflags "$ldflags" -o "$BIN/$c" "k8s.io/kubernetes/cmd/$c")
   done
+  log "building metrics-server (sigs.k8s.io/metrics-server)"
+  (cd "$TESTENV" && go build -ldflags "-s -w" -o "$BIN/metrics-server" sigs.k8s.io/metrics-server/cmd/metrics-server)
   echo "$want" > "$BIN/.stamp"
   log "built in $((SECONDS - t0)) s"
 }
@@ -91,7 +97,7 @@ pki() {
   ca ca meshbench-test-ca
   ca front-proxy-ca meshbench-test-front-proxy-ca
   cert apiserver kube-apiserver "" \
-    "IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+    "IP:127.0.0.1,IP:198.19.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
   cert admin meshbench-admin system:masters
   cert kube-controller-manager system:kube-controller-manager
   cert kube-scheduler system:kube-scheduler
@@ -153,6 +159,51 @@ default_sa() { apicurl /api/v1/namespaces/default/serviceaccounts/default; }
 node_registered() { apicurl "/api/v1/nodes/$NODE_NAME" | grep -q '"type": *"Ready"'; }
 
 NODE_NAME=meshbench-node
+# RFC 2544's benchmarking range: pods (the node itself is .1) and Service ClusterIPs. The
+# node agent makes both local to this machine; loopback addresses would not do, the API
+# rejects them in EndpointSlices.
+POD_CIDR=198.18.0.0/16
+NODE_IP=198.18.0.1
+SERVICE_CIDR=198.19.0.0/16
+
+apipost() {
+  curl -sf --max-time 5 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
+    -H 'Content-Type: application/json' -X POST "https://127.0.0.1:$API_PORT$1" -d "$2" >/dev/null
+}
+
+# metrics-server scrapes the agent's /metrics/resource (plain HTTP: the agent serves no
+# TLS) and serves metrics.k8s.io through the aggregation layer, for the HPA controller.
+start_metrics_server() {
+  local port; port=$(free_port)
+  mkdir -p "$DIR/metrics-server"
+  local kc="$DIR/admin.kubeconfig"
+  start metrics-server --secure-port "$port" --bind-address "$NODE_IP" \
+    --cert-dir "$DIR/metrics-server" --kubeconfig "$kc" \
+    --authentication-kubeconfig "$kc" --authorization-kubeconfig "$kc" \
+    --kubelet-preferred-address-types InternalIP --kubelet-use-node-status-port \
+    --deprecated-kubelet-completely-insecure --metric-resolution 15s
+  # A Service without a selector and its endpoint: the aggregator routes to the endpoint
+  # (--enable-aggregator-routing).
+  apipost /api/v1/namespaces/kube-system/services \
+    '{"metadata":{"name":"metrics-server"},"spec":{"ports":[{"name":"https","port":443,"targetPort":'"$port"'}]}}'
+  apipost /api/v1/namespaces/kube-system/endpoints \
+    '{"metadata":{"name":"metrics-server"},"subsets":[{"addresses":[{"ip":"'"$NODE_IP"'"}],"ports":[{"name":"https","port":'"$port"'}]}]}'
+  apipost /apis/apiregistration.k8s.io/v1/apiservices \
+    '{"metadata":{"name":"v1beta1.metrics.k8s.io"},"spec":{"group":"metrics.k8s.io","version":"v1beta1","service":{"namespace":"kube-system","name":"metrics-server","port":443},"insecureSkipTLSVerify":true,"groupPriorityMinimum":100,"versionPriority":100}}'
+}
+metrics_served() { apicurl /apis/metrics.k8s.io/v1beta1/nodes; }
+
+# The agent also plays kube-proxy (Services on their ClusterIPs), which reads
+# EndpointSlices: kube-proxy's own bootstrap role, bound to the node's identity.
+bind_node_proxier() {
+  curl -sf --max-time 5 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
+    -H 'Content-Type: application/json' -X POST \
+    "https://127.0.0.1:$API_PORT/apis/rbac.authorization.k8s.io/v1/clusterrolebindings" \
+    -d "{\"metadata\":{\"name\":\"meshbench-node-proxier\"},
+         \"roleRef\":{\"apiGroup\":\"rbac.authorization.k8s.io\",\"kind\":\"ClusterRole\",\"name\":\"system:node-proxier\"},
+         \"subjects\":[{\"apiGroup\":\"rbac.authorization.k8s.io\",\"kind\":\"User\",\"name\":\"system:node:$NODE_NAME\"}]}" \
+    >/dev/null
+}
 
 # The node agent: pods bound to the node run as processes (see `meshbench node --help`).
 start_node() {
@@ -163,7 +214,8 @@ start_node() {
   fi
   mkdir -p "$DIR/node"
   KUBECONFIG="$DIR/node.kubeconfig" RUST_LOG="${MESHBENCH_NODE_LOG:-info,kube=warn}" \
-    setsid "$mb" node --name "$NODE_NAME" --data-dir "$DIR/node" \
+    setsid "$mb" node --name "$NODE_NAME" --data-dir "$DIR/node" --port "$(free_port)" \
+    --pod-cidr "$POD_CIDR" --service-cidr "$SERVICE_CIDR" \
     >"$DIR/logs/meshbench-node.log" 2>&1 < /dev/null &
   echo "$!" >> "$DIR/pids"
 }
@@ -209,7 +261,7 @@ up() {
     --client-ca-file "$PKI/ca.crt" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
-    --service-cluster-ip-range 10.0.0.0/24 --endpoint-reconciler-type none \
+    --service-cluster-ip-range "$SERVICE_CIDR" --endpoint-reconciler-type none \
     --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
     --requestheader-client-ca-file "$PKI/front-proxy-ca.crt" \
     --requestheader-allowed-names front-proxy-client \
@@ -235,8 +287,11 @@ up() {
   # The service-account controller creating `default` shows the controllers run.
   wait_for "kube-controller-manager" 60 default_sa
   if [ "$node" = 1 ]; then
+    wait_for "the RBAC bootstrap roles" 30 bind_node_proxier
     start_node
     wait_for "the node agent to register $NODE_NAME" 60 node_registered
+    start_metrics_server
+    wait_for "metrics-server (metrics.k8s.io)" 60 metrics_served
   fi
   if [ -n "$owner" ]; then
     # Detached from the caller's process group and output, so it outlives a killed owner.
@@ -259,6 +314,11 @@ down_dir() {
     sleep 0.1
   done
   for pid in $(cat "$dir/pids"); do kill -KILL "$pid" 2>/dev/null || true; done
+  # The node agent removes its routes on exit; not if it was killed.
+  if [ -d "$dir/node" ]; then
+    ip route del local "$POD_CIDR" dev lo table local 2>/dev/null || true
+    ip route del local "$SERVICE_CIDR" dev lo table local 2>/dev/null || true
+  fi
   rm -rf "$dir"
 }
 

@@ -872,6 +872,11 @@ impl Replica {
         &self.cgroup
     }
 
+    /// The replica's cgroup, shared (for readers that outlive a borrow).
+    pub fn shared_cgroup(&self) -> Arc<Cgroup> {
+        self.cgroup.clone()
+    }
+
     /// Current status.
     pub fn status(&self) -> ReplicaStatus {
         self.status.borrow().clone()

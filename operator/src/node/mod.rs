@@ -7,14 +7,17 @@
 //!   environment, limits, mount paths rewritten to the pod's directories);
 //! - [`volumes`]: ConfigMap, Secret, emptyDir, Downward API and projected volumes;
 //! - [`probe`]: readiness, liveness and startup probes;
-//! - [`status`]: the pod status reported back.
+//! - [`status`]: the pod status reported back;
+//! - [`metrics`]: the kubelet's `/metrics/resource` for metrics-server;
+//! - [`network`]: Services (a proxy per ClusterIP port following EndpointSlices) and
+//!   their names.
 //!
 //! Each pod gets a loopback IP of its own from `--pod-cidr`; containers run through the
 //! local runtime's supervisor (a cgroup per container with its limits and requests, the
-//! restart policy with the kubelet's back-off). Not yet here: the Service proxy and name
-//! resolution, the kubelet's metrics endpoints (see the README, "Cluster path on one
-//! machine").
+//! restart policy with the kubelet's back-off).
 
+pub mod metrics;
+pub mod network;
 pub mod probe;
 pub mod registration;
 pub mod spec;
@@ -48,9 +51,21 @@ pub struct NodeAgentArgs {
     /// Name of the Node to register.
     #[arg(long, env = "MESHBENCH_NODE_NAME", default_value = "meshbench-node")]
     pub name: String,
-    /// Loopback range the pod IPs come from (within 127.0.0.0/8, not holding 127.0.0.1).
-    #[arg(long, default_value = "127.1.0.0/16", value_parser = PodCidr::parse)]
-    pub pod_cidr: PodCidr,
+    /// Range of the pod IPs. Its first address is the node's own (InternalIP, the
+    /// metrics endpoint), the rest go to pods. The agent makes the whole range local to
+    /// this machine (a `local` route on `lo`, removed on exit). RFC 2544's benchmarking
+    /// range by default; loopback addresses cannot be used, the API rejects them in
+    /// EndpointSlices.
+    #[arg(long, default_value = "198.18.0.0/16", value_parser = Cidr::parse)]
+    pub pod_cidr: Cidr,
+    /// The API server's `--service-cluster-ip-range`: made local too, so the agent's
+    /// Service proxy can listen on every ClusterIP.
+    #[arg(long, default_value = "198.19.0.0/16", value_parser = Cidr::parse)]
+    pub service_cidr: Cidr,
+    /// Port of the node's kubelet endpoint (`/metrics/resource` for metrics-server), on
+    /// the node's IP; 0 picks a free one.
+    #[arg(long, default_value_t = 10250)]
+    pub port: u16,
     /// Directory of the pods' volumes and logs (`pods/<namespace>_<pod>_<uid>/`).
     /// Default: a new temporary directory, removed on exit.
     #[arg(long, value_name = "DIR")]
@@ -85,19 +100,25 @@ pub enum NodeError {
     Setup(String),
 }
 
-/// A loopback range for pod IPs.
+/// An IPv4 range for pods or Services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PodCidr {
+pub struct Cidr {
     base: u32,
     prefix: u8,
 }
 
-impl PodCidr {
-    /// Parses `127.x.y.z/n`.
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", Ipv4Addr::from(self.base), self.prefix)
+    }
+}
+
+impl Cidr {
+    /// Parses `a.b.c.d/n` (n from 9 to 30, outside 127.0.0.0/8).
     pub fn parse(s: &str) -> Result<Self, String> {
         let (ip, prefix) = s
             .split_once('/')
-            .ok_or_else(|| format!("{s:?}: expected a range like 127.1.0.0/16"))?;
+            .ok_or_else(|| format!("{s:?}: expected a range like 198.18.0.0/16"))?;
         let ip: Ipv4Addr = ip
             .parse()
             .map_err(|_| format!("{s:?}: {ip:?} is not an IPv4 address"))?;
@@ -106,16 +127,16 @@ impl PodCidr {
             .ok()
             .filter(|p| (9..=30).contains(p))
             .ok_or_else(|| format!("{s:?}: the prefix length must be 9 to 30"))?;
-        if ip.octets()[0] != 127 {
-            return Err(format!(
-                "{s:?}: pod IPs must be loopback addresses (127.0.0.0/8)"
-            ));
-        }
         let mask = u32::MAX << (32 - prefix);
         let base = u32::from(ip) & mask;
-        if u32::from(Ipv4Addr::LOCALHOST) & mask == base {
+        let first = Ipv4Addr::from(base);
+        if first.is_loopback()
+            || first.is_unspecified()
+            || first.is_link_local()
+            || first.is_multicast()
+        {
             return Err(format!(
-                "{s:?}: the range holds 127.0.0.1, the node's own address; use e.g. 127.1.0.0/16"
+                "{s:?}: loopback, link-local and multicast addresses cannot be pod or Service IPs (the API rejects them in EndpointSlices); use e.g. 198.18.0.0/16"
             ));
         }
         Ok(Self { base, prefix })
@@ -124,22 +145,79 @@ impl PodCidr {
     fn size(&self) -> u32 {
         1u32 << (32 - self.prefix)
     }
+
+    /// The first host address: the node's own in the pod range.
+    pub fn first(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.base + 1)
+    }
+
+    fn overlaps(&self, other: &Cidr) -> bool {
+        let prefix = self.prefix.min(other.prefix);
+        let mask = u32::MAX << (32 - prefix);
+        self.base & mask == other.base & mask
+    }
+}
+
+/// Makes every address of `cidr` local to this machine (`ip route replace local CIDR
+/// dev lo table local`), as 127.0.0.0/8 is: processes can bind and reach them with no
+/// interface or address set up per pod.
+fn add_local_route(cidr: Cidr) -> Result<(), NodeError> {
+    let out = std::process::Command::new("ip")
+        .args([
+            "route",
+            "replace",
+            "local",
+            &cidr.to_string(),
+            "dev",
+            "lo",
+            "table",
+            "local",
+        ])
+        .output()
+        .map_err(|e| {
+            NodeError::Setup(format!(
+                "cannot run `ip` (iproute2) to make {cidr} local: {e}"
+            ))
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(NodeError::Setup(format!(
+        "cannot make {cidr} local (`ip route replace local {cidr} dev lo table local`, needs root): {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
+fn remove_local_route(cidr: Cidr) {
+    let _ = std::process::Command::new("ip")
+        .args([
+            "route",
+            "del",
+            "local",
+            &cidr.to_string(),
+            "dev",
+            "lo",
+            "table",
+            "local",
+        ])
+        .output();
 }
 
 /// Hands out pod IPs round-robin, so a freed address is not reused at once (a client
-/// still holding it would reach the wrong pod).
+/// still holding it would reach the wrong pod). The range's first host address is the
+/// node's and its last the broadcast address; neither goes to a pod.
 #[derive(Debug)]
 struct Ipam {
-    cidr: PodCidr,
+    cidr: Cidr,
     next: u32,
     used: BTreeSet<u32>,
 }
 
 impl Ipam {
-    fn new(cidr: PodCidr) -> Self {
+    fn new(cidr: Cidr) -> Self {
         Self {
             cidr,
-            next: 1,
+            next: 2,
             used: BTreeSet::new(),
         }
     }
@@ -148,8 +226,8 @@ impl Ipam {
         let size = self.cidr.size();
         for _ in 0..size {
             let offset = self.next;
-            self.next = if self.next + 1 >= size {
-                1
+            self.next = if self.next + 2 >= size {
+                2
             } else {
                 self.next + 1
             };
@@ -212,6 +290,20 @@ struct Agent {
     events: tokio::sync::mpsc::UnboundedSender<PodEvent>,
     pods: HashMap<String, Slot>,
     stopping: tokio::task::JoinSet<()>,
+    network: network::Network,
+    targets: metrics::Targets,
+}
+
+/// What every container of one pod shares.
+struct PodCtx<'a> {
+    ns: &'a str,
+    name: &'a str,
+    compact_uid: String,
+    ip: Ipv4Addr,
+    restart: RestartPolicy,
+    dir: &'a std::path::Path,
+    cfg: Arc<PodsConfig>,
+    grace: Duration,
 }
 
 /// Runs the agent until SIGTERM or Ctrl-C; then stops its pods.
@@ -232,13 +324,46 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), NodeError> {
         None => std::env::current_exe()
             .map_err(|e| NodeError::Setup(format!("cannot find this executable: {e}")))?,
     };
+    if args.pod_cidr.overlaps(&args.service_cidr) {
+        return Err(NodeError::Setup(format!(
+            "--pod-cidr {} and --service-cidr {} overlap",
+            args.pod_cidr, args.service_cidr
+        )));
+    }
+    let cidrs = [args.pod_cidr, args.service_cidr];
+    for cidr in cidrs {
+        add_local_route(cidr)?;
+    }
+    let result = run_with_routes(args, client, data_dir, program).await;
+    for cidr in cidrs {
+        remove_local_route(cidr);
+    }
+    result
+}
+
+async fn run_with_routes(
+    args: NodeAgentArgs,
+    client: Client,
+    data_dir: PathBuf,
+    program: PathBuf,
+) -> Result<(), NodeError> {
     let allocatable = args.resources.resources();
+    let ip = args.pod_cidr.first();
+    let targets = metrics::Targets::default();
+    let endpoint = metrics::serve(std::net::SocketAddr::from((ip, args.port)), targets.clone())
+        .await
+        .map_err(|e| {
+            NodeError::Setup(format!(
+                "cannot serve the node endpoint on {ip}:{}: {e}",
+                args.port
+            ))
+        })?;
     let info = NodeInfo {
         name: args.name.clone(),
         capacity: crate::local::node::machine_capacity(),
         allocatable,
-        ip: Ipv4Addr::LOCALHOST,
-        port: 0,
+        ip,
+        port: endpoint.port(),
     };
     crate::local::cgroup::cleanup_stale();
     let cgroups = CgroupRoot::create(&format!("node-{}", sanitize(&args.name)))
@@ -249,15 +374,18 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), NodeError> {
             name: info.name.clone(),
             source,
         })?;
-    tracing::info!(node = %info.name, cidr = ?args.pod_cidr, enforcement = ?cgroups.enforcement(), "node registered");
+    tracing::info!(node = %info.name, ip = %info.ip, pods = %args.pod_cidr, services = %args.service_cidr, enforcement = ?cgroups.enforcement(), "node registered");
     let heartbeat = tokio::spawn(heartbeats(client.clone(), info.clone(), since));
     let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
     // Lifecycle events are in each pod's status already; drain them.
     tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
+    let network = network::Network::new(data_dir.join("hosts"));
     let mut agent = Agent {
+        targets,
         client: client.clone(),
         info,
         program,
+        network,
         data_dir,
         cgroups,
         ipam: Arc::new(Mutex::new(Ipam::new(args.pod_cidr))),
@@ -311,6 +439,40 @@ async fn heartbeats(client: Client, info: NodeInfo, since: String) {
     }
 }
 
+/// A store of `K` kept by a watch, waking `changed` on every event.
+fn reflect<K>(
+    client: &Client,
+    config: watcher::Config,
+    changed: &Arc<tokio::sync::Notify>,
+) -> (reflector::Store<K>, JoinHandle<()>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let api: Api<K> = Api::all(client.clone());
+    let (reader, writer) = reflector::store();
+    let notify = changed.clone();
+    let task = tokio::spawn(async move {
+        let mut stream = watcher(api, config)
+            .default_backoff()
+            .reflect(writer)
+            .applied_objects()
+            .boxed();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(_) => notify.notify_one(),
+                Err(e) => tracing::warn!(error = %e, kind = %K::kind(&()), "watch"),
+            }
+        }
+    });
+    (reader, task)
+}
+
 async fn terminate_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -329,28 +491,23 @@ async fn terminate_signal() {
 impl Agent {
     /// Watches the pods bound to this node and syncs them until a stop signal.
     async fn serve(&mut self) -> Result<(), NodeError> {
-        let pods: Api<Pod> = Api::all(self.client.clone());
-        let config =
-            watcher::Config::default().fields(&format!("spec.nodeName={}", self.info.name));
-        let (reader, writer) = reflector::store();
         let changed = Arc::new(tokio::sync::Notify::new());
-        let notify = changed.clone();
-        let watch = tokio::spawn(async move {
-            let mut stream = watcher(pods, config)
-                .default_backoff()
-                .reflect(writer)
-                .applied_objects()
-                .boxed();
-            while let Some(item) = stream.next().await {
-                match item {
-                    Ok(_) => notify.notify_one(),
-                    Err(e) => tracing::warn!(error = %e, "pod watch"),
-                }
-            }
-        });
+        let on_node =
+            watcher::Config::default().fields(&format!("spec.nodeName={}", self.info.name));
+        let (pods, pods_watch) = reflect::<Pod>(&self.client, on_node, &changed);
+        let (services, services_watch) = reflect::<k8s_openapi::api::core::v1::Service>(
+            &self.client,
+            watcher::Config::default(),
+            &changed,
+        );
+        let (slices, slices_watch) = reflect::<k8s_openapi::api::discovery::v1::EndpointSlice>(
+            &self.client,
+            watcher::Config::default(),
+            &changed,
+        );
         let stop = terminate_signal();
         tokio::pin!(stop);
-        let _ = tokio::time::timeout(Duration::from_secs(30), reader.wait_until_ready()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(30), pods.wait_until_ready()).await;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
@@ -358,9 +515,12 @@ impl Agent {
                 () = changed.notified() => {}
                 _ = tick.tick() => {}
             }
-            self.sync(reader.state()).await;
+            self.network.sync(&services.state(), &slices.state());
+            self.sync(pods.state()).await;
         }
-        watch.abort();
+        for w in [pods_watch, services_watch, slices_watch] {
+            w.abort();
+        }
         Ok(())
     }
 
@@ -399,6 +559,29 @@ impl Agent {
             }
         }
         self.report().await;
+        self.publish_targets();
+    }
+
+    /// The containers the metrics endpoint reports: those of the running pods.
+    fn publish_targets(&self) {
+        let targets: Vec<metrics::Target> = self
+            .pods
+            .values()
+            .filter_map(|slot| match slot {
+                Slot::Running(run) => Some(run),
+                _ => None,
+            })
+            .flat_map(|run| {
+                run.containers.iter().map(|c| metrics::Target {
+                    ns: run.ns.clone(),
+                    pod: run.name.clone(),
+                    container: c.name.clone(),
+                    cgroup: c.replica.shared_cgroup(),
+                    status: c.replica.watch(),
+                })
+            })
+            .collect();
+        *self.targets.lock().unwrap_or_else(|p| p.into_inner()) = targets;
     }
 
     fn begin_delete(&mut self, pod: &Pod, uid: &str) {
@@ -534,13 +717,19 @@ impl Agent {
             termination_grace: grace,
             ..PodsConfig::new(dir.join("logs"))
         });
-        let restart = spec::restart_policy(pod);
-        let compact_uid: String = uid.chars().filter(|c| *c != '-').collect();
+        let ctx = PodCtx {
+            ns: &ns,
+            name: &name,
+            compact_uid: uid.chars().filter(|c| *c != '-').collect(),
+            ip,
+            restart: spec::restart_policy(pod),
+            dir: &dir,
+            cfg,
+            grace,
+        };
         let mut containers = Vec::new();
         for plan in plans {
-            let run =
-                self.start_container(&plan, &compact_uid, &name, ip, restart, &dir, &cfg, grace)?;
-            containers.push(run);
+            containers.push(self.start_container(&plan, &ctx)?);
         }
         Ok(PodRun {
             ns,
@@ -556,25 +745,27 @@ impl Agent {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn start_container(
         &self,
         plan: &spec::ContainerPlan,
-        compact_uid: &str,
-        pod_name: &str,
-        ip: Ipv4Addr,
-        restart: RestartPolicy,
-        dir: &std::path::Path,
-        cfg: &Arc<PodsConfig>,
-        grace: Duration,
+        ctx: &PodCtx<'_>,
     ) -> Result<ContainerRun, NotReady> {
+        let PodCtx { ip, grace, .. } = *ctx;
         let mut env = vec![
-            ("POD_NAME".to_owned(), pod_name.to_owned()),
+            ("POD_NAME".to_owned(), ctx.name.to_owned()),
             (meshbench_common::POD_IP_ENV.to_owned(), ip.to_string()),
+            (
+                meshbench_common::names::HOSTS_ENV.to_owned(),
+                self.network.hosts_path().display().to_string(),
+            ),
+            (
+                meshbench_common::names::SEARCH_ENV.to_owned(),
+                network::search_domains(ctx.ns),
+            ),
         ];
         env.extend(plan.env.iter().cloned());
         let replica_spec = ReplicaSpec {
-            service: format!("{compact_uid}_{}", plan.name),
+            service: format!("{}_{}", ctx.compact_uid, plan.name),
             index: 0,
             program: self.program.clone(),
             args: plan.args.clone(),
@@ -582,15 +773,15 @@ impl Agent {
             cpu_limit_millis: plan.cpu_limit_millis,
             memory_limit_bytes: plan.memory_limit_bytes,
             cpu_request_millis: plan.cpu_request_millis,
-            restart,
+            restart: ctx.restart,
             ip,
-            cwd: Some(plan.cwd.clone().unwrap_or_else(|| dir.to_path_buf())),
+            cwd: Some(plan.cwd.clone().unwrap_or_else(|| ctx.dir.to_path_buf())),
             inherit_env: false,
         };
         let replica = Replica::start(
             replica_spec,
             &self.cgroups,
-            cfg.clone(),
+            ctx.cfg.clone(),
             self.events.clone(),
         )
         .map_err(|e| NotReady::Retry(format!("container {:?}: {e}", plan.name)))?;
@@ -776,33 +967,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pod_ranges_are_loopback_without_the_node_address() {
-        assert!(PodCidr::parse("127.1.0.0/16").is_ok());
-        assert!(PodCidr::parse("127.0.0.0/8").is_err());
+    fn ranges_are_ones_the_api_accepts_in_endpoint_slices() {
+        let c = Cidr::parse("198.18.7.9/16").unwrap();
+        assert_eq!(c.to_string(), "198.18.0.0/16");
+        assert_eq!(c.first(), Ipv4Addr::new(198, 18, 0, 1));
         assert!(
-            PodCidr::parse("127.0.0.0/24")
-                .unwrap_err()
-                .contains("127.0.0.1")
-        );
-        assert!(
-            PodCidr::parse("10.0.0.0/16")
+            Cidr::parse("127.1.0.0/16")
                 .unwrap_err()
                 .contains("loopback")
         );
-        assert!(PodCidr::parse("127.1.0.0").is_err());
-        assert!(PodCidr::parse("127.1.0.0/31").is_err());
+        assert!(Cidr::parse("169.254.0.0/16").is_err());
+        assert!(Cidr::parse("198.18.0.0").is_err());
+        assert!(Cidr::parse("198.18.0.0/31").is_err());
+        let ten = Cidr::parse("10.0.0.0/9").unwrap();
+        assert!(ten.overlaps(&Cidr::parse("10.1.0.0/16").unwrap()));
+        let pods = Cidr::parse("198.18.0.0/16").unwrap();
+        assert!(!pods.overlaps(&Cidr::parse("198.19.0.0/16").unwrap()));
     }
 
     #[test]
     fn addresses_are_not_reused_at_once() {
-        let mut ipam = Ipam::new(PodCidr::parse("127.9.0.0/30").unwrap());
+        // .0 network, .1 the node, .7 broadcast: five for pods.
+        let mut ipam = Ipam::new(Cidr::parse("198.18.0.0/29").unwrap());
         let a = ipam.allocate().unwrap();
-        let b = ipam.allocate().unwrap();
-        assert_eq!(a, Ipv4Addr::new(127, 9, 0, 1));
-        assert_eq!(b, Ipv4Addr::new(127, 9, 0, 2));
+        assert_eq!(a, Ipv4Addr::new(198, 18, 0, 2));
         ipam.release(a);
-        assert_eq!(ipam.allocate(), Some(Ipv4Addr::new(127, 9, 0, 3)));
-        assert_eq!(ipam.allocate(), Some(a));
+        let next: Vec<Ipv4Addr> = (0..4).map(|_| ipam.allocate().unwrap()).collect();
+        assert_eq!(
+            next[0],
+            Ipv4Addr::new(198, 18, 0, 3),
+            "a freed address waits its turn"
+        );
+        assert_eq!(next[3], Ipv4Addr::new(198, 18, 0, 6));
+        assert_eq!(ipam.allocate(), Some(a), "then it comes round again");
         assert_eq!(ipam.allocate(), None);
     }
 }

@@ -243,8 +243,8 @@ async fn rendered_workers_run_ready_on_their_own_pod_ips() {
     for ip in [b_ip, f_ip] {
         assert_eq!(
             ip.octets()[..2],
-            [127, 1],
-            "pod IP {ip} from the default --pod-cidr"
+            [198, 18],
+            "pod IP {ip} from control-plane.sh's pod range"
         );
     }
     assert_eq!(
@@ -261,6 +261,38 @@ async fn rendered_workers_run_ready_on_their_own_pod_ips() {
         http_status(SocketAddr::from((b_ip, 8081)), "/live").await,
         Some(200)
     );
+    // The backend's Service answers on its ClusterIP, and the frontend reaches the
+    // backend by its Service name (`http://quickstart-backend:8080`), through the agent's
+    // hosts file and its proxy on that ClusterIP.
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client().await, &ns);
+    let cluster_ip: Ipv4Addr = services
+        .get("quickstart-backend")
+        .await
+        .expect("service")
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .and_then(|ip| ip.parse().ok())
+        .expect("cluster IP");
+    assert_eq!(
+        cluster_ip.octets()[..2],
+        [198, 19],
+        "ClusterIP {cluster_ip}"
+    );
+    let via_service = SocketAddr::from((cluster_ip, 8080));
+    eventually(
+        Duration::from_secs(30),
+        "the backend through its ClusterIP",
+        || async move { (http_status(via_service, "/work").await == Some(200)).then_some(()) },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "the frontend's call to the backend",
+        || async move {
+            (http_status(SocketAddr::from((f_ip, 8080)), "/").await == Some(200)).then_some(())
+        },
+    )
+    .await;
 
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(client().await, &ns);
@@ -458,4 +490,52 @@ async fn a_failing_liveness_probe_restarts_the_container() {
     .await;
     let last = cs.last_state.unwrap().terminated.unwrap();
     assert!(last.finished_at.is_some(), "{last:?}");
+}
+
+/// The node's `/metrics/resource` feeds the real metrics-server, whose `metrics.k8s.io`
+/// the real HPA controller reads: the rendered backend's HPA reports a current CPU
+/// utilization.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_metrics_reach_the_hpa_through_metrics_server() {
+    let ns = namespace("node-metrics").await;
+    apply_quickstart_mesh(&ns);
+    let pods: Api<Pod> = Api::namespaced(client().await, &ns);
+    let backend = ready_pods(&pods, "quickstart-backend", 1).await;
+    let name = backend[0].metadata.name.clone().unwrap();
+    let client = client().await;
+    let url = format!("/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods/{name}");
+    let usage = eventually(
+        Duration::from_secs(90),
+        "pod metrics from metrics-server",
+        || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let req = http::Request::get(&url).body(Vec::new()).ok()?;
+                let v: serde_json::Value = client.request(req).await.ok()?;
+                let c = v["containers"].as_array()?.first()?.clone();
+                Some(c["usage"].clone())
+            }
+        },
+    )
+    .await;
+    assert!(
+        usage["memory"].as_str().is_some_and(|m| m != "0"),
+        "{usage}"
+    );
+    let hpas: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> =
+        Api::namespaced(client, &ns);
+    let current = eventually(
+        Duration::from_secs(120),
+        "the HPA's current CPU utilization",
+        || {
+            let hpas = hpas.clone();
+            async move {
+                let s = hpas.get("quickstart-backend").await.ok()?.status?;
+                let m = s.current_metrics?.into_iter().next()?;
+                m.resource?.current.average_utilization
+            }
+        },
+    )
+    .await;
+    assert!(current >= 0, "{current}");
 }
