@@ -539,3 +539,174 @@ async fn pod_metrics_reach_the_hpa_through_metrics_server() {
     .await;
     assert!(current >= 0, "{current}");
 }
+
+/// A kubeconfig for the operator's ServiceAccount (a token from the TokenRequest API),
+/// on the admin kubeconfig's server and CA.
+fn operator_kubeconfig(dir: &Path) -> std::path::PathBuf {
+    let token = kubectl(
+        &[
+            "create",
+            "token",
+            "meshbench-operator",
+            "-n",
+            "meshbench",
+            "--duration",
+            "2h",
+        ],
+        None,
+    );
+    let admin = std::fs::read_to_string(kubeconfig()).expect("admin kubeconfig");
+    let field = |key: &str| {
+        admin
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key).map(|v| v.trim().to_owned()))
+            .unwrap_or_else(|| panic!("{key} in the admin kubeconfig"))
+    };
+    let path = dir.join("operator.kubeconfig");
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: operator\n  user:\n    token: {}\ncontexts:\n- name: operator\n  context: {{ cluster: c, user: operator }}\ncurrent-context: operator\n",
+        field("server:"),
+        field("certificate-authority:"),
+        token.trim()
+    );
+    std::fs::write(&path, config).expect("write kubeconfig");
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The whole cluster path on one machine: the deployment kit, the operator as a process
+/// with its ServiceAccount's token, `experiments/quickstart.yaml` applied as a user
+/// would; the real Deployment, ReplicaSet, Job, HPA and EndpointSlice controllers, the
+/// real scheduler and metrics-server, and the node agent running the workers and the
+/// load generator. The Benchmark finishes, every step is measured, the real HPA scales
+/// the backend up, and `meshbench results` downloads the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quickstart_runs_through_the_cluster_path() {
+    let deploy = root().join("deploy");
+    kubectl(
+        &["apply", "--server-side", "-k", &deploy.to_string_lossy()],
+        None,
+    );
+    kubectl(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/benchmarks.meshbench.io",
+            "--timeout=60s",
+        ],
+        None,
+    );
+    // The operator runs as a process below, not as the kit's pod.
+    kubectl(
+        &[
+            "scale",
+            "deployment",
+            "-n",
+            "meshbench",
+            "meshbench-operator",
+            "--replicas=0",
+        ],
+        None,
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let (http_port, results_port) = (free_port(), free_port());
+    let node_ip = "198.18.0.1";
+    let log = std::fs::File::create(scratch.path().join("operator.log")).unwrap();
+    let _operator = tokio::process::Command::new(BIN)
+        .args(["operator", "--no-leader-election", "--listen"])
+        .arg(format!("127.0.0.1:{http_port}"))
+        .arg("--results-listen")
+        .arg(format!("{node_ip}:{results_port}"))
+        .arg("--results-url")
+        .arg(format!("http://{node_ip}:{results_port}"))
+        .arg("--data-dir")
+        .arg(scratch.path().join("reports"))
+        .env("KUBECONFIG", operator_kubeconfig(scratch.path()))
+        .env("RUST_LOG", "info,kube=warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the operator");
+
+    let ns = namespace("node-e2e").await;
+    let quickstart = root().join("experiments/quickstart.yaml");
+    kubectl(
+        &["apply", "-n", &ns, "-f", &quickstart.to_string_lossy()],
+        None,
+    );
+    let client = client().await;
+    let hpas: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> =
+        Api::namespaced(client.clone(), &ns);
+    let benches: Api<meshbench_crds::benchmark::Benchmark> = Api::namespaced(client, &ns);
+    let mut most_replicas = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(360);
+    let status = loop {
+        if let Ok(Some(h)) = hpas.get_opt("quickstart-backend").await {
+            let desired = h.status.map_or(0, |s| s.desired_replicas);
+            most_replicas = most_replicas.max(desired);
+        }
+        let status = benches
+            .get_opt("quickstart")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|b| b.status);
+        if let Some(s) = status.filter(|s| s.phase.is_terminal()) {
+            break s;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let log =
+                std::fs::read_to_string(scratch.path().join("operator.log")).unwrap_or_default();
+            panic!("the Benchmark did not finish in 6 min; operator log:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    assert_eq!(
+        status.phase,
+        meshbench_crds::benchmark::Phase::Succeeded,
+        "{status:?}"
+    );
+    assert_eq!(status.steps.len(), 3, "every step measured: {status:?}");
+    assert!(status.slo_verdict.is_some(), "{status:?}");
+    assert!(
+        most_replicas > 1,
+        "the real HPA scaled the backend up (most desired {most_replicas})"
+    );
+
+    let out = scratch.path().join("results");
+    let got = Command::new(BIN)
+        .args(["results", "quickstart", "-n", &ns, "--url"])
+        .arg(format!("http://127.0.0.1:{http_port}"))
+        .arg("--out")
+        .arg(&out)
+        .env("KUBECONFIG", kubeconfig())
+        .output()
+        .expect("meshbench results");
+    assert!(
+        got.status.success(),
+        "results: {}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    let run_dir = std::fs::read_dir(&out)
+        .unwrap()
+        .next()
+        .expect("a run dir")
+        .unwrap()
+        .path();
+    assert!(run_dir.join("report.html").is_file());
+    let steps = std::fs::read_to_string(run_dir.join("steps.csv")).expect("steps.csv");
+    assert_eq!(
+        steps.lines().count(),
+        4,
+        "a header and three steps:\n{steps}"
+    );
+    eprintln!("cluster path: HPA desired up to {most_replicas}; steps.csv:\n{steps}");
+}
