@@ -26,11 +26,17 @@ pub fn lookup(host: &str) -> Option<IpAddr> {
     if host.parse::<IpAddr>().is_ok() {
         return None;
     }
-    // The file is small and rewritten as Services come and go; connections are pooled,
-    // so a read per new connection is cheap enough and never stale.
-    let text = std::fs::read_to_string(path).ok()?;
+    // The agent replaces the file (rename) as Services come and go: one stat per new
+    // connection tells whether the copy read before is still current.
+    static CACHE: std::sync::Mutex<Option<(std::time::SystemTime, String)>> =
+        std::sync::Mutex::new(None);
+    let modified = std::fs::metadata(&path).ok()?.modified().ok()?;
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.as_ref().map(|(t, _)| *t) != Some(modified) {
+        *cache = Some((modified, std::fs::read_to_string(&path).ok()?));
+    }
     let search = std::env::var(SEARCH_ENV).unwrap_or_default();
-    lookup_in(&text, &search, host)
+    lookup_in(&cache.as_ref()?.1, &search, host)
 }
 
 /// [`lookup`] over the given file content and search list.

@@ -270,15 +270,25 @@ struct PodRun {
 /// What the agent knows of a pod bound to it.
 enum Slot {
     Running(PodRun),
-    /// Cannot start yet (a missing ConfigMap …); tried again on each sync.
+    /// Cannot start yet (a missing ConfigMap …); tried again at `retry_at`, backing off
+    /// from 1 s to 30 s as the kubelet's pod workers do.
     Waiting {
         message: String,
+        retry_at: tokio::time::Instant,
+        delay: Duration,
     },
     /// Will never run here; reported Failed.
     Refused,
-    /// Being stopped and deleted.
-    Stopping,
+    /// Being stopped and deleted since `since`.
+    Stopping {
+        since: tokio::time::Instant,
+    },
 }
+
+/// First and longest wait before a waiting pod is tried again.
+const WAIT_RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+/// A deleted pod still there this long after its stop began: the final delete failed.
+const DELETE_RETRY: Duration = Duration::from_secs(60);
 
 struct Agent {
     client: Client,
@@ -292,6 +302,7 @@ struct Agent {
     stopping: tokio::task::JoinSet<()>,
     network: network::Network,
     targets: metrics::Targets,
+    signals: Signals,
 }
 
 /// What every container of one pod shares.
@@ -308,6 +319,7 @@ struct PodCtx<'a> {
 
 /// Runs the agent until SIGTERM or Ctrl-C; then stops its pods.
 pub async fn run(args: NodeAgentArgs) -> Result<(), NodeError> {
+    let signals = Signals::install()?;
     crate::k8s::install_tls_provider();
     args.log
         .init(meshbench_common::logging::LogFormat::Text, "info,kube=warn");
@@ -331,10 +343,12 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), NodeError> {
         )));
     }
     let cidrs = [args.pod_cidr, args.service_cidr];
-    for cidr in cidrs {
-        add_local_route(cidr)?;
+    add_local_route(cidrs[0])?;
+    if let Err(e) = add_local_route(cidrs[1]) {
+        remove_local_route(cidrs[0]);
+        return Err(e);
     }
-    let result = run_with_routes(args, client, data_dir, program).await;
+    let result = run_with_routes(args, client, data_dir, program, signals).await;
     for cidr in cidrs {
         remove_local_route(cidr);
     }
@@ -346,6 +360,7 @@ async fn run_with_routes(
     client: Client,
     data_dir: PathBuf,
     program: PathBuf,
+    signals: Signals,
 ) -> Result<(), NodeError> {
     let allocatable = args.resources.resources();
     let ip = args.pod_cidr.first();
@@ -381,6 +396,7 @@ async fn run_with_routes(
     tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
     let network = network::Network::new(data_dir.join("hosts"));
     let mut agent = Agent {
+        signals,
         targets,
         client: client.clone(),
         info,
@@ -473,18 +489,28 @@ where
     (reader, task)
 }
 
-async fn terminate_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGTERM and SIGINT, registered when the agent starts: a signal during set-up is then
+/// kept for the loop instead of killing the process with its routes and pods in place.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, NodeError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let err = |e: std::io::Error| NodeError::Setup(format!("signal handlers: {e}"));
+        Ok(Self {
+            term: signal(SignalKind::terminate()).map_err(err)?,
+            int: signal(SignalKind::interrupt()).map_err(err)?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
     }
 }
 
@@ -505,13 +531,12 @@ impl Agent {
             watcher::Config::default(),
             &changed,
         );
-        let stop = terminate_signal();
-        tokio::pin!(stop);
         let _ = tokio::time::timeout(Duration::from_secs(30), pods.wait_until_ready()).await;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                () = &mut stop => break,
+                () = self.signals.recv() => break,
                 () = changed.notified() => {}
                 _ = tick.tick() => {}
             }
@@ -541,6 +566,8 @@ impl Agent {
             );
             match self.pods.get(&uid) {
                 None if terminal => {}
+                Some(Slot::Waiting { retry_at, .. }) if tokio::time::Instant::now() < *retry_at => {
+                }
                 None | Some(Slot::Waiting { .. }) => self.admit(pod, &uid).await,
                 _ => {}
             }
@@ -585,7 +612,15 @@ impl Agent {
     }
 
     fn begin_delete(&mut self, pod: &Pod, uid: &str) {
-        let slot = self.pods.insert(uid.to_owned(), Slot::Stopping);
+        if let Some(Slot::Stopping { since }) = self.pods.get(uid)
+            && since.elapsed() < DELETE_RETRY
+        {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let slot = self
+            .pods
+            .insert(uid.to_owned(), Slot::Stopping { since: now });
         let api: Api<Pod> =
             Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
         let delete = Some((api, pod.name_any(), uid.to_owned()));
@@ -599,7 +634,6 @@ impl Agent {
                 self.stopping
                     .spawn(stop_pod(run, grace, delete, self.ipam.clone()));
             }
-            Some(Slot::Stopping) => {}
             _ => {
                 self.stopping.spawn(stop_pod_none(delete));
             }
@@ -654,7 +688,22 @@ impl Agent {
     }
 
     async fn wait(&mut self, pod: &Pod, uid: &str, message: String) {
-        if matches!(self.pods.get(uid), Some(Slot::Waiting { message: m }) if *m == message) {
+        let (same, delay) = match self.pods.get(uid) {
+            Some(Slot::Waiting {
+                message: m, delay, ..
+            }) => (*m == message, delay.saturating_mul(2).min(WAIT_RETRY.1)),
+            _ => (false, WAIT_RETRY.0),
+        };
+        let retry_at = tokio::time::Instant::now() + delay;
+        if same {
+            self.pods.insert(
+                uid.to_owned(),
+                Slot::Waiting {
+                    message,
+                    retry_at,
+                    delay,
+                },
+            );
             return;
         }
         tracing::info!(pod = %pod.name_any(), %message, "pod waits");
@@ -676,7 +725,14 @@ impl Agent {
             "containerStatuses": containers,
         });
         patch_status(&self.client, pod, status).await;
-        self.pods.insert(uid.to_owned(), Slot::Waiting { message });
+        self.pods.insert(
+            uid.to_owned(),
+            Slot::Waiting {
+                message,
+                retry_at,
+                delay,
+            },
+        );
     }
 
     /// Volumes, env, then a supervised process and a prober per container.

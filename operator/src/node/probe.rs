@@ -115,7 +115,12 @@ pub async fn run(
         let Some(run) = wait_running(&mut status).await else {
             return;
         };
-        ready.store(probes.readiness.is_none(), Ordering::Relaxed);
+        // Neither ready before a startup probe passes nor, with a readiness probe, before
+        // that passes.
+        ready.store(
+            probes.readiness.is_none() && probes.startup.is_none(),
+            Ordering::Relaxed,
+        );
         tokio::select! {
             () = probe_run(&probes, ip, run, &ready, grace) => {}
             () = wait_restart(&mut status, run) => {}
@@ -172,6 +177,9 @@ async fn probe_run(
     {
         kill(run.0, grace).await;
         return;
+    }
+    if probes.startup.is_some() && probes.readiness.is_none() {
+        ready.store(true, Ordering::Relaxed);
     }
     let readiness = async {
         if let Some(p) = &probes.readiness {

@@ -184,7 +184,11 @@ fn program_args(c: &Container) -> Result<Vec<String>, Refusal> {
             .image
             .as_deref()
             .is_some_and(|i| image_name(i).starts_with("meshbench"));
-        return if ours { Ok(argv) } else { Err(refuse()) };
+        return if ours {
+            allowed_subcommand(c, argv)
+        } else {
+            Err(refuse())
+        };
     }
     let first = Path::new(&argv[0])
         .file_name()
@@ -196,7 +200,27 @@ fn program_args(c: &Container) -> Result<Vec<String>, Refusal> {
     };
     let mut args: Vec<String> = sub.iter().map(|s| s.to_string()).collect();
     args.extend(argv.into_iter().skip(1));
-    Ok(args)
+    allowed_subcommand(c, args)
+}
+
+/// The subcommands a pod may run: what our manifests run, and `validate` (reads files
+/// only). Pods run as the agent's user; `node`, `operator` or `run` would hand a pod
+/// creator that user's powers on this machine.
+const SUBCOMMANDS: [&str; 3] = ["worker", "loadgen", "validate"];
+
+fn allowed_subcommand(c: &Container, args: Vec<String>) -> Result<Vec<String>, Refusal> {
+    match args.first() {
+        Some(sub) if SUBCOMMANDS.contains(&sub.as_str()) => Ok(args),
+        other => Err(Refusal::new(
+            "UnsupportedContainer",
+            format!(
+                "container {:?}: subcommand {:?} is not run by the meshbench node agent (only {})",
+                c.name,
+                other.map(String::as_str).unwrap_or(""),
+                SUBCOMMANDS.join(", ")
+            ),
+        )),
+    }
 }
 
 /// `registry/path/name:tag@digest` → `name`.
@@ -336,12 +360,14 @@ pub fn container_plan(
     env: Vec<(String, String)>,
     mounts: &Mounts,
 ) -> Result<ContainerPlan, Refusal> {
+    // Expansion sees the values as written; each final string is rewritten once (a
+    // rewritten path can itself start with a mount path, e.g. a data dir under /tmp).
     let mut vars = BTreeMap::new();
     let mut resolved = Vec::with_capacity(env.len());
     for (name, value) in env {
-        let v = mounts.rewrite(&expand(&value, &vars));
+        let v = expand(&value, &vars);
         vars.insert(name.clone(), v.clone());
-        resolved.push((name, v));
+        resolved.push((name, mounts.rewrite(&v)));
     }
     let args = program_args(c)?
         .iter()
@@ -471,6 +497,20 @@ mod tests {
         assert_eq!(expand("$(B)", &vars), "$(B)");
         assert_eq!(expand("$$(A)", &vars), "$(A)");
         assert_eq!(expand("cost $5 $(A", &vars), "cost $5 $(A");
+    }
+
+    #[test]
+    fn a_path_is_rewritten_once_even_through_a_variable() {
+        let m = Mounts(vec![("/tmp".into(), "/tmp/node/volumes/tmp".into())]);
+        let mut c = container(&["meshbench", "loadgen"], "meshbench");
+        c.args = Some(vec!["--out".into(), "$(OUT)".into()]);
+        let env = vec![("OUT".to_string(), "/tmp/r.json".to_string())];
+        let plan = container_plan(&c, env, &m).unwrap();
+        assert_eq!(
+            plan.args,
+            ["loadgen", "--out", "/tmp/node/volumes/tmp/r.json"]
+        );
+        assert_eq!(plan.env[0].1, "/tmp/node/volumes/tmp/r.json");
     }
 
     #[test]
