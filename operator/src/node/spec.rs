@@ -477,8 +477,14 @@ mod tests {
         assert_eq!(args.unwrap(), ["worker", "--config", "x"]);
         let args = program_args(&container(&["/usr/local/bin/meshbench-worker"], "any"));
         assert_eq!(args.unwrap(), ["worker"]);
-        let args = program_args(&container(&[], "ghcr.io/x/meshbench:0.1"));
-        assert!(args.unwrap().is_empty());
+        let mut entrypoint = container(&[], "ghcr.io/x/meshbench:0.1");
+        entrypoint.args = Some(vec!["loadgen".into()]);
+        assert_eq!(program_args(&entrypoint).unwrap(), ["loadgen"]);
+        assert!(program_args(&container(&[], "ghcr.io/x/meshbench:0.1")).is_err());
+        for sub in ["node", "operator", "run"] {
+            let refused = program_args(&container(&["meshbench", sub], "meshbench")).unwrap_err();
+            assert!(refused.message.contains(sub), "{}", refused.message);
+        }
         let refused = program_args(&container(&[], "nginx:1.27")).unwrap_err();
         assert_eq!(refused.reason, "UnsupportedContainer");
         assert!(
