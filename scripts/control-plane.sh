@@ -15,7 +15,9 @@
 #       --with-node also starts kube-scheduler and `meshbench node` (the node agent, as
 #       the node's own identity system:node:meshbench-node, so the Node authorizer and
 #       NodeRestriction apply to it; bound to kube-proxy's role system:node-proxier for
-#       its Service proxy) and waits until the node is registered; the agent is
+#       its Service proxy, and allowed to read Deployments, ReplicaSets and HPAs for the
+#       kube-state series it serves at /metrics/kube-state) and waits until the node is
+#       registered; the agent is
 #       $MESHBENCH_BIN (default target/debug/meshbench, built if missing), then
 #       metrics-server (registered as v1beta1.metrics.k8s.io). Pods get IPs from
 #       198.18.0.0/16 and Services ClusterIPs from 198.19.0.0/16; the agent makes both
@@ -205,6 +207,15 @@ bind_node_proxier() {
     >/dev/null
 }
 
+# The agent also serves kube-state-metrics' series (`--state-metrics`) for a Prometheus:
+# it reads Deployments, ReplicaSets and HPAs, which no node role may.
+bind_node_state_reader() {
+  apipost /apis/rbac.authorization.k8s.io/v1/clusterroles \
+    '{"metadata":{"name":"meshbench-node-state-metrics"},"rules":[{"apiGroups":["apps"],"resources":["deployments","replicasets"],"verbs":["get","list","watch"]},{"apiGroups":["autoscaling"],"resources":["horizontalpodautoscalers"],"verbs":["get","list","watch"]}]}'
+  apipost /apis/rbac.authorization.k8s.io/v1/clusterrolebindings \
+    '{"metadata":{"name":"meshbench-node-state-metrics"},"roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"meshbench-node-state-metrics"},"subjects":[{"apiGroup":"rbac.authorization.k8s.io","kind":"User","name":"system:node:'"$NODE_NAME"'"}]}'
+}
+
 # The node agent: pods bound to the node run as processes (see `meshbench node --help`).
 start_node() {
   local mb="${MESHBENCH_BIN:-$ROOT/target/debug/meshbench}"
@@ -215,7 +226,7 @@ start_node() {
   mkdir -p "$DIR/node"
   KUBECONFIG="$DIR/node.kubeconfig" RUST_LOG="${MESHBENCH_NODE_LOG:-info,kube=warn}" \
     setsid "$mb" node --name "$NODE_NAME" --data-dir "$DIR/node" --port "$(free_port)" \
-    --pod-cidr "$POD_CIDR" --service-cidr "$SERVICE_CIDR" \
+    --pod-cidr "$POD_CIDR" --service-cidr "$SERVICE_CIDR" --state-metrics \
     >"$DIR/logs/meshbench-node.log" 2>&1 < /dev/null &
   echo "$!" >> "$DIR/pids"
 }
@@ -288,6 +299,7 @@ up() {
   wait_for "kube-controller-manager" 60 default_sa
   if [ "$node" = 1 ]; then
     wait_for "the RBAC bootstrap roles" 30 bind_node_proxier
+    bind_node_state_reader
     start_node
     wait_for "the node agent to register $NODE_NAME" 60 node_registered
     start_metrics_server

@@ -66,9 +66,7 @@ fn platform(run_id: &str, dir: &std::path::Path) -> LocalPlatform {
             ready_timeout: Duration::from_secs(60),
             enforce_limits: true,
             balance: Default::default(),
-            node: meshbench_operator::local::node::allocatable(
-                meshbench_operator::local::node::machine_capacity(),
-            ),
+            node: meshbench_runtime::node::allocatable(meshbench_runtime::node::machine_capacity()),
         },
         run_id,
     )

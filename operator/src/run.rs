@@ -17,12 +17,12 @@ use meshbench_loadgen::{CancellationToken, RunOptions, run_plan};
 use crate::convert;
 use crate::exit;
 use crate::experiment::{Action, Cursor, ExperimentSchedule, Machine, Outcome};
-use crate::local::cgroup::Enforcement;
-use crate::local::node::{self, Resources};
 use crate::local::platform::{LocalOptions, LocalPlatform};
 use crate::local::prometheus::LocalPrometheus;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use meshbench_analysis::capacity::NodeModel;
+use meshbench_runtime::cgroup::Enforcement;
+use meshbench_runtime::node::{self, Resources};
 
 /// Errors of a local run's Prometheus: starting or reaching it, and collecting from it.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +87,7 @@ pub struct RunArgs {
     /// How each Service picks an endpoint for a new connection: `random` as kube-proxy's
     /// iptables/nftables rules (the default), or `round-robin` as IPVS `rr`.
     #[arg(long, value_enum, default_value = "random", value_name = "MODE")]
-    pub service_balance: crate::local::proxy::Balance,
+    pub service_balance: meshbench_runtime::proxy::Balance,
     /// `--node-cpu` / `--node-memory`: the node the replicas are scheduled on.
     #[command(flatten)]
     pub node: NodeArgs,
@@ -151,7 +151,7 @@ pub async fn run(args: RunArgs) -> u8 {
         eprintln!("nothing was started: fix the problems above (see `meshbench validate`)");
         return exit::INVALID;
     }
-    let bench = match select_benchmark(&args, &bundle) {
+    let bench = match select_benchmark(args.benchmark.as_deref(), &bundle) {
         Ok(b) => b,
         Err(code) => return code,
     };
@@ -171,9 +171,12 @@ pub async fn run(args: RunArgs) -> u8 {
 }
 
 /// The Benchmark to run: the one named by `--benchmark`, or the only one in the files.
-fn select_benchmark<'a>(args: &RunArgs, bundle: &'a Bundle) -> Result<&'a Benchmark, u8> {
+pub(crate) fn select_benchmark<'a>(
+    name: Option<&str>,
+    bundle: &'a Bundle,
+) -> Result<&'a Benchmark, u8> {
     let benchmarks: Vec<&Benchmark> = bundle.benchmarks.iter().map(|d| &d.benchmark).collect();
-    match (&args.benchmark, benchmarks.as_slice()) {
+    match (name, benchmarks.as_slice()) {
         (Some(name), all) => all
             .iter()
             .find(|b| b.metadata.name.as_deref() == Some(name))
@@ -689,7 +692,7 @@ fn print_step(row: &meshbench_analysis::tables::StepRow, replicas: &[(String, us
     );
 }
 /// The spec of the run as run.json records it: the resources as written.
-fn spec_json(bench: &ValidBenchmark, meshes: &[ValidMesh]) -> serde_json::Value {
+pub(crate) fn spec_json(bench: &ValidBenchmark, meshes: &[ValidMesh]) -> serde_json::Value {
     let meshes: Vec<&meshbench_crds::ServiceMesh> = meshes.iter().map(ValidMesh::mesh).collect();
     serde_json::json!({ "benchmark": bench.benchmark(), "meshes": meshes })
 }
@@ -736,7 +739,7 @@ fn deviations(args: &RunArgs) -> Vec<String> {
             ));
         }
     }
-    if args.service_balance != crate::local::proxy::Balance::Random {
+    if args.service_balance != meshbench_runtime::proxy::Balance::Random {
         out.push(
             "Services balance connections round robin (kube-proxy iptables/nftables: random)"
                 .into(),
@@ -845,7 +848,7 @@ fn fmt_opt(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into())
 }
 
-fn print_summary(dir: &std::path::Path) {
+pub(crate) fn print_summary(dir: &std::path::Path) {
     let Ok(analysis) = meshbench_analysis::load(dir) else {
         return;
     };

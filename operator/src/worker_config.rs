@@ -28,7 +28,7 @@ fn method(m: meshbench_crds::mesh::HttpMethod) -> Method {
     }
 }
 
-fn delay(d: &ResolvedDelay) -> Option<DelayConfig> {
+pub(crate) fn delay(d: &ResolvedDelay) -> Option<DelayConfig> {
     let spec = &d.delay;
     let distribution = if let Some(f) = &spec.fixed {
         DelayDistribution::Fixed {
@@ -127,29 +127,7 @@ pub fn worker_config(
     }
 }
 
-/// The worker's readiness probe (an HTTP GET on the service port), in one place so that a
-/// replica leaves and rejoins its Service on the same schedule in a cluster and locally.
-///
-/// It probes the service port so it reflects what the traffic sees: a replica too
-/// saturated to answer within the timeout leaves the Service until it recovers. That
-/// costs traffic, not the replica, and it is the Kubernetes behaviour a benchmark of a
-/// mesh should reproduce. Without `readiness:` in the spec the failure threshold is the
-/// Kubernetes default of 3, so one slow answer does not shed load the user never asked to
-/// shed; a service that declares readiness gating leaves at the first miss, which is the
-/// gate it asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReadinessProbe {
-    /// Path requested; 200-399 passes.
-    pub path: &'static str,
-    /// Time between probes (`periodSeconds`).
-    pub period: Duration,
-    /// Time a probe may take (`timeoutSeconds`).
-    pub timeout: Duration,
-    /// Passes in a row that make an unready replica ready (`successThreshold`).
-    pub success_threshold: u32,
-    /// Misses in a row that make a ready replica unready (`failureThreshold`).
-    pub failure_threshold: u32,
-}
+pub use meshbench_runtime::proxy::ReadinessProbe;
 
 /// The readiness probe of `svc`'s workers. The period is the service's
 /// `readiness.period` in whole seconds, at least 1 s: `periodSeconds` is an integer with

@@ -14,11 +14,9 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
-use meshbench_operator::local::cgroup::{self, CgroupRoot, Limits};
-use meshbench_operator::local::pods::{
-    PodEvent, PodEventKind, PodPhase, Pods, PodsConfig, ReplicaSpec,
-};
-use meshbench_operator::local::proxy::{Backend, Balance, ProbeConfig, ProxyConfig, ServiceProxy};
+use meshbench_runtime::cgroup::{self, CgroupRoot, Limits};
+use meshbench_runtime::pods::{PodEvent, PodEventKind, PodPhase, Pods, PodsConfig, ReplicaSpec};
+use meshbench_runtime::proxy::{Backend, Balance, ProbeConfig, ProxyConfig, ServiceProxy};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -71,7 +69,7 @@ fn sh(service: &str, index: u32, script: &str) -> ReplicaSpec {
         cpu_limit_millis: None,
         memory_limit_bytes: None,
         cpu_request_millis: None,
-        restart: meshbench_operator::local::pods::RestartPolicy::Always,
+        restart: meshbench_runtime::pods::RestartPolicy::Always,
         ip: std::net::Ipv4Addr::LOCALHOST,
         cwd: None,
         inherit_env: true,
@@ -319,7 +317,7 @@ fn stale_helper() {
             cpu_limit_millis: None,
             memory_limit_bytes: None,
             cpu_request_millis: None,
-            restart: meshbench_operator::local::pods::RestartPolicy::Always,
+            restart: meshbench_runtime::pods::RestartPolicy::Always,
             ip: std::net::Ipv4Addr::LOCALHOST,
             cwd: None,
             inherit_env: true,
@@ -426,7 +424,7 @@ async fn crashed_replica_restarts_at_once_then_with_exponential_backoff() {
         cpu_limit_millis: Some(100),
         memory_limit_bytes: Some(64 << 20),
         cpu_request_millis: None,
-        restart: meshbench_operator::local::pods::RestartPolicy::Always,
+        restart: meshbench_runtime::pods::RestartPolicy::Always,
         ip: std::net::Ipv4Addr::LOCALHOST,
         cwd: None,
         inherit_env: true,
@@ -956,7 +954,7 @@ async fn supervised_servers_behind_the_proxy() {
             cpu_limit_millis: Some(500),
             memory_limit_bytes: Some(256 << 20),
             cpu_request_millis: None,
-            restart: meshbench_operator::local::pods::RestartPolicy::Always,
+            restart: meshbench_runtime::pods::RestartPolicy::Always,
             ip: std::net::Ipv4Addr::LOCALHOST,
             cwd: None,
             inherit_env: true,

@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use meshbench_loadgen::LoadResult;
-use meshbench_operator::local::cgroup::{Cgroup, CgroupRoot, Limits};
+use meshbench_runtime::cgroup::{Cgroup, CgroupRoot, Limits};
 
 /// CPU limit of the worker's cgroup, millicores.
 const CPU_LIMIT_MILLIS: u64 = 200;

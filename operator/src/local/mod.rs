@@ -1,12 +1,8 @@
-//! The local platform.
+//! The local platform: the HPA controller's algorithm, the mesh's services and their
+//! replicas on this machine (through `meshbench_runtime`), and the local Prometheus.
 
-pub mod cgroup;
 pub mod exporter;
 pub mod hpa;
 pub mod hpa_view;
-pub mod node;
 pub mod platform;
-pub mod pods;
 pub mod prometheus;
-pub mod proxy;
-pub mod sampler;

@@ -7,7 +7,7 @@
 //!
 //! The timings are a cluster's: the readiness probe the cluster renders
 //! ([`readiness_probe`]), routes that follow readiness a propagation delay later (see
-//! [`super::proxy`]), the kubelet's crash back-off and 30 s termination grace
+//! [`meshbench_runtime::proxy`]), the kubelet's crash back-off and 30 s termination grace
 //! ([`PodsConfig::new`]), and the worker's 30 s drain.
 
 use std::collections::{BTreeMap, HashMap};
@@ -23,18 +23,18 @@ use meshbench_crds::resolve::ResolvedService;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::cgroup::{CgroupRoot, Enforcement};
 use super::exporter::{Exporter, NAMESPACE, ServiceState, pod_name};
 use super::hpa::{Decision, Hpa, HpaConfig, PodSample};
 use super::hpa_view::{MetricsPipeline, PodLifecycle, Process, RankedPod, scale_down_victims};
-use super::node::Resources;
-use super::pods::{
+use super::prometheus::{Target, write_targets};
+use crate::worker_config::{readiness_probe, worker_config};
+use meshbench_runtime::cgroup::{CgroupRoot, Enforcement};
+use meshbench_runtime::node::Resources;
+use meshbench_runtime::pods::{
     PORT_PLACEHOLDER, PodEvent, PodPhase, Pods, PodsConfig, ReplicaSpec, ReplicaStatus,
 };
-use super::prometheus::{Target, write_targets};
-use super::proxy::{Balance, ProxyConfig, ServiceProxy};
-use super::sampler::{WorkerCounters, parse_worker_metrics, proc_usage, scrape};
-use crate::worker_config::{readiness_probe, worker_config};
+use meshbench_runtime::proxy::{Balance, ProxyConfig, ServiceProxy};
+use meshbench_runtime::sampler::{WorkerCounters, parse_worker_metrics, proc_usage, scrape};
 
 /// Errors of the local platform.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +45,7 @@ pub enum PlatformError {
         /// Service.
         service: String,
         /// Cause.
-        source: super::proxy::ProxyError,
+        source: meshbench_runtime::proxy::ProxyError,
     },
     /// A replica could not be started.
     #[error("cannot start replica of service {service}: {source}")]
@@ -53,7 +53,7 @@ pub enum PlatformError {
         /// Service.
         service: String,
         /// Cause.
-        source: super::pods::PodsError,
+        source: meshbench_runtime::pods::PodsError,
     },
     /// Replicas did not become ready in time.
     #[error("not ready after {waited:?}: {detail}")]
@@ -96,7 +96,7 @@ pub struct LocalOptions {
     pub enforce_limits: bool,
     /// How Services pick an endpoint per connection (random, as kube-proxy).
     pub balance: Balance,
-    /// The node's allocatable CPU and memory ([`super::node::allocatable`] of this
+    /// The node's allocatable CPU and memory ([`meshbench_runtime::node::allocatable`] of this
     /// machine unless overridden): replicas whose requests do not fit stay Pending.
     pub node: Resources,
 }
@@ -223,7 +223,7 @@ impl RunClock {
 impl LocalPlatform {
     /// Prepares cgroups (or records why limits cannot be enforced) and the supervisor.
     pub fn new(opts: LocalOptions, run_id: &str) -> Self {
-        let stale = super::cgroup::cleanup_stale();
+        let stale = meshbench_runtime::cgroup::cleanup_stale();
         if !stale.is_empty() {
             tracing::info!(
                 count = stale.len(),
@@ -579,7 +579,7 @@ impl LocalPlatform {
 }
 
 fn record_event(shared: &Arc<Mutex<Shared>>, ev: &PodEvent) {
-    use super::pods::PodEventKind as K;
+    use meshbench_runtime::pods::PodEventKind as K;
     let text = match &ev.kind {
         K::Exited { code, signal } => Some(format!(
             "{} pod {} exited (code {}, signal {})",
@@ -650,7 +650,7 @@ fn start_replica(
         cpu_limit_millis: s.resolved.resources.cpu_limit_millis,
         memory_limit_bytes: s.resolved.resources.memory_limit_bytes,
         cpu_request_millis: s.resolved.resources.cpu_request_millis,
-        restart: crate::local::pods::RestartPolicy::Always,
+        restart: meshbench_runtime::pods::RestartPolicy::Always,
         ip: std::net::Ipv4Addr::LOCALHOST,
         cwd: None,
         inherit_env: true,
@@ -1103,7 +1103,7 @@ fn scale_down(s: &mut Service, tick: &Tick, excess: usize) {
 /// What the HPA saw and decided at one sync, as samples: every input (per-pod utilization,
 /// ready, unready and missing pods) and every stage of the decision (recommendation,
 /// stabilized, desired), so a report can tell why it scaled or did not.
-fn hpa_samples(
+pub(crate) fn hpa_samples(
     ts: i64,
     mesh: &str,
     service: &str,

@@ -2,7 +2,9 @@
 //! scrapes to serve `metrics.k8s.io` (what `kubectl top` and the HPA controller read):
 //! per container CPU time and memory working set from its cgroup, the same per pod, the
 //! node's from /proc, each sample with its timestamp, as the kubelet writes them
-//! (pkg/kubelet/metrics/collectors/resource_metrics.go).
+//! (pkg/kubelet/metrics/collectors/resource_metrics.go). Beside it, for a Prometheus:
+//! `/metrics/cadvisor` (the containers' CPU time and working set under cAdvisor's names,
+//! which the collector's PromQL reads) and `/metrics/kube-state` (see [`super::state`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,8 +17,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::sync::watch;
 
-use crate::local::cgroup::Cgroup;
-use crate::local::pods::ReplicaStatus;
+use meshbench_runtime::cgroup::Cgroup;
+use meshbench_runtime::pods::ReplicaStatus;
 
 /// One container the endpoint reports.
 #[derive(Clone)]
@@ -36,12 +38,26 @@ pub struct Target {
 /// The containers of the running pods, replaced by the agent on every sync.
 pub type Targets = Arc<Mutex<Vec<Target>>>;
 
-/// Serves `/metrics/resource` and `/healthz` on `addr`; returns the bound address.
-pub async fn serve(addr: SocketAddr, targets: Targets) -> std::io::Result<SocketAddr> {
+/// What the endpoint's handlers read.
+#[derive(Clone)]
+struct Shared {
+    targets: Targets,
+    state: super::state::Shared,
+}
+
+/// Serves `/metrics/resource`, `/metrics/cadvisor`, `/metrics/kube-state` and `/healthz`
+/// on `addr`; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    targets: Targets,
+    state: super::state::Shared,
+) -> std::io::Result<SocketAddr> {
     let app = axum::Router::new()
         .route("/metrics/resource", get(resource))
+        .route("/metrics/cadvisor", get(cadvisor))
+        .route("/metrics/kube-state", get(kube_state))
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(targets);
+        .with_state(Shared { targets, state });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
@@ -52,24 +68,53 @@ pub async fn serve(addr: SocketAddr, targets: Targets) -> std::io::Result<Socket
     Ok(local)
 }
 
-async fn resource(State(targets): State<Targets>) -> impl IntoResponse {
-    let snapshot: Vec<Target> = targets.lock().unwrap_or_else(|p| p.into_inner()).clone();
+const TEXT_FORMAT: &str = "text/plain; version=0.0.4";
+
+async fn resource(State(shared): State<Shared>) -> impl IntoResponse {
+    let snapshot = snapshot(&shared.targets);
     // cgroup and /proc reads are file reads: off the async workers.
     let body = tokio::task::spawn_blocking(move || {
         render(&snapshot, chrono::Utc::now().timestamp_millis())
     })
     .await
     .unwrap_or_else(|_| "scrape_error 1\n".to_owned());
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+    ([(CONTENT_TYPE, TEXT_FORMAT)], body)
 }
 
-fn label(v: &str) -> String {
+async fn cadvisor(State(shared): State<Shared>) -> impl IntoResponse {
+    let snapshot = snapshot(&shared.targets);
+    let body = tokio::task::spawn_blocking(move || render_cadvisor(&snapshot))
+        .await
+        .unwrap_or_default();
+    ([(CONTENT_TYPE, TEXT_FORMAT)], body)
+}
+
+async fn kube_state(State(shared): State<Shared>) -> axum::response::Response {
+    match shared.state.get() {
+        Some(stores) => {
+            ([(CONTENT_TYPE, TEXT_FORMAT)], super::state::render(stores)).into_response()
+        }
+        None => (
+            axum::http::StatusCode::NOT_FOUND,
+            "kube-state series are served with `meshbench node --state-metrics`\n",
+        )
+            .into_response(),
+    }
+}
+
+fn snapshot(targets: &Targets) -> Vec<Target> {
+    targets.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Escapes a label value for the text exposition format.
+pub(super) fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+/// Writes a family's HELP and TYPE lines.
+pub(super) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
@@ -194,6 +239,53 @@ pub fn render(targets: &[Target], ts: i64) -> String {
         "1 if there was an error while getting container metrics, 0 otherwise",
     );
     out.push_str("scrape_error 0\n");
+    out
+}
+
+/// cAdvisor's container series as the kubelet's `/metrics/cadvisor` names them, without
+/// timestamps (Prometheus stamps them at the scrape, so a stopped container's series
+/// ends with a staleness marker).
+pub fn render_cadvisor(targets: &[Target]) -> String {
+    let mut cpu = String::new();
+    let mut mem = String::new();
+    for t in targets {
+        let Ok(Some(stats)) = t.cgroup.stats() else {
+            continue;
+        };
+        let labels = format!(
+            "container=\"{}\",namespace=\"{}\",pod=\"{}\"",
+            label(&t.container),
+            label(&t.ns),
+            label(&t.pod)
+        );
+        if let Some(c) = stats.cpu_usage {
+            let _ = writeln!(
+                cpu,
+                "container_cpu_usage_seconds_total{{{labels}}} {}",
+                c.as_secs_f64()
+            );
+        }
+        let _ = writeln!(
+            mem,
+            "container_memory_working_set_bytes{{{labels}}} {}",
+            stats.memory_working_set_bytes
+        );
+    }
+    let mut out = String::new();
+    family(
+        &mut out,
+        "container_cpu_usage_seconds_total",
+        "counter",
+        "Cumulative cpu time consumed in seconds.",
+    );
+    out.push_str(&cpu);
+    family(
+        &mut out,
+        "container_memory_working_set_bytes",
+        "gauge",
+        "Current working set in bytes.",
+    );
+    out.push_str(&mem);
     out
 }
 

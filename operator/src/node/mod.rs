@@ -8,7 +8,9 @@
 //! - [`volumes`]: ConfigMap, Secret, emptyDir, Downward API and projected volumes;
 //! - [`probe`]: readiness, liveness and startup probes;
 //! - [`status`]: the pod status reported back;
-//! - [`metrics`]: the kubelet's `/metrics/resource` for metrics-server;
+//! - [`metrics`]: the kubelet's `/metrics/resource` for metrics-server, and
+//!   `/metrics/cadvisor` for a Prometheus;
+//! - [`state`]: kube-state-metrics' series at `/metrics/kube-state` for a Prometheus;
 //! - [`network`]: Services (a proxy per ClusterIP port following EndpointSlices) and
 //!   their names.
 //!
@@ -21,6 +23,7 @@ pub mod network;
 pub mod probe;
 pub mod registration;
 pub mod spec;
+pub mod state;
 pub mod status;
 pub mod volumes;
 
@@ -39,8 +42,8 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-use crate::local::cgroup::CgroupRoot;
-use crate::local::pods::{PodEvent, PodsConfig, Replica, ReplicaSpec, RestartPolicy};
+use meshbench_runtime::cgroup::CgroupRoot;
+use meshbench_runtime::pods::{PodEvent, PodsConfig, Replica, ReplicaSpec, RestartPolicy};
 use registration::NodeInfo;
 use spec::{PodFacts, Refusal};
 use volumes::NotReady;
@@ -66,6 +69,13 @@ pub struct NodeAgentArgs {
     /// the node's IP; 0 picks a free one.
     #[arg(long, default_value_t = 10250)]
     pub port: u16,
+    /// Also serve kube-state-metrics' series (replicas, HPAs, requests and limits, owners)
+    /// at `/metrics/kube-state`, so a Prometheus gets what the operator's collection
+    /// reads with no kube-state-metrics in the cluster. Needs get, list and watch on
+    /// Deployments, ReplicaSets and HorizontalPodAutoscalers (`control-plane.sh up
+    /// --with-node` grants them).
+    #[arg(long)]
+    pub state_metrics: bool,
     /// Directory of the pods' volumes and logs (`pods/<namespace>_<pod>_<uid>/`).
     /// Default: a new temporary directory, removed on exit.
     #[arg(long, value_name = "DIR")]
@@ -302,6 +312,8 @@ struct Agent {
     stopping: tokio::task::JoinSet<()>,
     network: network::Network,
     targets: metrics::Targets,
+    /// Where the kube-state series' stores go, with `--state-metrics`.
+    state: Option<state::Shared>,
     signals: Signals,
 }
 
@@ -365,7 +377,9 @@ async fn run_with_routes(
     let allocatable = args.resources.resources();
     let ip = args.pod_cidr.first();
     let targets = metrics::Targets::default();
-    let endpoint = metrics::serve(std::net::SocketAddr::from((ip, args.port)), targets.clone())
+    let state = state::Shared::default();
+    let addr = std::net::SocketAddr::from((ip, args.port));
+    let endpoint = metrics::serve(addr, targets.clone(), state.clone())
         .await
         .map_err(|e| {
             NodeError::Setup(format!(
@@ -375,12 +389,12 @@ async fn run_with_routes(
         })?;
     let info = NodeInfo {
         name: args.name.clone(),
-        capacity: crate::local::node::machine_capacity(),
+        capacity: meshbench_runtime::node::machine_capacity(),
         allocatable,
         ip,
         port: endpoint.port(),
     };
-    crate::local::cgroup::cleanup_stale();
+    meshbench_runtime::cgroup::cleanup_stale();
     let cgroups = CgroupRoot::create(&format!("node-{}", sanitize(&args.name)))
         .map_err(|e| NodeError::Setup(format!("cgroups: {e}")))?;
     let since = registration::register(&client, &info)
@@ -398,6 +412,7 @@ async fn run_with_routes(
     let mut agent = Agent {
         signals,
         targets,
+        state: args.state_metrics.then_some(state),
         client: client.clone(),
         info,
         program,
@@ -531,6 +546,11 @@ impl Agent {
             watcher::Config::default(),
             &changed,
         );
+        let state_watches = self.state.as_ref().map(|shared| {
+            let (watches, stores) = self.state_stores(pods.clone());
+            let _ = shared.set(stores);
+            watches
+        });
         let _ = tokio::time::timeout(Duration::from_secs(30), pods.wait_until_ready()).await;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -543,10 +563,30 @@ impl Agent {
             self.network.sync(&services.state(), &slices.state());
             self.sync(pods.state()).await;
         }
-        for w in [pods_watch, services_watch, slices_watch] {
+        for w in [pods_watch, services_watch, slices_watch]
+            .into_iter()
+            .chain(state_watches.into_iter().flatten())
+        {
             w.abort();
         }
         Ok(())
+    }
+
+    /// Watches of the objects kube-state series are made of; their events do not wake
+    /// the sync loop.
+    fn state_stores(&self, pods: reflector::Store<Pod>) -> (Vec<JoinHandle<()>>, state::Stores) {
+        let quiet = Arc::new(tokio::sync::Notify::new());
+        let all = watcher::Config::default;
+        let (deployments, d) = reflect(&self.client, all(), &quiet);
+        let (replicasets, r) = reflect(&self.client, all(), &quiet);
+        let (hpas, h) = reflect(&self.client, all(), &quiet);
+        let stores = state::Stores {
+            deployments,
+            replicasets,
+            hpas,
+            pods,
+        };
+        (vec![d, r, h], stores)
     }
 
     /// One pass: start new pods, stop deleted ones, report statuses.

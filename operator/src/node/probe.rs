@@ -15,7 +15,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::sync::watch;
 
-use crate::local::pods::{PodPhase, ReplicaStatus};
+use meshbench_runtime::pods::{PodPhase, ReplicaStatus};
 
 /// A probe with the API's defaults filled in.
 #[derive(Debug, Clone)]
@@ -76,7 +76,8 @@ impl ProbeSpec {
     async fn run_once(&self, ip: Ipv4Addr) -> bool {
         match &self.action {
             Action::Http { port, path } => {
-                crate::local::proxy::probe(SocketAddr::from((ip, *port)), path, self.timeout).await
+                meshbench_runtime::proxy::probe(SocketAddr::from((ip, *port)), path, self.timeout)
+                    .await
             }
             Action::Tcp { port } => matches!(
                 tokio::time::timeout(

@@ -13,7 +13,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-use crate::local::node::Resources;
+use meshbench_runtime::node::Resources;
 
 /// The kubelet's default `nodeLeaseDurationSeconds`.
 const LEASE_SECONDS: i32 = 40;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, Probe};
 use kube::ResourceExt;
 
-use crate::local::pods::RestartPolicy;
+use meshbench_runtime::pods::RestartPolicy;
 
 /// Why a pod cannot run here (the pod is reported `Failed` with this).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
-use crate::local::pods::{ExitRecord, PodPhase, ReplicaStatus};
+use meshbench_runtime::pods::{ExitRecord, PodPhase, ReplicaStatus};
 
 /// One container as the status reports it.
 #[derive(Debug, Clone)]

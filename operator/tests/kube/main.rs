@@ -6,9 +6,12 @@
 //! kube-apiserver and kube-controller-manager built from their Go modules by
 //! `scripts/control-plane.sh`); the test plays the kubelet ([`kubelet`]) for the pods the
 //! real controllers create. [`node`] starts a second control plane with kube-scheduler
-//! and the real node agent (`meshbench node`) instead, and checks the agent.
+//! and the real node agent (`meshbench node`) instead, and checks the agent;
+//! [`node_experiments`] runs whole experiments through it.
 
 mod cluster;
+#[path = "../common/csv.rs"]
+mod csv;
 mod kubelet;
 
 mod bench_controller;
@@ -19,6 +22,7 @@ mod leader;
 mod lifecycle;
 mod mesh_controller;
 mod node;
+mod node_experiments;
 mod render;
 mod results;
 mod schema;

@@ -20,7 +20,7 @@
 //!   installed, so the kernel kills it when the runner's thread that spawned it exits;
 //! - `MESHBENCH_PARENT_PID` holds the runner's pid, so the worker can exit when its
 //!   parent changes (see notes/local.md);
-//! - the next run's [`crate::local::cgroup::cleanup_stale`] kills what is left in the
+//! - the next run's [`crate::cgroup::cleanup_stale`] kills what is left in the
 //!   dead run's cgroups.
 
 use std::collections::BTreeMap;

@@ -54,7 +54,29 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::worker_config::ReadinessProbe;
+/// The worker's readiness probe (an HTTP GET on the service port), in one place so that a
+/// replica leaves and rejoins its Service on the same schedule in a cluster and locally.
+///
+/// It probes the service port so it reflects what the traffic sees: a replica too
+/// saturated to answer within the timeout leaves the Service until it recovers. That
+/// costs traffic, not the replica, and it is the Kubernetes behaviour a benchmark of a
+/// mesh should reproduce. Without `readiness:` in the spec the failure threshold is the
+/// Kubernetes default of 3, so one slow answer does not shed load the user never asked to
+/// shed; a service that declares readiness gating leaves at the first miss, which is the
+/// gate it asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadinessProbe {
+    /// Path requested; 200-399 passes.
+    pub path: &'static str,
+    /// Time between probes (`periodSeconds`).
+    pub period: Duration,
+    /// Time a probe may take (`timeoutSeconds`).
+    pub timeout: Duration,
+    /// Passes in a row that make an unready replica ready (`successThreshold`).
+    pub success_threshold: u32,
+    /// Misses in a row that make a ready replica unready (`failureThreshold`).
+    pub failure_threshold: u32,
+}
 
 /// Accept backlog of the service's socket (what tokio's `TcpListener::bind` uses).
 const BACKLOG: u32 = 1024;
@@ -663,7 +685,7 @@ async fn propagate_loop(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) 
 }
 
 /// Readiness probe settings (Kubernetes `readinessProbe` with an `httpGet`). The local
-/// platform probes its workers with [`crate::worker_config::readiness_probe`]'s, as the
+/// platform probes its workers with `meshbench_operator::worker_config::readiness_probe`'s, as the
 /// cluster does.
 #[derive(Debug, Clone)]
 pub struct ProbeConfig {
