@@ -52,6 +52,8 @@ pub enum Platform {
     Local,
     /// A Kubernetes cluster, through the operator.
     Kubernetes,
+    /// No platform: `meshbench simulate`'s model of one.
+    Simulated,
 }
 
 impl std::fmt::Display for Platform {
@@ -59,6 +61,7 @@ impl std::fmt::Display for Platform {
         f.write_str(match self {
             Platform::Local => "local",
             Platform::Kubernetes => "kubernetes",
+            Platform::Simulated => "simulated",
         })
     }
 }

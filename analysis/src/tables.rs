@@ -718,7 +718,7 @@ pub fn schema_markdown() -> String {
          a `cpu_cores` sample at that instant.\n\n\
          ## `run.json`\n\n\
          The runner's metadata (`benchmark`, `spec`, `meshbench_version`, `platform` = \
-         `local`|`kubernetes`, `limits` = {`mode`: `enforced`|`partial`|`not_enforced`, \
+         `local`|`kubernetes`|`simulated`, `limits` = {`mode`: `enforced`|`partial`|`not_enforced`, \
          `reason`}, `warnings`, `phases` [{`name`, `started_at`, `finished_at`}], \
          `started_at`, `finished_at`, `steps_planned`, `partial`) plus: `schema_version`, \
          `analysis_version`, `steps_completed`, `partial` (also true when fewer steps \

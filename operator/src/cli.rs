@@ -58,6 +58,14 @@ pub enum Command {
     /// started), 2 usage error, 3 an SLO failed, 4 the run failed or was interrupted (the
     /// partial report is kept).
     Run(Box<crate::run::RunArgs>),
+    /// Simulate a Benchmark instead of running it: the same experiment (steps, warm-up,
+    /// repetitions, meshes) against a discrete-event model of the mesh (requests through
+    /// its call graph, CPU threads and CFS quota per replica, readiness, the HPA with the
+    /// local runtime's algorithm and timings), in simulated time. Writes the run
+    /// directory `meshbench run` writes, marked `platform: simulated`; `meshbench compare
+    /// SIMULATED MEASURED` shows how far the model is from a real run. Exit status as
+    /// `run`'s.
+    Simulate(Box<crate::simulate::SimulateArgs>),
     /// Predict capacity from the spec alone: visit ratios, CPU demand, the bottleneck,
     /// maximum throughput, HPA replicas per step and modelled latency.
     Plan {
@@ -310,6 +318,7 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(args) => run_local(*args),
+        Command::Simulate(args) => exit::code(crate::simulate::run(&args)),
         Command::Plan {
             files,
             json,

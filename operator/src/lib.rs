@@ -10,4 +10,5 @@ pub mod k8s;
 pub mod local;
 pub mod node;
 pub mod run;
+pub mod simulate;
 pub mod worker_config;

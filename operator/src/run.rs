@@ -269,13 +269,7 @@ impl<'a> Session<'a> {
         };
         let cancel = CancellationToken::new();
         cancel_on_signal(cancel.clone());
-        eprintln!(
-            "meshbench: running {name} ({} step(s) × {} mesh(es) × {} repetition(s)) → {}",
-            schedule.steps.len(),
-            schedule.meshes.len(),
-            schedule.repetitions,
-            run_dir.path().display()
-        );
+        announce("running", &schedule, run_dir.path());
         Ok(Session {
             args,
             bench,
@@ -602,7 +596,7 @@ fn run_data(
         eprintln!("warning: {w}");
         warnings.push(w);
     }
-    let mut data = RunData::new(RunMeta {
+    let meta = RunMeta {
         benchmark: bench.name().to_string(),
         spec: spec_json(bench, meshes),
         meshbench_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -615,16 +609,40 @@ fn run_data(
         steps_planned: Some(schedule.total_steps() as u32),
         partial: false,
         deviations: deviations(args),
-    });
+    };
+    new_run_data(meta, bench, meshes, &args.node)
+}
+
+/// A run's record before its first phase: `meta`, the capacity model of each mesh on
+/// `node`, the SLOs.
+pub(crate) fn new_run_data(
+    meta: RunMeta,
+    bench: &ValidBenchmark,
+    meshes: &[ValidMesh],
+    node: &NodeArgs,
+) -> RunData {
+    let mut data = RunData::new(meta);
     for m in meshes {
         let mut input = convert::capacity_input(m, bench.spec());
-        input.node = Some(args.node.model());
+        input.node = Some(node.model());
         data.models.insert(m.name().to_string(), input);
     }
     data.slos = convert::slos(bench.spec());
     // A short HPA settle window keeps the scaling figures meaningful for short steps.
     data.options.settle_window_ms = 10_000;
     data
+}
+
+/// `meshbench: <verb> <benchmark> (… step(s) × … mesh(es) × … repetition(s)) → DIR`.
+pub(crate) fn announce(verb: &str, schedule: &ExperimentSchedule, dir: &std::path::Path) {
+    eprintln!(
+        "meshbench: {verb} {} ({} step(s) × {} mesh(es) × {} repetition(s)) → {}",
+        schedule.benchmark,
+        schedule.steps.len(),
+        schedule.meshes.len(),
+        schedule.repetitions,
+        dir.display()
+    );
 }
 
 /// Starts (`auto`) or attaches to (URL) the Prometheus of `--prometheus`, and has the

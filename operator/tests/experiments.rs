@@ -207,6 +207,74 @@ fn assert_report_files(dir: &Path) {
     assert!(!html.contains("http://") || !html.contains("<script src="));
 }
 
+/// `meshbench simulate` beside a measured run, on the same files and flags: per step the
+/// measured and simulated throughput and mean and p99 latency are printed with the
+/// simulation's error, and held to what the simulator promises (README, Simulation):
+/// throughput within ±10 % at every step, past the knee too (so the knee), and the mean
+/// latency within ±20 % below it at 10 rps or more. The p99 is printed, not held: the
+/// model has no timing noise, and its p99 runs 7–57 % under the measured one.
+fn simulated_beside(args: &[&str], measured: &Analysis, all: &str) -> Analysis {
+    let out = out_dir("simulated");
+    let got = Command::new(env!("CARGO_BIN_EXE_meshbench"))
+        .arg("simulate")
+        .args(args)
+        .arg("--out")
+        .arg(out.path())
+        .arg("--quiet")
+        .output()
+        .expect("meshbench simulate");
+    assert!(
+        matches!(got.status.code(), Some(0 | 3)),
+        "simulate: {}",
+        text(&got)
+    );
+    let sim = load(&run_dir(out.path()));
+    for m in &measured.steps {
+        let s = step(&sim, &m.mesh, &m.step_name);
+        let err = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if a > 0.0 => (b - a) / a,
+            _ => f64::NAN,
+        };
+        let thr = err(m.throughput_rps, s.throughput_rps);
+        let mean = err(m.latency_mean_ms, s.latency_mean_ms);
+        let p99 = err(m.latency_p99_ms, s.latency_p99_ms);
+        eprintln!(
+            "simulated {}/{}: throughput {:.2} vs {:.2} rps ({:+.1} %), mean {:.2} vs {:.2} ms ({:+.1} %), p99 {:.2} vs {:.2} ms ({:+.1} %)",
+            m.mesh,
+            m.step_name,
+            s.throughput_rps.unwrap_or(f64::NAN),
+            m.throughput_rps.unwrap_or(f64::NAN),
+            thr * 100.0,
+            s.latency_mean_ms.unwrap_or(f64::NAN),
+            m.latency_mean_ms.unwrap_or(f64::NAN),
+            mean * 100.0,
+            s.latency_p99_ms.unwrap_or(f64::NAN),
+            m.latency_p99_ms.unwrap_or(f64::NAN),
+            p99 * 100.0,
+        );
+        assert!(
+            thr.abs() <= 0.10,
+            "{}/{}: simulated throughput off by {:.1} %\n{all}",
+            m.mesh,
+            m.step_name,
+            thr * 100.0
+        );
+        // Below the knee, at 10 rps or more: at 1 rps (hpa.yaml's idle step) the measured
+        // mean carries what the model leaves out (scale-down in progress, idle wake-ups;
+        // −16 % and −29 % on 2026-12-02, README).
+        if m.saturated != Some(true) && m.target_rate_rps.unwrap_or(0.0) >= 10.0 {
+            assert!(
+                mean.abs() <= 0.20,
+                "{}/{}: simulated mean latency off by {:.1} %\n{all}",
+                m.mesh,
+                m.step_name,
+                mean * 100.0
+            );
+        }
+    }
+    sim
+}
+
 #[test]
 fn quickstart_scales_the_backend_and_holds_its_slos() {
     let _g = serial();
@@ -217,6 +285,7 @@ fn quickstart_scales_the_backend_and_holds_its_slos() {
     assert_report_files(&dir);
     let a = load(&dir);
     assert_predictions(&a, &all);
+    simulated_beside(&[experiment("quickstart").to_str().unwrap()], &a, &all);
     assert_eq!(a.steps.len(), 3, "{all}");
     assert_eq!(a.run.slo.pass, Some(true), "{all}");
     assert!(!a.run.meta.partial, "{all}");
@@ -349,6 +418,7 @@ fn chain_flattens_at_the_back_ends_predicted_capacity() {
     assert_eq!(o.status.code(), Some(0), "{all}");
     let a = load(&dir);
     assert_predictions(&a, &all);
+    simulated_beside(&[experiment("chain").to_str().unwrap()], &a, &all);
     assert_knee(&a, "chain", &all);
     // The knee is stated, not left to inference: 40 rps is marked saturated at the back
     // end, and the run says where the mesh saturated.
@@ -390,6 +460,7 @@ fn fan_in_flattens_at_the_same_capacity() {
     assert_eq!(o.status.code(), Some(0), "{all}");
     let a = load(&dir);
     assert_predictions(&a, &all);
+    simulated_beside(&[experiment("fan-in").to_str().unwrap()], &a, &all);
     assert_knee(&a, "fan-in", &all);
     assert_eq!(
         service(&a, "fan-in", "rate-40", "frontend").replicas_max,
@@ -406,6 +477,7 @@ fn readiness_gating_trades_errors_for_latency_past_the_knee() {
     assert_eq!(o.status.code(), Some(0), "{all}");
     let a = load(&dir);
     assert_predictions(&a, &all);
+    simulated_beside(&[experiment("readiness").to_str().unwrap()], &a, &all);
     for (name, rate) in [("rate-10", 10.0), ("rate-20", 20.0)] {
         let ok = ok_rate(&a, "readiness", name);
         assert!(within(ok, rate, 0.05), "{name}: {ok}\n{all}");
@@ -471,6 +543,39 @@ fn hpa_scales_the_bottleneck_up_under_load_and_down_after() {
     assert_eq!(
         service(&a, "hpa-cold", "load", "frontend").replicas_max,
         Some(1.0)
+    );
+    // The simulator runs the same HPA code on the same timings: the same counts at the
+    // end of each step, and the first scale-up within one sync period (5 s). The warm
+    // mesh's load step is left out: scaling down from 5 it may rest at 2 or 3, both
+    // inside the HPA's tolerance band (measured 2, simulated 3 on 2026-12-02).
+    let sim = simulated_beside(
+        &[experiment("hpa").to_str().unwrap(), "--hpa-sync", "5s"],
+        &a,
+        &all,
+    );
+    for (mesh, step_name) in [
+        ("hpa-cold", "load"),
+        ("hpa-cold", "idle"),
+        ("hpa-warm", "idle"),
+    ] {
+        {
+            let (m, s) = (
+                service(&a, mesh, step_name, "backend"),
+                service(&sim, mesh, step_name, "backend"),
+            );
+            assert_eq!(
+                m.replicas_final, s.replicas_final,
+                "{mesh}/{step_name}: measured {m:?}, simulated {s:?}"
+            );
+        }
+    }
+    let simulated = service(&sim, "hpa-cold", "load", "backend")
+        .scale_up_reaction_s
+        .expect("the simulated cold mesh scaled up");
+    eprintln!("first scale-up: measured {reaction} s, simulated {simulated} s");
+    assert!(
+        (simulated - reaction).abs() <= 5.0,
+        "first scale-up measured {reaction} s, simulated {simulated} s"
     );
 }
 

@@ -427,20 +427,7 @@ impl LocalPlatform {
     /// The HPA of an autoscaled service; one whose settings the controller refuses is
     /// left out with a warning, and the service keeps its replicas.
     fn hpa(&self, svc: &ResolvedService) -> Option<Hpa> {
-        let a = svc.autoscaling.as_ref()?;
-        HpaConfig::new(
-            a.min_replicas,
-            a.max_replicas,
-            a.target_cpu_utilization,
-            a.behavior.clone(),
-        )
-        .map(|c| HpaConfig {
-            cpu_initialization_period: self.opts.hpa_cpu_initialization_period,
-            ..c
-        })
-        .and_then(Hpa::new)
-        .map_err(|e| tracing::warn!(service = %svc.name, "HPA disabled: {e}"))
-        .ok()
+        hpa_of(svc, self.opts.hpa_cpu_initialization_period)
     }
 
     /// Records the deployed mesh, and the replicas the node has no room for.
@@ -1103,6 +1090,25 @@ fn scale_down(s: &mut Service, tick: &Tick, excess: usize) {
 /// What the HPA saw and decided at one sync, as samples: every input (per-pod utilization,
 /// ready, unready and missing pods) and every stage of the decision (recommendation,
 /// stabilized, desired), so a report can tell why it scaled or did not.
+/// The HPA of an autoscaled service, with the controller's CPU initialization period;
+/// settings the controller refuses leave it out with a warning.
+pub(crate) fn hpa_of(svc: &ResolvedService, cpu_initialization_period: Duration) -> Option<Hpa> {
+    let a = svc.autoscaling.as_ref()?;
+    HpaConfig::new(
+        a.min_replicas,
+        a.max_replicas,
+        a.target_cpu_utilization,
+        a.behavior.clone(),
+    )
+    .map(|c| HpaConfig {
+        cpu_initialization_period,
+        ..c
+    })
+    .and_then(Hpa::new)
+    .map_err(|e| tracing::warn!(service = %svc.name, "HPA disabled: {e}"))
+    .ok()
+}
+
 pub(crate) fn hpa_samples(
     ts: i64,
     mesh: &str,
