@@ -400,7 +400,9 @@ fn resource_rows(
             _ => continue,
         };
         if let Some(v) = quantity_value(resource, q) {
-            let l = labels(&[("resource", resource), ("unit", unit)]);
+            // kube-state-metrics writes `ephemeral_storage`.
+            let name = resource.replace('-', "_");
+            let l = labels(&[("resource", &name), ("unit", unit)]);
             rows.push((format!("{base},{l}"), v));
         }
     }

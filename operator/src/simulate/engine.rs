@@ -46,6 +46,8 @@ struct Group {
     /// child is ignored).
     waiting: Option<(usize, u32)>,
     done: bool,
+    /// Why the group failed: 502 or 504.
+    failure: Option<u16>,
 }
 
 /// A client's keep-alive connections to one Service: (client service, client replica,
@@ -65,8 +67,11 @@ struct Frame {
     caller: Caller,
     groups: Vec<Group>,
     groups_left: usize,
-    /// First failure of a group: 502 or 504.
-    failure: Option<u16>,
+    /// CPU seconds of its work.
+    work: f64,
+    /// Its work holds one of the replica's CPU threads (the worker takes a permit only
+    /// for an endpoint with CPU or memory work).
+    pooled: bool,
     generation: u32,
 }
 
@@ -83,9 +88,11 @@ enum Ev {
         generation: u32,
         status: u16,
     },
-    /// The caller stops waiting for `child` (generation `generation`).
+    /// The caller (`frame` of generation `parent`) stops waiting for `child` (generation
+    /// `generation`).
     CallTimeout {
         frame: usize,
+        parent: u32,
         group: usize,
         child: usize,
         generation: u32,
@@ -242,10 +249,19 @@ impl Engine {
             } => self.deliver(caller, child, generation, status),
             Ev::CallTimeout {
                 frame,
+                parent,
                 group,
                 child,
                 generation,
-            } => self.call_timeout(frame, group, child, generation),
+            } => {
+                if self
+                    .frames
+                    .get(frame)
+                    .is_some_and(|f| f.generation == parent)
+                {
+                    self.call_timeout(frame, group, child, generation);
+                }
+            }
             Ev::Load { token } => {
                 if token == self.load_token {
                     self.load_event();
@@ -310,18 +326,27 @@ impl Engine {
             self.answer_without_frame(caller, 0, hop);
             return None;
         };
-        let s = &self.services[svc];
+        let s = &mut self.services[svc];
         let endpoint = &s.endpoints[ep];
-        let in_flight = s.replicas[replica].in_flight;
+        // The worker sheds on the endpoint's own in-flight count.
+        let in_flight = s.replicas[replica]
+            .ep_in_flight
+            .get(ep)
+            .copied()
+            .unwrap_or(0);
         if endpoint
             .max_in_flight
             .is_some_and(|max| in_flight.saturating_add(1) > max)
         {
+            // Answered (and counted) by the worker at once.
+            s.answered += 1;
+            s.errors += 1;
             self.pools.entry(conn).or_default().push(replica as u32);
             self.answer_without_frame(caller, 503, hop);
             return None;
         }
         let groups = endpoint.groups.len();
+        let pooled = endpoint.pooled;
         let work = endpoint.cpu + self.overheads.request_cpu;
         let frame = self.alloc(Frame {
             svc,
@@ -332,13 +357,21 @@ impl Engine {
             caller,
             groups: vec![Group::default(); groups],
             groups_left: groups,
-            failure: None,
+            work,
+            pooled,
             generation: 0,
         });
         let threads = self.services[svc].threads;
         let r = &mut self.services[svc].replicas[replica];
         r.in_flight += 1;
-        if r.busy < threads {
+        if let Some(n) = r.ep_in_flight.get_mut(ep) {
+            *n += 1;
+        }
+        if !pooled {
+            // No CPU permit: only the per-request overhead, on the request's own task.
+            r.cpu_used += work;
+            self.at(self.now + work, Ev::CpuDone { frame });
+        } else if r.busy < threads {
             self.start_cpu(frame, work);
         } else {
             self.services[svc].replicas[replica]
@@ -417,16 +450,20 @@ impl Engine {
         let s = &mut self.services[svc];
         s.replicas[replica].busy += 1;
         let done = s.cpu_finish(replica, self.now, work);
-        s.replicas[replica].cpu_used += work;
         self.at(done, Ev::CpuDone { frame });
     }
 
     fn cpu_done(&mut self, frame: usize) {
-        let (svc, replica) = (self.frames[frame].svc, self.frames[frame].replica);
-        let r = &mut self.services[svc].replicas[replica];
-        r.busy = r.busy.saturating_sub(1);
-        if let Some((next, work)) = r.queue.pop_front() {
-            self.start_cpu(next, work);
+        let f = &self.frames[frame];
+        let (svc, replica, work, pooled) = (f.svc, f.replica, f.work, f.pooled);
+        if pooled {
+            // Booked when done, so the samples never show more CPU than was used.
+            let r = &mut self.services[svc].replicas[replica];
+            r.cpu_used += work;
+            r.busy = r.busy.saturating_sub(1);
+            if let Some((next, work)) = r.queue.pop_front() {
+                self.start_cpu(next, work);
+            }
         }
         if self.frames[frame].groups_left == 0 {
             self.finish(frame);
@@ -476,10 +513,12 @@ impl Engine {
             };
             self.frames[frame].groups[g].waiting = Some(waiting);
             let t = self.now + call.timeout;
+            let parent = self.frames[frame].generation;
             self.at(
                 t,
                 Ev::CallTimeout {
                     frame,
+                    parent,
                     group: g,
                     child: waiting.0,
                     generation: waiting.1,
@@ -490,10 +529,7 @@ impl Engine {
     }
 
     fn fail_group(&mut self, frame: usize, g: usize, status: u16) {
-        let f = &mut self.frames[frame];
-        if f.failure.is_none() {
-            f.failure = Some(status);
-        }
+        self.frames[frame].groups[g].failure = Some(status);
         self.close_group(frame, g);
     }
 
@@ -510,14 +546,19 @@ impl Engine {
         }
     }
 
-    /// Calls done: the error draw, then the delay, then the answer.
+    /// Calls done: a failed group's status at once (the first group in order that
+    /// failed, as the worker reports), else the error draw, then the delay.
     fn finish(&mut self, frame: usize) {
         let f = &self.frames[frame];
         let ep = &self.services[f.svc].endpoints[f.ep];
-        let status = match f.failure {
-            Some(s) => s,
-            None if ep.rng.chance(ep.error_rate) => 500,
-            None => 200,
+        if let Some(status) = f.groups.iter().find_map(|g| g.failure) {
+            self.at(self.now, Ev::Answer { frame, status });
+            return;
+        }
+        let status = if ep.rng.chance(ep.error_rate) {
+            500
+        } else {
+            200
         };
         let at = match &ep.delay {
             Some((sampler, mode)) => {
@@ -537,9 +578,13 @@ impl Engine {
         let (svc, replica, arrived, caller, generation, conn) =
             (f.svc, f.replica, f.arrived, f.caller, f.generation, f.conn);
         self.pools.entry(conn).or_default().push(replica as u32);
+        let ep = self.frames[frame].ep;
         let s = &mut self.services[svc];
         let r = &mut s.replicas[replica];
         r.in_flight = r.in_flight.saturating_sub(1);
+        if let Some(n) = r.ep_in_flight.get_mut(ep) {
+            *n = n.saturating_sub(1);
+        }
         s.answered += 1;
         if status >= 500 {
             s.errors += 1;
@@ -656,7 +701,8 @@ mod tests {
             caller: Caller::Client { id: 0, stage: 0 },
             groups: Vec::new(),
             groups_left: 0,
-            failure: None,
+            work: 0.0,
+            pooled: true,
             generation: 0,
         };
         let a = e.alloc(frame());

@@ -237,6 +237,17 @@ impl Load {
         self.user_done(now);
     }
 
+    /// The drain is over: requests still outstanding count as timed out, as the
+    /// loadgen's do when it stops waiting.
+    pub fn abandon_outstanding(&mut self, now: f64) {
+        let open: Vec<usize> = (0..self.requests.len())
+            .filter(|&i| !self.requests[i].done)
+            .collect();
+        for id in open {
+            self.timed_out(id, now);
+        }
+    }
+
     fn close(&mut self, id: usize) -> Option<Request> {
         let req = self.requests.get_mut(id)?;
         if req.done {

@@ -51,6 +51,8 @@ pub struct Endpoint {
     pub max_in_flight: Option<u32>,
     /// A downstream timeout does not fail the request.
     pub ignore_call_timeouts: bool,
+    /// Its work takes a CPU thread (it has CPU or memory work).
+    pub pooled: bool,
     /// Call groups (parallel), each a sequence.
     pub groups: Vec<Vec<CallSpec>>,
 }
@@ -70,8 +72,10 @@ pub struct Replica {
     pub routed: bool,
     /// Scaled down: no new requests, gone once idle.
     pub terminating: bool,
-    /// Requests inside the worker (shedding and readiness gating count these).
+    /// Requests inside the worker (readiness gating counts these).
     pub in_flight: u32,
+    /// The same per endpoint (shedding counts these).
+    pub ep_in_flight: Vec<u32>,
     /// CPU threads busy.
     pub busy: u32,
     /// Requests waiting for a CPU thread: (frame, CPU seconds).
@@ -82,7 +86,7 @@ pub struct Replica {
 }
 
 impl Replica {
-    fn new(name: String, created: f64) -> Self {
+    fn new(name: String, created: f64, endpoints: usize) -> Self {
         Self {
             name,
             created,
@@ -91,6 +95,7 @@ impl Replica {
             routed: false,
             terminating: false,
             in_flight: 0,
+            ep_in_flight: vec![0; endpoints],
             busy: 0,
             queue: VecDeque::new(),
             cpu_used: 0.0,
@@ -200,7 +205,8 @@ impl Service {
         let name = format!("{}-{}", self.name, self.next_index);
         self.next_index += 1;
         self.lifecycle.create_unbound(clock, &name);
-        self.replicas.push(Replica::new(name, clock));
+        self.replicas
+            .push(Replica::new(name, clock, self.endpoints.len()));
         self.replicas.len() - 1
     }
 
@@ -259,21 +265,25 @@ impl QuotaState {
         }
         let mut t = now.max(self.free_at);
         let mut left = work.max(0.0);
+        // The tolerance keeps a period boundary reached by adding up (0.7 ÷ 0.1 =
+        // 6.999…) in the period it starts.
+        let period_at = |t: f64| (t / CFS_PERIOD + 1e-9).floor() as i64;
+        if period_at(t) > self.period {
+            self.period = period_at(t);
+            self.used = 0.0;
+        }
         while left > 1e-12 {
-            // The tolerance keeps a period boundary reached by adding up (0.7 ÷ 0.1 =
-            // 6.999…) in the period it starts.
-            let period = (t / CFS_PERIOD + 1e-9).floor() as i64;
-            if period != self.period {
-                self.period = period;
-                self.used = 0.0;
-            }
-            let end = (period + 1) as f64 * CFS_PERIOD;
+            let end = (self.period + 1) as f64 * CFS_PERIOD;
             let run = left.min(quota - self.used).min(end - t).max(0.0);
             self.used += run;
             t += run;
             left -= run;
             if left > 1e-12 && (quota - self.used <= 1e-12 || end - t <= 1e-12) {
-                t = end;
+                // Throttled (or at the boundary): on to the next period, counted here
+                // rather than recomputed from `t`, so no rounding can repeat a period.
+                self.period += 1;
+                self.used = 0.0;
+                t = t.max(end);
             }
         }
         self.free_at = t;

@@ -61,9 +61,13 @@ pub struct SimulateArgs {
     /// The HPA controller's `--horizontal-pod-autoscaler-cpu-initialization-period`.
     #[arg(long, default_value = "5m", value_parser = meshbench_common::duration::parse, value_name = "DURATION")]
     pub hpa_cpu_initialization_period: Duration,
-    /// Cores of the simulated machine (CPU threads of a worker without a CPU limit).
+    /// Cores of the simulated machine (CPU threads of a worker without a CPU limit);
+    /// default: this machine's, recorded in run.json.
     #[arg(long, value_name = "N")]
     pub cores: Option<u32>,
+    /// How long a mesh may take to become ready before the run fails (simulated time).
+    #[arg(long, default_value = "60s", value_parser = meshbench_common::duration::parse, value_name = "DURATION")]
+    pub ready_timeout: Duration,
     /// The node's CPU and memory for pods.
     #[command(flatten)]
     pub node: crate::run::NodeArgs,
@@ -149,7 +153,7 @@ impl<'a> Simulation<'a> {
             cpu_initialization_period: args.hpa_cpu_initialization_period,
             metric_resolution: args.metric_resolution,
         };
-        let data = run_data(args, bench, meshes, &schedule, epoch);
+        let data = run_data(args, bench, meshes, &schedule, epoch, cores);
         if !args.quiet {
             crate::run::announce("simulating", &schedule, run_dir.path());
         }
@@ -222,7 +226,8 @@ impl<'a> Simulation<'a> {
                 let now = self.now();
                 let events = self.engine.events;
                 self.events += events;
-                self.engine = Engine::new(self.args.seed.wrapping_add(1), overheads());
+                // The same seed for every mesh: meshes compared see the same draws.
+                self.engine = Engine::new(self.args.seed, overheads());
                 self.engine.now = now;
                 self.control = None;
                 Outcome::Ok
@@ -289,7 +294,7 @@ impl<'a> Simulation<'a> {
                 s.live().all(|r| r.routed) && s.live().count() > 0 || s.initial_replicas() == 0
             })
         };
-        let deadline = self.now() + 60.0;
+        let deadline = self.now() + self.args.ready_timeout.as_secs_f64();
         if all_routed(&self.engine) {
             return Outcome::Ok;
         }
@@ -297,7 +302,10 @@ impl<'a> Simulation<'a> {
         if all_routed(&self.engine) {
             Outcome::Ok
         } else {
-            Outcome::Failed("replicas not ready after 60 s (Pending for want of room?)".into())
+            Outcome::Failed(format!(
+                "replicas not ready after {:?} (--ready-timeout; Pending for want of room?)",
+                self.args.ready_timeout
+            ))
         }
     }
 
@@ -341,15 +349,19 @@ impl<'a> Simulation<'a> {
         let load = Load::new(target, timeout, start, duration, arrivals);
         self.engine.start_load(load, start);
         let finished = |e: &Engine| e.load.as_ref().is_none_or(|l| l.finished(e.now));
-        self.run_until(start + duration + timeout + 1.0, &finished);
+        // The loadgen's drain: the timeout after the schedule's end, plus as long again
+        // as the stage (at least 5 s) for requests a full in-flight bound held back.
+        let drain = timeout + duration.max(5.0);
+        self.run_until(start + duration + drain, &finished);
         // The load generator stops at its schedule's end plus the drain; the clock moves
         // on to the schedule's end at least.
         if self.now() < start + duration {
             self.run_until(start + duration, &|_| false);
         }
-        let Some(load) = self.engine.load.take() else {
+        let Some(mut load) = self.engine.load.take() else {
             return Outcome::Failed("the load vanished".into());
         };
+        load.abandon_outstanding(self.now());
         if !warm {
             let stage = load.result(
                 cursor.step as u32 + 1,
@@ -411,10 +423,12 @@ fn run_data(
     meshes: &[ValidMesh],
     schedule: &ExperimentSchedule,
     epoch: DateTime<Utc>,
+    cores: u32,
 ) -> RunData {
     let mut deviations = vec![
         "simulated: no processes ran; requests, CPU threads, CFS quota, readiness and the HPA are modelled (meshbench simulate)".to_string(),
         "machine CPU contention between replicas is not modelled: every CPU thread runs at full speed".to_string(),
+        format!("a worker without a CPU limit has {cores} CPU thread(s) (--cores)"),
     ];
     if args.hpa_sync != Duration::from_secs(15) {
         deviations.push(format!(
@@ -499,6 +513,7 @@ fn endpoints(svc: &ResolvedService, mesh: &[ResolvedService], seed: u64) -> Vec<
                 error_rate: ep.error_rate,
                 max_in_flight: ep.max_in_flight,
                 ignore_call_timeouts: ep.ignore_call_timeouts,
+                pooled: ep.cpu > Duration::ZERO || ep.memory_bytes > 0,
                 groups,
             }
         })
