@@ -144,6 +144,12 @@ fn write_frame(
     Ok(())
 }
 
+/// Writes `rows` as `<dir>/<T::NAME>.parquet` and `.csv`, each atomically; for tables
+/// outside a run directory (`search`).
+pub fn write_table_files<T: Table>(dir: &Path, rows: &[T]) -> Result<()> {
+    write_table(dir, rows, &mut Vec::new())
+}
+
 fn write_table<T: Table>(dir: &Path, rows: &[T], written: &mut Vec<String>) -> Result<()> {
     let mut df = T::to_frame(rows).map_err(|e| RunDirError::Write {
         path: dir.join(format!("{}.parquet", T::NAME)),

@@ -651,6 +651,36 @@ table! {
     }
 }
 
+table! {
+    /// `meshbench search`: one row per rate tried, in the order tried, per mesh; the
+    /// capacity model's bracket first (`platform` = `model`), then simulated runs, then
+    /// the real runs that confirm them.
+    pub struct SearchRow = "search" {
+        /// Mesh name.
+        pub mesh: String,
+        /// Where the figure comes from: `model` (the capacity model's most the mesh can
+        /// carry at its largest replica counts), `simulated` (`meshbench simulate`) or
+        /// `measured` (`meshbench run`).
+        pub platform: String,
+        /// The constant open-loop rate held, requests per second.
+        pub rate_rps: f64,
+        /// Every SLO held over the measured part; null for the model's row.
+        pub slo_pass: Option<bool>,
+        /// Violated SLOs with their values, `; `-separated; null when none.
+        pub slo_violations: Option<String>,
+        /// Served throughput of the measured part, requests per second.
+        pub throughput_rps: Option<f64>,
+        /// Failed requests ÷ requests sent.
+        pub error_ratio: Option<f64>,
+        /// Mean latency of successes, ms.
+        pub latency_mean_ms: Option<f64>,
+        /// 99th percentile latency of successes, ms.
+        pub latency_p99_ms: Option<f64>,
+        /// Run directory of the try, relative to the search directory; null for the model.
+        pub run_dir: Option<String>,
+    }
+}
+
 fn markdown_for<T: Table>(out: &mut String) {
     out.push_str(&format!(
         "## `{}`\n\n{}\n\n",
@@ -703,6 +733,14 @@ pub fn schema_markdown() -> String {
     markdown_for::<LatencyRow>(&mut out);
     markdown_for::<TimeseriesRow>(&mut out);
     markdown_for::<RepetitionRow>(&mut out);
+    out.push_str(
+        "`meshbench search` writes a search directory `<out>/<benchmark>-search-<UTC \
+         timestamp>/` instead: `search.json` (per mesh: the answer, how it was confirmed, the \
+         rates tried), `search.parquet` and `search.csv` (below), `candidates/*.yaml` (the \
+         Benchmark held at each rate, runnable as it is), and the run directories of the \
+         tries under `simulated/` and `measured/`.\n\n",
+    );
+    markdown_for::<SearchRow>(&mut out);
     out.push_str("## Metric vocabulary (`timeseries.metric`)\n\n");
     out.push_str("| metric | per | meaning |\n|---|---|---|\n");
     for (name, per_pod, doc) in crate::samples::metric::ALL {

@@ -66,6 +66,27 @@ pub enum Command {
     /// SIMULATED MEASURED` shows how far the model is from a real run. Exit status as
     /// `run`'s.
     Simulate(Box<crate::simulate::SimulateArgs>),
+    /// Find the highest constant rate at which a Benchmark's SLOs hold.
+    ///
+    /// The capacity model brackets the answer (the most the mesh carries at its largest
+    /// replica counts), the simulator narrows it by bisection to --precision, and real
+    /// `meshbench run`s confirm it (--confirm, default 2: at the simulated answer, then at
+    /// the simulated first failure, or lower after a failure). Each rate is held for a
+    /// warm-up long enough for the HPA to reach its largest replica count (printed; set
+    /// with --warmup), then measured for --measure against the Benchmark's SLOs; only
+    /// its target, load bounds, timeout and SLOs are used, not its profile.
+    ///
+    /// Writes `<out>/<benchmark>-search-<UTC timestamp>/`: search.json (per mesh the
+    /// answer and its confidence), search.csv and search.parquet (every rate tried, with
+    /// its verdict and figures), candidates/*.yaml (each rate as a runnable Benchmark),
+    /// and the tries' run directories under simulated/ and measured/.
+    ///
+    /// Example: `meshbench search experiments/chain.yaml --warmup 10s --measure 30s`.
+    ///
+    /// Exit status: 0 every mesh has an answer, 1 invalid spec (a closed loop or no SLOs
+    /// too), 2 usage error, 3 some mesh meets its SLOs at no rate tried or the real runs
+    /// did not confirm the simulator, 4 a run failed.
+    Search(Box<crate::search::SearchArgs>),
     /// Predict capacity from the spec alone: visit ratios, CPU demand, the bottleneck,
     /// maximum throughput, HPA replicas per step and modelled latency.
     Plan {
@@ -319,6 +340,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(args) => run_local(*args),
         Command::Simulate(args) => exit::code(crate::simulate::run(&args)),
+        Command::Search(args) => exit::code(crate::search::run(&args)),
         Command::Plan {
             files,
             json,

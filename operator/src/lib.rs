@@ -10,5 +10,6 @@ pub mod k8s;
 pub mod local;
 pub mod node;
 pub mod run;
+pub mod search;
 pub mod simulate;
 pub mod worker_config;

@@ -521,19 +521,24 @@ impl<'a> Session<'a> {
             || machine.stopped_early
             || machine.cancelled
             || !machine.failures.is_empty();
-        let code = if failed {
-            exit::RUN_FAILED
-        } else if verdict == Some(false) {
-            eprintln!("SLO: FAIL");
-            exit::SLO_FAILED
-        } else {
-            if verdict == Some(true) {
-                eprintln!("SLO: PASS");
-            }
-            exit::OK
-        };
+        let code = exit_code(failed, verdict, true);
         crate::cli::run_reports(&self.args.ci, self.run_dir.path(), code)
     }
+}
+
+/// A finished run's exit code: run failed (4) before the SLO verdict, then SLO failed
+/// (3), else 0; the verdict is printed when `say` is set.
+pub(crate) fn exit_code(failed: bool, verdict: Option<bool>, say: bool) -> u8 {
+    let (code, line) = match (failed, verdict) {
+        (true, _) => (exit::RUN_FAILED, None),
+        (false, Some(false)) => (exit::SLO_FAILED, Some("SLO: FAIL")),
+        (false, Some(true)) => (exit::OK, Some("SLO: PASS")),
+        (false, None) => (exit::OK, None),
+    };
+    if let Some(line) = line.filter(|_| say) {
+        eprintln!("{line}");
+    }
+    code
 }
 
 /// The local platform for this run, its logs in the run directory.

@@ -218,6 +218,9 @@ fn simulated_beside(args: &[&str], measured: &Analysis, all: &str) -> Analysis {
     let got = Command::new(env!("CARGO_BIN_EXE_meshbench"))
         .arg("simulate")
         .args(args)
+        // The measured runs' workers are this debug build: the simulation measures their
+        // costs rather than assume a release build's.
+        .arg("--calibrate")
         .arg("--out")
         .arg(out.path())
         .arg("--quiet")
@@ -1070,4 +1073,57 @@ fn without_limits_the_run_works_and_says_so() {
         leftover_cgroups(dir.file_name().unwrap().to_str().unwrap()),
         Vec::<PathBuf>::new()
     );
+}
+
+/// `meshbench search` end to end: the simulator (calibrated on this debug build) narrows
+/// the answer, and real runs confirm it. The single service carries ~50 rps less the
+/// debug worker's own cost; the answer must be a rate a real run passed at, below one a
+/// real or simulated run failed at, and close to that capacity.
+#[test]
+fn search_finds_the_highest_rate_within_the_slos_and_real_runs_confirm_it() {
+    let _g = serial();
+    let out = out_dir("search");
+    let spec = root().join("operator/tests/data/search-single.yaml");
+    let o = Command::new(env!("CARGO_BIN_EXE_meshbench"))
+        .arg("search")
+        .arg(&spec)
+        .args(["--calibrate", "--warmup", "3s", "--measure", "10s", "--out"])
+        .arg(out.path())
+        .output()
+        .expect("meshbench search");
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{all}");
+    let dir = run_dir(out.path());
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("search.json")).unwrap()).unwrap();
+    let mesh = &json["meshes"][0];
+    let answer = mesh["answer_rps"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{json}\n{all}"));
+    assert_eq!(
+        mesh["measured_max_pass_rps"].as_f64(),
+        Some(answer),
+        "{json}"
+    );
+    assert!((35.0..52.0).contains(&answer), "{json}\n{all}");
+    let fail = mesh["measured_min_fail_rps"]
+        .as_f64()
+        .or(mesh["simulated_min_fail_rps"].as_f64())
+        .unwrap_or_else(|| panic!("no failing rate\n{json}"));
+    assert!(fail > answer, "{json}");
+    // The confirming runs are ordinary run directories with their measured step.
+    let measured: Vec<PathBuf> = std::fs::read_dir(dir.join("measured"))
+        .expect("measured/")
+        .flatten()
+        .map(|e| run_dir(&e.path()))
+        .collect();
+    assert!(!measured.is_empty() && measured.len() <= 2, "{measured:?}");
+    let at_answer = measured
+        .iter()
+        .map(|d| load(d))
+        .find(|a| a.steps[0].target_rate_rps == Some(answer))
+        .unwrap_or_else(|| panic!("no real run at {answer}\n{all}"));
+    assert_eq!(at_answer.steps[0].slo_pass, Some(true), "{all}");
+    let p99 = at_answer.steps[0].latency_p99_ms.unwrap();
+    assert!(p99 <= 100.0, "{p99}");
 }

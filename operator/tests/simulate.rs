@@ -173,3 +173,118 @@ fn bad_input_is_refused_with_the_file_named_and_nothing_written() {
     assert!(err.contains("bad.yaml"), "{err}");
     assert!(!out.exists(), "nothing written for invalid input");
 }
+
+fn search(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("search")
+        .args(args)
+        .output()
+        .expect("meshbench search")
+}
+
+/// The simulator alone (`--confirm 0`): the capacity model's 49.6 rps brackets the
+/// answer, bisection narrows it to 5 %, and every rate tried is in search.csv with its
+/// verdict and a runnable candidate file.
+#[test]
+fn search_narrows_the_simulated_answer_to_the_capacity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = root().join("operator/tests/data/search-single.yaml");
+    let got = search(&[
+        spec.to_str().unwrap(),
+        "--out",
+        tmp.path().to_str().unwrap(),
+        "--confirm",
+        "0",
+        "--warmup",
+        "3s",
+        "--measure",
+        "20s",
+    ]);
+    let stdout = String::from_utf8_lossy(&got.stdout);
+    let stderr = String::from_utf8_lossy(&got.stderr);
+    assert_eq!(got.status.code(), Some(0), "{stdout}\n{stderr}");
+    let dir = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("search.json")).unwrap()).unwrap();
+    let mesh = &json["meshes"][0];
+    let answer = mesh["answer_rps"].as_f64().expect("an answer");
+    let fail = mesh["simulated_min_fail_rps"]
+        .as_f64()
+        .expect("a failing rate");
+    // 500m ÷ (10 ms + the worker's cost): just under 50 rps; the SLO holds below it.
+    assert!((44.0..50.0).contains(&answer), "{json}");
+    assert!(fail > answer && fail <= answer * 1.05 + 0.1, "{json}");
+    assert!(
+        mesh["confidence"]
+            .as_str()
+            .unwrap()
+            .contains("simulated only")
+    );
+    let rows = csv(&dir.join("search.csv"));
+    assert_eq!(rows[0]["platform"], "model", "{rows:?}");
+    assert!(rows.len() >= 4, "{rows:?}");
+    for r in &rows[1..] {
+        assert_eq!(r["platform"], "simulated");
+        let rate = num(r, "rate_rps");
+        let pass = r["slo_pass"] == "true";
+        // Every verdict agrees with the bracket: passes at or below the answer, failures
+        // at or above the first failure.
+        assert_eq!(pass, rate <= answer, "{r:?}");
+        let run = dir.join(&r["run_dir"]);
+        assert!(run.join("steps.csv").is_file(), "{}", run.display());
+        // simulated/<label>/<run>: the candidate of the same label is beside it.
+        let label = r["run_dir"].split('/').nth(1).unwrap();
+        let candidate = dir.join("candidates").join(format!("{label}.yaml"));
+        assert!(candidate.is_file(), "{r:?}");
+    }
+    assert!(dir.join("search.parquet").is_file());
+    assert!(stdout.contains("highest rate within the SLOs"), "{stdout}");
+}
+
+#[test]
+fn search_refuses_what_it_cannot_search_and_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base =
+        std::fs::read_to_string(root().join("operator/tests/data/search-single.yaml")).unwrap();
+    let out = tmp.path().join("out");
+    let cases = [
+        (
+            base.replace("{ model: open, maxInFlight: 400 }", "{ model: closed }")
+                .replace("rate: 10", "users: 4"),
+            "spec.load.model",
+        ),
+        (
+            base.split("  slos:").next().unwrap().to_string(),
+            "spec.slos",
+        ),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let file = tmp.path().join(format!("bad-{i}.yaml"));
+        std::fs::write(&file, text).unwrap();
+        let got = search(&[file.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&got.stderr);
+        assert_eq!(got.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("bad-{i}.yaml")) && err.contains(want),
+            "{err}"
+        );
+    }
+    let spec = root().join("operator/tests/data/search-single.yaml");
+    for (bad, flag) in [
+        ("--precision=0", "--precision"),
+        ("--min-rate=-1", "--min-rate"),
+        ("--max-rate=0.5", "--max-rate"),
+        ("--measure=0s", "--measure"),
+    ] {
+        let got = search(&[spec.to_str().unwrap(), "--out", out.to_str().unwrap(), bad]);
+        let err = String::from_utf8_lossy(&got.stderr);
+        assert_eq!(got.status.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains(flag), "{err}");
+    }
+    assert!(!out.exists(), "nothing written for refused input");
+}

@@ -10,6 +10,7 @@
 //! The experiment's phases come from the same state machine as a real run's
 //! ([`crate::experiment`]); the HPA is the local runtime's ([`crate::local::hpa`]).
 
+pub mod calibrate;
 pub mod control;
 pub mod engine;
 pub mod load;
@@ -71,6 +72,17 @@ pub struct SimulateArgs {
     /// The node's CPU and memory for pods.
     #[command(flatten)]
     pub node: crate::run::NodeArgs,
+    /// Measure the worker's own costs (CPU per request beyond the configured work, wall
+    /// time per hop) on this machine with this build's worker, a few seconds before the
+    /// simulation, instead of the shipped figures of a release build
+    /// (83 µs CPU, 89 µs per hop). Use it when the simulation is compared with runs of a
+    /// debug build or on another machine; the figures go to run.json.
+    #[arg(long)]
+    pub calibrate: bool,
+    /// Worker costs given by the caller (`meshbench search` calibrates once for all its
+    /// simulations); take precedence over `--calibrate`.
+    #[arg(skip)]
+    pub overheads: Option<Overheads>,
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,
@@ -128,6 +140,7 @@ struct Simulation<'a> {
     control: Option<Control>,
     events: u64,
     model: PlatformModel,
+    overheads: Overheads,
 }
 
 impl<'a> Simulation<'a> {
@@ -137,6 +150,8 @@ impl<'a> Simulation<'a> {
         meshes: &'a [ValidMesh],
     ) -> Result<Self, u8> {
         let schedule = ExperimentSchedule::new(bench);
+        // Before the run directory: a failed calibration leaves nothing behind.
+        let overheads = overheads(args)?;
         let epoch = Utc::now();
         let run_dir = RunDir::create(&args.out, bench.name(), epoch).map_err(|e| {
             eprintln!(
@@ -153,7 +168,17 @@ impl<'a> Simulation<'a> {
             cpu_initialization_period: args.hpa_cpu_initialization_period,
             metric_resolution: args.metric_resolution,
         };
-        let data = run_data(args, bench, meshes, &schedule, epoch, cores);
+        let mut data = run_data(args, bench, meshes, &schedule, epoch, cores);
+        data.meta.deviations.push(format!(
+            "worker overheads: {:.0} µs CPU per request, {:.0} µs per hop ({})",
+            overheads.request_cpu * 1e6,
+            overheads.hop * 1e6,
+            if args.calibrate || args.overheads.is_some() {
+                "measured on this machine with this build's worker, --calibrate"
+            } else {
+                "a release build's, measured by `cargo bench -p meshbench-worker`"
+            }
+        ));
         if !args.quiet {
             crate::run::announce("simulating", &schedule, run_dir.path());
         }
@@ -165,10 +190,11 @@ impl<'a> Simulation<'a> {
             run_dir,
             data,
             epoch,
-            engine: Engine::new(args.seed, overheads()),
+            engine: Engine::new(args.seed, overheads),
             control: None,
             events: 0,
             model,
+            overheads,
         })
     }
 
@@ -227,7 +253,7 @@ impl<'a> Simulation<'a> {
                 let events = self.engine.events;
                 self.events += events;
                 // The same seed for every mesh: meshes compared see the same draws.
-                self.engine = Engine::new(self.args.seed, overheads());
+                self.engine = Engine::new(self.args.seed, self.overheads);
                 self.engine.now = now;
                 self.control = None;
                 Outcome::Ok
@@ -394,25 +420,50 @@ impl<'a> Simulation<'a> {
         if !self.args.quiet {
             crate::run::print_summary(self.run_dir.path());
         }
-        if machine.stopped_early || !machine.failures.is_empty() {
-            exit::RUN_FAILED
-        } else if verdict == Some(false) {
-            eprintln!("SLO: FAIL");
-            exit::SLO_FAILED
-        } else {
-            if verdict == Some(true) {
-                eprintln!("SLO: PASS");
-            }
-            exit::OK
-        }
+        let failed = machine.stopped_early || !machine.failures.is_empty();
+        crate::run::exit_code(failed, verdict, !self.args.quiet)
     }
 }
 
-fn overheads() -> Overheads {
+/// A release build's worker costs, as `cargo bench -p meshbench-worker` measured them.
+pub fn release_overheads() -> Overheads {
     let o = Overhead::default();
     Overheads {
         hop: o.hop_latency_seconds,
         request_cpu: o.request_cpu_seconds,
+    }
+}
+
+/// The worker's costs: given, measured with `--calibrate`, else a release build's.
+fn overheads(args: &SimulateArgs) -> Result<Overheads, u8> {
+    if let Some(o) = args.overheads {
+        return Ok(o);
+    }
+    if !args.calibrate {
+        return Ok(release_overheads());
+    }
+    let measured = std::env::current_exe()
+        .map_err(|e| calibrate::CalibrateError::Start {
+            program: "meshbench".into(),
+            reason: e.to_string(),
+        })
+        .and_then(|program| calibrate::measure(&program));
+    match measured {
+        Ok(c) => {
+            if !args.quiet {
+                eprintln!(
+                    "calibration: caller {:.0} µs and callee {:.0} µs CPU per request, round trip {:.0} µs",
+                    c.caller_cpu * 1e6,
+                    c.callee_cpu * 1e6,
+                    c.round_trip * 1e6
+                );
+            }
+            Ok(c.overheads())
+        }
+        Err(e) => {
+            eprintln!("error: --calibrate: {e}");
+            Err(exit::RUN_FAILED)
+        }
     }
 }
 
