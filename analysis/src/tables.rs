@@ -681,6 +681,38 @@ table! {
     }
 }
 
+table! {
+    /// `meshbench tune`: one row per candidate HPA setting and platform, simulated
+    /// candidates in the order generated, then the real runs that confirm the best. A
+    /// candidate's score: steps that failed an SLO first, then pod-seconds.
+    pub struct TuneRow = "tune" {
+        /// Mesh name.
+        pub mesh: String,
+        /// Candidate number (0: the settings as written).
+        pub candidate: u32,
+        /// The settings tried, `SERVICE.KEY=VALUE` separated by spaces.
+        pub settings: String,
+        /// `simulated` or `measured`.
+        pub platform: String,
+        /// Rank among the candidates of this platform (1 = best); null when not run.
+        pub rank: Option<u32>,
+        /// Steps of the Benchmark's profile.
+        pub steps: u32,
+        /// Steps that failed an SLO (or were cut short).
+        pub steps_failed: u32,
+        /// Replica-seconds summed over the services and steps: what the settings cost.
+        pub pod_seconds: Option<f64>,
+        /// Highest 99th percentile latency of any step, ms.
+        pub latency_p99_ms_max: Option<f64>,
+        /// Highest error ratio of any step.
+        pub error_ratio_max: Option<f64>,
+        /// Run directory, relative to the tune directory; null when not run.
+        pub run_dir: Option<String>,
+        /// Why a candidate was not run (its settings are invalid); null otherwise.
+        pub note: Option<String>,
+    }
+}
+
 fn markdown_for<T: Table>(out: &mut String) {
     out.push_str(&format!(
         "## `{}`\n\n{}\n\n",
@@ -741,6 +773,14 @@ pub fn schema_markdown() -> String {
          tries under `simulated/` and `measured/`.\n\n",
     );
     markdown_for::<SearchRow>(&mut out);
+    out.push_str(
+        "`meshbench tune` writes `<out>/<benchmark>-tune-<UTC timestamp>/`: `tune.json` (per \
+         mesh the winning settings and the settings as written, with their scores), \
+         `tune.parquet` and `tune.csv` (below), `winner-<mesh>.yaml` (the ServiceMesh with the \
+         winning settings, ready to apply), `candidates/*.yaml`, and the tries' run \
+         directories under `simulated/` and `measured/`.\n\n",
+    );
+    markdown_for::<TuneRow>(&mut out);
     out.push_str("## Metric vocabulary (`timeseries.metric`)\n\n");
     out.push_str("| metric | per | meaning |\n|---|---|---|\n");
     for (name, per_pod, doc) in crate::samples::metric::ALL {

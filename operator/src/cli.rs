@@ -87,6 +87,28 @@ pub enum Command {
     /// too), 2 usage error, 3 some mesh meets its SLOs at no rate tried or the real runs
     /// did not confirm the simulator, 4 a run failed.
     Search(Box<crate::search::SearchArgs>),
+    /// Search HPA settings for a Benchmark's load profile: fewest failed SLO steps first,
+    /// then fewest pod-seconds.
+    ///
+    /// Every combination of the --vary values is a candidate; each is simulated against
+    /// the whole Benchmark (profile, warm-up, SLOs), ranked, and the best --confirm
+    /// (default 2) are run for real with `meshbench run`; the winner is the best real run
+    /// (the best simulated one with --confirm 0). Candidate 0 is always the settings as
+    /// written, so the table shows what tuning gained.
+    ///
+    /// Writes `<out>/<benchmark>-tune-<UTC timestamp>/`: tune.json (per mesh the winner
+    /// and the settings as written, with their scores), tune.csv and tune.parquet (every
+    /// candidate on every platform, ranked), winner-<mesh>.yaml (the ServiceMesh with
+    /// the winning settings, ready to `kubectl apply` or `meshbench run`),
+    /// candidates/*.yaml and the run directories under simulated/ and measured/.
+    ///
+    /// Example: `meshbench tune experiments/hpa.yaml --vary target=30,50,70 --vary
+    /// scale-down-window=0s,60s,300s --hpa-sync 5s`.
+    ///
+    /// Exit status: 0 the winner met every SLO, 1 invalid spec (no SLOs or no autoscaled
+    /// service too), 2 usage error (a malformed --vary, too many candidates), 3 no
+    /// candidate met every SLO (the best is still written), 4 a run failed.
+    Tune(Box<crate::tune::TuneArgs>),
     /// Predict capacity from the spec alone: visit ratios, CPU demand, the bottleneck,
     /// maximum throughput, HPA replicas per step and modelled latency.
     Plan {
@@ -341,6 +363,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Run(args) => run_local(*args),
         Command::Simulate(args) => exit::code(crate::simulate::run(&args)),
         Command::Search(args) => exit::code(crate::search::run(&args)),
+        Command::Tune(args) => exit::code(crate::tune::run(&args)),
         Command::Plan {
             files,
             json,

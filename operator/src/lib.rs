@@ -12,4 +12,6 @@ pub mod node;
 pub mod run;
 pub mod search;
 pub mod simulate;
+pub mod trials;
+pub mod tune;
 pub mod worker_config;

@@ -8,12 +8,10 @@
 //! the same rate long enough for the HPA to settle first ([`default_warmup`]).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use chrono::Utc;
 use meshbench_analysis::capacity;
-use meshbench_analysis::rundir::{RunDir, write_atomic, write_table_files};
+use meshbench_analysis::rundir::{write_atomic, write_table_files};
 use meshbench_analysis::tables::{SearchRow, StepRow};
 use meshbench_common::exit;
 use meshbench_crds::benchmark::{Benchmark, LoadKind, Profile, Stage, Warmup};
@@ -21,7 +19,7 @@ use meshbench_crds::units::Duration as SpecDuration;
 use meshbench_crds::{Bundle, ValidBenchmark, ValidMesh};
 use serde::Serialize;
 
-use crate::simulate::{self, SimulateArgs, calibrate};
+use crate::trials::{Platform, Trial, TrialArgs, Trials, yaml};
 
 /// `meshbench search`'s options.
 #[derive(Debug, Clone, clap::Args)]
@@ -39,7 +37,9 @@ pub struct SearchArgs {
     /// Lowest rate tried (rps).
     #[arg(long, default_value_t = 1.0, value_name = "RPS")]
     pub min_rate: f64,
-    /// Highest rate tried (rps); default: twice the capacity model's bracket, then doubling.
+    /// Highest rate tried (rps); default: the most a Benchmark accepts (1000000). The
+    /// search starts at the capacity model's figure and doubles from there while the
+    /// SLOs hold.
     #[arg(long, value_name = "RPS")]
     pub max_rate: Option<f64>,
     /// Stop narrowing when the passing and failing rates are this close, in percent of
@@ -58,32 +58,15 @@ pub struct SearchArgs {
     /// from the simulator alone.
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub confirm: u32,
-    /// Measure this build's worker costs for the simulator (`simulate --calibrate`).
-    #[arg(long)]
-    pub calibrate: bool,
-    /// Seed of the simulator's random draws.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// HPA sync period, of the simulator and the real runs.
-    #[arg(long, default_value = "15s", value_parser = meshbench_common::duration::parse, value_name = "DURATION")]
-    pub hpa_sync: Duration,
-    /// metrics-server's `--metric-resolution`, of the simulator and the real runs.
-    #[arg(long, default_value = "15s", value_parser = meshbench_common::duration::parse, value_name = "DURATION")]
-    pub metric_resolution: Duration,
-    /// The node's CPU and memory for pods, of the simulator and the real runs.
+    /// The simulator's and the real runs' settings.
     #[command(flatten)]
-    pub node: crate::run::NodeArgs,
-    /// Print nothing but errors and the answer.
-    #[arg(long, short)]
-    pub quiet: bool,
+    pub trial: TrialArgs,
 }
 
 /// `search.json`: per mesh, the answer and how it was reached.
 #[derive(Debug, Serialize)]
 struct SearchJson {
     benchmark: String,
-    warmup_s: f64,
-    warmup_reason: String,
     measure_s: f64,
     precision_percent: f64,
     meshes: Vec<MeshAnswer>,
@@ -103,6 +86,9 @@ struct MeshAnswer {
     simulated_min_fail_rps: Option<f64>,
     measured_max_pass_rps: Option<f64>,
     measured_min_fail_rps: Option<f64>,
+    /// Load held at each rate before it was measured, and why that long.
+    warmup_s: f64,
+    warmup_reason: String,
 }
 
 /// Bounds found so far: the highest passing and the lowest failing rate.
@@ -129,14 +115,28 @@ impl Bracket {
     }
 }
 
+/// The highest rate a Benchmark's stage accepts.
+const MAX_RATE: f64 = 1_000_000.0;
+
 /// Rates are held to 0.1 rps (0.01 below 1 rps): finer differences are below the noise
 /// of any run, and the candidate files stay readable.
 fn round_rate(r: f64) -> f64 {
+    snap(r, f64::round)
+}
+
+fn snap(r: f64, how: fn(f64) -> f64) -> f64 {
     if r < 1.0 {
-        (r * 100.0).round().max(1.0) / 100.0
+        how(r * 100.0).max(1.0) / 100.0
     } else {
-        (r * 10.0).round() / 10.0
+        how(r * 10.0) / 10.0
     }
+}
+
+/// `--min-rate` and `--max-rate` snapped inwards onto the rates tried.
+fn bounds(args: &SearchArgs) -> (f64, f64) {
+    let min = snap(args.min_rate, f64::ceil);
+    let max = snap(args.max_rate.unwrap_or(MAX_RATE).min(MAX_RATE), f64::floor);
+    (min, max.max(min))
 }
 
 /// Runs `meshbench search`; returns the exit code: 0 every mesh has an answer, 1 invalid
@@ -176,17 +176,17 @@ pub fn run(args: &SearchArgs) -> u8 {
 }
 
 fn check_args(args: &SearchArgs) -> Result<(), String> {
-    if !(args.min_rate.is_finite() && args.min_rate > 0.0) {
+    if !(args.min_rate > 0.0 && args.min_rate <= MAX_RATE) {
         return Err(format!(
-            "--min-rate {}: expected a rate above 0",
+            "--min-rate {}: expected a rate above 0 and at most {MAX_RATE}",
             args.min_rate
         ));
     }
     if let Some(max) = args.max_rate
-        && !(max.is_finite() && max >= args.min_rate)
+        && !(max >= args.min_rate && max <= MAX_RATE)
     {
         return Err(format!(
-            "--max-rate {max}: expected a rate at or above --min-rate {}",
+            "--max-rate {max}: expected a rate at or above --min-rate {} and at most {MAX_RATE}",
             args.min_rate
         ));
     }
@@ -202,21 +202,34 @@ fn check_args(args: &SearchArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// A search needs a rate to vary and SLOs to judge it by.
-fn searchable(bench: &Benchmark, bundle: &Bundle) -> Result<(), String> {
-    let name = bench.metadata.name.as_deref().unwrap_or("?");
-    let file = bundle
+/// The file a Benchmark came from, for messages.
+pub(crate) fn source_file(bench: &Benchmark, bundle: &Bundle) -> String {
+    bundle
         .benchmarks
         .iter()
         .find(|d| d.benchmark.metadata.name == bench.metadata.name)
-        .map_or_else(|| "?".to_string(), |d| d.source.file.clone());
+        .map_or_else(|| "?".to_string(), |d| d.source.file.clone())
+}
+
+/// Whether the Benchmark has an SLO to judge a run by: without one, every run's verdict
+/// is null.
+pub(crate) fn has_slos(bench: &Benchmark) -> bool {
+    bench.spec.slos.as_ref().is_some_and(|s| {
+        !s.latency.is_empty() || s.max_error_rate.is_some() || s.min_achieved_ratio.is_some()
+    })
+}
+
+/// A search needs a rate to vary and SLOs to judge it by.
+fn searchable(bench: &Benchmark, bundle: &Bundle) -> Result<(), String> {
+    let name = bench.metadata.name.as_deref().unwrap_or("?");
+    let file = source_file(bench, bundle);
     if bench.spec.load.model != LoadKind::Open {
         return Err(format!(
             "{file}: Benchmark {name}: spec.load.model: search varies a rate, so it needs \
              `open`; found `closed` (a closed loop's users set the rate themselves)"
         ));
     }
-    if bench.spec.slos.is_none() {
+    if !has_slos(bench) {
         return Err(format!(
             "{file}: Benchmark {name}: spec.slos: search finds the highest rate that meets \
              the SLOs; expected `slos` with a latency, error-rate or achieved-ratio bound"
@@ -228,66 +241,43 @@ fn searchable(bench: &Benchmark, bundle: &Bundle) -> Result<(), String> {
 struct Search<'a> {
     args: &'a SearchArgs,
     bench: &'a ValidBenchmark,
-    dir: RunDir,
-    overheads: simulate::engine::Overheads,
+    trials: Trials,
     rows: Vec<SearchRow>,
-    program: PathBuf,
 }
 
 impl<'a> Search<'a> {
     fn new(args: &'a SearchArgs, bench: &'a ValidBenchmark) -> Result<Self, u8> {
-        let program = std::env::current_exe().map_err(|e| {
-            eprintln!("error: cannot find the meshbench program itself: {e}");
-            exit::RUN_FAILED
-        })?;
-        let overheads = if args.calibrate {
-            match calibrate::measure(&program) {
-                Ok(c) => c.overheads(),
-                Err(e) => {
-                    eprintln!("error: --calibrate: {e}");
-                    return Err(exit::RUN_FAILED);
-                }
-            }
-        } else {
-            simulate::release_overheads()
-        };
         let name = format!("{}-search", bench.name());
-        let dir = RunDir::create(&args.out, &name, Utc::now()).map_err(|e| {
-            eprintln!(
-                "error: cannot create the search directory under {}: {e}",
-                args.out.display()
-            );
-            exit::RUN_FAILED
-        })?;
         Ok(Search {
             args,
             bench,
-            dir,
-            overheads,
+            trials: Trials::new(&args.trial, &args.out, &name)?,
             rows: Vec::new(),
-            program,
         })
     }
 
     fn all(&mut self, meshes: &[ValidMesh]) -> u8 {
-        let (warmup, reason) = match self.args.warmup {
-            Some(w) => (w, "--warmup".to_string()),
-            None => default_warmup(meshes, self.args),
-        };
-        if !self.args.quiet {
-            eprintln!(
-                "meshbench: searching {} → {}\n   each rate: {:.0} s warm-up ({reason}), then {:.0} s measured",
-                self.bench.name(),
-                self.dir.path().display(),
-                warmup.as_secs_f64(),
-                self.args.measure.as_secs_f64(),
-            );
-        }
         let mut answers = Vec::new();
         let mut code = exit::OK;
         for mesh in meshes {
+            let (warmup, reason) = match self.args.warmup {
+                Some(w) => (w, "--warmup".to_string()),
+                None => default_warmup(mesh, self.args),
+            };
+            if !self.trials.quiet() {
+                eprintln!(
+                    "meshbench: searching {} on {} → {}\n   each rate: {:.0} s warm-up ({reason}), then {:.0} s measured",
+                    mesh.name(),
+                    self.bench.name(),
+                    self.trials.path().display(),
+                    warmup.as_secs_f64(),
+                    self.args.measure.as_secs_f64(),
+                );
+            }
             match self.mesh(mesh, warmup) {
-                Ok(a) => {
+                Ok(mut a) => {
+                    a.warmup_s = warmup.as_secs_f64();
+                    a.warmup_reason = reason;
                     if a.answer_rps.is_none() {
                         code = code.max(exit::SLO_FAILED);
                     }
@@ -302,8 +292,6 @@ impl<'a> Search<'a> {
         }
         let json = SearchJson {
             benchmark: self.bench.name().to_string(),
-            warmup_s: warmup.as_secs_f64(),
-            warmup_reason: reason,
             measure_s: self.args.measure.as_secs_f64(),
             precision_percent: self.args.precision,
             meshes: answers,
@@ -312,13 +300,18 @@ impl<'a> Search<'a> {
             eprintln!("error: {e}");
             return exit::RUN_FAILED;
         }
-        print_answers(&json, self.dir.path());
+        print_answers(&json, self.trials.path());
         code
     }
 
+    /// The rows so far: rewritten after every try, so an interrupted search keeps them.
+    fn save_rows(&self) -> Result<(), String> {
+        write_table_files(self.trials.path(), &self.rows).map_err(|e| e.to_string())
+    }
+
     fn write(&self, json: &SearchJson) -> Result<(), String> {
-        write_table_files(self.dir.path(), &self.rows).map_err(|e| e.to_string())?;
-        write_atomic(&self.dir.path().join("search.json"), |w| {
+        self.save_rows()?;
+        write_atomic(&self.trials.path().join("search.json"), |w| {
             serde_json::to_writer_pretty(w, json)
         })
         .map_err(|e| e.to_string())
@@ -326,28 +319,38 @@ impl<'a> Search<'a> {
 
     /// Model bracket, simulated bisection, confirming real runs.
     fn mesh(&mut self, mesh: &ValidMesh, warmup: Duration) -> Result<MeshAnswer, String> {
-        let model = capacity::plan(
-            &crate::convert::capacity_input(mesh, self.bench.spec()),
-            &[],
-        )
-        .ok()
-        .and_then(|p| p.max_throughput_rps)
-        .filter(|r| r.is_finite() && *r > 0.0);
-        self.rows.push(SearchRow {
-            mesh: mesh.name().into(),
-            platform: "model".into(),
-            rate_rps: model.unwrap_or(f64::NAN),
-            slo_pass: None,
-            slo_violations: None,
-            throughput_rps: model,
-            error_ratio: None,
-            latency_mean_ms: None,
-            latency_p99_ms: None,
-            run_dir: None,
-        });
+        let model = self.model(mesh);
+        if let Some(m) = model {
+            self.rows.push(SearchRow {
+                mesh: mesh.name().into(),
+                platform: "model".into(),
+                rate_rps: m,
+                slo_pass: None,
+                slo_violations: None,
+                throughput_rps: Some(m),
+                error_ratio: None,
+                latency_mean_ms: None,
+                latency_p99_ms: None,
+                run_dir: None,
+            });
+        }
         let sim = self.simulated(mesh, warmup, model)?;
         let measured = self.confirmed(mesh, warmup, sim)?;
         Ok(answer(mesh, model, sim, measured, self.args.confirm))
+    }
+
+    /// The capacity model's most the mesh carries at its largest replica counts, on the
+    /// node and with the worker costs the simulator uses.
+    fn model(&self, mesh: &ValidMesh) -> Option<f64> {
+        let mut input = crate::convert::capacity_input(mesh, self.bench.spec());
+        input.node = Some(self.args.trial.node.model());
+        let o = self.trials.overheads();
+        input.overhead.request_cpu_seconds = o.request_cpu;
+        input.overhead.hop_latency_seconds = o.hop;
+        capacity::plan(&input, &[])
+            .ok()
+            .and_then(|p| p.max_throughput_rps)
+            .filter(|r| r.is_finite() && *r > 0.0)
     }
 
     fn simulated(
@@ -356,22 +359,20 @@ impl<'a> Search<'a> {
         warmup: Duration,
         model: Option<f64>,
     ) -> Result<Bracket, String> {
-        let (min, max) = (self.args.min_rate, self.args.max_rate.unwrap_or(f64::MAX));
+        let (min, max) = bounds(self.args);
         let precision = self.args.precision / 100.0;
         let mut b = Bracket::default();
-        let mut rate = round_rate(model.unwrap_or(min * 10.0).clamp(min, max));
-        // Bracket: double up from a pass, halve down from a failure.
-        for _ in 0..24 {
+        let mut rate = round_rate(model.unwrap_or(min * 10.0)).clamp(min, max);
+        // Bracket: double up from a pass, halve down from a failure, until a pass and a
+        // failure are known or a bound is reached (at most ~27 tries from 1e6 to 0.01).
+        loop {
             let pass = self.try_rate(mesh, warmup, rate, Platform::Simulated)?;
             b.record(rate, pass);
-            let next = if pass { rate * 2.0 } else { rate / 2.0 };
-            if b.pass.is_some() && b.fail.is_some()
-                || (pass && rate >= max)
-                || (!pass && rate <= min)
-            {
+            let next = round_rate(if pass { rate * 2.0 } else { rate / 2.0 }).clamp(min, max);
+            if b.pass.is_some() && b.fail.is_some() || next == rate {
                 break;
             }
-            rate = round_rate(next.clamp(min, max));
+            rate = next;
         }
         while let Some(mid) = b.midpoint(precision) {
             let pass = self.try_rate(mesh, warmup, mid, Platform::Simulated)?;
@@ -390,22 +391,25 @@ impl<'a> Search<'a> {
     ) -> Result<Bracket, String> {
         let precision = self.args.precision / 100.0;
         let step = (2.0 * precision).max(0.1);
+        let (min, max) = bounds(self.args);
         let mut b = Bracket::default();
+        let mut tried = Vec::new();
         let Some(mut rate) = sim.pass else {
             return Ok(b);
         };
         for _ in 0..self.args.confirm {
+            tried.push(rate);
             let pass = self.try_rate(mesh, warmup, rate, Platform::Measured)?;
             b.record(rate, pass);
             let next = match (b.pass, b.fail) {
                 (Some(_), Some(_)) => b.midpoint(precision),
                 (Some(p), None) => Some(sim.fail.filter(|f| *f > p).unwrap_or(p * (1.0 + step))),
-                (None, Some(f)) => Some(f * (1.0 - step)).filter(|r| *r >= self.args.min_rate),
+                (None, Some(f)) => Some(f * (1.0 - step)),
                 (None, None) => None,
             };
-            match next {
-                Some(r) => rate = round_rate(r),
-                None => break,
+            match next.map(|r| round_rate(r).clamp(min, max)) {
+                Some(r) if !tried.contains(&r) => rate = r,
+                _ => break,
             }
         }
         Ok(b)
@@ -420,26 +424,25 @@ impl<'a> Search<'a> {
         platform: Platform,
     ) -> Result<bool, String> {
         let label = format!("{}-{rate}rps", mesh.name());
-        let file = self.write_candidate(mesh, warmup, rate, &label)?;
-        let rel = PathBuf::from(platform.name()).join(&label);
-        let out = self.dir.path().join(&rel);
-        match platform {
-            Platform::Simulated => self.simulate(&file, &out)?,
-            Platform::Measured => self.measure(&file, &out)?,
-        }
-        let run = single_dir(&out)?;
-        let analysis = meshbench_analysis::load(&run)
-            .map_err(|e| format!("cannot read the run at {}: {e}", run.display()))?;
+        let bench = candidate(
+            self.bench.benchmark(),
+            mesh.name(),
+            warmup,
+            self.args.measure,
+            rate,
+        );
+        let docs = [yaml(mesh.mesh())?, yaml(&bench)?];
+        let Trial { analysis, run_dir } = self.trials.run(&label, &docs, platform)?;
         let step = analysis
             .steps
             .iter()
             .find(|s| s.mesh == mesh.name())
-            .ok_or_else(|| format!("the run at {} has no step of this mesh", run.display()))?;
+            .ok_or_else(|| format!("the run at {} has no step of this mesh", run_dir.display()))?;
         let pass = step.slo_pass == Some(true) && !step.partial;
-        let name = run.file_name().map(PathBuf::from).unwrap_or_default();
         self.rows
-            .push(row(mesh.name(), platform, rate, step, &rel.join(name)));
-        if !self.args.quiet {
+            .push(row(mesh.name(), platform, rate, step, &run_dir));
+        self.save_rows()?;
+        if !self.trials.quiet() {
             eprintln!(
                 "   {:>9} {:>9.2} rps: {}{}",
                 platform.name(),
@@ -452,119 +455,6 @@ impl<'a> Search<'a> {
             );
         }
         Ok(pass)
-    }
-
-    /// `candidates/<label>.yaml`: the mesh and the Benchmark held at `rate`.
-    fn write_candidate(
-        &self,
-        mesh: &ValidMesh,
-        warmup: Duration,
-        rate: f64,
-        label: &str,
-    ) -> Result<PathBuf, String> {
-        let bench = candidate(
-            self.bench.benchmark(),
-            mesh.name(),
-            warmup,
-            self.args.measure,
-            rate,
-        );
-        let text = [
-            serde_yaml::to_string(mesh.mesh()),
-            serde_yaml::to_string(&bench),
-        ]
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("cannot write the candidate at {rate} rps: {e}"))?
-        .join("---\n");
-        let dir = self.dir.path().join("candidates");
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let path = dir.join(format!("{label}.yaml"));
-        write_atomic(&path, |w| std::io::Write::write_all(w, text.as_bytes()))
-            .map_err(|e| e.to_string())?;
-        Ok(path)
-    }
-
-    fn simulate(&self, file: &Path, out: &Path) -> Result<(), String> {
-        let args = SimulateArgs {
-            files: vec![file.to_owned()],
-            out: out.to_owned(),
-            benchmark: None,
-            seed: self.args.seed,
-            hpa_sync: self.args.hpa_sync,
-            metric_resolution: self.args.metric_resolution,
-            hpa_cpu_initialization_period: Duration::from_secs(300),
-            cores: None,
-            ready_timeout: Duration::from_secs(60),
-            node: self.args.node.clone(),
-            calibrate: false,
-            overheads: Some(self.overheads),
-            quiet: true,
-        };
-        match simulate::run(&args) {
-            exit::OK | exit::SLO_FAILED => Ok(()),
-            code => Err(format!(
-                "the simulation of {} failed (exit status {code})",
-                file.display()
-            )),
-        }
-    }
-
-    fn measure(&self, file: &Path, out: &Path) -> Result<(), String> {
-        let mut cmd = Command::new(&self.program);
-        cmd.arg("run")
-            .arg(file)
-            .arg("--out")
-            .arg(out)
-            .arg("--quiet")
-            .arg("--hpa-sync")
-            .arg(format!("{}ms", self.args.hpa_sync.as_millis()))
-            .arg("--metric-resolution")
-            .arg(format!("{}ms", self.args.metric_resolution.as_millis()));
-        if let Some(cpu) = self.args.node.node_cpu {
-            cmd.arg("--node-cpu").arg(format!("{cpu}m"));
-        }
-        if let Some(mem) = self.args.node.node_memory {
-            cmd.arg("--node-memory").arg(mem.to_string());
-        }
-        // Quiet: the run's progress goes to a log beside its directory, not the terminal.
-        let stderr = if self.args.quiet {
-            std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-            let log = out.join("run.log");
-            std::fs::File::create(&log)
-                .map_err(|e| format!("{}: {e}", log.display()))?
-                .into()
-        } else {
-            std::process::Stdio::inherit()
-        };
-        let status = cmd
-            .stdout(std::process::Stdio::null())
-            .stderr(stderr)
-            .status()
-            .map_err(|e| format!("cannot start {}: {e}", self.program.display()))?;
-        match status.code().map(|c| c as u8) {
-            Some(exit::OK | exit::SLO_FAILED) => Ok(()),
-            _ => Err(format!(
-                "the run of {} failed ({status}); its directory is under {}",
-                file.display(),
-                out.display()
-            )),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Platform {
-    Simulated,
-    Measured,
-}
-
-impl Platform {
-    fn name(self) -> &'static str {
-        match self {
-            Platform::Simulated => "simulated",
-            Platform::Measured => "measured",
-        }
     }
 }
 
@@ -616,10 +506,10 @@ fn candidate(
 /// (the default scale-up policy at most doubles a Deployment per 15 s), one more for the
 /// last decision to take effect, and 10 s for the new pods to start and become ready.
 /// Without autoscaling, 10 s for connections and queues to reach their steady state.
-fn default_warmup(meshes: &[ValidMesh], args: &SearchArgs) -> (Duration, String) {
-    let doublings = meshes
+fn default_warmup(mesh: &ValidMesh, args: &SearchArgs) -> (Duration, String) {
+    let doublings = mesh
+        .services()
         .iter()
-        .flat_map(|m| m.services())
         .filter_map(|s| s.autoscaling.as_ref())
         .map(|a| {
             let ratio = f64::from(a.max_replicas.max(1)) / f64::from(a.min_replicas.max(1));
@@ -632,7 +522,9 @@ fn default_warmup(meshes: &[ValidMesh], args: &SearchArgs) -> (Duration, String)
             "no autoscaling: connections and queues settle".into(),
         ),
         Some(n) => {
-            let w = args.metric_resolution + args.hpa_sync * (n + 1) + Duration::from_secs(10);
+            let w = args.trial.metric_resolution
+                + args.trial.hpa_sync * (n + 1)
+                + Duration::from_secs(10);
             (
                 w,
                 format!(
@@ -644,18 +536,6 @@ fn default_warmup(meshes: &[ValidMesh], args: &SearchArgs) -> (Duration, String)
     }
 }
 
-fn single_dir(out: &Path) -> Result<PathBuf, String> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(out)
-        .map_err(|e| format!("{}: {e}", out.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
-        .collect();
-    dirs.sort();
-    dirs.pop()
-        .ok_or_else(|| format!("no run directory was written under {}", out.display()))
-}
-
 fn answer(
     mesh: &ValidMesh,
     model: Option<f64>,
@@ -663,7 +543,8 @@ fn answer(
     measured: Bracket,
     confirm: u32,
 ) -> MeshAnswer {
-    let fmt = |r: Option<f64>| r.map_or_else(|| "none tried".to_string(), |r| format!("{r} rps"));
+    let fmt =
+        |r: Option<f64>| r.map_or_else(|| "no rate tried".to_string(), |r| format!("{r} rps"));
     let (answer_rps, confidence) = match (confirm, sim.pass, measured.pass, measured.fail) {
         (_, None, _, _) => (
             None,
@@ -697,6 +578,8 @@ fn answer(
         simulated_min_fail_rps: sim.fail,
         measured_max_pass_rps: measured.pass,
         measured_min_fail_rps: measured.fail,
+        warmup_s: 0.0,
+        warmup_reason: String::new(),
     }
 }
 

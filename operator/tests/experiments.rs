@@ -1127,3 +1127,47 @@ fn search_finds_the_highest_rate_within_the_slos_and_real_runs_confirm_it() {
     let p99 = at_answer.steps[0].latency_p99_ms.unwrap();
     assert!(p99 <= 100.0, "{p99}");
 }
+
+/// `meshbench tune` with a real run: the best simulated candidate is run with `meshbench
+/// run`, and the winner is the measured one, with its own run directory and scores.
+#[test]
+fn tune_confirms_its_best_candidate_with_a_real_run() {
+    let _g = serial();
+    let out = out_dir("tune");
+    let o = Command::new(env!("CARGO_BIN_EXE_meshbench"))
+        .arg("tune")
+        .arg(experiment("quickstart"))
+        .args([
+            "--vary",
+            "backend.target=50,90",
+            "--confirm",
+            "1",
+            "--calibrate",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .expect("meshbench tune");
+    let all = text(&o);
+    assert!(matches!(o.status.code(), Some(0 | 3)), "{all}");
+    let dir = run_dir(out.path());
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tune.json")).unwrap()).unwrap();
+    let winner = &json[0]["winner"];
+    assert_eq!(winner["platform"], "measured", "{json}\n{all}");
+    let run = dir.join(winner["run_dir"].as_str().unwrap());
+    let a = load(&run);
+    assert_eq!(a.steps.len(), 3, "{all}");
+    assert_eq!(
+        winner["score"]["steps_failed"].as_u64(),
+        Some(a.steps.iter().filter(|s| s.slo_pass != Some(true)).count() as u64),
+        "{json}"
+    );
+    let rows = std::fs::read_to_string(dir.join("tune.csv")).unwrap();
+    assert_eq!(
+        rows.lines().filter(|l| l.contains(",measured,")).count(),
+        1,
+        "{rows}"
+    );
+    assert!(dir.join(json[0]["mesh_file"].as_str().unwrap()).is_file());
+}

@@ -288,3 +288,142 @@ fn search_refuses_what_it_cannot_search_and_says_why() {
     }
     assert!(!out.exists(), "nothing written for refused input");
 }
+
+fn tune(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("tune")
+        .args(args)
+        .output()
+        .expect("meshbench tune")
+}
+
+/// The prototype's thesis experiment at a tenth of its rate: with the default HPAs the
+/// two services share the node's six pods 3 + 3 and the back end cannot keep up; `tune`
+/// must find that two front-end pods and four back-end pods meet the SLO, with fewer
+/// pod-seconds than the settings as written, and write that ServiceMesh.
+#[test]
+fn tune_finds_the_allocation_the_default_hpas_miss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = root().join("experiments/allocation.yaml");
+    let got = tune(&[
+        spec.to_str().unwrap(),
+        "--node-cpu",
+        "1500m",
+        "--vary",
+        "frontend.max=1,2,3",
+        "--vary",
+        "backend.max=3,4,5",
+        "--confirm",
+        "0",
+        "--quiet",
+        "--out",
+        tmp.path().to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&got.stdout);
+    let stderr = String::from_utf8_lossy(&got.stderr);
+    assert_eq!(got.status.code(), Some(0), "{stdout}\n{stderr}");
+    let dir = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tune.json")).unwrap()).unwrap();
+    let mesh = &json[0];
+    assert_eq!(mesh["as_written"]["score"]["steps_failed"], 1, "{json}");
+    let winner = &mesh["winner"];
+    assert_eq!(winner["settings"], "frontend.max=2 backend.max=4", "{json}");
+    assert_eq!(winner["score"]["steps_failed"], 0, "{json}");
+    assert!(
+        winner["score"]["pod_seconds"].as_f64().unwrap()
+            < mesh["as_written"]["score"]["pod_seconds"].as_f64().unwrap(),
+        "{json}"
+    );
+    // As written, the node's six pods went 3 + 3 (the rest Pending).
+    let as_written = dir.join(mesh["as_written"]["run_dir"].as_str().unwrap());
+    let running = |svc: &str| {
+        let rows = csv(&as_written.join("services.csv"));
+        let r = rows.iter().find(|r| r["service"] == svc).unwrap();
+        num(r, "replicas_final") - num(r, "replicas_pending_max")
+    };
+    assert_eq!((running("frontend"), running("backend")), (3.0, 3.0));
+    // The winning ServiceMesh is valid and carries the settings.
+    let file = dir.join(mesh["mesh_file"].as_str().unwrap());
+    let check = Command::new(BIN)
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(0), "{check:?}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("maxReplicas: 4"), "{text}");
+    let rows = csv(&dir.join("tune.csv"));
+    assert_eq!(rows.len(), 10, "{rows:?}");
+    let mut ranks: Vec<f64> = rows.iter().map(|r| num(r, "rank")).collect();
+    ranks.sort_by(f64::total_cmp);
+    assert_eq!(ranks, (1..=10).map(f64::from).collect::<Vec<_>>());
+}
+
+#[test]
+fn tune_refuses_what_it_cannot_tune_and_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let spec = root().join("experiments/allocation.yaml");
+    let spec = spec.to_str().unwrap();
+    let o = out.to_str().unwrap();
+    for (args, code, want) in [
+        (
+            vec![spec, "--vary", "speed=3", "--out", o],
+            2,
+            "--vary speed=3: unknown key",
+        ),
+        (
+            vec![spec, "--vary", "target=0,50", "--out", o],
+            2,
+            "expected an integer from 1 to 100",
+        ),
+        (
+            vec![
+                spec,
+                "--vary",
+                "max=1,2,3,4,5,6,7,8,9,10",
+                "--vary",
+                "min=1,2,3,4,5,6,7,8,9,10",
+                "--vary",
+                "target=10,20,30,40,50,60,70,80,90,100,11",
+                "--out",
+                o,
+            ],
+            2,
+            "1100 candidates",
+        ),
+        (
+            vec![spec, "--vary", "nope.max=3", "--out", o],
+            1,
+            "no autoscaled service \"nope\"",
+        ),
+        (
+            vec![
+                root()
+                    .join("experiments/hpa.yaml")
+                    .to_str()
+                    .unwrap()
+                    .to_owned()
+                    .leak(),
+                "--vary",
+                "max=3",
+                "--out",
+                o,
+            ],
+            1,
+            "spec.slos",
+        ),
+    ] {
+        let got = tune(&args);
+        let err = String::from_utf8_lossy(&got.stderr);
+        assert_eq!(got.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    assert!(!out.exists(), "nothing written for refused input");
+}

@@ -46,6 +46,9 @@ pub enum CalibrateError {
     /// A calibration request failed.
     #[error("calibration request failed: {0}")]
     Request(String),
+    /// The workers' CPU time could not be read, or is implausible.
+    #[error("cannot measure the workers' CPU time: {0}")]
+    Cpu(String),
     /// The async runtime could not be started.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
@@ -111,7 +114,7 @@ async fn measure_async(program: &Path) -> Result<Calibration, CalibrateError> {
         get(&client, &url).await?;
         tokio::time::sleep(PACE).await;
     }
-    let (a0, b0) = (caller.cpu(), callee.cpu());
+    let (a0, b0) = (caller.cpu()?, callee.cpu()?);
     let mut trips = Vec::with_capacity(REQUESTS);
     for _ in 0..REQUESTS {
         let sent = Instant::now();
@@ -121,10 +124,18 @@ async fn measure_async(program: &Path) -> Result<Calibration, CalibrateError> {
     }
     let n = REQUESTS as f64;
     let w = WORK.as_secs_f64();
+    let (a, b) = (caller.cpu()? - a0, callee.cpu()? - b0);
+    if a < REQUESTS as f64 * w || b < REQUESTS as f64 * w {
+        // Less than the configured work itself: the kernel's accounting was not read.
+        return Err(CalibrateError::Cpu(format!(
+            "{a:.3} s and {b:.3} s of CPU for {REQUESTS} requests of {} ms each",
+            WORK.as_millis()
+        )));
+    }
     trips.sort_by(f64::total_cmp);
     Ok(Calibration {
-        caller_cpu: ((caller.cpu() - a0) / n - w).max(0.0),
-        callee_cpu: ((callee.cpu() - b0) / n - w).max(0.0),
+        caller_cpu: (a / n - w).max(0.0),
+        callee_cpu: (b / n - w).max(0.0),
         round_trip: (trips[trips.len() / 2] - 2.0 * w).max(0.0),
     })
 }
@@ -193,19 +204,26 @@ impl Worker {
         })
     }
 
-    /// CPU seconds of the process's live threads so far.
-    fn cpu(&self) -> f64 {
-        let Some(pid) = self.child.id() else {
-            return 0.0;
-        };
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            return 0.0;
-        };
-        let ns: u64 = tasks
+    /// CPU seconds of the process's live threads so far (their threads live as long as
+    /// the worker does).
+    fn cpu(&self) -> Result<f64, CalibrateError> {
+        let pid = self
+            .child
+            .id()
+            .ok_or_else(|| CalibrateError::Cpu("the worker exited".into()))?;
+        let dir = format!("/proc/{pid}/task");
+        let tasks =
+            std::fs::read_dir(&dir).map_err(|e| CalibrateError::Cpu(format!("{dir}: {e}")))?;
+        let ns: Vec<u64> = tasks
             .filter_map(Result::ok)
             .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
             .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-            .sum();
-        ns as f64 / 1e9
+            .collect();
+        if ns.is_empty() {
+            return Err(CalibrateError::Cpu(format!(
+                "no readable {dir}/*/schedstat"
+            )));
+        }
+        Ok(ns.iter().sum::<u64>() as f64 / 1e9)
     }
 }
