@@ -284,20 +284,33 @@ impl Score {
         }
     }
 
-    /// Fewer failed steps first, then fewer pod-seconds, then the lower p99.
-    fn key(&self) -> (u32, f64, f64) {
-        (
-            self.steps_failed,
-            self.pod_seconds.unwrap_or(f64::INFINITY),
-            self.latency_p99_ms_max.unwrap_or(f64::INFINITY),
-        )
-    }
-
+    /// Fewer failed steps first; among candidates failing as many, the one that misses
+    /// by less (fewer errors, then the lower p99); among those meeting every SLO, fewer
+    /// pod-seconds, then the lower p99.
     fn better(&self, other: &Score) -> std::cmp::Ordering {
-        let (a, b) = (self.key(), other.key());
-        a.0.cmp(&b.0)
-            .then(a.1.total_cmp(&b.1))
-            .then(a.2.total_cmp(&b.2))
+        let miss = |s: &Score| {
+            if s.steps_failed == 0 {
+                (0.0, 0.0)
+            } else {
+                (
+                    s.error_ratio_max.unwrap_or(1.0),
+                    s.latency_p99_ms_max.unwrap_or(f64::INFINITY),
+                )
+            }
+        };
+        let cost = |s: &Score| {
+            (
+                s.pod_seconds.unwrap_or(f64::INFINITY),
+                s.latency_p99_ms_max.unwrap_or(f64::INFINITY),
+            )
+        };
+        let (ma, mb, ca, cb) = (miss(self), miss(other), cost(self), cost(other));
+        self.steps_failed
+            .cmp(&other.steps_failed)
+            .then(ma.0.total_cmp(&mb.0))
+            .then(ma.1.total_cmp(&mb.1))
+            .then(ca.0.total_cmp(&cb.0))
+            .then(ca.1.total_cmp(&cb.1))
     }
 }
 
