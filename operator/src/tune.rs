@@ -575,14 +575,14 @@ impl Tune<'_> {
         let s = Score::of(&trial.analysis, mesh.name());
         if !self.trials.quiet() {
             eprintln!(
-                "   {:>9} #{:<3} {:<40} failed steps {}/{}, {:.0} pod-s, p99 max {:.1} ms",
+                "   {:>9} #{:<3} {:<40} failed steps {}/{}, {} pod-s, p99 max {} ms",
                 platform.name(),
                 c.index,
                 c.settings,
                 s.steps_failed,
                 s.steps,
-                s.pod_seconds.unwrap_or(f64::NAN),
-                s.latency_p99_ms_max.unwrap_or(f64::NAN)
+                figure(s.pod_seconds, 0),
+                figure(s.latency_p99_ms_max, 1)
             );
         }
         let run_dir = trial.run_dir.display().to_string();
@@ -700,17 +700,23 @@ fn row(mesh: &ValidMesh, c: &Candidate, platform: Platform, rank: Option<usize>)
     }
 }
 
+/// A figure for the terminal; `–` when there is none (a step without successes has no
+/// latency).
+fn figure(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "–".into(), |v| format!("{v:.decimals$}"))
+}
+
 fn print_result(r: &MeshResult) {
     let line = |p: &Pick| {
         format!(
-            "#{} {} ({}: {} of {} steps failed an SLO, {:.0} pod-seconds, p99 max {:.1} ms)",
+            "#{} {} ({}: {} of {} steps failed an SLO, {} pod-seconds, p99 max {} ms)",
             p.candidate,
             p.settings,
             p.platform,
             p.score.steps_failed,
             p.score.steps,
-            p.score.pod_seconds.unwrap_or(f64::NAN),
-            p.score.latency_p99_ms_max.unwrap_or(f64::NAN)
+            figure(p.score.pod_seconds, 0),
+            figure(p.score.latency_p99_ms_max, 1)
         )
     };
     match &r.winner {
